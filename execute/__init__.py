@@ -1,0 +1,1 @@
+"""Real runs: device pool, DDP trial launcher, training API, checkpoints, journal."""

@@ -1,0 +1,5 @@
+import sys
+
+from nasalloc.cli import main
+
+sys.exit(main())

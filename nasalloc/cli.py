@@ -1,0 +1,221 @@
+"""`nasalloc <command> [hydra overrides]`: dispatch to one Hydra app per command.
+
+Before Hydra creates an output folder, every job the command line describes (each point of a
+`-m` sweep) is composed and validated here. Bad input therefore ends as one line on stderr
+and exit status 2, with nothing written. Then the command runs as an ordinary `@hydra.main`
+app, so overrides, `-m` sweeps, `--cfg job`, `--help` and the `.hydra/` record all work.
+
+A command module provides two functions:
+    load(cfg: DictConfig) -> typed settings   (raises UserError on bad values)
+    main(settings, out_dir: Path) -> None     (does the work, writes into out_dir)
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import itertools
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    module: str
+    summary: str
+
+
+COMMANDS = {
+    c.name: c
+    for c in (
+        Command("simulate", "nasalloc.sim.simulate", "simulate one search at one allocation (simpy) -> trace, summary, plots"),
+        Command("recommend", "nasalloc.sim.recommend", "simulate every allocation over many seeds and recommend one"),
+        Command("calibrate", "nasalloc.calibration.calibrate", "profile your training at a few allocations and fit profile.yaml"),
+        Command("run", "nasalloc.execute.run", "run the search for real with one allocation (DDP, journaled)"),
+        Command("validate", "nasalloc.calibration.validate", "compare a real run with the simulator's prediction"),
+    )
+}
+
+# Hydra flags that only print something: no job runs, so nothing is validated first.
+_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp",
+                     "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
+
+
+class UsageError(Exception):
+    """A problem with the command line itself (printed as one line, exit 2)."""
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [
+        "usage: nasalloc <command> [key=value ...] [-m] [hydra flags]",
+        "",
+        "Decide how many GPUs each trial of an early-stopping search should get.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {c.name:<{width}}  {c.summary}" for c in COMMANDS.values()]
+    lines += [
+        "",
+        "Each command is a Hydra app: `nasalloc recommend cluster.gpus=32 scheduler=hyperband`,",
+        "`nasalloc simulate -m gpus_per_trial=1,2,4`, `nasalloc <command> --cfg job` shows all settings,",
+        "`out_dir=PATH` chooses the output folder, `seed=N` the random seed.",
+    ]
+    return "\n".join(lines)
+
+
+def _error(command: str | None, message: str) -> int:
+    prefix = f"nasalloc {command}" if command else "nasalloc"
+    print(f"{prefix}: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _split_args(args: list[str]) -> tuple[list[str], bool, bool]:
+    """-> (overrides, multirun?, info-only?) from the arguments after the command."""
+    overrides: list[str] = []
+    multirun = info = False
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg.startswith("-"):
+            flag = arg.split("=", 1)[0]
+            info = info or flag in _INFO_FLAGS or flag in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
+            skip = flag in _FLAGS_WITH_VALUE and "=" not in arg
+        else:
+            overrides.append(arg)
+    return overrides, multirun, info
+
+
+def _expand_sweeps(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """Every job's override list; a `-m` sweep `a=1,2 b=x,y` gives four."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices: list[list[str]] = []
+    for text, ov in zip(overrides, parsed):
+        if multirun and ov.is_sweep_override():
+            key = ov.get_key_element()
+            choices.append([f"{key}={v}" for v in ov.sweep_string_iterator()])
+        else:
+            choices.append([text])
+    return [list(combo) for combo in itertools.product(*choices)] if choices else [[]]
+
+
+def _compose(command: Command, overrides: list[str]) -> Any:
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="nasalloc.conf", version_base="1.3"):
+        return compose(config_name=command.name, overrides=overrides)
+
+
+def _explain_hydra_error(exc: Exception, overrides: list[str]) -> str:
+    """One line for Hydra's multi-line composition errors."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
+        group, _, option = exc.missing_cfg_file.rpartition("/")
+        allowed = ", ".join(sorted(exc.options or [])) or "(none)"
+        if group:
+            return f"{group}={option}: no such option; allowed: {allowed}"
+        return f"{exc.missing_cfg_file}: no such config; allowed: {allowed}"
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse override: {str(exc).splitlines()[0]}"
+    text = str(exc)
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if "Could not override" in text or "not in struct" in text:
+        key = first.split("'")[1] if "'" in first else first
+        given = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), key)
+        return f"{given}: no such setting (list them with --cfg job)"
+    if "Could not append to config" in text:
+        return f"{first} (list the settings with --cfg job)"
+    return first
+
+
+def _load_module(command: Command) -> Any:
+    if importlib.util.find_spec(command.module) is None:
+        raise UsageError(f"not available in this version yet ({command.summary}); available: "
+                         + ", ".join(c.name for c in COMMANDS.values() if importlib.util.find_spec(c.module)))
+    return importlib.import_module(command.module)
+
+
+def validate(command: Command, module: Any, args: list[str]) -> None:
+    """Compose and load every job of the command line; raise UserError/UsageError if bad."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides, multirun, info = _split_args(args)
+    if info:
+        return
+    try:
+        jobs = _expand_sweeps(overrides, multirun)
+    except HydraException as exc:
+        raise UsageError(_explain_hydra_error(exc, overrides)) from None
+    for job in jobs:
+        try:
+            cfg = _compose(command, job)
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise UsageError(_explain_hydra_error(exc, job)) from None
+        module.load(cfg)
+
+
+def _hydra_app(command: Command, module: Any) -> Any:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig
+
+    from nasalloc.sim.errors import UserError
+
+    @hydra.main(config_path="pkg://nasalloc.conf", config_name=command.name, version_base="1.3")
+    def task(cfg: DictConfig) -> None:
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            module.main(module.load(cfg), out_dir)
+        except UserError as exc:
+            sys.stderr.write(f"nasalloc {command.name}: {exc}\n")
+            sys.exit(EXIT_USAGE)
+
+    return task
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if args else EXIT_USAGE
+    if args[0] in ("--version", "-V"):
+        from nasalloc import __version__
+
+        print(f"nasalloc {__version__}")
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        return _error(None, f"unknown command {name!r}; allowed: {', '.join(COMMANDS)}")
+    command = COMMANDS[name]
+    from nasalloc.sim.errors import UserError
+
+    try:
+        module = _load_module(command)
+        validate(command, module, rest)
+    except (UserError, UsageError) as exc:
+        return _error(name, str(exc))
+    saved = sys.argv
+    sys.argv = [f"nasalloc {name}", *rest]
+    try:
+        _hydra_app(command, module)()
+    except SystemExit as exc:
+        return int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = saved
+    return 0

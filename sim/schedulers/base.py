@@ -1,0 +1,239 @@
+"""The scheduler contract shared by the simulator and the real executor.
+
+A scheduler is a pure, deterministic state machine: no simpy, no torch, no clock. Whoever
+drives it (the simpy engine with simulated time, the executor with real processes) does:
+
+    job = scheduler.ask()            # Job | WAIT | FINISHED
+    ...train job.trial from job.start_epoch, reporting every epoch...
+    decision = scheduler.on_result(trial, epoch, metric)   # CONTINUE | PAUSE | STOP
+    ...or, if the training crashed:
+    retried = scheduler.on_failure(trial, resume_epoch)
+
+Semantics every implementation keeps:
+- Epochs are counted from 1; ``epoch`` in a result is the number of epochs trained so far.
+- A job trains epochs ``start_epoch + 1 .. until_epoch``. At ``until_epoch`` the scheduler
+  answers PAUSE (the trial may be resumed later) or STOP; it never answers CONTINUE there.
+  A trial reaching ``max_epochs`` is answered STOP — the driver records that as "complete".
+- ``start_epoch`` > 0 means "load the checkpoint written at that epoch". Under the
+  ``rerun`` promotion semantics a promoted trial restarts from 0 with a larger budget; a
+  result for an epoch the scheduler has already seen from that trial is a replay and is not
+  recorded twice (it gets CONTINUE until the job's ``until_epoch``).
+- WAIT means "nothing to start now, ask again when something changes" (a synchronous rung
+  is not complete yet); FINISHED means no job will ever come again and none is running.
+- Metrics are compared through `score` (higher is better) so "max" and "min" share code.
+- Randomness comes only from the `numpy.random.Generator` passed in.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nasalloc.sim.space import Config, SearchSpace
+
+
+class Decision(enum.Enum):
+    """What the driver does with a trial after a result."""
+
+    CONTINUE = "continue"
+    PAUSE = "pause"
+    STOP = "stop"
+
+
+class TrialStatus(enum.Enum):
+    PENDING = "pending"  # queued to (re)start, no devices yet
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"  # early-stopped by the scheduler
+    COMPLETED = "completed"  # reached max_epochs
+    DROPPED = "dropped"  # failed more often than the retry limit allows
+
+
+@dataclass(frozen=True)
+class Job:
+    """One piece of work: train `trial` from `start_epoch` (checkpoint) through `until_epoch`."""
+
+    trial: int
+    config: Config
+    start_epoch: int
+    until_epoch: int
+    resume: bool  # False for the trial's very first job (trace event "start" vs "resume")
+    attempt: int = 0  # 0 for a normal job, n for the n-th retry after a failure
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start_epoch < self.until_epoch:
+            raise ValueError(f"job for trial {self.trial}: need 0 <= start_epoch < until_epoch, got {self.start_epoch}, {self.until_epoch}")
+
+
+class _Wait:
+    def __repr__(self) -> str:
+        return "WAIT"
+
+
+class _Finished:
+    def __repr__(self) -> str:
+        return "FINISHED"
+
+
+WAIT = _Wait()
+FINISHED = _Finished()
+Ask = Job | _Wait | _Finished
+
+
+@dataclass
+class Trial:
+    """The scheduler's record of one trial; drivers may read it, never write it."""
+
+    id: int
+    config: Config
+    bracket: int = 0
+    status: TrialStatus = TrialStatus.PENDING
+    last_epoch: int = 0  # highest epoch whose result was recorded
+    until_epoch: int = 0  # budget of the current/last job
+    failures: int = 0
+    metrics: dict[int, float] = field(default_factory=dict)  # epoch -> metric as reported
+
+
+def rung_index(milestones: list[int], next_epoch: int) -> int:
+    """How many milestones lie strictly before `next_epoch` (the epoch about to be trained).
+
+    Used for per-rung allocation schedules: epochs 1..m0 run at schedule[0], epochs
+    m0+1..m1 at schedule[1], and so on (the last entry covers everything after).
+    """
+    return sum(1 for m in milestones if m < next_epoch)
+
+
+class Searcher(abc.ABC):
+    """What to try next ("when to stop" is the scheduler's job, this is the other half)."""
+
+    @abc.abstractmethod
+    def suggest(self, budget: int) -> Config:
+        """A new configuration, to be trained first up to `budget` epochs."""
+
+    def observe(self, config: Config, budget: int, score: float) -> None:  # noqa: B027
+        """A result at `budget` epochs (score: higher is better). Random search ignores it."""
+
+
+class RandomSearcher(Searcher):
+    def __init__(self, space: SearchSpace, rng: np.random.Generator):
+        self.space = space
+        self.rng = rng
+
+    def suggest(self, budget: int) -> Config:
+        return self.space.sample(self.rng)
+
+
+class Scheduler(abc.ABC):
+    """Common bookkeeping; subclasses implement `ask` and the decision in `_decide`."""
+
+    name: str = "base"
+
+    def __init__(self, searcher: Searcher, *, max_epochs: int, mode: str = "max", max_retries: int = 0):
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode={mode!r}: allowed: max, min")
+        self.searcher = searcher
+        self.max_epochs = int(max_epochs)
+        self.mode = mode
+        self.max_retries = int(max_retries)
+        self.trials: dict[int, Trial] = {}
+        self._retry_queue: list[Job] = []
+
+    # ----- what subclasses provide -------------------------------------------------------
+    @property
+    def milestones(self) -> list[int]:
+        """Epochs at which the scheduler may stop or pause trials (rung levels), ascending.
+
+        Excludes max_epochs. Drivers use it for per-rung allocation schedules.
+        """
+        return []
+
+    @abc.abstractmethod
+    def _next_job(self) -> Ask:
+        """The next new or promoted job, WAIT or FINISHED (retries are handled here in base)."""
+
+    @abc.abstractmethod
+    def _decide(self, trial: Trial, epoch: int, score: float) -> Decision:
+        """Decision for a new (not replayed) result; the result is already in `trial.metrics`."""
+
+    def _on_dropped(self, trial: Trial) -> None:  # noqa: B027
+        """Hook: a trial was dropped after too many failures (synchronous rungs must not wait for it)."""
+
+    # ----- the public interface ----------------------------------------------------------
+    def score(self, metric: float) -> float:
+        """Higher is better, whatever the mode."""
+        return metric if self.mode == "max" else -metric
+
+    def ask(self) -> Ask:
+        if self._retry_queue:
+            job = self._retry_queue.pop(0)
+            self.trials[job.trial].status = TrialStatus.RUNNING
+            return job
+        job = self._next_job()
+        if isinstance(job, Job):
+            trial = self.trials[job.trial]
+            trial.status = TrialStatus.RUNNING
+            trial.until_epoch = job.until_epoch
+        return job
+
+    def on_result(self, trial_id: int, epoch: int, metric: float) -> Decision:
+        trial = self.trials[trial_id]
+        if trial.status is not TrialStatus.RUNNING:
+            raise ValueError(f"result for trial {trial_id} which is {trial.status.value}, not running")
+        if not 1 <= epoch <= trial.until_epoch:
+            raise ValueError(f"result for trial {trial_id} at epoch {epoch}, outside its job (1..{trial.until_epoch})")
+        if epoch <= trial.last_epoch:  # replay after a rerun-from-scratch promotion or a retry
+            return Decision.CONTINUE if epoch < trial.until_epoch else self._finish_replay(trial)
+        trial.metrics[epoch] = float(metric)
+        trial.last_epoch = epoch
+        decision = self._decide(trial, epoch, self.score(float(metric)))
+        if decision is Decision.CONTINUE and epoch >= trial.until_epoch:
+            raise AssertionError(f"{self.name}: CONTINUE at the end of trial {trial_id}'s job")
+        if decision is Decision.STOP:
+            trial.status = TrialStatus.COMPLETED if epoch >= self.max_epochs else TrialStatus.STOPPED
+        elif decision is Decision.PAUSE:
+            trial.status = TrialStatus.PAUSED
+        return decision
+
+    def _finish_replay(self, trial: Trial) -> Decision:
+        """A replayed result at the job's end (cannot normally happen: jobs end past last_epoch)."""
+        trial.status = TrialStatus.PAUSED
+        return Decision.PAUSE
+
+    def on_failure(self, trial_id: int, resume_epoch: int = 0) -> bool:
+        """The trial's job crashed; `resume_epoch` is its last usable checkpoint (0: none).
+
+        Returns True when the trial is queued again (it comes out of the next `ask`), False
+        when it has used up its retries and is dropped.
+        """
+        trial = self.trials[trial_id]
+        trial.failures += 1
+        if trial.failures > self.max_retries:
+            trial.status = TrialStatus.DROPPED
+            self._on_dropped(trial)
+            return False
+        resume_epoch = min(int(resume_epoch), trial.last_epoch)
+        trial.status = TrialStatus.PENDING
+        self._retry_queue.append(
+            Job(trial.id, trial.config, resume_epoch, trial.until_epoch, resume=True, attempt=trial.failures)
+        )
+        return True
+
+    # ----- helpers for subclasses --------------------------------------------------------
+    def _new_trial(self, config: Config, bracket: int = 0) -> Trial:
+        trial = Trial(id=len(self.trials), config=dict(config), bracket=bracket)
+        self.trials[trial.id] = trial
+        return trial
+
+    def _has_live_trials(self) -> bool:
+        return any(t.status in (TrialStatus.RUNNING, TrialStatus.PENDING) for t in self.trials.values()) or bool(self._retry_queue)
+
+    def state(self) -> dict[str, Any]:
+        """A small, JSON-friendly snapshot for progress displays and tests."""
+        counts: dict[str, int] = {}
+        for t in self.trials.values():
+            counts[t.status.value] = counts.get(t.status.value, 0) + 1
+        return {"scheduler": self.name, "trials": len(self.trials), **counts}

@@ -1,0 +1,266 @@
+"""`trace.jsonl`: the one event log that the simulator writes and the executor journals.
+
+One JSON object per line, the same schema from both clocks (DESIGN.md):
+
+    {"time": 12.5, "event": "result", "trial": 3, "epoch": 2, "metric": 0.71, "devices": [0, 1]}
+
+- ``time``: seconds since the search started (simulated or real).
+- ``event``: start | resume | result | pause | stop | complete | fail.
+- ``epoch``: start/resume: the epoch the job starts from (0 = scratch, else its checkpoint);
+  result: epochs trained; pause/stop/complete/fail: epochs trained when it happened.
+- ``metric``: on result events (the metric that drives the scheduler), else null.
+- ``devices``: device ids the trial holds (GPU index or CPU slot); on k < 1 several trials
+  list the same id.
+- ``config``: only on start.
+- optional ``test_metric`` on result events (held-out metric reported beside ``metric``), and
+  optional ``info`` (a string) on fail events.
+
+The executor appends and flushes one line per event (`TraceWriter`), so a killed run leaves a
+valid prefix; `read_trace` tolerates a torn last line for that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nasalloc.sim.errors import UserError
+
+EVENTS = ("start", "resume", "result", "pause", "stop", "complete", "fail")
+HOLDS = ("start", "resume")  # events after which the trial holds its devices
+RELEASES = ("pause", "stop", "complete", "fail")  # events after which it holds none
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    time: float
+    event: str
+    trial: int
+    epoch: int | None = None
+    metric: float | None = None
+    devices: tuple[int, ...] = ()
+    config: dict[str, Any] | None = None
+    test_metric: float | None = None
+    info: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "time": self.time,
+            "event": self.event,
+            "trial": self.trial,
+            "epoch": self.epoch,
+            "metric": self.metric,
+            "devices": list(self.devices),
+        }
+        if self.config is not None:
+            d["config"] = self.config
+        if self.test_metric is not None:
+            d["test_metric"] = self.test_metric
+        if self.info is not None:
+            d["info"] = self.info
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(", ", ": "))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "trace") -> TraceEvent:
+        try:
+            event = d["event"]
+            if event not in EVENTS:
+                raise ValueError(f"event={event!r}: allowed: {', '.join(EVENTS)}")
+            time = float(d["time"])
+            if not math.isfinite(time) or time < 0:
+                raise ValueError(f"time={d['time']!r}: must be a finite number >= 0")
+            epoch = d.get("epoch")
+            metric = d.get("metric")
+            test_metric = d.get("test_metric")
+            return cls(
+                time=time,
+                event=event,
+                trial=int(d["trial"]),
+                epoch=None if epoch is None else int(epoch),
+                metric=None if metric is None else float(metric),
+                devices=tuple(int(x) for x in d.get("devices") or ()),
+                config=d.get("config"),
+                test_metric=None if test_metric is None else float(test_metric),
+                info=d.get("info"),
+            )
+        except KeyError as exc:
+            raise UserError(f"{where}: missing key {exc.args[0]!r}; every event needs time, event, trial") from None
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{where}: {exc}") from None
+
+
+def write_trace(path: Path, events: Iterable[TraceEvent]) -> None:
+    """Write a whole trace at once, atomically (temp file + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for ev in events:
+            fh.write(ev.to_json())
+            fh.write("\n")
+    os.replace(tmp, path)
+
+
+class TraceWriter:
+    """Append-and-flush journal: every event is on disk before the next decision is taken."""
+
+    def __init__(self, path: Path, fsync: bool = False):
+        self.path = Path(path)
+        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fsync = fsync
+
+    def write(self, event: TraceEvent) -> None:
+        self._fh.write(event.to_json() + "\n")
+        self._fh.flush()
+        if self._fsync:
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_trace(path: Path, tolerate_torn_tail: bool = False) -> list[TraceEvent]:
+    """Read and validate a trace; bad lines raise UserError naming file and line.
+
+    With `tolerate_torn_tail`, an unparseable *last* line (a run killed mid-write) is dropped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such trace file")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    events = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            if tolerate_torn_tail and i == len(lines):
+                break
+            raise UserError(f"{path}:{i}: not a JSON object") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path}:{i}: not a JSON object")
+        events.append(TraceEvent.from_dict(obj, where=f"{path}:{i}"))
+    return events
+
+
+@dataclass
+class Summary:
+    """What `summary.json` holds (DESIGN.md contract plus a few counts)."""
+
+    makespan_s: float
+    best_metric: float | None
+    best_test_metric: float | None
+    best_trial: int | None
+    time_to_target_s: float | None
+    gpu_utilization: float
+    trials: int
+    completed: int
+    stopped: int
+    failed: int
+    epochs_trained: int
+    device_hours: float
+    scheduler: str
+    gpus_per_trial: Any
+    target: float | None = None
+    devices: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        d.update(self.extra)
+        return d
+
+
+def busy_intervals(events: Iterable[TraceEvent]) -> dict[int, list[tuple[float, float]]]:
+    """Per device, the merged intervals during which at least one trial held it."""
+    held: dict[int, tuple[float, tuple[int, ...]]] = {}
+    raw: dict[int, list[tuple[float, float]]] = {}
+    for ev in events:
+        if ev.event in HOLDS:
+            held[ev.trial] = (ev.time, ev.devices)
+        elif ev.event in RELEASES and ev.trial in held:
+            t0, devs = held.pop(ev.trial)
+            for d in devs:
+                raw.setdefault(d, []).append((t0, ev.time))
+    merged: dict[int, list[tuple[float, float]]] = {}
+    for d, ivs in raw.items():
+        ivs.sort()
+        out: list[list[float]] = []
+        for a, b in ivs:
+            if out and a <= out[-1][1]:
+                out[-1][1] = max(out[-1][1], b)
+            else:
+                out.append([a, b])
+        merged[d] = [(a, b) for a, b in out]
+    return merged
+
+
+def summarize(
+    events: list[TraceEvent],
+    *,
+    mode: str,
+    n_devices: int,
+    scheduler: str,
+    gpus_per_trial: Any,
+    target: float | None = None,
+) -> Summary:
+    """Compute the summary of a trace; identical arithmetic for simulated and real runs."""
+    sign = 1.0 if mode == "max" else -1.0
+    makespan = max((ev.time for ev in events), default=0.0)
+    best: TraceEvent | None = None
+    time_to_target = None
+    epochs = 0
+    for ev in events:
+        if ev.event != "result" or ev.metric is None or math.isnan(ev.metric):
+            continue
+        epochs += 1
+        if best is None or sign * ev.metric > sign * best.metric:  # type: ignore[operator]
+            best = ev
+        if target is not None and time_to_target is None and sign * ev.metric >= sign * target:
+            time_to_target = ev.time
+    busy = sum(b - a for ivs in busy_intervals(events).values() for a, b in ivs)
+    started = {ev.trial for ev in events if ev.event == "start"}
+    finals: dict[int, str] = {}
+    for ev in events:
+        if ev.event in ("stop", "complete", "fail"):
+            finals[ev.trial] = ev.event
+        elif ev.event in HOLDS:
+            finals.pop(ev.trial, None)
+    return Summary(
+        makespan_s=makespan,
+        best_metric=None if best is None else best.metric,
+        best_test_metric=None if best is None else best.test_metric,
+        best_trial=None if best is None else best.trial,
+        time_to_target_s=time_to_target,
+        gpu_utilization=busy / (n_devices * makespan) if makespan > 0 and n_devices > 0 else 0.0,
+        trials=len(started),
+        completed=sum(1 for v in finals.values() if v == "complete"),
+        stopped=sum(1 for v in finals.values() if v == "stop"),
+        failed=sum(1 for v in finals.values() if v == "fail"),
+        epochs_trained=epochs,
+        device_hours=busy / 3600.0,
+        scheduler=scheduler,
+        gpus_per_trial=gpus_per_trial,
+        target=target,
+        devices=n_devices,
+    )
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically so a reader never sees half a file."""
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
