@@ -1,0 +1,226 @@
+"""`profile.yaml`: what calibration measured and fitted, in the form the simulator reads as is.
+
+Layout (every block but `name` and `workload`/`step_time` is optional; units in the key):
+
+    name: resnet50-imagenet-a100
+    description: free text
+    sources: ["where each number comes from", ...]
+    hardware: {device: NVIDIA A100 40GB, gpus_per_node: 4, intra_node: ..., inter_node: ...}
+    workload: {samples_per_epoch: 1281167, batch_per_device: 256, scaling: weak, global_batch: null}
+    step_time: {t_compute_s, gamma, grad_bytes, intra_bandwidth_Bps, intra_latency_s,
+                inter_bandwidth_Bps, inter_latency_s, straggler_cv}       # see sim/speedup.py
+    overheads: {startup_s, startup_per_doubling_s, eval_s, eval_scales, checkpoint_save_s,
+                checkpoint_restore_s, decision_latency_s}
+    sharing: {1: 1.0, 2: 1.8, 4: 3.5}     # m trials on one device -> per-trial slow-down
+    uncertainty: {step_time_samples: [{t_compute_s: ..., ...}, ...]}   # e.g. bootstrap fits
+    assumed: [inter_latency_s, ...]       # parameters pinned, not measured
+    measured: {...}                       # raw samples, kept verbatim
+    fit: {...}                            # fit report, kept verbatim
+
+Start-up cost of a job on k ranks: startup_s + startup_per_doubling_s * log2(k) (process
+group creation grows with the group; FACTS.md). `decision_latency_s` is the time between an
+epoch's end and the next epoch's start spent on reporting and the scheduler's decision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nasalloc.sim.errors import UserError
+from nasalloc.sim.speedup import EpochTimeModel, StepTimeModel
+
+
+@dataclass(frozen=True)
+class Overheads:
+    startup_s: float = 0.0
+    startup_per_doubling_s: float = 0.0
+    eval_s: float = 0.0
+    eval_scales: bool = True
+    checkpoint_save_s: float = 0.0
+    checkpoint_restore_s: float = 0.0
+    decision_latency_s: float = 0.0
+
+    def startup(self, k: float) -> float:
+        return self.startup_s + self.startup_per_doubling_s * math.log2(max(k, 1.0))
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    epoch: EpochTimeModel
+    overheads: Overheads
+    gpus_per_node: int
+    description: str = ""
+    sources: tuple[str, ...] = ()
+    hardware: dict[str, Any] = field(default_factory=dict)
+    step_time_samples: tuple[StepTimeModel, ...] = ()
+    assumed: tuple[str, ...] = ()
+    raw: dict[str, Any] = field(default_factory=dict)  # the whole file, for round-tripping
+
+    def epoch_time(self, k: float) -> float:
+        return self.epoch.epoch_time(k)
+
+    def startup_time(self, k: float) -> float:
+        return self.overheads.startup(k)
+
+    def with_step_sample(self, index: int) -> Profile:
+        """The same profile with step-time parameters from uncertainty sample `index`."""
+        if not self.step_time_samples:
+            return self
+        sample = self.step_time_samples[index % len(self.step_time_samples)]
+        return dataclasses.replace(self, epoch=self.epoch.with_step(sample))
+
+
+_STEP_KEYS = {f.name for f in dataclasses.fields(StepTimeModel)}
+_OVERHEAD_KEYS = {f.name for f in dataclasses.fields(Overheads)}
+_TOP_KEYS = {"name", "description", "sources", "hardware", "workload", "step_time", "overheads",
+             "sharing", "uncertainty", "assumed", "measured", "fit"}
+
+
+def _number(where: str, value: Any, *, positive: bool = False, allow_inf: bool = False) -> float:
+    if isinstance(value, str) and value.strip().lower() in ("inf", ".inf", "infinity"):
+        value = math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{where}={value!r}: must be a number")
+    x = float(value)
+    if math.isnan(x) or (math.isinf(x) and not allow_inf):
+        raise UserError(f"{where}={value!r}: must be a finite number")
+    if x < 0 or (positive and x == 0):
+        raise UserError(f"{where}={value!r}: must be {'> 0' if positive else '>= 0'}")
+    return x
+
+
+def _step_model(node: Any, where: str) -> StepTimeModel:
+    if not isinstance(node, Mapping):
+        raise UserError(f"{where}: expected a mapping with {', '.join(sorted(_STEP_KEYS))}")
+    unknown = sorted(set(node) - _STEP_KEYS)
+    if unknown:
+        raise UserError(f"{where}.{unknown[0]}: unknown; allowed: {', '.join(sorted(_STEP_KEYS))}")
+    if "t_compute_s" not in node:
+        raise UserError(f"{where}.t_compute_s: missing (seconds per step on one device)")
+    values = {}
+    for key, value in node.items():
+        bandwidth = key.endswith("bandwidth_Bps")
+        values[key] = _number(f"{where}.{key}", value, positive=key in ("t_compute_s", "gamma") or bandwidth, allow_inf=bandwidth)
+    if not 1.0 <= values.get("gamma", 1.0) <= 10.0:
+        raise UserError(f"{where}.gamma={values['gamma']}: must lie in [1, 10]")
+    return StepTimeModel(**values)
+
+
+def parse_profile(data: Any, source: str = "profile") -> Profile:
+    """Validate a profile mapping (as loaded from YAML) into a Profile; UserError if bad."""
+    if not isinstance(data, Mapping):
+        raise UserError(f"{source}: not a profile (expected a YAML mapping)")
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise UserError(f"{source}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_TOP_KEYS))}")
+    for key in ("name", "workload", "step_time"):
+        if key not in data:
+            raise UserError(f"{source}: missing {key!r}")
+    hardware = dict(data.get("hardware") or {})
+    gpn = hardware.get("gpus_per_node", 1)
+    if isinstance(gpn, bool) or not isinstance(gpn, int) or gpn < 1:
+        raise UserError(f"{source}: hardware.gpus_per_node={gpn!r}: must be an integer >= 1")
+    wl = data["workload"]
+    if not isinstance(wl, Mapping):
+        raise UserError(f"{source}: workload: expected a mapping")
+    try:
+        samples = int(_number(f"{source}: workload.samples_per_epoch", wl.get("samples_per_epoch"), positive=True))
+        batch = int(_number(f"{source}: workload.batch_per_device", wl.get("batch_per_device"), positive=True))
+    except UserError:
+        raise
+    scaling = wl.get("scaling", "weak")
+    if scaling not in ("weak", "strong"):
+        raise UserError(f"{source}: workload.scaling={scaling!r}: allowed: weak, strong")
+    global_batch = wl.get("global_batch")
+    if scaling == "strong":
+        if global_batch is None:
+            raise UserError(f"{source}: workload.global_batch: required with scaling: strong")
+        global_batch = int(_number(f"{source}: workload.global_batch", global_batch, positive=True))
+    step = _step_model(data["step_time"], f"{source}: step_time")
+    ov_node = data.get("overheads") or {}
+    if not isinstance(ov_node, Mapping):
+        raise UserError(f"{source}: overheads: expected a mapping")
+    unknown = sorted(set(ov_node) - _OVERHEAD_KEYS)
+    if unknown:
+        raise UserError(f"{source}: overheads.{unknown[0]}: unknown; allowed: {', '.join(sorted(_OVERHEAD_KEYS))}")
+    ov_values: dict[str, Any] = {}
+    for key, value in ov_node.items():
+        if key == "eval_scales":
+            if not isinstance(value, bool):
+                raise UserError(f"{source}: overheads.eval_scales={value!r}: must be true or false")
+            ov_values[key] = value
+        else:
+            ov_values[key] = _number(f"{source}: overheads.{key}", value)
+    overheads = Overheads(**ov_values)
+    sharing_node = data.get("sharing") or {1: 1.0}
+    if not isinstance(sharing_node, Mapping):
+        raise UserError(f"{source}: sharing: expected a mapping m -> slow-down, e.g. {{2: 1.8}}")
+    sharing: dict[int, float] = {}
+    for m, f in sharing_node.items():
+        try:
+            mi = int(m)
+        except (TypeError, ValueError):
+            raise UserError(f"{source}: sharing.{m}: the key must be a whole number of trials per device") from None
+        if mi < 1:
+            raise UserError(f"{source}: sharing.{m}: must be >= 1")
+        sharing[mi] = _number(f"{source}: sharing.{m}", f, positive=True)
+    samples_node = (data.get("uncertainty") or {}).get("step_time_samples") or []
+    if not isinstance(samples_node, list):
+        raise UserError(f"{source}: uncertainty.step_time_samples: expected a list of step_time mappings")
+    step_samples = tuple(_step_model({**data["step_time"], **s} if isinstance(s, Mapping) else s,
+                                     f"{source}: uncertainty.step_time_samples[{i}]") for i, s in enumerate(samples_node))
+    epoch = EpochTimeModel(
+        step=step, samples_per_epoch=samples, batch_per_device=batch, gpus_per_node=gpn, scaling=scaling,
+        global_batch=global_batch, eval_s=overheads.eval_s, eval_scales=overheads.eval_scales, sharing=sharing,
+    )
+    sources = data.get("sources") or []
+    return Profile(
+        name=str(data["name"]), epoch=epoch, overheads=overheads, gpus_per_node=gpn,
+        description=str(data.get("description") or ""), sources=tuple(str(s) for s in sources),
+        hardware=hardware, step_time_samples=step_samples, assumed=tuple(str(a) for a in data.get("assumed") or ()),
+        raw=dict(data),
+    )
+
+
+def shipped_profiles() -> list[str]:
+    """Names of the profiles shipped in `nasalloc.conf/profile/` (usable as `profile=NAME`)."""
+    folder = resources.files("nasalloc.conf") / "profile"
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """A shipped profile by name (`resnet50_a100`) or a profile.yaml by path."""
+    text_name = str(name_or_path)
+    if text_name in shipped_profiles():
+        resource = resources.files("nasalloc.conf") / "profile" / f"{text_name}.yaml"
+        return parse_profile(yaml.safe_load(resource.read_text(encoding="utf-8")), f"profile {text_name}")
+    path = Path(text_name).expanduser()
+    if not path.is_file():
+        shipped = ", ".join(shipped_profiles()) or "(none)"
+        raise UserError(f"profile={text_name}: neither a shipped profile ({shipped}) nor an existing file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}{where}: not valid YAML") from None
+    return parse_profile(data, str(path))
+
+
+def dump_profile(data: Mapping[str, Any], path: Path) -> None:
+    """Write a profile mapping as YAML atomically, after checking it parses."""
+    parse_profile(data, str(path))
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=None), encoding="utf-8")
+    tmp.replace(path)
