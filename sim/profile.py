@@ -191,9 +191,15 @@ def parse_profile(data: Any, source: str = "profile") -> Profile:
     )
 
 
+# The folder is `profiles`, not `profile`: Hydra treats every folder of the config module as a
+# config group, and a group named like the `profile` setting makes every `profile=...`
+# override fail ("Could not override 'profile'. No match in the defaults list").
+PROFILE_FOLDER = "profiles"
+
+
 def shipped_profiles() -> list[str]:
-    """Names of the profiles shipped in `nasalloc.conf/profile/` (usable as `profile=NAME`)."""
-    folder = resources.files("nasalloc.conf") / "profile"
+    """Names of the profiles shipped in `nasalloc.conf/profiles/` (usable as `profile=NAME`)."""
+    folder = resources.files("nasalloc.conf") / PROFILE_FOLDER
     if not folder.is_dir():
         return []
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
@@ -203,7 +209,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
     """A shipped profile by name (`resnet50_a100`) or a profile.yaml by path."""
     text_name = str(name_or_path)
     if text_name in shipped_profiles():
-        resource = resources.files("nasalloc.conf") / "profile" / f"{text_name}.yaml"
+        resource = resources.files("nasalloc.conf") / PROFILE_FOLDER / f"{text_name}.yaml"
         return parse_profile(yaml.safe_load(resource.read_text(encoding="utf-8")), f"profile {text_name}")
     path = Path(text_name).expanduser()
     if not path.is_file():

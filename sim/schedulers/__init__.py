@@ -24,12 +24,18 @@ from nasalloc.sim.schedulers.base import (
     TrialStatus,
     rung_index,
 )
+from nasalloc.sim.schedulers.asha import Asha, AshaConfig
+from nasalloc.sim.schedulers.bohb import BohbConfig, KDESearcher, make_bohb
+from nasalloc.sim.schedulers.hyperband import HyperBand, HyperBandConfig
 from nasalloc.sim.schedulers.random_search import RandomConfig, RandomSearch
 from nasalloc.sim.space import SearchSpace
 
 # name -> (config dataclass, builder(cfg, space, rng) -> Scheduler)
 _REGISTRY: dict[str, tuple[type, Any]] = {
     "random": (RandomConfig, lambda cfg, space, rng: RandomSearch(cfg, RandomSearcher(space, rng))),
+    "asha": (AshaConfig, lambda cfg, space, rng: Asha(cfg, RandomSearcher(space, rng), rng)),
+    "hyperband": (HyperBandConfig, lambda cfg, space, rng: HyperBand(cfg, RandomSearcher(space, rng))),
+    "bohb": (BohbConfig, make_bohb),
 }
 
 
@@ -53,4 +59,5 @@ def make_scheduler(cfg: Any, space: SearchSpace, rng: np.random.Generator) -> Sc
 __all__ = [
     "FINISHED", "WAIT", "Ask", "Decision", "Job", "RandomSearcher", "Scheduler", "Searcher",
     "Trial", "TrialStatus", "rung_index", "make_scheduler", "scheduler_config", "scheduler_names",
+    "Asha", "AshaConfig", "HyperBand", "HyperBandConfig", "BohbConfig", "KDESearcher",
 ]

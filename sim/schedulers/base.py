@@ -20,6 +20,20 @@ Semantics every implementation keeps:
   recorded twice (it gets CONTINUE until the job's ``until_epoch``).
 - WAIT means "nothing to start now, ask again when something changes" (a synchronous rung
   is not complete yet); FINISHED means no job will ever come again and none is running.
+  An ``ask`` that answers WAIT changes no state (no randomness drawn), so a journal replay
+  may skip it and asking again before anything changed answers WAIT again.
+- A trial that is PAUSED can later be stopped without reporting anything (a synchronous
+  HyperBand rung completes and it is not among the top 1/eta; the search ends while it
+  waits for a promotion that will never come). Such trials are collected, and drivers
+  learn them from ``scheduler.drain_stopped()``: after EVERY call to ``ask``,
+  ``on_result`` and ``on_failure``, call it and record a "stop" event (epoch =
+  ``trials[id].last_epoch``) for each id it returns. Each id is returned exactly once;
+  the trial never gets a job again, so its checkpoint may be deleted. A trial that
+  is running gets its STOP as the answer to ``on_result`` instead, never through here.
+  When ``ask`` returns FINISHED every trial is STOPPED, COMPLETED or DROPPED.
+- ``on_failure`` for a trial whose job already got PAUSE or STOP (it crashed while saving)
+  does not undo that answer: a paused trial stays paused (or is dropped when out of
+  retries) and resumes from the checkpoint given; a finished trial is left alone.
 - Metrics are compared through `score` (higher is better) so "max" and "min" share code.
 - Randomness comes only from the `numpy.random.Generator` passed in.
 """
@@ -96,6 +110,8 @@ class Trial:
     until_epoch: int = 0  # budget of the current/last job
     failures: int = 0
     metrics: dict[int, float] = field(default_factory=dict)  # epoch -> metric as reported
+    # Newest usable checkpoint when a failure after a PAUSE left it below last_epoch; None: at last_epoch.
+    checkpoint_epoch: int | None = None
 
 
 def rung_index(milestones: list[int], next_epoch: int) -> int:
@@ -141,6 +157,7 @@ class Scheduler(abc.ABC):
         self.max_retries = int(max_retries)
         self.trials: dict[int, Trial] = {}
         self._retry_queue: list[Job] = []
+        self._stopped_while_paused: list[int] = []
 
     # ----- what subclasses provide -------------------------------------------------------
     @property
@@ -175,9 +192,25 @@ class Scheduler(abc.ABC):
         job = self._next_job()
         if isinstance(job, Job):
             trial = self.trials[job.trial]
+            if trial.status not in (TrialStatus.PENDING, TrialStatus.PAUSED):
+                raise AssertionError(f"{self.name}: job for trial {trial.id} which is {trial.status.value}")
             trial.status = TrialStatus.RUNNING
             trial.until_epoch = job.until_epoch
+        elif job is FINISHED:
+            # Nothing will resume a trial still waiting at a rung: tell the drivers it stopped.
+            for trial in self.trials.values():
+                if trial.status is TrialStatus.PAUSED:
+                    self._stop_paused(trial)
         return job
+
+    def drain_stopped(self) -> list[int]:
+        """Ids of PAUSED trials that were stopped since the last call (each id once, in order).
+
+        Drivers call this after every `ask`, `on_result` and `on_failure` and record a
+        "stop" event for each id (see the module docstring).
+        """
+        stopped, self._stopped_while_paused = self._stopped_while_paused, []
+        return stopped
 
     def on_result(self, trial_id: int, epoch: int, metric: float) -> Decision:
         trial = self.trials[trial_id]
@@ -189,6 +222,7 @@ class Scheduler(abc.ABC):
             return Decision.CONTINUE if epoch < trial.until_epoch else self._finish_replay(trial)
         trial.metrics[epoch] = float(metric)
         trial.last_epoch = epoch
+        trial.checkpoint_epoch = None
         decision = self._decide(trial, epoch, self.score(float(metric)))
         if decision is Decision.CONTINUE and epoch >= trial.until_epoch:
             raise AssertionError(f"{self.name}: CONTINUE at the end of trial {trial_id}'s job")
@@ -206,16 +240,31 @@ class Scheduler(abc.ABC):
     def on_failure(self, trial_id: int, resume_epoch: int = 0) -> bool:
         """The trial's job crashed; `resume_epoch` is its last usable checkpoint (0: none).
 
-        Returns True when the trial is queued again (it comes out of the next `ask`), False
-        when it has used up its retries and is dropped.
+        For a RUNNING trial: returns True when it is queued again (it comes out of the next
+        `ask` as a job with ``attempt`` > 0), False when it has used up its retries and is
+        dropped.
+
+        A crash after the scheduler already answered PAUSE or STOP for the job (e.g. while
+        the worker saved its checkpoint) does not undo that answer. A PAUSED trial stays
+        paused and the failure counts: True means it is kept and, when resumed, starts from
+        `resume_epoch` (earlier epochs are replayed); False means it is dropped (a
+        synchronous rung no longer counts on it). A STOPPED, COMPLETED or DROPPED trial is
+        left as it is and False is returned.
         """
         trial = self.trials[trial_id]
+        if trial.status in (TrialStatus.STOPPED, TrialStatus.COMPLETED, TrialStatus.DROPPED):
+            return False
+        if trial.status is TrialStatus.PENDING:
+            raise ValueError(f"failure of trial {trial_id} which is pending (no job runs for it)")
         trial.failures += 1
         if trial.failures > self.max_retries:
             trial.status = TrialStatus.DROPPED
             self._on_dropped(trial)
             return False
-        resume_epoch = min(int(resume_epoch), trial.last_epoch)
+        resume_epoch = min(max(int(resume_epoch), 0), trial.last_epoch)
+        if trial.status is TrialStatus.PAUSED:
+            trial.checkpoint_epoch = resume_epoch
+            return True
         trial.status = TrialStatus.PENDING
         self._retry_queue.append(
             Job(trial.id, trial.config, resume_epoch, trial.until_epoch, resume=True, attempt=trial.failures)
@@ -227,6 +276,22 @@ class Scheduler(abc.ABC):
         trial = Trial(id=len(self.trials), config=dict(config), bracket=bracket)
         self.trials[trial.id] = trial
         return trial
+
+    def _resume_start(self, trial: Trial, promotion: str) -> int:
+        """Where a promoted trial's job starts: 0 under ``rerun``, else its last epoch (or the
+        older checkpoint a failure after its PAUSE left)."""
+        if promotion == "rerun":
+            return 0
+        if trial.checkpoint_epoch is not None:
+            return min(trial.checkpoint_epoch, trial.last_epoch)
+        return trial.last_epoch
+
+    def _stop_paused(self, trial: Trial) -> None:
+        """Stop a trial that waits PAUSED; drivers learn it from `drain_stopped`."""
+        if trial.status is not TrialStatus.PAUSED:
+            raise AssertionError(f"{self.name}: stop of trial {trial.id} which is {trial.status.value}, not paused")
+        trial.status = TrialStatus.STOPPED
+        self._stopped_while_paused.append(trial.id)
 
     def _has_live_trials(self) -> bool:
         return any(t.status in (TrialStatus.RUNNING, TrialStatus.PENDING) for t in self.trials.values()) or bool(self._retry_queue)

@@ -1,0 +1,254 @@
+"""The cluster, the allocations it allows, and where a trial's devices are placed.
+
+Allocation k (``gpus_per_trial``) is either
+- ``1/m`` (m = 2, 3, 4, ...): m trials share one device; the trial reserves 1/m of it (as a
+  fractional GPU in Ray) and runs at the speed the profile's sharing curve gives for m
+  co-located trials, whether or not the other slots are occupied at the moment;
+- a whole number k <= gpus_per_node that divides gpus_per_node: k devices inside one node
+  (so a node packs whole trials and no device is stranded);
+- a multiple of gpus_per_node that divides N: k / gpus_per_node whole nodes.
+
+A per-rung schedule ``[1, 2, 4, 8]`` (RASDA) gives the allocation of rung i: epochs up to the
+first milestone at schedule[0], the next rung at schedule[1], ... (the last entry covers the
+rest); see `Allocation.k_at`.
+
+Placement (`DevicePool`) and fragmentation. Capacity is counted in integer "units", L per
+device, where L is the least common multiple of the m of every fractional k in use, so
+fractions never meet floating-point rounding.
+- k < 1: best fit: the device with the least free capacity that still holds k (partly used
+  devices fill up first, whole devices stay whole), lowest id on ties.
+- 1 <= k <= gpus_per_node: k fully free devices of one node, best fit over nodes (the node
+  with the fewest fully free devices that suffices), lowest device ids inside it.
+- k > gpus_per_node: the lowest-numbered k / gpus_per_node fully free nodes.
+With mixed sizes (a per-rung schedule) a request can find enough free devices in total but no
+placement; it then waits, first in first out (the engine asks the scheduler for nothing new
+while a request waits, so big requests cannot starve). Nothing is preempted or moved to
+defragment: a waiting request is served when releases open a placement. Best fit keeps whole
+nodes free for the large requests as long as possible.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from nasalloc.sim.config import require
+from nasalloc.sim.errors import UserError
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """N devices in nodes of `gpus_per_node` (N a multiple of it, or N <= gpus_per_node)."""
+
+    name: str = "cluster"
+    gpus: int = 16
+    gpus_per_node: int = 4
+
+    def __post_init__(self) -> None:
+        require(self.gpus >= 1, f"gpus={self.gpus}: must be >= 1")
+        require(self.gpus_per_node >= 1, f"gpus_per_node={self.gpus_per_node}: must be >= 1")
+        require(
+            self.gpus <= self.gpus_per_node or self.gpus % self.gpus_per_node == 0,
+            f"gpus={self.gpus}: must be a multiple of gpus_per_node={self.gpus_per_node} (whole nodes)",
+        )
+
+    @property
+    def node_size(self) -> int:
+        """Devices per node as placement sees it (a cluster smaller than a node is one node)."""
+        return min(self.gpus, self.gpus_per_node)
+
+    @property
+    def nodes(self) -> int:
+        return self.gpus // self.node_size
+
+
+def _fraction(k: float) -> Fraction:
+    return Fraction(k).limit_denominator(1024)
+
+
+def is_allowed(cluster: ClusterSpec, k: float) -> bool:
+    """Whether allocation k is allowed on this cluster (see the module docstring)."""
+    if not isinstance(k, (int, float)) or isinstance(k, bool) or not math.isfinite(k) or k <= 0:
+        return False
+    if k < 1:
+        f = _fraction(k)
+        return f.numerator == 1 and abs(float(f) - k) < 1e-9
+    if k != int(k):
+        return False
+    k = int(k)
+    gpn = cluster.node_size
+    if k <= gpn:
+        return gpn % k == 0
+    return k % gpn == 0 and cluster.gpus % k == 0
+
+
+def allowed_allocations(cluster: ClusterSpec, min_k: float = 0.25) -> list[float]:
+    """Every static allocation from `min_k` up to the whole cluster, ascending.
+
+    Fractions are enumerated as 1/2, 1/4, 1/8, ... (powers of two, the sizes sharing curves
+    are measured at); `is_allowed` also accepts other 1/m such as 1/3. Whole numbers are
+    returned as int, fractions as float.
+    """
+    out: list[float] = []
+    m = 2
+    while 1.0 / m >= min_k:
+        out.append(1.0 / m)
+        m *= 2
+    out.reverse()
+    out += [k for k in range(1, cluster.gpus + 1) if k >= min_k and is_allowed(cluster, k)]
+    return out
+
+
+def _allowed_text(cluster: ClusterSpec) -> str:
+    whole = [k for k in allowed_allocations(cluster, 1) if k >= 1]
+    return "1/m for m trials per device (0.5, 0.25, ...) or " + ", ".join(str(int(k)) for k in whole)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Devices per trial: a static k, or one k per rung (epochs after the i-th milestone)."""
+
+    schedule: tuple[float, ...]
+
+    @property
+    def is_static(self) -> bool:
+        return len(self.schedule) == 1
+
+    def k_at(self, rung: int) -> float:
+        return self.schedule[min(rung, len(self.schedule) - 1)]
+
+    @property
+    def label(self) -> Any:
+        """JSON-friendly: the number for a static k, else the list."""
+        vals = [int(k) if k >= 1 else k for k in self.schedule]
+        return vals[0] if self.is_static else vals
+
+    def __str__(self) -> str:
+        def one(k: float) -> str:
+            return str(int(k)) if k >= 1 else f"1/{round(1 / k)}"
+
+        return one(self.schedule[0]) if self.is_static else "[" + ",".join(one(k) for k in self.schedule) + "]"
+
+
+def _parse_one(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, str):
+        text = value.strip()
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    if isinstance(value, (int, float)):
+        return float(value)
+    raise ValueError
+
+
+def parse_allocation(value: Any, cluster: ClusterSpec, key: str = "gpus_per_trial") -> Allocation:
+    """A k (number or "1/4") or a per-rung list, checked against the cluster; UserError if bad."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items:
+        raise UserError(f"{key}=[]: give a number of devices per trial or a per-rung list such as [1,2,4]")
+    ks: list[float] = []
+    for item in items:
+        try:
+            k = _parse_one(item)
+        except (ValueError, ZeroDivisionError):
+            raise UserError(f"{key}={value}: not a number; allowed on {cluster.gpus} GPUs "
+                            f"({cluster.gpus_per_node} per node): {_allowed_text(cluster)}") from None
+        if not is_allowed(cluster, k):
+            shown = f"{item}:" if len(items) == 1 else f"{list(items)}: {item} is"
+            raise UserError(f"{key}={shown} not allowed on {cluster.gpus} GPUs ({cluster.gpus_per_node} per node); "
+                            f"allowed: {_allowed_text(cluster)}; or a per-rung list of these")
+        if k >= 1:
+            k = float(int(k))
+        else:
+            k = 1.0 / round(1.0 / k)
+        ks.append(k)
+    return Allocation(tuple(ks))
+
+
+class DevicePool:
+    """Free capacity of every device, and placement (best fit, see the module docstring).
+
+    `place(k)` returns the device ids (or None when no placement exists now) and commits;
+    `release(devices, k)` gives them back. `free_units` is the total free capacity, an O(1)
+    lower bound check before a placement is tried.
+    """
+
+    def __init__(self, cluster: ClusterSpec, ks: tuple[float, ...]):
+        self.n = cluster.gpus
+        self.gpn = cluster.node_size
+        self.n_nodes = cluster.nodes
+        denominators = [round(1.0 / k) for k in ks if k < 1]
+        self.L = math.lcm(*denominators) if denominators else 1
+        self.dev_free = [self.L] * self.n
+        self.node_whole = [self.gpn] * self.n_nodes  # fully free devices per node
+        self.free_units = self.n * self.L
+
+    def units(self, k: float) -> int:
+        return round(k * self.L) if k < 1 else int(k) * self.L
+
+    def place(self, k: float) -> tuple[int, ...] | None:
+        L = self.L
+        if k < 1:
+            u = round(k * L)
+            if self.free_units < u:
+                return None
+            best, best_free = -1, L + 1
+            for d, f in enumerate(self.dev_free):
+                if u <= f < best_free:
+                    best, best_free = d, f
+                    if f == u:
+                        break
+            if best < 0:
+                return None
+            if best_free == L:
+                self.node_whole[best // self.gpn] -= 1
+            self.dev_free[best] = best_free - u
+            self.free_units -= u
+            return (best,)
+        k = int(k)
+        if self.free_units < k * L:
+            return None
+        gpn = self.gpn
+        if k <= gpn:
+            node, node_free = -1, gpn + 1
+            for i, w in enumerate(self.node_whole):
+                if k <= w < node_free:
+                    node, node_free = i, w
+                    if w == k:
+                        break
+            if node < 0:
+                return None
+            base = node * gpn
+            devs = [d for d in range(base, base + gpn) if self.dev_free[d] == L][:k]
+            self.node_whole[node] -= k
+        else:
+            need = k // gpn
+            nodes = [i for i, w in enumerate(self.node_whole) if w == gpn][:need]
+            if len(nodes) < need:
+                return None
+            devs = [d for i in nodes for d in range(i * gpn, (i + 1) * gpn)]
+            for i in nodes:
+                self.node_whole[i] = 0
+        for d in devs:
+            self.dev_free[d] = 0
+        self.free_units -= k * L
+        return tuple(devs)
+
+    def release(self, devices: tuple[int, ...], k: float) -> None:
+        L = self.L
+        if k < 1:
+            d = devices[0]
+            self.dev_free[d] += round(k * L)
+            self.free_units += round(k * L)
+            if self.dev_free[d] == L:
+                self.node_whole[d // self.gpn] += 1
+            return
+        for d in devices:
+            self.dev_free[d] = L
+            self.node_whole[d // self.gpn] += 1
+        self.free_units += len(devices) * L

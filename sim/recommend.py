@@ -1,0 +1,410 @@
+"""`nasalloc recommend`: which allocation should this search use?
+
+Simulates every allocation (static k from 1/4 of a GPU up to the whole cluster, and adaptive
+per-rung schedules) for each scheduler and cluster size over the same seeds, then reports
+mean and 95% interval of makespan, time-to-target, best metric and cost, the speed-ups, the
+recommended allocation per scheduler and overall, and which allocations cannot be told apart
+from it. Writes `sweep.csv`, `recommendation.json` and plots; prints a table.
+
+Layout: `load` validates the whole sweep before any folder exists (one-line errors);
+`sweep.py` builds and runs the grid in worker processes; `ranking.py` aggregates and
+chooses; this module writes and prints.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from nasalloc.sim.cluster import Allocation, ClusterSpec, parse_allocation
+from nasalloc.sim.config import to_typed
+from nasalloc.sim.engine import SimulationSpec, simulate
+from nasalloc.sim.errors import UserError
+from nasalloc.sim.profile import Profile, load_profile
+from nasalloc.sim.ranking import OBJECTIVE_FIELD, GroupStats, Recommendation, recommend
+from nasalloc.sim.schedulers import make_scheduler, scheduler_config, scheduler_names
+from nasalloc.sim.simulate import format_duration
+from nasalloc.sim.sweep import OBJECTIVES, GridPoint, Pricing, RunMetrics, adaptive_schedules, run_grid, static_allocations, with_seed
+from nasalloc.sim.trace import write_json
+from nasalloc.sim.workload import Workload, workload_from_config
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RecommendSettings:
+    points: list[GridPoint]
+    seeds: list[int]
+    objective: str
+    target: float | None
+    deadline_s: float | None
+    pricing: Pricing
+    workers: int
+    plots: bool
+    profile: Profile
+    workload: Workload
+    clusters: list[ClusterSpec]
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+
+
+def _schedulers(cfg: DictConfig, mode: str) -> list[Any]:
+    """Typed scheduler configs: the one named by `scheduler=NAME`, else those in `schedulers`.
+
+    `n_trials` (when set) sizes every compared search alike, so schedulers are compared on
+    the same number of configurations; `scheduler.n_trials=` overrides it for one scheduler.
+    """
+    n_trials = cfg.get("n_trials")
+    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
+        raise UserError(f"n_trials={n_trials!r}: must be an integer >= 1 or null (each scheduler's own default)")
+    if cfg.get("scheduler") is not None:
+        node = _plain(cfg.scheduler)
+        node["mode"] = mode
+        return [scheduler_config(node)]
+    names = _plain(cfg.get("schedulers"))
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not names:
+        raise UserError(f"schedulers={names!r}: give a non-empty list; allowed: {', '.join(scheduler_names())}")
+    out = []
+    for name in names:
+        if name not in scheduler_names():
+            raise UserError(f"schedulers: {name!r} is not a scheduler; allowed: {', '.join(scheduler_names())}")
+        text = (resources.files("nasalloc.conf") / "scheduler" / f"{name}.yaml").read_text(encoding="utf-8")
+        node = _plain(OmegaConf.create(text))
+        node["mode"] = mode
+        if n_trials is not None:
+            node["n_trials"] = n_trials
+        out.append(scheduler_config(node, key=f"scheduler {name}"))
+    return out
+
+
+def _clusters(cfg: DictConfig) -> list[ClusterSpec]:
+    node = _plain(cfg.cluster)
+    sizes = node.get("gpus")
+    if isinstance(sizes, list):
+        if not sizes:
+            raise UserError("cluster.gpus=[]: give a number of GPUs or a non-empty list of cluster sizes")
+        if len(set(sizes)) != len(sizes):
+            raise UserError(f"cluster.gpus={sizes}: sizes must be distinct")
+    else:
+        sizes = [sizes]
+    return [to_typed(ClusterSpec, {**node, "gpus": size}, "cluster") for size in sizes]
+
+
+def _seeds(value: Any) -> list[int]:
+    value = _plain(value)
+    if isinstance(value, bool):
+        raise UserError(f"seeds={value!r}: give a count >= 1 or a list of seeds")
+    if isinstance(value, int):
+        if value < 1:
+            raise UserError(f"seeds={value}: must be >= 1 (the number of seeds) or a list of seeds")
+        return list(range(value))
+    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        if len(set(value)) != len(value):
+            raise UserError(f"seeds={value}: seeds must be distinct")
+        return list(value)
+    raise UserError(f"seeds={value!r}: give a count >= 1 or a non-empty list of integers >= 0")
+
+
+def _number(cfg: DictConfig, key: str, *, minimum: float | None = None, allow_none: bool = True) -> float | None:
+    value = cfg.get(key)
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{key}={value!r}: must be a number" + (" or null" if allow_none else ""))
+    if minimum is not None and value < minimum:
+        raise UserError(f"{key}={value}: must be >= {minimum:g}")
+    return float(value)
+
+
+def _allocations(cfg: DictConfig, cluster: ClusterSpec, n_segments: int) -> list[Allocation]:
+    raw = _plain(cfg.get("allocations"))
+    min_k = _number(cfg, "min_k", minimum=0.0, allow_none=False)
+    assert min_k is not None
+    if min_k <= 0:
+        raise UserError(f"min_k={min_k}: must be > 0 (e.g. 0.25: four trials share one GPU)")
+    max_k = _number(cfg, "max_k", minimum=min_k)
+    max_k = float(cluster.gpus) if max_k is None else max_k
+    adaptive = cfg.get("adaptive", True)
+    if not isinstance(adaptive, bool):
+        raise UserError(f"adaptive={adaptive!r}: must be true or false")
+    if raw == "auto":
+        out = static_allocations(cluster, min_k, max_k)
+        if not out:
+            raise UserError(f"min_k={min_k:g}, max_k={max_k:g}: no allowed allocation on {cluster.gpus} GPUs in between")
+        if adaptive:
+            starts = [k for k in (0.25, 1.0) if k >= min_k]
+            out += [a for a in adaptive_schedules(cluster, n_segments, starts, max_k) if a not in out]
+        return out
+    if not isinstance(raw, list) or not raw:
+        raise UserError(f"allocations={raw!r}: give auto or a non-empty list of allocations, e.g. [1, 2, 4, \"1/2\", [1,2,4]]")
+    out = []
+    for item in raw:
+        for k in item if isinstance(item, list) else [item]:
+            if isinstance(k, (int, float)) and not isinstance(k, bool) and k > cluster.gpus:
+                raise UserError(f"allocations: {k} GPUs per trial does not fit the cluster of {cluster.gpus} GPUs")
+        alloc = parse_allocation(item, cluster, key="allocations")
+        if alloc not in out:
+            out.append(alloc)
+    return out
+
+
+def load(cfg: DictConfig) -> RecommendSettings:
+    objective = cfg.get("objective")
+    if objective not in OBJECTIVES:
+        raise UserError(f"objective={objective!r}: allowed: {', '.join(OBJECTIVES)}")
+    workload = workload_from_config(cfg.workload)
+    metric = workload.metric
+    profile = load_profile(str(cfg.profile))
+    target = _number(cfg, "target")
+    if target is not None and not metric.contains(target):
+        raise UserError(f"target={target:g}: outside {metric.name}'s range [{metric.low}, {metric.high}]")
+    if objective == "time_to_target" and target is None:
+        raise UserError("objective=time_to_target: needs target=VALUE (a metric value to reach)")
+    deadline = _number(cfg, "deadline_s", minimum=0.0)
+    cost_node = _plain(cfg.get("cost")) or {}
+    unknown = sorted(set(cost_node) - {"per_gpu_hour", "billing"})
+    if unknown:
+        raise UserError(f"cost.{unknown[0]}: unknown setting; allowed: per_gpu_hour, billing")
+    price = cost_node.get("per_gpu_hour", 1.0)
+    if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price) or price < 0:
+        raise UserError(f"cost.per_gpu_hour={price!r}: must be a number >= 0")
+    billing = cost_node.get("billing", "cluster")
+    if billing not in ("cluster", "busy"):
+        raise UserError(f"cost.billing={billing!r}: allowed: cluster, busy")
+    pricing = Pricing(float(price), billing)
+    workers = cfg.get("workers", 0)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise UserError(f"workers={workers!r}: must be an integer >= 0 (0: one per core)")
+    plots = cfg.get("plots", True)
+    if not isinstance(plots, bool):
+        raise UserError(f"plots={plots!r}: must be true or false")
+    propagate = cfg.get("propagate_uncertainty", True)
+    if not isinstance(propagate, bool):
+        raise UserError(f"propagate_uncertainty={propagate!r}: must be true or false")
+    seeds = _seeds(cfg.get("seeds"))
+    schedulers = _schedulers(cfg, metric.mode)
+    clusters = _clusters(cfg)
+    points: list[GridPoint] = []
+    for sched in schedulers:
+        n_segments = len(make_scheduler(sched, workload.space, np.random.default_rng(0)).milestones) + 1
+        for cluster in clusters:
+            for alloc in _allocations(cfg, cluster, n_segments):
+                base = SimulationSpec(scheduler=sched, workload=workload, profile=profile, cluster=cluster,
+                                      allocation=alloc, target=target)
+                for seed in seeds:
+                    points.append(GridPoint(sched.name, alloc, with_seed(base, seed, propagate), deadline, pricing))
+    return RecommendSettings(points, seeds, objective, target, deadline, pricing, workers, plots, profile, workload, clusters)
+
+
+# ----- output ----------------------------------------------------------------------------
+
+CSV_FIELDS = [f.name for f in dataclasses.fields(RunMetrics)]
+
+
+def write_sweep_csv(path: Path, runs: list[RunMetrics]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for r in runs:
+            writer.writerow({k: ("" if v is None else v) for k, v in dataclasses.asdict(r).items()})
+    tmp.replace(path)
+
+
+def _group_key(g: GroupStats) -> dict[str, Any]:
+    return {"scheduler": g.scheduler, "gpus": g.gpus, "gpus_per_trial": g.allocation}
+
+
+def recommendation_json(settings: RecommendSettings, rec: Recommendation) -> dict[str, Any]:
+    metric = settings.workload.metric
+    overall = rec.overall
+    field_name = OBJECTIVE_FIELD[rec.objective]
+    return {
+        "objective": rec.objective,
+        "metric": {"name": metric.name, "mode": metric.mode},
+        "target": settings.target,
+        "deadline_s": settings.deadline_s,
+        "cost": dataclasses.asdict(settings.pricing),
+        "profile": settings.profile.name,
+        "clusters": [dataclasses.asdict(c) for c in settings.clusters],
+        "seeds": settings.seeds,
+        "recommended": None if overall is None else {
+            **_group_key(overall),
+            field_name: overall.estimates[field_name].to_dict(),
+            "best_metric": overall.estimates["best_metric"].to_dict(),
+            "speedup_vs_slowest": overall.speedup_vs_slowest,
+            "speedup_vs_1_gpu_per_trial": overall.speedup_vs_one_gpu,
+            "indistinguishable": [_group_key(g) for g in rec.groups if g.equivalent_overall and g is not overall],
+        },
+        "per_scheduler": [
+            {**_group_key(g), field_name: g.estimates[field_name].to_dict(),
+             "indistinguishable": [_group_key(o) for o in rec.groups
+                                   if o.equivalent_in_family and o is not g and (o.scheduler, o.gpus) == key]}
+            for key, g in rec.per_scheduler.items()
+        ],
+        "per_cluster_size": [
+            {**_group_key(g), "makespan_s": g.estimates["makespan_s"].to_dict(), "cost": g.estimates["cost"].to_dict()}
+            for g in rec.per_size.values()
+        ],
+        "allocations": [g.to_dict() for g in rec.groups],
+    }
+
+
+def _fmt_est(est: Any, fmt: Any) -> str:
+    """`mean ±half` in one unit; `n/m reached` when some seeds never got there."""
+    if not math.isfinite(est.mean):
+        return f"{est.n}/{est.total} reached" if est.total else "-"
+    half = est.half_width
+    return f"{fmt(est.mean)} ±{fmt(half)}" if math.isfinite(half) else fmt(est.mean)
+
+
+def _time_formatter(seconds: float) -> tuple[Any, str]:
+    """A formatter and unit chosen once for a column, so means and intervals share a unit."""
+    if seconds >= 2 * 3600:
+        return (lambda x: f"{x / 3600:.2f}"), "h"
+    if seconds >= 120:
+        return (lambda x: f"{x / 60:.1f}"), "min"
+    return (lambda x: f"{x:.1f}"), "s"
+
+
+def _hours(x: float) -> str:
+    fmt, unit = _time_formatter(x)
+    return f"{fmt(x)} {unit}"
+
+
+def render_table(settings: RecommendSettings, rec: Recommendation) -> Any:
+    from rich.table import Table
+
+    metric = settings.workload.metric
+    several_sizes = len(settings.clusters) > 1
+    spans = [g.estimates["makespan_s"].mean for g in rec.groups if math.isfinite(g.estimates["makespan_s"].mean)]
+    t_fmt, t_unit = _time_formatter(min(spans) if spans else 0.0)
+    table = Table(title=f"objective: {rec.objective}; mean ±95% CI over {len(settings.seeds)} seeds; "
+                        f"x slowest / x k=1: makespan speed-up", title_justify="left")
+    columns = ["scheduler"] + (["GPUs"] if several_sizes else []) + ["k", f"makespan [{t_unit}]", "x slowest", "x k=1",
+                                                                     f"best {metric.name}"]
+    if settings.target is not None:
+        columns.append(f"to target [{t_unit}]")
+    columns += ["cost", "util", ""]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("scheduler", "") else "right")
+    previous = None
+    for g in rec.groups:
+        family = (g.scheduler, g.gpus)
+        if previous is not None and family != previous:
+            table.add_section()
+        previous = family
+        mark = "<- recommended" if g.recommended else ("best for scheduler" if g.best_in_family else "")
+        if not g.recommended and g.equivalent_overall:
+            mark = (mark + ", " if mark else "") + "~ recommended"
+        elif not g.best_in_family and g.equivalent_in_family:
+            mark = "~ best for scheduler"
+        e = g.estimates
+        row = [g.scheduler] + ([str(g.gpus)] if several_sizes else []) + [
+            g.allocation,
+            _fmt_est(e["makespan_s"], t_fmt),
+            "-" if g.speedup_vs_slowest is None else f"{g.speedup_vs_slowest:.2f}",
+            "-" if g.speedup_vs_one_gpu is None else f"{g.speedup_vs_one_gpu:.2f}",
+            _fmt_est(e["best_metric"], lambda x: f"{x:.3f}"),
+        ]
+        if settings.target is not None:
+            row.append(_fmt_est(e["time_to_target_s"], t_fmt))
+        row += [_fmt_est(e["cost"], lambda x: f"{x:,.0f}"), f"{100 * e['gpu_utilization'].mean:.0f}%", mark]
+        table.add_row(*row, style="bold green" if g.recommended else ("bold" if g.best_in_family else None))
+    return table
+
+
+def verdict(settings: RecommendSettings, rec: Recommendation) -> str:
+    g = rec.overall
+    if g is None:
+        return "no allocation reached the objective in every seed (e.g. the target was never reached); see the table"
+    e = g.estimates
+    field_name = OBJECTIVE_FIELD[rec.objective]
+    value = e[field_name]
+    shown = _hours(value.mean) if field_name.endswith("_s") else f"{value.mean:,.4g}"
+    same = [o for o in rec.groups if o.equivalent_overall and o is not g]
+    half = value.half_width
+    interval = "" if not math.isfinite(half) else f" ±{_hours(half) if field_name.endswith('_s') else f'{half:,.4g}'}"
+    lines = [f"recommended: {g.scheduler} with {g.allocation} GPU(s) per trial on {g.gpus} GPUs: "
+             f"{rec.objective} {shown}{interval} (95% CI)"]
+    if g.speedup_vs_slowest is not None:
+        lines.append(f"  {g.speedup_vs_slowest:.2f}x faster than the slowest allocation of {g.scheduler}"
+                     + ("" if g.speedup_vs_one_gpu is None else f", {g.speedup_vs_one_gpu:.2f}x vs 1 GPU per trial")
+                     + f"; best {settings.workload.metric.name} {e['best_metric'].mean:.4f}")
+    if same:
+        lines.append("  indistinguishable over these seeds: " + ", ".join(f"{o.scheduler} k={o.allocation}" + (f" ({o.gpus} GPUs)" if len(settings.clusters) > 1 else "") for o in same))
+    for key, best in rec.per_scheduler.items():
+        if best is not g:
+            lines.append(f"  best for {key[0]}" + (f" on {key[1]} GPUs" if len(settings.clusters) > 1 else "") + f": k={best.allocation}")
+    if len(settings.clusters) > 1:
+        for size, best in rec.per_size.items():
+            lines.append(f"  {size:>5} GPUs: {best.scheduler} k={best.allocation}, makespan {_hours(best.estimates['makespan_s'].mean)}, "
+                         f"cost {best.estimates['cost'].mean:,.0f}")
+    return "\n".join(lines)
+
+
+def _progress_printer() -> Any:
+    """A rich progress bar on a terminal; a line every 10% otherwise."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    if sys.stderr.isatty():
+        progress = Progress("simulating", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
+        task = progress.add_task("sweep", total=None)
+        progress.start()
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+            if done == total:
+                progress.stop()
+
+        return update
+    last = [-1]
+
+    def plain(done: int, total: int) -> None:
+        step = int(10 * done / total)
+        if step != last[0]:
+            last[0] = step
+            print(f"simulated {done}/{total}", file=sys.stderr, flush=True)
+
+    return plain
+
+
+def main(settings: RecommendSettings, out_dir: Path) -> None:
+    from rich.console import Console
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    runs = run_grid(settings.points, settings.workers, _progress_printer())
+    wall = time.perf_counter() - t0
+    rec = recommend(runs, settings.objective, settings.workload.metric.mode)
+    write_sweep_csv(out_dir / "sweep.csv", runs)
+    write_json(out_dir / "recommendation.json", recommendation_json(settings, rec))
+    if settings.plots:
+        from nasalloc.sim import recommend_plots
+
+        recommend_plots.write_all(settings, rec, out_dir)
+    console = Console(width=max(120, Console().width))
+    console.print(render_table(settings, rec))
+    print(verdict(settings, rec))
+    print(f"{len(runs)} simulations in {wall:.1f} s; output: {out_dir.resolve()}")
+
+
+def rerun(settings: RecommendSettings, group: GroupStats, seed_index: int = 0) -> Any:
+    """Simulate one group's run again in this process (for its trace: Gantt, best-so-far)."""
+    point = next(p for p in settings.points if p.scheduler == group.scheduler and p.spec.cluster.gpus == group.gpus
+                 and str(p.allocation) == group.allocation and p.spec.seed == group.runs[seed_index].seed)
+    return simulate(point.spec)

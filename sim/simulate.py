@@ -1,0 +1,137 @@
+"""`nasalloc simulate`: one search at one allocation -> trace.jsonl, summary.json, plots.
+
+`load` turns the composed config into a `SimulationSpec` (every check happens there, before
+any folder exists: a bad k, workload, profile, replay file or target ends as one line, exit
+2); `main` runs `engine.simulate` and writes the run folder. `build_spec` is the same
+conversion for callers that compose their own configs (recommend, validate, tests).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from nasalloc.sim.cluster import ClusterSpec, parse_allocation
+from nasalloc.sim.config import to_typed
+from nasalloc.sim.engine import SimulationResult, SimulationSpec, simulate
+from nasalloc.sim.errors import UserError
+from nasalloc.sim.profile import load_profile
+from nasalloc.sim.schedulers import scheduler_config
+from nasalloc.sim.trace import write_json, write_trace
+from nasalloc.sim.workload import workload_from_config
+
+
+@dataclass(frozen=True)
+class SimulateSettings:
+    spec: SimulationSpec
+    plots: bool = True
+
+
+def _int(cfg: DictConfig, key: str, *, allow_none: bool = False) -> int | None:
+    value = cfg.get(key)
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"{key}={value!r}: must be an integer >= 0" + (" or null" if allow_none else ""))
+    return value
+
+
+def build_spec(cfg: DictConfig) -> SimulationSpec:
+    """A validated spec from a composed simulate-style config (UserError on bad input)."""
+    sched = scheduler_config(cfg.scheduler)
+    cluster = to_typed(ClusterSpec, cfg.cluster, "cluster")
+    raw_k = cfg.gpus_per_trial
+    if isinstance(raw_k, ListConfig):
+        raw_k = OmegaConf.to_container(raw_k, resolve=True)
+    allocation = parse_allocation(raw_k, cluster)
+    workload = workload_from_config(cfg.workload)
+    metric = workload.metric
+    if sched.mode != metric.mode:
+        raise UserError(f"scheduler.mode={sched.mode}: the workload's metric {metric.name} is mode={metric.mode}; "
+                        f"set both (workload.metric.mode=...) or leave scheduler.mode to follow the workload")
+    profile = load_profile(str(cfg.profile))
+    sample = _int(cfg, "profile_sample", allow_none=True)
+    if sample is not None and not profile.step_time_samples:
+        raise UserError(f"profile_sample={sample}: profile {profile.name} has no uncertainty.step_time_samples; use null")
+    target = cfg.get("target")
+    if target is not None:
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
+            raise UserError(f"target={target!r}: must be a number within the metric's range or null")
+        if not metric.contains(float(target)):
+            raise UserError(f"target={target}: outside {metric.name}'s range [{metric.low}, {metric.high}]")
+        target = float(target)
+    seed = _int(cfg, "seed")
+    return SimulationSpec(scheduler=sched, workload=workload, profile=profile, cluster=cluster,
+                          allocation=allocation, seed=int(seed or 0), target=target, profile_sample=sample)
+
+
+def load(cfg: DictConfig) -> SimulateSettings:
+    plots = cfg.get("plots", True)
+    if not isinstance(plots, bool):
+        raise UserError(f"plots={plots!r}: must be true or false")
+    return SimulateSettings(spec=build_spec(cfg), plots=plots)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "not reached"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.2f} h"
+    if seconds >= 120:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
+
+
+def report(result: SimulationResult, out_dir: Path | None, wall_s: float) -> str:
+    """The one-screen text summary (ends with the output folder)."""
+    s, spec = result.summary, result.spec
+    c = spec.cluster
+    metric = spec.workload.metric.name
+    best = "none" if s.best_metric is None else f"{s.best_metric:.4f} (trial {s.best_trial})"
+    if s.best_test_metric is not None:
+        best += f", test {s.best_test_metric:.4f}"
+    target = "" if s.target is None else f"  time to {metric} {'>=' if spec.workload.metric.mode == 'max' else '<='} {s.target:g}: {format_duration(s.time_to_target_s)}\n"
+    lines = (
+        f"nasalloc simulate: {s.scheduler} on {c.name} ({c.gpus} GPUs, {c.gpus_per_node} per node), "
+        f"{spec.allocation} GPU(s) per trial, profile {spec.profile.name}, seed {spec.seed}\n"
+        f"  makespan          {format_duration(s.makespan_s)} ({s.makespan_s:,.0f} s simulated)\n"
+        f"  best {metric:<12} {best}\n"
+        f"{target}"
+        f"  GPU utilization   {100 * s.gpu_utilization:.1f} %  ({s.device_hours:,.1f} device-hours)\n"
+        f"  trials            {s.trials}: {s.completed} completed, {s.stopped} stopped; {s.epochs_trained} epochs trained\n"
+        f"  simulated         {result.sim_events:,} events in {wall_s:.2f} s wall time\n"
+    )
+    beyond = result.workload_stats.get("replay_results_beyond_recorded")
+    if beyond is not None:
+        lines += (f"  replay            {result.workload_stats['replay_recorded_trials']} recorded curves; {beyond} results beyond "
+                  f"the recorded epochs held the last value; {result.workload_stats['replay_trials_wrapped']} trials reused a curve\n")
+    if out_dir is not None:
+        lines += f"output: {out_dir}"
+    return lines.rstrip("\n")
+
+
+def main(settings: SimulateSettings, out_dir: Path) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    result = simulate(settings.spec)
+    wall = time.perf_counter() - t0
+    write_trace(out_dir / "trace.jsonl", result.events)
+    summary = result.summary.to_dict()
+    summary["allocation"] = str(settings.spec.allocation)
+    summary["end_time_s"] = result.end_time
+    write_json(out_dir / "summary.json", summary)
+    if settings.plots:
+        from nasalloc.sim.plots import plot_best_so_far, plot_gantt
+
+        title = f"{result.summary.scheduler}, {settings.spec.allocation} GPU/trial on {settings.spec.cluster.gpus} GPUs"
+        plot_gantt(result.events, settings.spec.cluster.gpus, out_dir / "gantt.png", title)
+        plot_best_so_far(result.events, settings.spec.workload.metric.mode, out_dir / "best_so_far.png", title)
+    print(report(result, out_dir.resolve(), wall))
+
+
+__all__ = ["SimulateSettings", "build_spec", "load", "main", "report", "format_duration"]

@@ -1,0 +1,119 @@
+"""The simpy engine: closed-form makespans, determinism, invariants, per-rung allocation."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from nasalloc.sim.engine import simulate
+from nasalloc.sim.trace import write_trace
+from test_sim_support import check_invariants, make_profile, make_spec, make_workload, segments
+
+
+@pytest.mark.parametrize("k, expected", [
+    # k=1: 8 trials on 4 GPUs = 2 waves of (start-up 5 + 3 x (epoch 40 + decision 0.5))
+    (1, 2 * (5 + 3 * (40 + 0.5))),
+    # k=4: 8 trials one after another; start-up 5 + 1*log2(4) = 7, epoch 400/(4*10) steps x 1 s = 10
+    (4, 8 * (7 + 3 * (10 + 0.5))),
+    # k=2: 2 trials at once, 4 waves; start-up 6, epoch 20
+    (2, 4 * (6 + 3 * (20 + 0.5))),
+])
+def test_random_search_closed_form_makespan(k, expected):
+    spec = make_spec(k=k, profile=make_profile(decision=0.5))
+    result = simulate(spec)
+    assert result.summary.makespan_s == expected  # exact: sums of binary-exact numbers
+    assert result.end_time == expected
+    assert result.summary.trials == 8 and result.summary.completed == 8
+    assert result.summary.epochs_trained == 24
+    assert result.summary.gpu_utilization == pytest.approx(1.0)
+    check_invariants(result)
+
+
+def test_sharing_closed_form():
+    # k=1/2: 8 trials on 8 half-devices at once; epoch 40 x 1.8 (sharing curve at m=2)
+    result = simulate(make_spec(k=0.5, profile=make_profile(decision=0.5)))
+    assert result.summary.makespan_s == pytest.approx(5 + 3 * (72 + 0.5))
+    assert {len(s["devices"]) for s in segments(result.events)} == {1}
+    check_invariants(result)
+
+
+def test_same_seed_same_bytes_other_seed_other_search(tmp_path):
+    spec = make_spec(scheduler={"name": "asha", "n_trials": 30, "max_epochs": 9}, gpus=8, k=2)
+    paths = []
+    for i, s in enumerate((spec, pickle.loads(pickle.dumps(spec)), make_spec(scheduler={"name": "asha", "n_trials": 30, "max_epochs": 9}, gpus=8, k=2, seed=1))):
+        path = tmp_path / f"t{i}.jsonl"
+        write_trace(path, simulate(s).events)
+        paths.append(path.read_bytes())
+    assert paths[0] == paths[1]
+    assert paths[0] != paths[2]
+
+
+def test_curves_do_not_depend_on_the_allocation():
+    """The same configuration reports the same metric at the same epoch under any k."""
+    by_k = {}
+    for k in (0.5, 1, 4):
+        res = simulate(make_spec(k=k, scheduler={"name": "random", "n_trials": 6, "max_epochs": 3}))
+        configs = {e.trial: e.config for e in res.events if e.event == "start"}
+        by_k[k] = {(str(sorted(configs[e.trial].items())), e.epoch): e.metric for e in res.events if e.event == "result"}
+    assert by_k[0.5] == by_k[1] == by_k[4]
+
+
+@pytest.mark.parametrize("scheduler", [
+    {"name": "asha", "n_trials": 40, "max_epochs": 27},
+    {"name": "asha", "n_trials": 40, "max_epochs": 27, "variant": "promotion"},
+    {"name": "hyperband", "n_trials": 30, "max_epochs": 27},
+    {"name": "hyperband", "n_trials": 30, "max_epochs": 27, "promotion": "rerun"},
+    {"name": "bohb", "n_trials": 30, "max_epochs": 27},
+])
+@pytest.mark.parametrize("k", [0.25, 1, 4, 8, [1, 2, 4, 8], [0.5, 1, 4]])
+def test_invariants_for_every_scheduler(scheduler, k):
+    prof = make_profile(decision=0.25, save=2.0, restore=3.0, eval_s=1.0)
+    result = simulate(make_spec(scheduler=scheduler, gpus=16, k=k, profile=prof))
+    check_invariants(result)
+    assert result.summary.best_metric is not None
+    assert result.summary.trials == scheduler["n_trials"]
+    finals = {}
+    for e in result.events:
+        if e.event in ("stop", "complete"):
+            finals[e.trial] = e.event
+        elif e.event in ("start", "resume"):
+            finals.pop(e.trial, None)
+    assert len(finals) == scheduler["n_trials"], "every trial ends stopped or completed"
+
+
+def test_per_rung_schedule_grows_the_allocation():
+    """RASDA: an ASHA survivor moves to more devices at each rung, from its checkpoint."""
+    prof = make_profile(save=2.0, restore=3.0)
+    result = simulate(make_spec(scheduler={"name": "asha", "n_trials": 27, "max_epochs": 9, "eta": 3}, gpus=16, k=[1, 2, 4], profile=prof))
+    check_invariants(result)
+    for seg in segments(result.events):
+        rung = 0 if seg["epoch0"] < 1 else (1 if seg["epoch0"] < 3 else 2)
+        assert len(seg["devices"]) == [1, 2, 4][rung], seg
+        if seg["epoch0"] > 0:
+            assert seg["epoch0"] in (1, 3)
+    completed = [e.trial for e in result.events if e.event == "complete"]
+    assert completed
+    resumed = {e.trial for e in result.events if e.event == "resume"}
+    assert set(completed) <= resumed
+
+
+def test_batch_size_effect_slows_progress_at_large_k():
+    wl = make_workload(b_noise=40.0, rank_fidelity=1.0, noise=0.0)
+    small = simulate(make_spec(k=1, workload=wl))
+    large = simulate(make_spec(k=4, workload=wl))
+    final = lambda r: sorted((e.trial, e.metric) for e in r.events if e.event == "result" and e.epoch == 3)  # noqa: E731
+    assert all(lg < sm for (_, sm), (_, lg) in zip(final(small), final(large)))
+
+
+def test_time_to_target_and_test_metric():
+    result = simulate(make_spec(target=0.05))
+    s = result.summary
+    assert s.time_to_target_s is not None and s.time_to_target_s <= s.makespan_s
+    assert s.best_test_metric is not None
+    assert all(e.test_metric is not None for e in result.events if e.event == "result")
+
+
+def test_spec_is_small_and_picklable():
+    spec = make_spec()
+    assert len(pickle.dumps(spec)) < 20_000

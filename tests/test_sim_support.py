@@ -1,0 +1,124 @@
+"""Builders and trace checkers shared by the simulator's tests (no tests in here)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+
+from nasalloc.sim.cluster import Allocation, ClusterSpec, parse_allocation
+from nasalloc.sim.engine import SimulationResult, SimulationSpec, effective_profile
+from nasalloc.sim.profile import Profile, parse_profile
+from nasalloc.sim.schedulers import scheduler_config
+from nasalloc.sim.trace import HOLDS, RELEASES, TraceEvent
+from nasalloc.sim.workload import workload_from_config
+
+SPACE = {
+    "lr": {"type": "float", "low": 1e-3, "high": 1.0, "log": True},
+    "width": {"type": "int", "low": 16, "high": 256, "log": True},
+    "opt": {"type": "categorical", "choices": ["sgd", "adam"]},
+}
+
+
+def make_profile(*, t_compute=1.0, samples=400, batch=10, startup=5.0, per_doubling=1.0, eval_s=0.0,
+                 save=0.0, restore=0.0, decision=0.0, bandwidth="inf", sharing=None, cv=0.0, gpn=4) -> Profile:
+    return parse_profile({
+        "name": "test",
+        "hardware": {"gpus_per_node": gpn},
+        "workload": {"samples_per_epoch": samples, "batch_per_device": batch, "scaling": "weak"},
+        "step_time": {"t_compute_s": t_compute, "grad_bytes": 1e8, "intra_bandwidth_Bps": bandwidth,
+                      "inter_bandwidth_Bps": bandwidth, "straggler_cv": cv},
+        "overheads": {"startup_s": startup, "startup_per_doubling_s": per_doubling, "eval_s": eval_s,
+                      "checkpoint_save_s": save, "checkpoint_restore_s": restore, "decision_latency_s": decision},
+        "sharing": sharing or {1: 1.0, 2: 1.8, 4: 3.5},
+    })
+
+
+def make_workload(**over):
+    node = {"name": "synthetic", "metric": {"name": "acc", "mode": "max", "low": 0.0, "high": 1.0}, "space": SPACE}
+    node.update(over)
+    return workload_from_config(node)
+
+
+def make_spec(*, scheduler=None, gpus=4, gpn=4, k=1, profile=None, seed=0, target=None, workload=None) -> SimulationSpec:
+    cluster = ClusterSpec("test", gpus, gpn)
+    sched = scheduler_config(scheduler or {"name": "random", "n_trials": 8, "max_epochs": 3})
+    alloc = k if isinstance(k, Allocation) else parse_allocation(k, cluster)
+    return SimulationSpec(scheduler=sched, workload=workload or make_workload(), profile=profile or make_profile(gpn=gpn),
+                          cluster=cluster, allocation=alloc, seed=seed, target=target)
+
+
+def segments(events: list[TraceEvent]) -> list[dict]:
+    """Every hold: trial, start, end, devices, start epoch, results inside, how it ended."""
+    open_: dict[int, dict] = {}
+    out = []
+    for ev in events:
+        if ev.event in HOLDS:
+            assert ev.trial not in open_, f"trial {ev.trial} holds twice at t={ev.time}"
+            open_[ev.trial] = {"trial": ev.trial, "t0": ev.time, "devices": ev.devices, "epoch0": ev.epoch, "results": 0}
+        elif ev.event == "result":
+            assert ev.trial in open_, f"result of trial {ev.trial} at t={ev.time} without devices"
+            assert ev.devices == open_[ev.trial]["devices"]
+            open_[ev.trial]["results"] += 1
+        elif ev.event in RELEASES and ev.devices:
+            seg = open_.pop(ev.trial)
+            seg.update(t1=ev.time, end=ev.event, epoch1=ev.epoch)
+            out.append(seg)
+    assert not open_, f"trials still holding devices at the end: {sorted(open_)}"
+    return out
+
+
+def check_invariants(result: SimulationResult) -> None:
+    """Capacity, sharing, no duplicate epochs (continue semantics), busy-time accounting."""
+    spec = result.spec
+    n = spec.cluster.gpus
+    max_share = max(round(1 / k) if k < 1 else 1 for k in spec.allocation.schedule)
+    fractional = any(k < 1 for k in spec.allocation.schedule)
+    on_device: dict[int, set[int]] = defaultdict(set)
+    for ev in result.events:
+        assert all(0 <= d < n for d in ev.devices)
+        if ev.event in HOLDS:
+            if not fractional or len(ev.devices) > 1:
+                for d in ev.devices:
+                    assert not on_device[d], f"device {d} given to trial {ev.trial} while {on_device[d]} run at t={ev.time}"
+            for d in ev.devices:
+                on_device[d].add(ev.trial)
+                assert len(on_device[d]) <= max_share
+            assert sum(1 for d in on_device if on_device[d]) <= n
+        elif ev.event in RELEASES:
+            for d in ev.devices:
+                on_device[d].discard(ev.trial)
+    if getattr(spec.scheduler, "promotion", "continue") == "continue":
+        seen = set()
+        for ev in result.events:
+            if ev.event == "result":
+                assert (ev.trial, ev.epoch) not in seen, f"epoch {ev.epoch} of trial {ev.trial} simulated twice"
+                seen.add((ev.trial, ev.epoch))
+    # busy time = epoch times + start-up + restore + decision latency + checkpoint saves
+    prof = effective_profile(spec)
+    ov = prof.overheads
+    total = 0.0
+    for seg in segments(result.events):
+        dur = seg["t1"] - seg["t0"]
+        devs = seg["devices"]
+        k = float(len(devs))
+        if len(devs) == 1 and fractional:  # a share or a whole device: the k whose costs fit
+            save = ov.checkpoint_save_s
+            k = min({x for x in spec.allocation.schedule if x <= 1},
+                    key=lambda x: min(abs(dur - _expected(prof, x, seg)), abs(dur - save - _expected(prof, x, seg))))
+        base = _expected(prof, k, seg)
+        extra = dur - base
+        if seg["end"] == "pause":
+            assert extra == pytest.approx(ov.checkpoint_save_s, abs=1e-6), seg
+        else:  # a "stop" may end a PAUSE whose save was under way when the scheduler stopped it
+            assert extra == pytest.approx(0.0, abs=1e-6) or extra == pytest.approx(ov.checkpoint_save_s, abs=1e-6), seg
+        total += k * dur
+    assert result.device_seconds == pytest.approx(total, rel=1e-9, abs=1e-6)
+    if not fractional:
+        assert result.summary.device_hours * 3600 == pytest.approx(total, rel=1e-9, abs=1e-6)
+
+
+def _expected(prof: Profile, k: float, seg: dict) -> float:
+    ov = prof.overheads
+    return (prof.startup_time(k) + (ov.checkpoint_restore_s if seg["epoch0"] > 0 else 0.0)
+            + seg["results"] * (prof.epoch_time(k) + ov.decision_latency_s))
