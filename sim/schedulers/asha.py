@@ -56,6 +56,7 @@ A result at ``max_epochs`` completes the trial before any rung logic, as Ray's
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -86,14 +87,36 @@ def _nan_worst(score: float) -> float:
     return -math.inf if math.isnan(score) else score
 
 
-def ray_continues(recorded: list[float], score: float, eta: int) -> bool:
-    """Ray Tune's quantile rule (see the module docstring); `recorded` excludes `score`."""
-    if not recorded:
-        return True
-    values = np.asarray(recorded, dtype=float)
-    if np.all(np.isnan(values)):
+def linear_percentile(sorted_values: list[float], percentile: float) -> float:
+    """numpy's default ("linear") percentile of an ascending, NaN-free list, bit for bit.
+
+    The ASHA rule runs once per result on the simulator's hot path; calling numpy there
+    cost more than the rest of the simulation. The arithmetic below is numpy's own (virtual
+    index (n - 1) * q and its two-sided lerp), so decisions match Ray's exactly.
+    """
+    n = len(sorted_values)
+    q = percentile / 100.0
+    index = (n - 1) * q
+    below = math.floor(index)
+    if below < 0:
+        return sorted_values[0]
+    if below >= n - 1:
+        return sorted_values[-1]
+    t = index - below
+    a, b = sorted_values[below], sorted_values[below + 1]
+    diff = b - a
+    return b - diff * (1.0 - t) if t >= 0.5 else a + diff * t
+
+
+def ray_continues(recorded: list[float], score: float, eta: int, *, presorted: bool = False) -> bool:
+    """Ray Tune's quantile rule (see the module docstring); `recorded` excludes `score`.
+
+    With `presorted`, `recorded` is already ascending and NaN-free (a rung keeps it so).
+    """
+    values = recorded if presorted else sorted(v for v in recorded if not math.isnan(v))
+    if not values:
         return True  # nanpercentile of nothing is NaN; comparisons with NaN are False
-    cutoff = float(np.nanpercentile(values, 100.0 * (1.0 - 1.0 / eta)))
+    cutoff = linear_percentile(values, 100.0 * (1.0 - 1.0 / eta))
     return not score < cutoff  # NaN score: the comparison is False, so it continues
 
 
@@ -114,6 +137,12 @@ class Rung:
     milestone: int
     recorded: dict[int, float] = field(default_factory=dict)  # trial id -> score
     promoted: set[int] = field(default_factory=set)
+    ascending: list[float] = field(default_factory=list)  # the non-NaN scores, sorted (for the ray rule)
+
+    def record(self, trial_id: int, score: float) -> None:
+        self.recorded[trial_id] = score
+        if not math.isnan(score):
+            bisect.insort(self.ascending, score)
 
     def top(self, eta: int) -> list[int]:
         """The ``floor(n / eta)`` best trials (NaN worst; ties: earlier trial id first)."""
@@ -152,9 +181,11 @@ class AshaBracket:
         if passed < 0 or passed <= self._level.get(trial_id, -1):
             return None
         rung = self.rungs[passed]
-        rule = ray_continues if self.rule == "ray" else rank_continues
-        keep = rule(list(rung.recorded.values()), score, self.eta)
-        rung.recorded[trial_id] = score
+        if self.rule == "ray":
+            keep = ray_continues(rung.ascending, score, self.eta, presorted=True)
+        else:
+            keep = rank_continues(list(rung.recorded.values()), score, self.eta)
+        rung.record(trial_id, score)
         self._level[trial_id] = passed
         return passed, keep
 
