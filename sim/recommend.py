@@ -63,7 +63,7 @@ def _schedulers(cfg: DictConfig, mode: str) -> list[Any]:
     """Typed scheduler configs: the one named by `scheduler=NAME`, else those in `schedulers`.
 
     `n_trials` (when set) sizes every compared search alike, so schedulers are compared on
-    the same number of configurations; `scheduler.n_trials=` overrides it for one scheduler.
+    the same number of configurations (null: each scheduler config's own n_trials).
     """
     n_trials = cfg.get("n_trials")
     if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
@@ -71,6 +71,8 @@ def _schedulers(cfg: DictConfig, mode: str) -> list[Any]:
     if cfg.get("scheduler") is not None:
         node = _plain(cfg.scheduler)
         node["mode"] = mode
+        if n_trials is not None:
+            node["n_trials"] = n_trials
         return [scheduler_config(node)]
     names = _plain(cfg.get("schedulers"))
     if isinstance(names, str):
