@@ -8,6 +8,7 @@ PolyCollection, so thousands of trials draw in well under a second.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -50,13 +51,25 @@ def _holds(events: list[TraceEvent]) -> list[tuple[int, float, float, tuple[int,
 
 
 def plot_gantt(events: list[TraceEvent], n_devices: int, path: Path, title: str = "") -> None:
-    """Devices (rows) over time, one bar per trial's hold coloured by trial.
+    """Devices (rows) over time, one bar per trial's hold coloured by trial (see `draw_gantt`)."""
+    fig_h = min(2.0 + 0.18 * n_devices, 14.0)
+    fig, ax = plt.subplots(figsize=(11, fig_h))
+    draw_gantt(ax, events, n_devices, title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_gantt(ax: Any, events: list[TraceEvent], n_devices: int, title: str = "", span: float | None = None) -> None:
+    """Draw the Gantt chart into `ax`; `span` (seconds) fixes the time axis so two charts
+    (predicted and measured) can share one scale.
 
     Trials sharing a device (k < 1) get lanes inside the device's row. The end of each hold
     is marked: star = completed, x = stopped, bar = paused (resumed later, maybe elsewhere).
     """
     holds = _holds(events)
-    span = max((h[2] for h in holds), default=1.0) or 1.0
+    if span is None:
+        span = max((h[2] for h in holds), default=1.0) or 1.0
     scale, unit = _time_unit(span)
     cmap = plt.get_cmap("tab20")
     # lanes per device: greedy interval colouring so overlapping shares stack
@@ -89,8 +102,6 @@ def plot_gantt(events: list[TraceEvent], n_devices: int, path: Path, title: str 
                 xs, ys = ends.setdefault(how, ([], []))
                 xs.append(x1)
                 ys.append(y0 + height / 2)
-    fig_h = min(2.0 + 0.18 * n_devices, 14.0)
-    fig, ax = plt.subplots(figsize=(11, fig_h))
     if polys:
         ax.add_collection(PolyCollection(polys, facecolors=colors, edgecolors="white", linewidths=0.2))
     for how, (xs, ys) in ends.items():
@@ -106,9 +117,6 @@ def plot_gantt(events: list[TraceEvent], n_devices: int, path: Path, title: str 
     ax.set_title(title or "devices over time (colour = trial)")
     if ends:
         ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_best_so_far(events: list[TraceEvent], mode: str, path: Path, title: str = "") -> None:
