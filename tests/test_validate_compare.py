@@ -1,0 +1,71 @@
+"""The error arithmetic of `nasalloc validate` on a constructed trace pair with known answers."""
+
+import pytest
+
+from nasalloc.calibration.compare import compare, kendall_tau, relative_error, timings
+from nasalloc.sim.trace import TraceEvent
+
+
+def ev(t, event, trial, epoch=None, metric=None, devices=(0,)):
+    return TraceEvent(time=t, event=event, trial=trial, epoch=epoch, metric=metric, devices=tuple(devices))
+
+
+def trace(startup, epoch, save, restore, stop_second_at=2):
+    """Two trials on one device each. Trial 0: 3 epochs, pauses after epoch 1 and resumes.
+    Trial 1 (device 1): stopped after `stop_second_at` epochs."""
+    t = 0.0
+    out = [ev(t, "start", 0, 0)]
+    t += startup + epoch
+    out.append(ev(t, "result", 0, 1, 0.5))
+    t += save
+    out.append(ev(t, "pause", 0, 1))
+    out.append(ev(t, "resume", 0, 1))
+    t += restore + startup + epoch
+    out.append(ev(t, "result", 0, 2, 0.6))
+    t += epoch
+    out.append(ev(t, "result", 0, 3, 0.7))
+    out.append(ev(t, "complete", 0, 3))
+    u = 0.0
+    out.append(ev(u, "start", 1, 0, devices=(1,)))
+    u += startup + epoch
+    out.append(ev(u, "result", 1, 1, 0.4, devices=(1,)))
+    for e in range(2, stop_second_at + 1):
+        u += epoch
+        out.append(ev(u, "result", 1, e, 0.4, devices=(1,)))
+    out.append(ev(u, "stop", 1, stop_second_at, devices=(1,)))
+    return sorted(out, key=lambda e: e.time)
+
+
+def test_timings_read_back_the_constructed_costs():
+    tm = timings(trace(startup=2.0, epoch=10.0, save=1.0, restore=3.0))
+    assert tm.epoch_s == {1: 10.0}
+    assert tm.startup_s == {1: 2.0}
+    assert tm.resume_s == {1: 5.0}  # restore + start-up
+    assert tm.pause_s == 1.0
+
+
+def test_errors_of_a_prediction_that_is_20_percent_slow_per_epoch():
+    measured = trace(startup=2.0, epoch=10.0, save=1.0, restore=3.0)
+    predicted = trace(startup=2.0, epoch=12.0, save=1.0, restore=3.0)
+    c = compare(predicted, measured, mode="max", n_devices=2)
+    assert c.epoch_s["1"]["error"] == pytest.approx(0.2)
+    assert c.startup_s["1"]["error"] == pytest.approx(0.0)
+    # measured makespan: 2+10+1+3+2+10+10 = 38; predicted: 2+12+1+3+2+12+12 = 44
+    assert c.makespan_s["measured"] == 38.0 and c.makespan_s["predicted"] == 44.0
+    assert c.makespan_s["error"] == pytest.approx(6 / 38)
+    assert c.decisions.fraction == 1.0 and c.decisions.same_best_trial
+
+
+def test_a_differently_stopped_trial_shows_in_the_decision_agreement():
+    c = compare(trace(2, 10, 1, 3, stop_second_at=3), trace(2, 10, 1, 3, stop_second_at=2), mode="max", n_devices=2)
+    assert c.decisions.same_outcome == 1 and c.decisions.fraction == 0.5
+    assert c.decisions.differing == [{"trial": 1, "predicted": ("stop", 3), "measured": ("stop", 2)}]
+    assert c.decisions.epochs_predicted == c.decisions.epochs_measured + 1
+
+
+def test_relative_error_and_kendall_tau_edge_cases():
+    assert relative_error(None, 1.0) is None and relative_error(1.0, 0.0) is None
+    assert relative_error(9.0, 10.0) == pytest.approx(-0.1)
+    assert kendall_tau([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert kendall_tau([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+    assert kendall_tau([1], [1]) is None
