@@ -1,0 +1,87 @@
+"""How right is the prediction on this machine? calibrate -> recommend -> run -> validate.
+
+    .venv/bin/python benchmarks/prediction_error.py [--work DIR] [--trials 12] [--epochs 9]
+
+1. `nasalloc calibrate` profiles the digits workload on this machine's CPU slots (k = 1, 2
+   and 2 trials sharing one slot);
+2. `nasalloc recommend` on a 2-slot "cluster" with that profile, for the allocations
+   k = 1/2, 1 and 2 (what the recommender considers there);
+3. `nasalloc run` executes the same ASHA search for real at each of those allocations;
+4. `nasalloc validate` re-simulates each run with its own learning curves and compares.
+Prints the makespan error per allocation, the median absolute error and whether the
+predicted ranking of the allocations matches the measured one. Targets (not a test): median
+makespan error under 10%, ranking identical. Run it on an otherwise idle machine: the
+calibration measures this machine as it is while it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ALLOCATIONS = ["1/2", "1", "2"]
+
+
+def nasalloc(*args: str) -> None:
+    cmd = [sys.executable, "-m", "nasalloc", *args]
+    print("$ nasalloc " + " ".join(args), flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"failed: {' '.join(cmd)}")
+    print(f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("outputs/prediction_error"))
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=9)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", help="skip calibration and use this profile (name or path)")
+    args = parser.parse_args()
+    work = args.work.resolve()
+    if work.exists() and any(work.iterdir()):
+        raise SystemExit(f"{work}: exists and is not empty; give another --work")
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    search = [f"scheduler.n_trials={args.trials}", f"scheduler.max_epochs={args.epochs}", f"seed={args.seed}"]
+    if args.profile:
+        profile = args.profile
+    else:
+        nasalloc("calibrate", "calibration.cpu_slots=2", "name=digits_cpu_bench", f"out_dir={work / 'calibrate'}")
+        profile = str(work / "calibrate" / "profile.yaml")
+    nasalloc("recommend", "scheduler=asha", f"profile={profile}", "cluster.gpus=2", "cluster.gpus_per_node=2",
+             "allocations=[\"1/2\",1,2]", "n_trials=" + str(args.trials), f"scheduler.max_epochs={args.epochs}",
+             "seeds=5", f"out_dir={work / 'recommend'}")
+    runs = []
+    for k in ALLOCATIONS:
+        folder = work / f"run_k{k.replace('/', '_')}"
+        nasalloc("run", f"gpus_per_trial={k}", "devices=cpu", "devices.count=2", "progress=none",
+                 f"profile={profile}", *search, f"out_dir={folder}")
+        runs.append(folder)
+    nasalloc("validate", "run=[" + ",".join(str(r) for r in runs) + "]", f"profile={profile}",
+             f"out_dir={work / 'validate'}")
+    report = json.loads((work / "validate" / "validation.json").read_text())
+    rec = json.loads((work / "recommend" / "recommendation.json").read_text())
+    print("\nallocation  predicted makespan  measured makespan  error")
+    for r in report["runs"]:
+        m = r["makespan_s"]
+        print(f"  k={r['gpus_per_trial']:<6} {m['predicted']:>14.1f} s {m['measured']:>15.1f} s  {100 * m['error']:+6.1f}%")
+    rank = report["ranking"]
+    print(f"median |makespan error|: {100 * report['median_abs_makespan_error']:.1f}%  (target < 10%)")
+    print(f"ranking: predicted {' < '.join(rank['predicted_order'])}, measured {' < '.join(rank['measured_order'])}, "
+          f"Kendall tau {rank['kendall_tau']}  (target: identical)")
+    print(f"recommend (synthetic curves) chose k={rec['recommended']['gpus_per_trial']}; "
+          f"measured fastest: k={rank['measured_best']}")
+    print(f"files: {work}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Everything fitted from one set of `Measurements`: the step-time model with its bootstrap,
+the baselines and their comparison, and the overheads. Pure: no I/O, no printing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nasalloc.calibration.fit import (
+    BaselineFit,
+    FitSettings,
+    ModelScore,
+    StepData,
+    StepFit,
+    bootstrap_step_fits,
+    compare_models,
+    fit_baseline,
+    fit_startup,
+    fit_step_time,
+    predict_step_time,
+    robust_cv,
+)
+from nasalloc.calibration.measurements import Measurements
+from nasalloc.sim.speedup import StepTimeModel
+
+
+@dataclass(frozen=True)
+class Analysis:
+    settings: FitSettings
+    data: StepData
+    step: StepFit
+    step_samples: list[StepTimeModel]  # bootstrap refits (successful ones)
+    bootstrap_requested: int
+    amdahl: BaselineFit
+    linear: BaselineFit
+    scores: list[ModelScore]
+    best: str
+    basis: str
+    startup_s: float
+    startup_per_doubling_s: float
+    startup_slope_assumed: bool
+
+    def speedup(self, model: StepTimeModel, k: np.ndarray, batch_fraction: np.ndarray) -> np.ndarray:
+        """Throughput at k relative to one device under `model`: k b(k) T(1) / T(k)."""
+        t = predict_step_time(model, k, self.settings.gpus_per_node, batch_fraction)
+        return k * batch_fraction * model.t_compute_s / t
+
+    def speedup_band(self, k: np.ndarray, batch_fraction: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Pointwise `level` band of the fitted speedup over the bootstrap refits."""
+        if not self.step_samples:
+            s = self.speedup(self.step.model, k, batch_fraction)
+            return s, s
+        curves = np.array([self.speedup(m, k, batch_fraction) for m in self.step_samples])
+        lo, hi = np.percentile(curves, [50 * (1 - level), 50 * (1 + level)], axis=0)
+        return lo, hi
+
+
+def analyse(m: Measurements, settings: FitSettings, *, bootstrap: int, rng: np.random.Generator) -> Analysis:
+    """Fit the step-time model (cv measured from k = 1), bootstrap it, fit baselines and start-up."""
+    data = StepData.from_samples(m.step_samples, m.batch_fraction)
+    cv = robust_cv(m.step_samples[1])
+    step = fit_step_time(data, settings, straggler_cv=cv)
+    samples = bootstrap_step_fits(m.step_samples, m.batch_fraction, settings, step, bootstrap, rng) if bootstrap > 0 else []
+    scores, best, basis = compare_models(data, settings, step.model.straggler_cv)
+    s0, s1, slope_assumed = fit_startup(m.startup_s)
+    return Analysis(settings=settings, data=data, step=step, step_samples=samples, bootstrap_requested=bootstrap,
+                    amdahl=fit_baseline("amdahl", data), linear=fit_baseline("linear", data), scores=scores, best=best,
+                    basis=basis, startup_s=s0, startup_per_doubling_s=s1, startup_slope_assumed=slope_assumed)

@@ -1,0 +1,274 @@
+"""`nasalloc calibrate`: profile a training function at a few k (or import timings) -> profile.yaml.
+
+`load` validates everything before Hydra makes a folder: the settings, the entrypoint (it
+must import), k against the devices present, and an imported CSV (parsed in full there). `main`
+profiles (`profiling`), fits (`analysis`) and writes profile.yaml, speedup.png and a table
+(`report`). The profile goes through `sim.profile.dump_profile`, so the simulator reads it
+as is: `nasalloc simulate profile=<out_dir>/profile.yaml`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from nasalloc.calibration.analysis import analyse
+from nasalloc.calibration.fit import FITTABLE, FitSettings
+from nasalloc.calibration.import_csv import read_timings
+from nasalloc.calibration.measurements import Measurements
+from nasalloc.calibration.profiling import ProfilingPlan, profile_workload
+from nasalloc.calibration.report import WorkloadFacts, build_profile, plot_speedup, summary_lines, summary_table
+from nasalloc.sim.config import require, to_typed
+from nasalloc.sim.errors import UserError
+from nasalloc.sim.profile import dump_profile
+
+
+@dataclass
+class WorkloadConf:
+    entrypoint: str = "nasalloc.execute.workloads.digits:train"
+    config: dict[str, Any] = field(default_factory=dict)
+    batch_per_device: int = 32
+    scaling: str = "strong"
+    samples_per_epoch: Optional[int] = None
+    grad_bytes: Optional[float] = None
+    eval_scales: bool = False
+
+    def __post_init__(self) -> None:
+        require(self.batch_per_device >= 1, f"batch_per_device={self.batch_per_device}: must be an integer >= 1")
+        require(self.scaling in ("weak", "strong"), f"scaling={self.scaling!r}: allowed: weak, strong")
+        require(self.samples_per_epoch is None or self.samples_per_epoch >= 1,
+                f"samples_per_epoch={self.samples_per_epoch}: must be an integer >= 1 or null")
+        require(self.grad_bytes is None or self.grad_bytes > 0, f"grad_bytes={self.grad_bytes}: must be > 0 or null")
+
+
+_ASSUMABLE = sorted(set(FITTABLE) - {"t_compute_s"} | {"straggler_cv"})
+
+
+@dataclass
+class CalibrationConf:
+    gpus_per_trial: Optional[list[int]] = None
+    share: list[int] = field(default_factory=lambda: [2])
+    device: str = "auto"
+    cpu_slots: Optional[int] = None
+    threads_per_rank: Optional[int] = None
+    gpus_per_node: Optional[int] = None
+    backend: str = "auto"
+    warmup_steps: int = 5
+    pilot_steps: int = 30
+    rel_error: float = 0.01
+    time_limit_s: float = 12.0
+    max_steps: int = 3000
+    checkpoints: int = 2
+    bootstrap: int = 200
+    assume: dict[str, Optional[float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require(self.device in ("auto", "cpu", "cuda"), f"device={self.device!r}: allowed: auto, cpu, cuda")
+        require(self.backend in ("auto", "cpu", "cuda"), f"backend={self.backend!r}: allowed: auto, cpu, cuda")
+        require(all(m >= 2 for m in self.share), f"share={self.share}: each m (trials per device) must be >= 2")
+        require(self.cpu_slots is None or self.cpu_slots >= 1, f"cpu_slots={self.cpu_slots}: must be >= 1 or null")
+        require(self.threads_per_rank is None or self.threads_per_rank >= 1,
+                f"threads_per_rank={self.threads_per_rank}: must be >= 1 or null")
+        require(self.gpus_per_node is None or self.gpus_per_node >= 1, f"gpus_per_node={self.gpus_per_node}: must be >= 1 or null")
+        require(self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps}: must be >= 0")
+        require(self.pilot_steps >= 3, f"pilot_steps={self.pilot_steps}: must be >= 3")
+        require(0 < self.rel_error < 1, f"rel_error={self.rel_error}: must lie in (0, 1)")
+        require(self.time_limit_s > 0, f"time_limit_s={self.time_limit_s}: must be > 0")
+        require(self.max_steps >= self.pilot_steps, f"max_steps={self.max_steps}: must be >= pilot_steps")
+        require(self.checkpoints >= 0, f"checkpoints={self.checkpoints}: must be >= 0")
+        require(self.bootstrap >= 0, f"bootstrap={self.bootstrap}: must be >= 0")
+        self.assume = {k: v for k, v in self.assume.items() if v is not None}
+        for key, value in self.assume.items():
+            require(key in _ASSUMABLE, f"assume.{key}: cannot be pinned; allowed: {', '.join(_ASSUMABLE)}")
+            require(value >= 0 and (key != "gamma" or 1 <= value <= 10) and (not key.endswith("_Bps") or value > 0),
+                    f"assume.{key}={value}: out of range (gamma in [1, 10], bandwidths > 0, others >= 0)")
+
+
+@dataclass(frozen=True)
+class CalibrateSettings:
+    """Everything `main` needs, validated by `load`."""
+
+    name: str
+    description: str | None
+    workload: WorkloadConf
+    calibration: CalibrationConf
+    seed: int
+    timings: Path | None
+    imported: Measurements | None  # parsed CSV (timings=...), else None
+    plan: ProfilingPlan | None  # what to run (no timings), else None
+    fit: FitSettings
+
+
+def devices_present(kind: str, cpu_slots: int | None) -> list[int]:
+    """Device ids to profile on: CUDA indices, or CPU slots (default: the usable cores)."""
+    if kind == "cuda":
+        import torch
+
+        return list(range(torch.cuda.device_count()))
+    if cpu_slots is not None:
+        return list(range(cpu_slots))
+    try:
+        return list(range(len(os.sched_getaffinity(0))))
+    except AttributeError:
+        return list(range(os.cpu_count() or 1))
+
+
+def _device_kind(c: CalibrationConf) -> str:
+    if c.device != "auto":
+        if c.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UserError("calibration.device=cuda: no CUDA device visible here; allowed here: auto, cpu")
+        return c.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_entrypoint(entrypoint: str) -> None:
+    from nasalloc.execute.worker import resolve_entrypoint
+
+    try:
+        fn = resolve_entrypoint(entrypoint)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise UserError(f"workload.entrypoint={entrypoint!r}: cannot load it ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}); expected 'module:function' importable here") from None
+    if not callable(fn):
+        raise UserError(f"workload.entrypoint={entrypoint!r}: not a function")
+
+
+def _ks(c: CalibrationConf, n: int, kind: str) -> list[int]:
+    if c.gpus_per_trial is None:
+        ks, k = [], 1
+        while k <= n:
+            ks.append(k)
+            k *= 2
+        return ks
+    ks = sorted(set(int(k) for k in c.gpus_per_trial) | {1})  # k = 1 fixes the compute time: always measured
+    for k in ks:
+        if k < 1:
+            raise UserError(f"calibration.gpus_per_trial={list(c.gpus_per_trial)}: each k must be >= 1 "
+                            "(sharing, k = 1/m, is calibration.share)")
+        if k > n:
+            what = "GPUs" if kind == "cuda" else "CPU slots"
+            raise UserError(f"calibration.gpus_per_trial={list(c.gpus_per_trial)}: k={k} is more than the {n} {what} "
+                            f"present; allowed: 1..{n}")
+    return ks
+
+
+def batch_fraction_at(k: int, w: WorkloadConf) -> float:
+    """Per-rank batch at k over batch_per_device: 1 (weak) or (b // k) / b (strong, as the built-ins shard)."""
+    return 1.0 if w.scaling == "weak" else max(1, w.batch_per_device // k) / w.batch_per_device
+
+
+def load(cfg: DictConfig) -> CalibrateSettings:
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(raw, dict)
+    workload = to_typed(WorkloadConf, raw.get("workload"), "workload")
+    calib = to_typed(CalibrationConf, raw.get("calibration"), "calibration")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UserError(f"seed={seed!r}: must be an integer >= 0")
+    for key in ("name", "description", "timings"):
+        if raw.get(key) is not None and not isinstance(raw.get(key), str):
+            raise UserError(f"{key}={raw.get(key)!r}: must be a string or null")
+    timings = Path(raw["timings"]).expanduser() if raw.get("timings") else None
+    imported = plan = None
+    if timings is not None:
+        imported = read_timings(timings, lambda k: batch_fraction_at(k, workload))
+        if workload.samples_per_epoch is None:
+            raise UserError(f"workload.samples_per_epoch: required with timings={timings} (training samples per epoch)")
+        backend = "cuda" if calib.backend == "auto" else calib.backend
+        gpn = calib.gpus_per_node or max(imported.step_samples)
+        imported.hardware.update({"device_kind": backend, "gpus_per_node": gpn, "source": f"timings CSV {timings}"})
+        name = raw.get("name") or timings.stem
+    else:
+        kind = _device_kind(calib)
+        ids = devices_present(kind, calib.cpu_slots)
+        if not ids:
+            raise UserError(f"calibration.device={calib.device}: no devices found")
+        _check_entrypoint(workload.entrypoint)
+        ks = _ks(calib, len(ids), kind)
+        backend = kind if calib.backend == "auto" else calib.backend
+        gpn = calib.gpus_per_node or len(ids)
+        plan = ProfilingPlan(
+            entrypoint=workload.entrypoint, config=dict(workload.config), device_kind=kind, device_ids=ids,
+            gpus_per_trial=ks, share=list(calib.share), threads_per_worker=calib.threads_per_rank,
+            batch_fraction={k: batch_fraction_at(k, workload) for k in ks}, warmup_steps=calib.warmup_steps,
+            pilot_steps=calib.pilot_steps, max_steps=calib.max_steps, rel_error=calib.rel_error,
+            time_limit_s=calib.time_limit_s, checkpoints=calib.checkpoints,
+        )
+        short = workload.entrypoint.split(":")[0].rsplit(".", 1)[-1]
+        name = raw.get("name") or f"{short}-{kind}"
+    fit = FitSettings(gpus_per_node=gpn, grad_bytes=workload.grad_bytes, backend=backend, given=dict(calib.assume))
+    return CalibrateSettings(name=str(name), description=raw.get("description"), workload=workload, calibration=calib,
+                             seed=int(seed), timings=timings, imported=imported, plan=plan, fit=fit)
+
+
+def _workload_facts(s: CalibrateSettings, m: Measurements, steps_first_epoch: int | None) -> WorkloadFacts:
+    w = s.workload
+    samples = w.samples_per_epoch
+    if samples is None:
+        if not steps_first_epoch:
+            raise UserError("workload.samples_per_epoch: could not be measured (no epoch ended while profiling); "
+                            "give it, e.g. workload.samples_per_epoch=50000")
+        samples = steps_first_epoch * w.batch_per_device
+        m.notes.append(f"samples_per_epoch = {steps_first_epoch} steps in the first epoch at k=1 x batch {w.batch_per_device}")
+    return WorkloadFacts(entrypoint=w.entrypoint if s.timings is None else "", samples_per_epoch=int(samples),
+                         batch_per_device=w.batch_per_device, scaling=w.scaling,
+                         global_batch=w.batch_per_device if w.scaling == "strong" else None, eval_scales=w.eval_scales)
+
+
+def main(settings: CalibrateSettings, out_dir: Path) -> None:
+    from rich.console import Console
+
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    fit = settings.fit
+    if settings.imported is not None:
+        m = settings.imported
+        console.print(f"calibrate: importing {settings.timings} ({sum(len(v) for v in m.step_samples.values())} step samples, "
+                      f"k = {', '.join(str(k) for k in m.ks)})")
+        steps_first = None
+        sources = [f"timings imported from {settings.timings} by nasalloc calibrate"]
+        desc = settings.description or f"imported timings ({settings.timings.name})"
+    else:
+        plan = settings.plan
+        assert plan is not None
+        console.print(f"calibrate: profiling {plan.entrypoint} on {plan.device_kind} at k = "
+                      f"{', '.join(map(str, plan.gpus_per_trial))}"
+                      + (f", sharing m = {', '.join(map(str, plan.share))}" if plan.share else "")
+                      + f" (up to {plan.time_limit_s:g} s each)")
+        m = profile_workload(plan, out_dir / "profiling", progress=lambda line: console.print(f"  {line}"))
+        steps_first = m.steps_per_epoch.get(1)
+        if fit.grad_bytes is None and m.hardware.get("grad_bytes"):
+            fit = FitSettings(gpus_per_node=fit.gpus_per_node, grad_bytes=float(m.hardware["grad_bytes"]),
+                              backend=fit.backend, given=fit.given)
+        device = m.hardware.get("device", plan.device_kind)
+        sources = [f"measured by nasalloc calibrate on {time.strftime('%Y-%m-%d', time.gmtime())}: {plan.entrypoint}, "
+                   f"k = {', '.join(map(str, plan.gpus_per_trial))} on {device}, {m.hardware.get('backend')}"]
+        knobs = ", ".join(f"{k}={v}" for k, v in settings.workload.config.items())
+        desc = settings.description or (f"{plan.entrypoint} ({knobs}), {settings.workload.scaling} scaling, measured at "
+                                        f"k = {', '.join(map(str, plan.gpus_per_trial))} on {device} "
+                                        f"({m.hardware.get('backend')})")
+    w = _workload_facts(settings, m, steps_first)
+    analysis = analyse(m, fit, bootstrap=settings.calibration.bootstrap, rng=np.random.default_rng(settings.seed))
+    profile = build_profile(settings.name, desc, m, analysis, w, sources)
+    if not analysis.step.success:
+        console.print(f"[yellow]warning: the step-time fit did not converge: {analysis.step.message}[/]")
+    dump_profile(profile, out_dir / "profile.yaml")
+    plot_speedup(m, analysis, w, out_dir / "speedup.png")
+    console.print(summary_table(m, analysis, profile))
+    for line in summary_lines(profile):
+        console.print(line)
+    console.print(f"wrote {out_dir / 'profile.yaml'} and {out_dir / 'speedup.png'} ({time.perf_counter() - t0:.0f} s); "
+                  f"use it: nasalloc simulate profile={out_dir / 'profile.yaml'}")

@@ -1,0 +1,119 @@
+"""What one calibration measured, as raw samples: the input of every fit and of the report.
+
+Both producers fill the same record, so fitting, reporting and the profile never care where
+the numbers came from: `profiling.profile_workload` (real DDP runs) and
+`import_csv.read_timings` (timings the user already has).
+
+Raw samples are kept (not only means): the bootstrap resamples them, and the profile's
+`measured:` block stores them verbatim so a later fit (or a person) can redo the analysis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+def _rounded(values: Any, digits: int = 6) -> list[float]:
+    """Floats with `digits` significant digits: enough for timings, small in YAML."""
+    return [float(f"{float(v):.{digits}g}") for v in np.asarray(values, dtype=float).ravel()]
+
+
+@dataclass
+class Measurements:
+    """Raw timings of one workload on one machine.
+
+    step_samples[k]       seconds per optimizer step on k ranks (k >= 1), warm-up dropped;
+                          for k > 1 the slowest rank's view is what a synchronous step costs,
+                          so rank 0's intervals are used (every rank waits in the all-reduce).
+    batch_fraction[k]     per-rank batch at k over batch_per_device (1 under weak scaling).
+    share_samples[m]      seconds per step of one of m trials sharing one device (m >= 2).
+    share_reference[m]    seconds per step of one trial alone on that device, measured just
+                          before the m-trial run (so load on the machine drifts less between
+                          the two; without it the k = 1 samples are the reference).
+    startup_s[k]          seconds from spawning k ranks to their first optimizer step.
+    eval_s, checkpoint_save_s, checkpoint_restore_s: per-epoch evaluation and per-checkpoint
+                          costs at k = 1, one value per observation.
+    decision_latency_s    the rest of an epoch boundary at k = 1 (report, scheduler answer,
+                          next epoch's data set-up): boundary interval - eval - one step.
+    steps_per_epoch[k]    optimizer steps in one epoch at k, as observed (profiling only).
+    hardware              device and node facts (device name, count, gpus_per_node, backend).
+    source                "profiling" or "csv:PATH".
+    """
+
+    step_samples: dict[int, np.ndarray]
+    batch_fraction: dict[int, float] = field(default_factory=dict)
+    share_samples: dict[int, np.ndarray] = field(default_factory=dict)
+    share_reference: dict[int, np.ndarray] = field(default_factory=dict)
+    startup_s: dict[int, list[float]] = field(default_factory=dict)
+    eval_s: list[float] = field(default_factory=list)
+    checkpoint_save_s: list[float] = field(default_factory=list)
+    checkpoint_restore_s: list[float] = field(default_factory=list)
+    decision_latency_s: list[float] = field(default_factory=list)
+    steps_per_epoch: dict[int, int] = field(default_factory=dict)
+    hardware: dict[str, Any] = field(default_factory=dict)
+    source: str = "profiling"
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.step_samples = {int(k): np.asarray(v, dtype=float) for k, v in sorted(self.step_samples.items())}
+        self.share_samples = {int(m): np.asarray(v, dtype=float) for m, v in sorted(self.share_samples.items())}
+        self.share_reference = {int(m): np.asarray(v, dtype=float) for m, v in sorted(self.share_reference.items())}
+        for k in self.step_samples:
+            self.batch_fraction.setdefault(k, 1.0)
+
+    @property
+    def ks(self) -> list[int]:
+        return sorted(self.step_samples)
+
+    def mean_step(self, k: int) -> float:
+        """Mean seconds per step: epoch time is a sum of steps, so the mean (not the median,
+        which understates a long tail) is what predicts it."""
+        return float(np.mean(self.step_samples[k]))
+
+    def sharing_slowdown(self) -> dict[int, float]:
+        """m -> per-trial slow-down when m trials share one device (1 for m = 1)."""
+        if 1 not in self.step_samples:
+            return {}
+        out = {1: 1.0}
+        for m, v in self.share_samples.items():
+            ref = self.share_reference.get(m)
+            alone = float(np.mean(ref)) if ref is not None and len(ref) else self.mean_step(1)
+            if len(v):
+                out[m] = float(np.mean(v)) / alone
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The profile's `measured:` block: every raw sample, plus per-k summaries to read."""
+        summary = {
+            int(k): {
+                "n": int(len(v)),
+                "mean_s": float(f"{np.mean(v):.6g}"),
+                "median_s": float(f"{np.median(v):.6g}"),
+                "std_s": float(f"{np.std(v, ddof=1) if len(v) > 1 else 0.0:.6g}"),
+                "batch_fraction": float(self.batch_fraction.get(k, 1.0)),
+            }
+            for k, v in self.step_samples.items()
+        }
+        out: dict[str, Any] = {
+            "source": self.source,
+            "step_time_summary": summary,
+            "step_time_samples_s": {int(k): _rounded(v) for k, v in self.step_samples.items()},
+        }
+        if self.share_samples:
+            out["sharing_step_time_samples_s"] = {int(m): _rounded(v) for m, v in self.share_samples.items()}
+        if self.share_reference:
+            out["sharing_reference_step_time_samples_s"] = {int(m): _rounded(v) for m, v in self.share_reference.items()}
+        if self.startup_s:
+            out["startup_s"] = {int(k): _rounded(v) for k, v in self.startup_s.items()}
+        for key in ("eval_s", "checkpoint_save_s", "checkpoint_restore_s", "decision_latency_s"):
+            values = getattr(self, key)
+            if values:
+                out[key] = _rounded(values)
+        if self.steps_per_epoch:
+            out["steps_per_epoch"] = {int(k): int(v) for k, v in self.steps_per_epoch.items()}
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out

@@ -1,0 +1,297 @@
+"""Profiling runs: real DDP process groups of the user's training at each k -> `Measurements`.
+
+Protocol (HyperSched's, with a stopping rule): for each k the executor's warm-worker
+`Launcher` runs the workload as k ranks (gloo on CPU slots, nccl on GPUs) through
+`probe.train`. A pilot run of `warmup_steps + pilot_steps` steps estimates the step time
+and its spread; a second run then takes as many steps as a relative standard error of the
+mean of `rel_error` needs, capped by `time_limit_s` per k and `max_steps`. In every run the
+first `warmup_steps` step intervals are dropped (allocator, caches, DDP bucket rebuild) and
+so is every interval that spans an epoch boundary (evaluation, reporting).
+
+Also measured, with the same runs:
+- start-up: from asking the launcher for the group to the end of its first step, less one
+  steady step and the warm-up steps' steady cost (so start-up + n steady steps is the run's
+  real time). Workers are warm, as in the executor, so this is process-group creation plus
+  the workload's own setup, not Python start-up (`worker_start_s` records that, once), nor
+  a worker's one-off first-job costs (an unmeasured first run on all devices takes them;
+  `first_job_startup_s` records it).
+- evaluation per epoch and checkpoint save/restore: reported by `probe` from inside rank 0.
+- sharing: for each m, one single-rank run alone on device 0 (the reference), then m of them
+  at once on worker slots of device 0; the per-trial slow-down uses only step intervals
+  inside the window where all m were running, over the reference's mean step.
+
+Timestamps are `time.perf_counter()` (CLOCK_MONOTONIC, shared by all processes of a
+machine), so the launcher's clock and the workers' stamps can be subtracted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasalloc.calibration import probe
+from nasalloc.calibration.concurrent import run_concurrently
+from nasalloc.calibration.measurements import Measurements
+from nasalloc.execute.devices import Slot
+from nasalloc.execute.launch import Launcher, RanksResult
+from nasalloc.sim.errors import UserError
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ProfilingPlan:
+    """What to run and how long to measure it."""
+
+    entrypoint: str  # "module:function", the training API of nasalloc.execute.api
+    config: dict[str, Any]  # passed to the training function
+    device_kind: str  # "cpu" (gloo on CPU slots) or "cuda" (nccl)
+    device_ids: list[int]  # devices present; k ranks use the first k
+    gpus_per_trial: list[int]  # the k to measure (1 must be among them)
+    share: list[int] = field(default_factory=list)  # m values for the sharing slow-down
+    threads_per_worker: int | None = None  # CPU: torch threads per rank (None: cores / slots)
+    batch_fraction: dict[int, float] = field(default_factory=dict)  # b(k)/b, from the workload's scaling
+    warmup_steps: int = 5
+    pilot_steps: int = 30
+    max_steps: int = 3000
+    rel_error: float = 0.01  # target relative standard error of the mean step time
+    time_limit_s: float = 15.0  # per k (and per m), pilot included
+    checkpoints: int = 2  # checkpoints timed per run (rank 0, first epochs)
+    timeout_s: float = 300.0  # silence after which the launcher declares a group hung
+
+
+class ProfilingFailed(UserError):
+    """The user's training function failed in a profiling run (one line, with its log)."""
+
+
+def _durations(r: RanksResult, rank: int, report_steps: list[int], warmup: int) -> np.ndarray:
+    """Steady step intervals of one rank: warm-up and epoch-boundary intervals left out."""
+    stamps = np.asarray(r.step_times[rank] if rank < len(r.step_times) else [], dtype=float)
+    if len(stamps) < 2:
+        return np.empty(0)
+    d = np.diff(stamps)
+    keep = np.ones(len(d), dtype=bool)
+    keep[: max(0, warmup)] = False
+    for s in report_steps:  # interval from step s to s+1 spans the report after step s
+        if 1 <= s <= len(d):
+            keep[s - 1] = False
+    return d[keep]
+
+
+def _boundary_rest(r: RanksResult, warmup: int) -> list[float]:
+    """Per epoch boundary without a timed checkpoint: interval - eval - one steady step."""
+    stamps = np.asarray(r.step_times[0], dtype=float)
+    steady = _durations(r, 0, [int(e.get("probe_steps", 0)) for _, _, _, e in r.reports], warmup)
+    if len(steady) == 0:
+        return []
+    out = []
+    for _, _, _, extra in r.reports:
+        s = int(extra.get("probe_steps", 0))
+        if "probe_checkpoint_save_s" in extra or "probe_eval_s" not in extra or not 1 <= s < len(stamps):
+            continue
+        out.append(max(0.0, float(stamps[s] - stamps[s - 1] - extra["probe_eval_s"] - np.mean(steady))))
+    return out
+
+
+def _overlapping_durations(results: list[RanksResult], warmup: int) -> np.ndarray:
+    """Step intervals of concurrent single-rank runs inside the window where all were stepping."""
+    stamps = [np.asarray(r.step_times[0], dtype=float) for r in results]
+    if any(len(s) < 2 for s in stamps):
+        return np.empty(0)
+    lo = max(s[min(warmup, len(s) - 1)] for s in stamps)
+    hi = min(s[-1] for s in stamps)
+    parts = []
+    for r, s in zip(results, stamps):
+        reports = {int(v) for v in _probe_values(r, "probe_steps")}
+        d = np.diff(s)
+        keep = (s[:-1] >= lo) & (s[1:] <= hi)
+        keep[[i - 1 for i in reports if 1 <= i <= len(d)]] = False
+        parts.append(d[keep])
+    return np.concatenate(parts)
+
+
+def _probe_values(r: RanksResult, key: str) -> list[float]:
+    return [float(extra[key]) for _, _, _, extra in r.reports if key in extra]
+
+
+class Profiler:
+    """Runs the plan on one warm `Launcher`; collects everything into `Measurements`."""
+
+    def __init__(self, plan: ProfilingPlan, workdir: Path, progress: Progress = print):
+        self.plan = plan
+        self.workdir = Path(workdir)
+        self.progress = progress
+        self.config = probe.wrap_config(plan.entrypoint, plan.config, checkpoints=plan.checkpoints)
+        self.grad_bytes: list[float] = []
+        self.runs = 0
+
+    def _fail(self, where: str, r: RanksResult, log: Path) -> ProfilingFailed:
+        return ProfilingFailed(f"workload.entrypoint={self.plan.entrypoint}: the training function failed at {where}: "
+                               f"{r.info or 'no reason given'} (log: {log})")
+
+    def _run(self, launcher: Launcher, k: int, steps: int, epochs: int = 1_000_000) -> tuple[RanksResult, float]:
+        self.runs += 1
+        log = self.workdir / "logs" / f"k{k}_run{self.runs}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)  # the worker opens the log, it does not create folders
+        ckpt = self.workdir / "checkpoints" / f"run{self.runs}"
+        t_call = time.perf_counter()
+        r = launcher.run(probe.ENTRYPOINT, self.config, [Slot(d, 0) for d in self.plan.device_ids[:k]],
+                         epochs=epochs, max_steps=steps, record_steps=True, timeout_s=self.plan.timeout_s,
+                         checkpoint_dir=ckpt, log_path=log)
+        if not r.ok:
+            raise self._fail(f"k={k}", r, log)
+        self.grad_bytes += _probe_values(r, "probe_grad_bytes") + [v for n, v in probe.read_facts(ckpt).items()
+                                                                    if n == "grad_bytes"]
+        return r, t_call
+
+    def _collect(self, r: RanksResult, t_call: float, k: int, m: Measurements, samples: list[np.ndarray],
+                 firsts: list[tuple[RanksResult, float]]) -> None:
+        """File one run's steady steps, and at k = 1 its epoch-boundary costs, into `m`."""
+        p = self.plan
+        reports = [int(v) for v in _probe_values(r, "probe_steps")]
+        if reports and k not in m.steps_per_epoch:
+            m.steps_per_epoch[k] = reports[0]
+        samples.append(_durations(r, 0, reports, p.warmup_steps))
+        firsts.append((r, t_call))
+        if k == 1:
+            m.eval_s += _probe_values(r, "probe_eval_s")
+            m.decision_latency_s += _boundary_rest(r, p.warmup_steps)
+            m.checkpoint_save_s += _probe_values(r, "probe_checkpoint_save_s")
+            m.checkpoint_restore_s += _probe_values(r, "probe_checkpoint_restore_s")
+
+    def measure_k(self, launcher: Launcher, k: int, m: Measurements) -> None:
+        p = self.plan
+        started = time.perf_counter()
+        samples: list[np.ndarray] = []
+        firsts: list[tuple[RanksResult, float]] = []
+        steps = p.warmup_steps + p.pilot_steps
+        while True:
+            self._collect(*self._run(launcher, k, steps), k, m, samples, firsts)
+            x = np.concatenate(samples)
+            if len(x) < 2:
+                raise ProfilingFailed(f"workload.entrypoint={p.entrypoint}: at k={k} it made {len(x) + 1} timed steps; "
+                                      "does it call ctx.step() once per optimizer step?")
+            mean, sd = float(np.mean(x)), float(np.std(x, ddof=1))
+            left = p.time_limit_s - (time.perf_counter() - started)
+            need = math.ceil((sd / mean / p.rel_error) ** 2) - len(x) if mean > 0 else 0
+            room = int(left / mean) - p.warmup_steps - 5 if mean > 0 else 0
+            more = min(need, room, p.max_steps - len(x))
+            if sd / mean / math.sqrt(len(x)) <= p.rel_error or more < 10 or len(samples) >= 3:
+                break
+            steps = p.warmup_steps + more
+        if k == 1 and 1 not in m.steps_per_epoch and mean > 0:
+            # The epoch-boundary costs (evaluation, checkpoint, epoch length) are measured at
+            # k = 1: one run to the end of the first epoch, allowed up to 3x the time limit.
+            cap = min(p.max_steps, max(p.warmup_steps + p.pilot_steps, int(3 * p.time_limit_s / mean)))
+            self._collect(*self._run(launcher, k, cap, epochs=1), k, m, samples, firsts)
+            x = np.concatenate(samples)
+            mean = float(np.mean(x))
+        rse = float(np.std(x, ddof=1)) / mean / math.sqrt(len(x))
+        m.step_samples[k] = x
+        m.startup_s[k] = [max(0.0, r.step_times[0][min(p.warmup_steps, len(r.step_times[0]) - 1)] - t_call
+                              - (min(p.warmup_steps, len(r.step_times[0]) - 1) + 1) * mean) for r, t_call in firsts]
+        self.progress(f"k={k}: {len(x)} steps, mean {mean * 1e3:.3f} ms/step (+/- {100 * rse:.1f}%), "
+                      f"start-up {np.mean(m.startup_s[k]):.3f} s")
+
+    def measure_sharing(self, launcher: Launcher, share: int, m: Measurements) -> None:
+        """m single-rank runs at once on device 0; per-step times inside the all-running window."""
+        p = self.plan
+        alone = float(np.mean(m.step_samples[1]))
+        # the reference: one trial alone on the same slot, right before (a third of the budget)
+        ref_steps = p.warmup_steps + max(p.pilot_steps, min(p.max_steps, int(p.time_limit_s / 3 / alone)))
+        r, _ = self._run(launcher, 1, ref_steps)
+        ref = _durations(r, 0, [int(v) for v in _probe_values(r, "probe_steps")], p.warmup_steps)
+        alone = float(np.mean(ref)) if len(ref) >= 2 else alone
+        steps = p.warmup_steps + max(p.pilot_steps, min(p.max_steps, int(p.time_limit_s / 3 / alone)))
+        logs = self.workdir / "logs" / f"share{share}"
+        logs.mkdir(parents=True, exist_ok=True)
+        slots = [[Slot(p.device_ids[0], s)] for s in range(share)]
+        # a first, unmeasured round warms the other slots' workers (data, caches), which would
+        # otherwise start late and leave little time with all m running
+        for attempt, n in enumerate((p.warmup_steps + 5, steps, 2 * steps)):
+            results = run_concurrently(launcher, probe.ENTRYPOINT, self.config, slots, max_steps=n, workdir=logs,
+                                       timeout_s=p.timeout_s)
+            for r in results:
+                if not r.ok:
+                    raise self._fail(f"m={share} trials sharing one device", r, logs)
+            if attempt == 0:
+                continue
+            x = _overlapping_durations(results, p.warmup_steps)
+            if len(x) >= 10 * share:
+                break
+        if len(x) < 2:
+            m.notes.append(f"sharing m={share}: the runs did not overlap long enough to measure")
+            return
+        m.share_samples[share] = x
+        if len(ref) >= 2:
+            m.share_reference[share] = ref
+        self.progress(f"m={share} sharing one device: {len(x)} steps, mean {np.mean(x) * 1e3:.3f} ms/step, "
+                      f"slow-down {np.mean(x) / alone:.2f}x per trial")
+
+    def run(self) -> Measurements:
+        p = self.plan
+        m = Measurements(step_samples={}, batch_fraction=dict(p.batch_fraction), hardware=hardware_facts(p))
+        slots_per_device = max([1, *p.share])
+        used = p.device_ids[: max(p.gpus_per_trial)]
+        t0 = time.perf_counter()
+        self.progress(f"starting {len(used) * slots_per_device} warm workers ({p.device_kind}, devices {used})")
+        with Launcher(p.device_kind, used, slots_per_device=slots_per_device, threads_per_worker=p.threads_per_worker,
+                      workdir=self.workdir / "launcher", preload=[p.entrypoint]) as launcher:
+            m.hardware["worker_start_s"] = round(time.perf_counter() - t0, 4)
+            # Every worker's first job pays one-off costs (CUDA context, data loading, lazy
+            # imports) that the executor's warm workers pay once per search, not per trial:
+            # one short unmeasured run on all devices takes them out of the start-up samples.
+            r, t_call = self._run(launcher, max(p.gpus_per_trial), p.warmup_steps + 2)
+            if r.step_times and r.step_times[0]:
+                m.hardware["first_job_startup_s"] = round(r.step_times[0][0] - t_call, 4)
+            for k in sorted(p.gpus_per_trial):
+                self.measure_k(launcher, k, m)
+            for share in sorted(s for s in p.share if s >= 2):
+                self.measure_sharing(launcher, share, m)
+        if self.grad_bytes:
+            m.hardware["grad_bytes"] = max(self.grad_bytes)
+        return m
+
+
+def hardware_facts(plan: ProfilingPlan) -> dict[str, Any]:
+    """Device and node facts for the profile's `hardware:` block."""
+    import torch
+
+    facts: dict[str, Any] = {"device_kind": plan.device_kind, "backend": "nccl" if plan.device_kind == "cuda" else "gloo",
+                             "devices_present": len(plan.device_ids), "gpus_per_node": len(plan.device_ids),
+                             "torch": str(torch.__version__), "python": platform.python_version()}
+    try:
+        facts["load_average_1min_at_start"] = round(os.getloadavg()[0], 2)  # other work on the machine skews timings
+    except OSError:
+        pass
+    if plan.device_kind == "cuda":
+        facts["device"] = torch.cuda.get_device_name(plan.device_ids[0])
+        facts["cuda"] = str(torch.version.cuda)
+    else:
+        facts["device"] = f"CPU slot ({cpu_model()})"
+        facts["cores"] = os.cpu_count()
+        facts["threads_per_rank"] = plan.threads_per_worker or max(1, (os.cpu_count() or 1) // len(plan.device_ids))
+    return facts
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def profile_workload(plan: ProfilingPlan, workdir: Path, progress: Progress = print) -> Measurements:
+    """Run the profiling plan on this machine; raise ProfilingFailed (a UserError) if the workload fails."""
+    return Profiler(plan, workdir, progress).run()

@@ -1,0 +1,213 @@
+"""Turn measurements and their analysis into the three outputs: profile.yaml, a plot, a table.
+
+The profile is written through `nasalloc.sim.profile.dump_profile`, which parses it first,
+so what calibration writes is always what the simulator reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasalloc.calibration.analysis import Analysis
+from nasalloc.calibration.fit import FITTABLE
+from nasalloc.calibration.measurements import Measurements
+from nasalloc.sim.speedup import StepTimeModel
+
+MODEL_EQUATION = ("T_step(k) = (T_c^g + T_net(k)^g)^(1/g) * (1 + cv*z_k); T_c = t_compute_s*b(k)/b; "
+                  "T_net(k) = 2(k-1)/k*grad_bytes/B + 2(k-1)*alpha (intra- or inter-node)")
+
+
+@dataclass(frozen=True)
+class WorkloadFacts:
+    """The profile's `workload:` block plus where it came from."""
+
+    entrypoint: str  # "module:function", or "" for imported timings
+    samples_per_epoch: int
+    batch_per_device: int
+    scaling: str  # weak | strong
+    global_batch: int | None
+    eval_scales: bool
+
+
+def _g(x: float, digits: int = 6) -> float:
+    return float(f"{x:.{digits}g}") if math.isfinite(x) else x
+
+
+def _step_dict(m: StepTimeModel, keys: tuple[str, ...] | None = None) -> dict[str, float]:
+    d = dataclasses.asdict(m)
+    return {k: _g(float(v)) for k, v in d.items() if keys is None or k in keys}
+
+
+def _mean(xs: list[float]) -> float:
+    return float(np.mean(xs)) if xs else 0.0
+
+
+def batch_fractions(k: np.ndarray, w: WorkloadFacts) -> np.ndarray:
+    """b(k)/b for any k: 1 under weak scaling, (global_batch // k) / batch_per_device under strong."""
+    if w.scaling == "weak":
+        return np.ones_like(k, dtype=float)
+    gb = w.global_batch or w.batch_per_device
+    return np.maximum(1, gb // k.astype(int)) / w.batch_per_device
+
+
+def plain(obj: Any) -> Any:
+    """Only YAML-safe builtins (numpy scalars, str subclasses and tuples converted)."""
+    if isinstance(obj, dict):
+        return {plain(k) if not isinstance(k, str) else str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj)
+    if obj is None:
+        return None
+    return str(obj)
+
+
+def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: WorkloadFacts,
+                  sources: list[str]) -> dict[str, Any]:
+    """The profile mapping (see sim/profile.py): measured, fitted, assumed, with sources."""
+    ks = a.data.k
+    step = a.step
+    assumed = sorted(step.assumed)
+    if a.startup_slope_assumed:
+        assumed.append("startup_per_doubling_s")
+    for key in ("startup_s", "eval_s", "checkpoint_save_s", "checkpoint_restore_s", "decision_latency_s"):
+        if not (m.startup_s if key == "startup_s" else getattr(m, key)):
+            assumed.append(key)  # not measured: 0 in the profile
+    sharing = {int(s): _g(f) for s, f in m.sharing_slowdown().items()}
+    fitted_keys = tuple(n for n in FITTABLE if n in step.fitted) + (("straggler_cv",) if "straggler_cv" in step.measured else ())
+    measured_speedup = a.data.k * a.data.batch_fraction * a.data.mean_s[0] / a.data.mean_s
+    fit_block: dict[str, Any] = {
+        "model": MODEL_EQUATION,
+        "fitted": list(step.fitted),
+        "measured": {k: _g(v) for k, v in step.measured.items()},
+        "assumed": {n: {"value": _g(x.value), "source": x.source, "reason": x.reason} for n, x in sorted(step.assumed.items())},
+        "success": step.success,
+        "message": step.message,
+        "at_bounds": list(step.at_bounds),
+        "rms_log_residual": _g(step.rms_log_residual, 4),
+        "mean_step_time_s": {int(k): {"measured": _g(t), "fitted": _g(float(p))}
+                             for k, t, p in zip(ks, a.data.mean_s, step.predict(ks, a.settings.gpus_per_node, a.data.batch_fraction))},
+        "speedup_measured": {int(k): _g(float(s), 4) for k, s in zip(ks, measured_speedup)},
+        "baselines": {
+            "amdahl": {"equation": "S(k) = 1/((1-p) + p/k)", "t1_s": _g(a.amdahl.t1_s), "p": _g(a.amdahl.shape, 4)},
+            "linear": {"equation": "S(k) = 1 + e(k-1)", "t1_s": _g(a.linear.t1_s), "e": _g(a.linear.shape, 4)},
+        },
+        "comparison": {
+            "best": a.best,
+            "basis": a.basis,
+            "scores": {s.name: {"in_sample_rel_error": _g(s.in_sample_rel_error, 4),
+                                "heldout_rel_error": None if s.heldout_rel_error is None else _g(s.heldout_rel_error, 4)}
+                       for s in a.scores},
+        },
+        "startup": {"equation": "startup(k) = startup_s + startup_per_doubling_s*log2(k)",
+                    "slope_assumed": a.startup_slope_assumed},
+        "bootstrap": {"requested": a.bootstrap_requested, "succeeded": len(a.step_samples),
+                      "method": "refits on raw step samples resampled with replacement within each k"},
+    }
+    hardware = {**m.hardware, "gpus_per_node": int(a.settings.gpus_per_node)}
+    return plain({
+        "name": name,
+        "description": description,
+        "sources": list(sources),
+        "hardware": hardware,
+        "workload": {"samples_per_epoch": int(w.samples_per_epoch),
+                     "batch_per_device": int(w.batch_per_device), "scaling": w.scaling,
+                     "global_batch": None if w.global_batch is None else int(w.global_batch)},
+        "step_time": _step_dict(step.model),
+        "overheads": {
+            "startup_s": _g(a.startup_s),
+            "startup_per_doubling_s": _g(a.startup_per_doubling_s),
+            "eval_s": _g(_mean(m.eval_s)),
+            "eval_scales": bool(w.eval_scales),
+            "checkpoint_save_s": _g(_mean(m.checkpoint_save_s)),
+            "checkpoint_restore_s": _g(_mean(m.checkpoint_restore_s)),
+            "decision_latency_s": _g(_mean(m.decision_latency_s)),
+        },
+        "sharing": sharing or {1: 1.0},
+        "uncertainty": {"step_time_samples": [_step_dict(s, fitted_keys) for s in a.step_samples]},
+        "assumed": assumed,
+        "measured": {**({"entrypoint": w.entrypoint} if w.entrypoint else {}), **m.to_dict()},
+        "fit": fit_block,
+    })
+
+
+def plot_speedup(m: Measurements, a: Analysis, w: WorkloadFacts, path: Path) -> None:
+    """Measured vs fitted speedup (with the bootstrap band), the baselines and ideal scaling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kmax = int(max(8, 2 * a.data.k.max()))
+    grid = np.unique(np.concatenate([np.arange(1, kmax + 1), a.data.k])).astype(float)
+    bf = batch_fractions(grid, w)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    lo, hi = a.speedup_band(grid, bf)
+    ax.fill_between(grid, lo, hi, alpha=0.25, color="C0", label=f"95% band ({len(a.step_samples)} bootstrap fits)")
+    ax.plot(grid, a.speedup(a.step.model, grid, bf), color="C0", label="fitted step-time model")
+    t1a, t1l = a.amdahl.t1_s, a.linear.t1_s
+    ax.plot(grid, grid * bf * t1a / a.amdahl.predict(grid, bf), "--", color="C1", label=f"Amdahl (p={a.amdahl.shape:.3f})")
+    ax.plot(grid, grid * bf * t1l / a.linear.predict(grid, bf), ":", color="C2", label=f"linear (e={a.linear.shape:.3f})")
+    ax.plot(grid, grid, color="0.6", lw=0.8, label="ideal")
+    measured = a.data.k * a.data.batch_fraction * a.data.mean_s[0] / a.data.mean_s
+    rel_se = np.array([np.std(m.step_samples[int(k)], ddof=1) / np.sqrt(len(m.step_samples[int(k)])) / mu
+                       if len(m.step_samples[int(k)]) > 1 else 0.0 for k, mu in zip(a.data.k, a.data.mean_s)])
+    err = 1.96 * measured * np.sqrt(rel_se ** 2 + rel_se[0] ** 2)  # ratio of two means, independent samples
+    ax.errorbar(a.data.k, measured, yerr=err, fmt="o", color="k", capsize=3, label="measured (mean step time, 95% CI)")
+    ax.axvline(a.settings.gpus_per_node + 0.5, color="0.8", lw=0.8, ls="--")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("devices per trial k")
+    ax.set_ylabel("speedup (throughput / one device)")
+    ax.set_title(f"{w.entrypoint or m.source}  ({w.scaling} scaling)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def summary_table(m: Measurements, a: Analysis, profile: dict[str, Any]) -> Any:
+    """A rich Table: per k measured vs fitted step time and speedup, baselines alongside."""
+    from rich.table import Table
+
+    t = Table(title="step time per k (ms) and speedup", title_justify="left")
+    for col in ("k", "steps", "measured", "fitted", "amdahl", "linear", "speedup meas.", "speedup fit"):
+        t.add_column(col, justify="right")
+    gpn = a.settings.gpus_per_node
+    fitted = a.step.predict(a.data.k, gpn, a.data.batch_fraction)
+    am, li = a.amdahl.predict(a.data.k, a.data.batch_fraction), a.linear.predict(a.data.k, a.data.batch_fraction)
+    s_meas = a.data.k * a.data.batch_fraction * a.data.mean_s[0] / a.data.mean_s
+    s_fit = a.speedup(a.step.model, a.data.k, a.data.batch_fraction)
+    for i, k in enumerate(a.data.k.astype(int)):
+        t.add_row(str(k), str(len(m.step_samples[int(k)])), f"{a.data.mean_s[i] * 1e3:.3f}", f"{fitted[i] * 1e3:.3f}",
+                  f"{am[i] * 1e3:.3f}", f"{li[i] * 1e3:.3f}", f"{s_meas[i]:.2f}", f"{s_fit[i]:.2f}")
+    return t
+
+
+def summary_lines(profile: dict[str, Any]) -> list[str]:
+    """The few facts under the table: best model, assumptions, overheads, sharing."""
+    fit, ov = profile["fit"], profile["overheads"]
+    lines = [
+        f"best model: {fit['comparison']['best']} ({fit['comparison']['basis']})",
+        f"fitted: {', '.join(fit['fitted'])}; measured: "
+        + ", ".join(f"{k}={v:g}" for k, v in fit["measured"].items())
+        + f"; optimizer {'converged' if fit['success'] else 'FAILED: ' + fit['message']}",
+        f"assumed (not identifiable from these k): {', '.join(profile['assumed']) or 'none'}",
+        f"start-up {ov['startup_s']:.3f} s + {ov['startup_per_doubling_s']:.3f} s per doubling of k; eval "
+        f"{ov['eval_s'] * 1e3:.1f} ms/epoch; checkpoint save {ov['checkpoint_save_s'] * 1e3:.1f} ms, restore "
+        f"{ov['checkpoint_restore_s'] * 1e3:.1f} ms; epoch boundary {ov['decision_latency_s'] * 1e3:.1f} ms",
+        "sharing slow-down per trial: " + ", ".join(f"m={m_}: {f:.2f}x" for m_, f in profile["sharing"].items()),
+    ]
+    if fit["at_bounds"]:
+        lines.append(f"warning: {', '.join(fit['at_bounds'])} ended on a bound (the data lies outside the model there)")
+    return lines

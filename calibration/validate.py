@@ -1,0 +1,332 @@
+"""`nasalloc validate run=RUN_DIR [run=[A,B,C]]`: measure how right the prediction was.
+
+For each real run: re-simulate the same search — the scheduler config, seed and allocation
+from its `run_config.yaml`, the cluster of its devices, the profile it was planned with, and
+its own learning curves replayed from its trace (trial i gets the curve the real trial i
+produced) — so only the timing model differs. Then compare the two traces
+(`compare.compare`): makespan, per-epoch time per allocation, start-up, resume and pause
+costs, device utilisation, and how far the scheduler's decisions agree (asynchronous
+schedulers can diverge when timings differ; the report counts it).
+
+With several runs of the same search at different allocations it also reports whether the
+predicted ranking of the allocations matches the measured one (Kendall tau) and the measured
+speed-up of the predicted-best allocation over each other. `update_profile=true` writes
+`profile_updated.yaml`: the profile refitted with what the runs measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from nasalloc.calibration.compare import Comparison, Timings, compare, kendall_tau, relative_error
+from nasalloc.sim.cluster import ClusterSpec, parse_allocation
+from nasalloc.sim.engine import SimulationSpec, simulate
+from nasalloc.sim.errors import UserError
+from nasalloc.sim.profile import Profile, dump_profile, load_profile
+from nasalloc.sim.schedulers import scheduler_config
+from nasalloc.sim.space import SearchSpace
+from nasalloc.sim.trace import TraceEvent, read_trace, write_json, write_trace
+from nasalloc.sim.workload import MetricSpec, ReplayWorkload
+
+RUN_CONFIG = "run_config.yaml"  # written by `nasalloc run` (nasalloc.execute.run.RUN_CONFIG)
+
+
+@dataclass(frozen=True)
+class RealRun:
+    """A finished (or killed) run of `nasalloc run`, read back for validation."""
+
+    folder: Path
+    events: tuple[TraceEvent, ...]
+    spec: SimulationSpec  # the same search, to be simulated
+    backend: str  # cpu | cuda
+
+
+@dataclass(frozen=True)
+class ValidateSettings:
+    runs: tuple[RealRun, ...]
+    profile: Profile
+    update_profile: bool
+    plots: bool
+
+
+def _device_count(raw: dict[str, Any], events: tuple[TraceEvent, ...], folder: Path) -> int:
+    devices = raw.get("devices") or {}
+    if devices.get("ids"):
+        return len(devices["ids"])
+    if devices.get("count"):
+        return int(devices["count"])
+    used = [d for ev in events for d in ev.devices]
+    if not used:
+        raise UserError(f"run={folder}: cannot tell how many devices it had (no devices in its config or trace)")
+    return max(used) + 1
+
+
+def _curves(events: tuple[TraceEvent, ...]) -> tuple[dict[int, tuple[float, float | None]], ...]:
+    """Recorded curves indexed by trial id (a trial that never reported replays NaN: worst)."""
+    per_trial: dict[int, dict[int, tuple[float, float | None]]] = {}
+    for ev in events:
+        if ev.event == "result" and ev.epoch is not None and ev.metric is not None:
+            per_trial.setdefault(ev.trial, {}).setdefault(ev.epoch, (ev.metric, ev.test_metric))
+    n = max((ev.trial for ev in events), default=-1) + 1
+    return tuple(per_trial.get(t) or {1: (math.nan, None)} for t in range(n))
+
+
+def read_run(folder: Path, profile: Profile) -> RealRun:
+    """The run's trace and the simulation spec of the same search (UserError if unusable)."""
+    folder = Path(folder).expanduser()
+    trace_path, config_path = folder / "trace.jsonl", folder / RUN_CONFIG
+    if not trace_path.is_file() or not config_path.is_file():
+        raise UserError(f"run={folder}: not a run folder (needs trace.jsonl and {RUN_CONFIG} from `nasalloc run`)")
+    try:
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        raise UserError(f"{config_path}: not valid YAML") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("scheduler"), dict) or not isinstance(raw.get("train"), dict):
+        raise UserError(f"{config_path}: not a run config (needs scheduler and train)")
+    events = tuple(read_trace(trace_path, tolerate_torn_tail=True))
+    if not any(ev.event == "result" for ev in events):
+        raise UserError(f"{trace_path}: no results recorded; nothing to validate")
+    sched = scheduler_config(raw["scheduler"], key=f"{config_path}: scheduler")
+    space = SearchSpace.from_config(raw["train"].get("space"), f"{config_path}: train.space")
+    n = _device_count(raw, events, folder)
+    cluster = ClusterSpec(name=f"{n} {raw.get('devices', {}).get('kind', 'cpu')} devices", gpus=n, gpus_per_node=n)
+    allocation = parse_allocation(raw.get("gpus_per_trial", 1), cluster, key=f"{config_path}: gpus_per_trial")
+    metric = MetricSpec(name="metric", mode=sched.mode, low=-math.inf, high=math.inf)
+    workload = ReplayWorkload(_curves(events), metric, space, source=str(trace_path))
+    target = raw.get("target")
+    spec = SimulationSpec(scheduler=sched, workload=workload, profile=profile, cluster=cluster, allocation=allocation,
+                          seed=int(raw.get("seed", 0)), target=None if target is None else float(target))
+    return RealRun(folder, events, spec, str(raw.get("devices", {}).get("kind", "cpu")))
+
+
+def _run_profile_name(folder: Path) -> str | None:
+    try:
+        raw = yaml.safe_load((Path(folder) / RUN_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return raw.get("profile") if isinstance(raw, dict) else None
+
+
+def load(cfg: DictConfig) -> ValidateSettings:
+    runs = cfg.get("run")
+    runs = OmegaConf.to_container(runs) if isinstance(runs, ListConfig) else runs
+    folders = [str(r) for r in (runs if isinstance(runs, list) else [runs])] if runs else []
+    if not folders:
+        raise UserError("run=[]: give a run folder of `nasalloc run` (or a list of them)")
+    name = cfg.get("profile") or _run_profile_name(Path(folders[0]))
+    if not name:
+        raise UserError("profile: give the profile the run was planned with (profile=NAME or profile=PATH); "
+                        "the run's config does not name one")
+    profile = load_profile(str(name))
+    for flag in ("update_profile", "plots"):
+        if not isinstance(cfg.get(flag), bool):
+            raise UserError(f"{flag}={cfg.get(flag)!r}: must be true or false")
+    return ValidateSettings(tuple(read_run(Path(f), profile) for f in folders), profile,
+                            bool(cfg.update_profile), bool(cfg.plots))
+
+
+# ----- profile refit ---------------------------------------------------------------------
+
+def _by_allocation(run: RealRun, t: Timings) -> dict[float, dict[str, float | None]]:
+    """Timings of a static run keyed by its k (devices held cannot tell k = 1/m from 1)."""
+    alloc = run.spec.allocation
+    if not alloc.is_static:
+        return {}
+    k = alloc.schedule[0]
+    devices = max(1, int(k))
+    return {k: {"epoch_s": t.epoch_s.get(devices), "startup_s": t.startup_s.get(devices),
+                "resume_s": t.resume_s.get(devices), "pause_s": t.pause_s}}
+
+
+def _k_label(k: float) -> str:
+    return str(int(k)) if k >= 1 else f"1/{round(1 / k)}"
+
+
+def refit_profile(profile: Profile, measured: dict[float, dict[str, float | None]], backend: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The profile's mapping with step time, sharing and overheads refitted to what the runs
+    measured; and a report of what changed. Parameters the runs cannot identify keep their
+    profile values (they are passed to the fit as given)."""
+    from nasalloc.calibration.fit import FITTABLE, FitSettings, StepData, fit_startup, fit_step_time, plan_parameters
+
+    ov = profile.overheads
+    epoch = profile.epoch
+    decision = ov.decision_latency_s
+    whole = {k: v for k, v in measured.items() if k >= 1 and v["epoch_s"] is not None}
+    step = profile.epoch.step
+    report: dict[str, Any] = {"measured_epoch_s": {_k_label(k): v["epoch_s"] for k, v in measured.items()}}
+    if whole:
+        ks = sorted(int(k) for k in whole)
+        implied = []
+        fractions = []
+        for k in ks:
+            ki = float(k)
+            e = max(whole[ki]["epoch_s"] - decision, 1e-9)  # type: ignore[operator]
+            evaluation = ov.eval_s / k if ov.eval_scales else ov.eval_s
+            implied.append(max(e - evaluation, 1e-9) / epoch.steps_per_epoch(k))
+            fractions.append(epoch.global_batch_at(k) / k / epoch.batch_per_device)
+        report["implied_step_s"] = dict(zip(map(str, ks), implied))
+        if 1 in ks:
+            gpn = epoch.gpus_per_node
+            free, _ = plan_parameters(ks, FitSettings(gpus_per_node=gpn, backend=backend))
+            given = {n: getattr(step, n) for n in FITTABLE if n not in free and n != "t_compute_s"}
+            given["straggler_cv"] = step.straggler_cv
+            settings = FitSettings(gpus_per_node=gpn, grad_bytes=step.grad_bytes, backend=backend, given=given)
+            fit = fit_step_time(StepData(np.array(ks, dtype=float), np.array(implied), np.array(fractions)), settings,
+                                straggler_cv=step.straggler_cv, start=step)
+            step = fit.model
+            report["refitted"] = free
+        else:
+            k0 = ks[0]
+            ratio = implied[0] / step.step_time(k0, epoch.gpus_per_node, fractions[0])
+            step = dataclasses.replace(step, t_compute_s=step.t_compute_s * ratio)
+            report["refitted"] = ["t_compute_s (scaled: no run at k=1)"]
+    new_epoch = dataclasses.replace(epoch, step=step)
+    sharing = dict(epoch.sharing)
+    for k, v in measured.items():
+        if k < 1 and v["epoch_s"] is not None:
+            m = round(1 / k)
+            sharing[m] = max(v["epoch_s"] - decision, 1e-9) / new_epoch.epoch_time(1)
+    startups = {max(1, int(k)): [v["startup_s"]] for k, v in measured.items() if v["startup_s"] is not None}
+    data = dict(profile.raw)
+    overheads = dict(data.get("overheads") or {})
+    if startups:
+        base, per_doubling, _ = fit_startup(startups)
+        overheads["startup_s"], overheads["startup_per_doubling_s"] = base, per_doubling
+    resumes = [v["resume_s"] - overheads.get("startup_s", ov.startup_s) for v in measured.values() if v["resume_s"] is not None]
+    if resumes:
+        overheads["checkpoint_restore_s"] = max(0.0, float(np.median(resumes)))
+    pauses = [v["pause_s"] - decision for v in measured.values() if v["pause_s"] is not None]
+    if pauses:
+        overheads["checkpoint_save_s"] = max(0.0, float(np.median(pauses)))
+    data["step_time"] = {**(data.get("step_time") or {}), **{f.name: getattr(step, f.name) for f in dataclasses.fields(step)}}
+    data["sharing"] = {int(m): float(f) for m, f in sorted(sharing.items())}
+    data["overheads"] = overheads
+    data.pop("uncertainty", None)  # the old bootstrap samples describe the old fit
+    report["sharing"] = dict(data["sharing"])  # copies: YAML would write the shared dicts as aliases
+    report["overheads"] = dict(overheads)
+    data["fit"] = {**(data.get("fit") or {}), "validate_refit": report}
+    return data, report
+
+
+# ----- output ----------------------------------------------------------------------------
+
+def _plot_timelines(pred: list[TraceEvent], real: RealRun, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nasalloc.sim.plots import draw_gantt
+
+    n = real.spec.cluster.gpus
+    span = max(max((e.time for e in pred), default=1.0), max((e.time for e in real.events), default=1.0))
+    fig, axes = plt.subplots(2, 1, figsize=(11, min(3.0 + 0.4 * n, 12.0)), sharex=True)
+    draw_gantt(axes[0], pred, n, f"predicted (simulated), k={real.spec.allocation}", span=span)
+    draw_gantt(axes[1], list(real.events), n, f"measured ({real.folder.name})", span=span)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:+.1f}%"
+
+
+def _run_report(run: RealRun, c: Comparison) -> dict[str, Any]:
+    return {
+        "run": str(run.folder),
+        "scheduler": run.spec.scheduler.name,
+        "gpus_per_trial": str(run.spec.allocation),
+        "devices": run.spec.cluster.gpus,
+        "seed": run.spec.seed,
+        "makespan_s": c.makespan_s,
+        "gpu_utilization": c.gpu_utilization,
+        "epoch_s": c.epoch_s,
+        "startup_s": c.startup_s,
+        "resume_s": c.resume_s,
+        "pause_s": c.pause_s,
+        "decisions": dataclasses.asdict(c.decisions),
+        "timings_predicted": c.timings_predicted.to_dict(),
+        "timings_measured": c.timings_measured.to_dict(),
+    }
+
+
+def ranking(runs: list[RealRun], comparisons: list[Comparison]) -> dict[str, Any] | None:
+    """Predicted vs measured order of the allocations (needs >= 2 runs at different k)."""
+    if len({str(r.spec.allocation) for r in runs}) < 2:
+        return None
+    labels = [str(r.spec.allocation) for r in runs]
+    predicted = [c.makespan_s["predicted"] for c in comparisons]
+    measured = [c.makespan_s["measured"] for c in comparisons]
+    best = int(np.argmin(predicted))
+    return {
+        "allocations": labels,
+        "predicted_makespan_s": predicted,
+        "measured_makespan_s": measured,
+        "predicted_order": [labels[i] for i in np.argsort(predicted, kind="stable")],
+        "measured_order": [labels[i] for i in np.argsort(measured, kind="stable")],
+        "kendall_tau": kendall_tau(predicted, measured),
+        "predicted_best": labels[best],
+        "measured_best": labels[int(np.argmin(measured))],
+        "measured_speedup_of_predicted_best": {labels[i]: measured[i] / measured[best] for i in range(len(labels))},
+    }
+
+
+def main(settings: ValidateSettings, out_dir: Path) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reports, comparisons, measured_by_k = [], [], {}
+    lines = [f"nasalloc validate: profile {settings.profile.name}"]
+    for i, run in enumerate(settings.runs):
+        result = simulate(run.spec)
+        c = compare(result.events, list(run.events), mode=run.spec.workload.metric.mode, n_devices=run.spec.cluster.gpus)
+        comparisons.append(c)
+        reports.append({**_run_report(run, c), "replay": result.workload_stats})
+        measured_by_k.update(_by_allocation(run, c.timings_measured))
+        stem = f"{i:02d}_{run.folder.name}" if len(settings.runs) > 1 else run.folder.name
+        write_trace(out_dir / f"predicted_{stem}.jsonl", result.events)
+        if settings.plots:
+            _plot_timelines(result.events, run, out_dir / f"timeline_{stem}.png")
+        epoch_err = ", ".join(f"k={k}: {_pct(v['error'])}" for k, v in c.epoch_s.items()) or "n/a"
+        lines.append(
+            f"  {run.folder.name}: {run.spec.scheduler.name}, k={run.spec.allocation} on {run.spec.cluster.gpus} devices\n"
+            f"    makespan   predicted {c.makespan_s['predicted']:.1f} s, measured {c.makespan_s['measured']:.1f} s, "
+            f"error {_pct(c.makespan_s['error'])}\n"
+            f"    epoch time error {epoch_err}; start-up {_pct(next(iter(c.startup_s.values()), {}).get('error'))}; "
+            f"utilisation {100 * c.gpu_utilization['predicted']:.0f}% vs {100 * c.gpu_utilization['measured']:.0f}%\n"
+            f"    decisions  {c.decisions.same_outcome} of {max(c.decisions.trials_measured, c.decisions.trials_predicted)} "
+            f"trials ended alike ({100 * c.decisions.fraction:.0f}%), epochs {c.decisions.epochs_predicted} vs "
+            f"{c.decisions.epochs_measured}, same best trial: {c.decisions.same_best_trial}")
+    rank = ranking(list(settings.runs), comparisons)
+    errors = [abs(c.makespan_s["error"]) for c in comparisons if c.makespan_s["error"] is not None]
+    summary = {
+        "profile": settings.profile.name,
+        "median_abs_makespan_error": float(np.median(errors)) if errors else None,
+        "runs": reports,
+        "ranking": rank,
+    }
+    if rank is not None:
+        lines.append(f"  ranking    predicted {' < '.join(rank['predicted_order'])}; measured {' < '.join(rank['measured_order'])}; "
+                     f"Kendall tau {rank['kendall_tau'] if rank['kendall_tau'] is None else round(rank['kendall_tau'], 3)}")
+    if errors:
+        lines.append(f"  median |makespan error| {100 * summary['median_abs_makespan_error']:.1f}%")
+    if settings.update_profile:
+        data, report = refit_profile(settings.profile, measured_by_k, settings.runs[0].backend)
+        data["name"] = f"{settings.profile.name}-validated"
+        dump_profile(data, out_dir / "profile_updated.yaml")
+        summary["profile_update"] = report
+        lines.append(f"  refitted profile: {out_dir.resolve() / 'profile_updated.yaml'}")
+    write_json(out_dir / "validation.json", summary)
+    lines.append(f"output: {out_dir.resolve()}")
+    print("\n".join(lines))
+
+
+__all__ = ["load", "main", "read_run", "refit_profile", "ranking", "ValidateSettings", "RealRun"]

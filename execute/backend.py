@@ -1,0 +1,385 @@
+"""Where ranks run: the boundary between the search loop and processes.
+
+The search loop (and calibration's launcher) only say "run this trial as k ranks on these
+slots", "here is the decision", "kill it", and read back events: `Report`, `Checkpointed`,
+`Ended`, `Failed`. `LocalBackend` implements that on one machine with warm workers
+(`worker.py`), one per device slot, connected over a Unix socket. A Ray or multi-node
+backend can implement the same four calls later.
+
+Failure rule: if any rank of a group crashes, raises, dies or stays silent past the job's
+`timeout_s`, the whole group is torn down — every worker of the group is killed with its
+process group (DataLoader children included) and replaced by a fresh warm worker — and one
+`Failed` event is emitted. Other groups never notice.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, Listener, wait
+from pathlib import Path
+from typing import Any
+
+from nasalloc.execute.devices import Slot
+from nasalloc.execute.worker import AUTHKEY_ENV, PRELOAD_ENV
+
+WORKER_START_TIMEOUT_S = 120.0
+
+
+@dataclass
+class GroupSpec:
+    """One job of one trial: k ranks on `slots` (rank i on slots[i])."""
+
+    trial: int
+    config: dict[str, Any]
+    entrypoint: str
+    slots: list[Slot]
+    start_epoch: int
+    until_epoch: int
+    checkpoint_dir: Path
+    log_path: Path | None = None
+    checkpoint_every: int = 1
+    timeout_s: float = 600.0  # longest silence (no report) before the group is declared hung
+    attempt: int = 0
+    record_steps: bool = False
+    max_steps: int | None = None
+    require_decision: bool = True  # returning while told CONTINUE is an error (search runs)
+
+
+@dataclass
+class Report:
+    group: int
+    epoch: int
+    metric: float
+    extra: dict[str, Any]
+
+
+@dataclass
+class Checkpointed:
+    group: int
+    epoch: int
+
+
+@dataclass
+class Ended:
+    group: int
+    ranks: list[dict[str, Any]]  # each rank's "done" message: wall_s, steps, step_times
+
+
+@dataclass
+class Failed:
+    group: int
+    info: str
+
+
+Event = Report | Checkpointed | Ended | Failed
+
+
+@dataclass
+class _Worker:
+    slot: Slot
+    proc: subprocess.Popen
+    conn: Connection | None = None
+    pid: int | None = None
+    job: int | None = None  # group id it serves
+    pending: dict[str, Any] | None = None  # job message to send once ready
+
+
+@dataclass
+class _Group:
+    spec: GroupSpec
+    store: Path
+    last_activity: float
+    undelivered: int = 0  # ranks whose worker is still starting; the silence clock waits for them
+    done: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalBackend:
+    """Warm workers on this machine's device slots; gloo on CPU slots, nccl on GPUs."""
+
+    def __init__(self, slots: list[Slot], device_kind: str = "cpu", *, threads_per_worker: int | None = None,
+                 worker_log_dir: Path | None = None, pin_cpus: bool = True, preload: list[str] | None = None):
+        if device_kind not in ("cpu", "cuda"):
+            raise ValueError(f"device_kind={device_kind!r}: allowed: cpu, cuda")
+        self.device_kind = device_kind
+        self.slots = sorted(slots)
+        self._tmp = Path(tempfile.mkdtemp(prefix="nasalloc-"))
+        self._authkey = secrets.token_bytes(16)
+        self._listener = Listener(str(self._tmp / "w.sock"), family="AF_UNIX", authkey=self._authkey)
+        self._arrivals: queue.Queue = queue.Queue()
+        self._closed = False
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+        ncpu = os.cpu_count() or 1
+        devices = sorted({s.device for s in self.slots})
+        self._threads = threads_per_worker or max(1, ncpu // (len(devices) if device_kind == "cpu" else len(self.slots)))
+        self._pin = pin_cpus and device_kind == "cpu" and len(devices) * self._threads <= ncpu
+        self._log_dir = worker_log_dir
+        self._preload = ";".join(preload or [])
+        self._workers: dict[Slot, _Worker] = {}
+        self._groups: dict[int, _Group] = {}
+        self._next_group = 0
+        self._events: list[Event] = []
+        try:
+            for s in self.slots:
+                self._spawn(s)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    # ----- workers -------------------------------------------------------------------------
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                conn = self._listener.accept()
+                hello = conn.recv()
+            except (OSError, EOFError):
+                if self._closed:
+                    return
+                continue
+            except Exception:  # noqa: BLE001 - a bad handshake must not kill the acceptor
+                continue
+            self._arrivals.put((hello, conn))
+
+    def _spawn(self, slot: Slot) -> None:
+        env = dict(os.environ)
+        env[AUTHKEY_ENV] = self._authkey.hex()
+        env.update(OMP_NUM_THREADS=str(self._threads), MKL_NUM_THREADS=str(self._threads), PYTHONUNBUFFERED="1",
+                   GLOO_SOCKET_IFNAME="lo", NCCL_SOCKET_IFNAME="lo")
+        env[PRELOAD_ENV] = self._preload
+        cpus = ""
+        if self.device_kind == "cuda":
+            env["CUDA_VISIBLE_DEVICES"] = str(slot.device)
+        elif self._pin:
+            first = (slot.device * self._threads) % (os.cpu_count() or 1)
+            cpus = ",".join(str(first + i) for i in range(self._threads))
+        log = subprocess.DEVNULL
+        if self._log_dir is not None:
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+            log = open(self._log_dir / f"worker_{slot.device}_{slot.share}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nasalloc.execute.worker", str(self._tmp / "w.sock"), str(self._threads), cpus],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )
+        if log is not subprocess.DEVNULL:
+            log.close()
+        self._workers[slot] = _Worker(slot, proc)
+
+    def _take_arrivals(self) -> None:
+        while True:
+            try:
+                hello, conn = self._arrivals.get_nowait()
+            except queue.Empty:
+                return
+            w = next((w for w in self._workers.values() if w.proc.pid == hello.get("pid")), None)
+            if w is None:
+                conn.close()
+                continue
+            w.conn, w.pid = conn, hello["pid"]
+            if w.pending is not None:
+                self._send(w, w.pending)
+                g = self._groups.get(w.pending["job"])
+                if g is not None:
+                    g.undelivered -= 1
+                    g.last_activity = time.monotonic()
+                w.pending = None
+
+    def wait_ready(self, timeout: float = WORKER_START_TIMEOUT_S) -> None:
+        """Block until every worker is connected (RuntimeError if one dies or it takes too long)."""
+        deadline = time.monotonic() + timeout
+        while any(w.conn is None for w in self._workers.values()):
+            self._take_arrivals()
+            for w in self._workers.values():
+                if w.conn is None and w.proc.poll() is not None:
+                    raise RuntimeError(f"worker for device {w.slot.device} exited with status {w.proc.returncode} while starting")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"workers did not start within {timeout:.0f} s")
+            time.sleep(0.02)
+
+    def _kill(self, w: _Worker) -> None:
+        try:
+            os.killpg(w.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            w.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        if w.conn is not None:
+            w.conn.close()
+
+    def _send(self, w: _Worker, msg: dict[str, Any]) -> None:
+        try:
+            w.conn.send(msg)  # type: ignore[union-attr]
+        except (OSError, ValueError):
+            pass  # the worker died; its EOF shows up in the next poll
+
+    # ----- the backend interface -----------------------------------------------------------
+    def start_group(self, spec: GroupSpec) -> int:
+        """Start `spec` on its slots (queued until the slots' workers are ready); -> group id."""
+        gid = self._next_group
+        self._next_group += 1
+        store = self._tmp / f"store_{gid}"
+        self._groups[gid] = _Group(spec, store, time.monotonic())
+        port = _free_port()
+        for rank, slot in enumerate(spec.slots):
+            w = self._workers[slot]
+            if w.job is not None:
+                raise RuntimeError(f"slot {slot} is already running group {w.job}")
+            w.job = gid
+            msg = {
+                "op": "job", "job": gid, "trial": spec.trial, "config": spec.config, "entrypoint": spec.entrypoint,
+                "rank": rank, "world_size": len(spec.slots), "local_rank": 0 if self.device_kind == "cuda" else rank,
+                "start_epoch": spec.start_epoch, "until_epoch": spec.until_epoch,
+                "checkpoint_dir": str(spec.checkpoint_dir), "checkpoint_every": spec.checkpoint_every,
+                "log_path": None if spec.log_path is None else str(spec.log_path), "store_path": str(store),
+                "master_port": port, "pg_backend": "nccl" if self.device_kind == "cuda" else "gloo",
+                "device_kind": self.device_kind, "pg_timeout_s": max(30.0, spec.timeout_s),
+                "attempt": spec.attempt, "record_steps": spec.record_steps, "max_steps": spec.max_steps,
+                "require_decision": spec.require_decision,
+            }
+            if w.conn is None:
+                w.pending = msg
+                self._groups[gid].undelivered += 1
+            else:
+                self._send(w, msg)
+        return gid
+
+    def decide(self, gid: int, decision: str, save: bool) -> None:
+        """Send the scheduler's answer to every rank of the group (ranks wait in `report`)."""
+        g = self._groups.get(gid)
+        if g is None:
+            return
+        g.last_activity = time.monotonic()
+        for slot in g.spec.slots:
+            w = self._workers[slot]
+            if w.conn is not None:
+                self._send(w, {"op": "decision", "decision": decision, "save": save})
+
+    def kill_group(self, gid: int, info: str) -> None:
+        """Tear the group down now (replacing its workers) and emit `Failed`."""
+        g = self._groups.pop(gid, None)
+        if g is None:
+            return
+        for slot in g.spec.slots:
+            w = self._workers[slot]
+            self._kill(w)
+            self._spawn(slot)
+        self._remove_store(g)
+        self._events.append(Failed(gid, info))
+
+    def running(self) -> list[int]:
+        return list(self._groups)
+
+    def poll(self, timeout: float) -> list[Event]:
+        """Wait up to `timeout` s for something to happen; -> events in arrival order."""
+        self._take_arrivals()
+        conns = {w.conn: w for w in self._workers.values() if w.conn is not None}
+        starting = any(w.conn is None for w in self._workers.values())
+        if not self._events:
+            for c in wait(list(conns), timeout=min(timeout, 0.05) if starting else timeout):
+                self._read(conns[c])  # type: ignore[index]
+        self._take_arrivals()
+        for w in list(self._workers.values()):  # a worker dead before connecting
+            if w.conn is None and w.proc.poll() is not None:
+                self._worker_died(w, f"worker exited with status {w.proc.returncode} while starting")
+        now = time.monotonic()
+        for gid, g in list(self._groups.items()):
+            if g.undelivered == 0 and now - g.last_activity > g.spec.timeout_s:
+                self.kill_group(gid, f"no report for {g.spec.timeout_s:g} s (trial_timeout_s): rank hung")
+        events, self._events = self._events, []
+        return events
+
+    def _read(self, w: _Worker) -> None:
+        while w.conn is not None:
+            try:
+                if not w.conn.poll():
+                    return
+                msg = w.conn.recv()
+            except (EOFError, OSError):
+                code = w.proc.wait(timeout=10) if w.proc.poll() is None else w.proc.returncode
+                self._worker_died(w, f"rank on device {w.slot.device} died (exit status {code})")
+                return
+            self._handle(w, msg)
+
+    def _worker_died(self, w: _Worker, info: str) -> None:
+        if w.job is not None and w.job in self._groups:
+            self.kill_group(w.job, info)  # replaces this worker too
+        else:
+            self._kill(w)
+            self._spawn(w.slot)
+
+    def _handle(self, w: _Worker, msg: dict[str, Any]) -> None:
+        gid = msg.get("job")
+        g = self._groups.get(gid)  # type: ignore[arg-type]
+        if g is None:
+            return  # a straggler from a group already torn down
+        op = msg.get("op")
+        if op == "report":
+            g.last_activity = time.monotonic()
+            self._events.append(Report(gid, int(msg["epoch"]), float(msg["metric"]), dict(msg.get("extra") or {})))
+        elif op == "checkpoint":
+            g.last_activity = time.monotonic()
+            self._events.append(Checkpointed(gid, int(msg["epoch"])))
+        elif op == "done":
+            w.job = None
+            if not msg["ok"]:
+                if len(g.spec.slots) == 1:  # nobody can be stuck in a collective with it: keep the worker
+                    del self._groups[gid]
+                    self._remove_store(g)
+                    self._events.append(Failed(gid, f"rank {msg['rank']}: {msg['info']}"))
+                    return
+                w.job = gid  # so kill_group replaces it as well
+                self.kill_group(gid, f"rank {msg['rank']}: {msg['info']}")
+                return
+            g.done[int(msg["rank"])] = msg
+            if len(g.done) == len(g.spec.slots):
+                del self._groups[gid]
+                self._remove_store(g)
+                self._events.append(Ended(gid, [g.done[r] for r in sorted(g.done)]))
+
+    def _remove_store(self, g: _Group) -> None:
+        try:
+            g.store.unlink()
+        except OSError:
+            pass
+
+    def shutdown(self) -> None:
+        """Stop every worker (asking first, then SIGKILL) and remove the socket folder."""
+        for w in self._workers.values():
+            if w.conn is not None and w.job is None:
+                self._send(w, {"op": "exit"})
+        deadline = time.monotonic() + 2.0
+        for w in self._workers.values():
+            try:
+                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()) if w.job is None and w.conn is not None else 0)
+            except subprocess.TimeoutExpired:
+                pass
+            self._kill(w)
+        self._closed = True
+        self._listener.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def worker_pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers.values()]
+
+    def __enter__(self) -> LocalBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()

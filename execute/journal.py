@@ -1,0 +1,141 @@
+"""The run's journal (`trace.jsonl`) and how a killed run is resumed from it.
+
+Writing: `Journal` appends one `TraceEvent` per line and flushes it before the executor acts
+on the decision it records, so the file is always a valid prefix of the run's history.
+Event times are seconds since the search started; a resumed run continues the clock at the
+old run's last event time (its makespan), so the time spent dead is not counted and the
+whole file reads as one history.
+
+Resuming (`replay`): the scheduler is deterministic, so a scheduler built from the same
+config and seed reaches the old run's state when the journaled calls are fed to it in the
+same order — each non-internal start/resume is one `ask` (which must hand out the same
+trial), each result one `on_result`, each fail one `on_failure` (its resume epoch is kept in
+the event's info as ``resume_epoch=N``). Two kinds of events are the executor's own and are
+not scheduler calls: ``info="reallocate"`` (a trial checkpointed and moved to a different
+number of devices at a rung) and ``info="interrupted"`` (the run was stopped under it).
+
+After the replay, trials the scheduler still sees RUNNING were cut off by the kill: they get
+a "pause" (interrupted) event and restart from their last checkpoint; results they repeat
+for epochs already journaled are not written twice.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nasalloc.sim.errors import UserError
+from nasalloc.sim.schedulers.base import Job, Scheduler, TrialStatus
+from nasalloc.sim.trace import TraceEvent, TraceWriter
+
+REALLOCATE = "reallocate"
+INTERRUPTED = "interrupted"
+INTERNAL = (REALLOCATE, INTERRUPTED)
+_RESUME_EPOCH = re.compile(r"resume_epoch=(\d+)")
+
+
+def fail_info(reason: str, resume_epoch: int) -> str:
+    return f"{reason}; resume_epoch={resume_epoch}"
+
+
+def drain(scheduler: Scheduler) -> list[int]:
+    """Paused trials the scheduler stopped since last asked (HyperBand; [] for others)."""
+    fn = getattr(scheduler, "drain_stopped", None)
+    return list(fn()) if fn is not None else []
+
+
+class Journal:
+    """Appends events to trace.jsonl with times on one clock that survives resumes."""
+
+    def __init__(self, path: Path, time_offset: float = 0.0):
+        self.path = Path(path)
+        self.offset = float(time_offset)
+        self._t0 = time.monotonic()
+        self._writer = TraceWriter(self.path)
+        self.events: list[TraceEvent] = []
+
+    def now(self) -> float:
+        return round(self.offset + time.monotonic() - self._t0, 6)
+
+    def write(self, event: str, trial: int, *, epoch: int | None = None, metric: float | None = None,
+              devices: list[int] | tuple[int, ...] = (), config: dict[str, Any] | None = None,
+              test_metric: float | None = None, info: str | None = None, time_s: float | None = None) -> TraceEvent:
+        ev = TraceEvent(time=self.now() if time_s is None else time_s, event=event, trial=trial, epoch=epoch,
+                        metric=metric, devices=tuple(devices), config=config, test_metric=test_metric, info=info)
+        self._writer.write(ev)
+        self.events.append(ev)
+        return ev
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+@dataclass
+class Replayed:
+    """What `replay` learnt: the old events, the clock to continue from, work to restart."""
+
+    events: list[TraceEvent]
+    makespan: float
+    restart: list[Job] = field(default_factory=list)  # cut-off trials, from their checkpoint
+    fixups: list[tuple[str, int, int, tuple[int, ...], str | None]] = field(default_factory=list)  # event, trial, epoch, devices, info
+
+
+def replay(events: list[TraceEvent], scheduler: Scheduler, checkpoint_epoch: Any) -> Replayed:
+    """Feed the journaled calls to a fresh `scheduler`; -> what the resumed run must do.
+
+    `checkpoint_epoch(trial, at_most) -> int` says which checkpoint a cut-off trial has.
+    Raises UserError when the journal does not match the scheduler (other config or seed).
+    """
+    holding: dict[int, TraceEvent] = {}
+    drained: set[int] = set()
+    for i, ev in enumerate(events, start=1):
+        where = f"trace.jsonl event {i} ({ev.event} of trial {ev.trial})"
+        try:
+            if ev.event in ("start", "resume"):
+                if ev.info not in INTERNAL:
+                    job = scheduler.ask()
+                    drained.update(drain(scheduler))
+                    if not isinstance(job, Job) or job.trial != ev.trial:
+                        raise UserError(f"resume: {where} does not match the scheduler's decision ({job!r}); "
+                                        "resume needs the same scheduler, space and seed")
+                holding[ev.trial] = ev
+            elif ev.event == "result":
+                scheduler.on_result(ev.trial, int(ev.epoch or 0), float(ev.metric if ev.metric is not None else float("nan")))
+                drained.update(drain(scheduler))
+            elif ev.event == "fail":
+                m = _RESUME_EPOCH.search(ev.info or "")
+                holding.pop(ev.trial, None)
+                scheduler.on_failure(ev.trial, int(m.group(1)) if m else 0)
+                drained.update(drain(scheduler))
+            elif ev.event in ("pause", "stop", "complete"):
+                holding.pop(ev.trial, None)
+        except (ValueError, KeyError, AssertionError) as exc:
+            raise UserError(f"resume: {where} cannot be replayed: {exc}") from None
+    makespan = max((ev.time for ev in events), default=0.0)
+    out = Replayed(events=events, makespan=makespan)
+    stops = {ev.trial for ev in events if ev.event == "stop"}
+    for tid in sorted(drained - stops):
+        out.fixups.append(("stop", tid, scheduler.trials[tid].last_epoch, (), None))
+    final: dict[int, str] = {}
+    for ev in events:
+        if ev.event in ("pause", "stop", "complete", "fail"):
+            final[ev.trial] = ev.event
+    for tid, trial in sorted(scheduler.trials.items()):  # decided, but the release event was lost
+        want = {TrialStatus.STOPPED: "stop", TrialStatus.COMPLETED: "complete"}.get(trial.status)
+        if want and tid not in holding and tid not in drained and final.get(tid) != want:
+            out.fixups.append((want, tid, trial.last_epoch, (), None))
+    for tid, ev in sorted(holding.items()):
+        trial = scheduler.trials[tid]
+        closing = {TrialStatus.PAUSED: "pause", TrialStatus.STOPPED: "stop", TrialStatus.COMPLETED: "complete"}
+        if trial.status in closing and tid not in drained:
+            out.fixups.append((closing[trial.status], tid, trial.last_epoch, ev.devices, None))
+        elif trial.status is TrialStatus.RUNNING:
+            out.fixups.append(("pause", tid, trial.last_epoch, ev.devices, INTERRUPTED))
+    for tid, trial in sorted(scheduler.trials.items()):
+        if trial.status is TrialStatus.RUNNING:
+            start = checkpoint_epoch(tid, trial.last_epoch)
+            out.restart.append(Job(tid, trial.config, start, trial.until_epoch, resume=True, attempt=trial.failures))
+    return out

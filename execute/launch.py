@@ -1,0 +1,110 @@
+"""Run k ranks of a workload outside a search: the launcher calibration reuses.
+
+`Launcher` keeps warm workers on a set of devices (so repeated measurements do not pay the
+~1.7 s Python + torch start-up each time); `Launcher.run` runs one workload as a DDP group
+on some of those devices for a number of epochs (or steps) and returns what happened,
+including each rank's per-step timestamps. `run_ranks` is the one-shot form.
+
+    with Launcher("cpu", [0, 1]) as launcher:
+        r = launcher.run("nasalloc.execute.workloads.digits:train", {"lr": 0.05, "width": 16},
+                         devices=[0, 1], epochs=2, record_steps=True)
+        r.step_times[0]      # rank 0's perf_counter() at each ctx.step()
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nasalloc.execute.backend import Checkpointed, Ended, Failed, GroupSpec, LocalBackend, Report
+from nasalloc.execute.devices import Slot
+
+
+@dataclass
+class RanksResult:
+    """What one `run` observed (times in seconds; step times are perf_counter() stamps)."""
+
+    ok: bool
+    info: str
+    wall_s: float  # from sending the job to the last rank's end
+    reports: list[tuple[float, int, float, dict[str, Any]]] = field(default_factory=list)  # (t, epoch, metric, extra)
+    step_times: list[list[float]] = field(default_factory=list)  # per rank
+    steps: list[int] = field(default_factory=list)  # per rank
+    rank_wall_s: list[float] = field(default_factory=list)  # per rank, inside the worker
+
+    def step_durations(self, rank: int = 0) -> list[float]:
+        t = self.step_times[rank] if rank < len(self.step_times) else []
+        return [b - a for a, b in zip(t, t[1:])]
+
+
+class Launcher:
+    """Warm workers on `device_ids` (CPU slots or GPU indices); run DDP groups on them."""
+
+    def __init__(self, device_kind: str, device_ids: list[int], *, slots_per_device: int = 1,
+                 threads_per_worker: int | None = None, workdir: Path | None = None, preload: list[str] | None = None):
+        self.device_kind = device_kind
+        self._slots = [Slot(d, s) for d in device_ids for s in range(slots_per_device)]
+        self._workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="nasalloc-launch-"))
+        self.backend = LocalBackend(self._slots, device_kind, threads_per_worker=threads_per_worker,
+                                    worker_log_dir=self._workdir / "logs", preload=preload)
+        self.backend.wait_ready()
+        self._runs = 0
+
+    def run(self, entrypoint: str, config: dict[str, Any], devices: list[int] | list[Slot], *, epochs: int = 1,
+            start_epoch: int = 0, max_steps: int | None = None, record_steps: bool = True,
+            timeout_s: float = 600.0, checkpoint_dir: Path | None = None, log_path: Path | None = None) -> RanksResult:
+        """Run `entrypoint` as len(devices) ranks for `epochs` epochs (or until `max_steps` steps).
+
+        Every report is answered CONTINUE until `start_epoch + epochs`, then STOP; nothing is
+        checkpointed. A crash, an exception or `timeout_s` without a report gives ok=False.
+        """
+        slots = [d if isinstance(d, Slot) else Slot(int(d), 0) for d in devices]
+        self._runs += 1
+        until = start_epoch + epochs
+        spec = GroupSpec(
+            trial=self._runs, config=dict(config), entrypoint=entrypoint, slots=slots, start_epoch=start_epoch,
+            until_epoch=until, checkpoint_dir=checkpoint_dir or self._workdir / f"ckpt_{self._runs}",
+            log_path=log_path or self._workdir / "logs" / f"run_{self._runs:04d}.log", timeout_s=timeout_s,
+            record_steps=record_steps, max_steps=max_steps, require_decision=False,
+        )
+        t0 = time.perf_counter()
+        gid = self.backend.start_group(spec)
+        result = RanksResult(ok=False, info="", wall_s=0.0)
+        while True:
+            for ev in self.backend.poll(1.0):
+                if getattr(ev, "group", None) != gid:
+                    continue
+                if isinstance(ev, Report):
+                    result.reports.append((time.perf_counter() - t0, ev.epoch, ev.metric, ev.extra))
+                    self.backend.decide(gid, "continue" if ev.epoch < until else "stop", save=False)
+                elif isinstance(ev, Checkpointed):
+                    pass
+                elif isinstance(ev, Ended):
+                    result.ok = True
+                    result.wall_s = time.perf_counter() - t0
+                    result.step_times = [r["step_times"] for r in ev.ranks]
+                    result.steps = [r["steps"] for r in ev.ranks]
+                    result.rank_wall_s = [r["wall_s"] for r in ev.ranks]
+                    return result
+                elif isinstance(ev, Failed):
+                    result.info = ev.info
+                    result.wall_s = time.perf_counter() - t0
+                    return result
+
+    def close(self) -> None:
+        self.backend.shutdown()
+
+    def __enter__(self) -> Launcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_ranks(entrypoint: str, config: dict[str, Any], device_kind: str, devices: list[int], **kwargs: Any) -> RanksResult:
+    """One-shot `Launcher(...).run(...)`: start workers on `devices`, run, stop them."""
+    with Launcher(device_kind, devices) as launcher:
+        return launcher.run(entrypoint, config, devices, **kwargs)

@@ -1,0 +1,79 @@
+"""Live progress of a run: a rich panel on a terminal, plain lines otherwise.
+
+Shows trials started / running / finished / failed, the best metric so far and how many
+devices are busy. On a non-terminal (CI, a log file) it prints one line whenever a count
+changes, so logs stay short and greppable.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+
+class Progress:
+    def __init__(self, n_devices: int, mode: str = "auto", stream: TextIO | None = None, title: str = "nasalloc run"):
+        self.stream = stream or sys.stderr
+        self.n_devices = n_devices
+        self.title = title
+        if mode == "auto":
+            mode = "rich" if self.stream.isatty() else "plain"
+        self.mode = mode
+        self._last: tuple | None = None
+        self._t0 = time.monotonic()
+        self._live: Any = None
+        self._shown_messages = 0
+        if mode == "rich":
+            from rich.console import Console
+            from rich.live import Live
+
+            self._console = Console(file=self.stream)
+            self._live = Live(self._render(None), console=self._console, refresh_per_second=4, transient=False)
+            self._live.start()
+
+    def _state(self, loop: Any) -> tuple:
+        s = loop.scheduler
+        started = len(s.trials)
+        best = "-" if loop.stats.best is None else f"{loop.stats.best:.4g} (trial {loop.stats.best_trial})"
+        return (started, len(loop.running), loop.stats.finished, loop.stats.failed, best, loop.pool.busy_devices)
+
+    def _render(self, state: tuple | None) -> Any:
+        from rich.table import Table
+
+        t = Table(title=self.title, show_header=False, box=None)
+        if state is None:
+            t.add_row("starting workers ...")
+            return t
+        started, running, finished, failed, best, busy = state
+        t.add_row("trials", f"{started} started, {running} running, {finished} finished, {failed} failures")
+        t.add_row("best metric", best)
+        t.add_row("devices busy", f"{busy}/{self.n_devices}")
+        t.add_row("elapsed", f"{time.monotonic() - self._t0:.1f} s")
+        return t
+
+    def update(self, loop: Any) -> None:
+        for msg in loop.stats.messages[self._shown_messages :]:
+            self._print(msg)
+        self._shown_messages = len(loop.stats.messages)
+        state = self._state(loop)
+        if self.mode == "rich":
+            self._live.update(self._render(state))
+        elif self.mode == "plain" and state != self._last:
+            started, running, finished, failed, best, busy = state
+            self._print(f"[{time.monotonic() - self._t0:7.1f}s] trials {started} started, {running} running, "
+                        f"{finished} finished, {failed} failures | best {best} | devices busy {busy}/{self.n_devices}")
+        self._last = state
+
+    def _print(self, text: str) -> None:
+        if self.mode == "none":
+            return
+        if self.mode == "rich":
+            self._console.print(text)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None

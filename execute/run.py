@@ -1,0 +1,184 @@
+"""`nasalloc run`: run the search for real with one allocation, journaled and resumable.
+
+    nasalloc run                                   # short ASHA search of `digits` on 2 CPU slots
+    nasalloc run gpus_per_trial=2                  # every trial as a 2-rank gloo DDP group
+    nasalloc run gpus_per_trial=[1,2] scheduler=hyperband   # more devices after the first rung
+    nasalloc run devices=cuda devices.ids=[0,1,2,3] train=synthetic
+    nasalloc run resume=outputs/run/2026-01-01_12-00-00     # continue a killed run
+
+`load` validates everything (scheduler, space, devices, allocation, that the entrypoint
+imports) before any folder exists; `main` starts the warm workers, runs `SearchLoop` and
+writes trace.jsonl, summary.json, plots, logs/ into the run folder. A resumed run uses the
+saved `run_config.yaml` of that folder (other overrides are ignored) and appends to its trace.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from nasalloc.execute.devices import Allocation
+from nasalloc.sim.config import require, to_typed
+from nasalloc.sim.errors import UserError
+from nasalloc.sim.schedulers import scheduler_config
+from nasalloc.sim.space import SearchSpace
+
+RUN_CONFIG = "run_config.yaml"
+
+
+@dataclass
+class DevicesConfig:
+    kind: str = "cpu"  # cpu: CPU slots with gloo | cuda: GPUs with nccl
+    count: int = 2  # cpu: number of slots; cuda: used when ids is null (first `count` GPUs, 0 = all)
+    ids: list[int] | None = None  # cuda: GPU indices; cpu: slot ids (default 0..count-1)
+    threads_per_slot: int = 0  # torch threads per rank; 0 = cores / slots (at least 1)
+
+    def __post_init__(self) -> None:
+        require(self.kind in ("cpu", "cuda"), f"kind={self.kind}: allowed: cpu, cuda")
+        require(self.count >= 0, f"count={self.count}: must be >= 0")
+        require(self.threads_per_slot >= 0, f"threads_per_slot={self.threads_per_slot}: must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    name: str = "digits"
+    entrypoint: str = "nasalloc.execute.workloads.digits:train"
+    space: dict[str, Any] = field(default_factory=dict)  # searched (SearchSpace syntax)
+    params: dict[str, Any] = field(default_factory=dict)  # fixed, passed to every trial
+
+
+@dataclass
+class RunSettings:
+    """Everything `main` needs, validated."""
+
+    scheduler: Any
+    space: SearchSpace
+    train: TrainConfig
+    devices: DevicesConfig
+    device_ids: list[int]
+    allocation: Allocation
+    gpus_per_trial: Any
+    trial_timeout_s: float
+    checkpoint_every: int
+    target: float | None
+    seed: int
+    progress: str
+    resume: Path | None
+    raw: dict[str, Any]  # the composed config, saved for resume
+
+
+def _device_ids(dev: DevicesConfig) -> list[int]:
+    if dev.kind == "cpu":
+        ids = list(dev.ids) if dev.ids else list(range(dev.count))
+        if not ids:
+            raise UserError("devices.count=0: need at least one CPU slot")
+        return ids
+    import torch
+
+    present = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if present == 0:
+        raise UserError("devices=cuda: no CUDA GPU is visible here; use devices=cpu")
+    ids = list(dev.ids) if dev.ids else list(range(dev.count or present))
+    bad = [i for i in ids if not 0 <= i < present]
+    if bad:
+        raise UserError(f"devices.ids={ids}: GPU {bad[0]} does not exist; {present} present (0..{present - 1})")
+    return ids
+
+
+def _check_entrypoint(entrypoint: str) -> None:
+    from nasalloc.execute.worker import resolve_entrypoint
+
+    try:
+        fn = resolve_entrypoint(entrypoint)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise UserError(f"train.entrypoint={entrypoint!r}: cannot load it ({type(exc).__name__}: {exc}); "
+                        "expected 'module:function' importable here") from None
+    if not callable(fn):
+        raise UserError(f"train.entrypoint={entrypoint!r}: not a function")
+
+
+def settings_from(raw: dict[str, Any], resume: Path | None = None) -> RunSettings:
+    """Validate a plain config mapping (composed Hydra config or saved run_config.yaml)."""
+    for key in ("scheduler", "train", "devices"):
+        if not isinstance(raw.get(key), dict):
+            raise UserError(f"{key}: missing; pick one, e.g. {key}=" + {"scheduler": "asha", "train": "digits", "devices": "cpu"}[key])
+    sched = scheduler_config(raw["scheduler"])
+    train = to_typed(TrainConfig, raw["train"], "train")
+    space = SearchSpace.from_config(train.space, "train.space")
+    devices = to_typed(DevicesConfig, raw["devices"], "devices")
+    ids = _device_ids(devices)
+    if len(set(ids)) != len(ids):
+        raise UserError(f"devices.ids={ids}: an id appears twice")
+    gpt = raw.get("gpus_per_trial", 1)
+    allocation = Allocation.parse(gpt, len(ids))
+    timeout = raw.get("trial_timeout_s", 120.0)
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise UserError(f"trial_timeout_s={timeout!r}: must be a number of seconds > 0")
+    every = raw.get("checkpoint_every", 1)
+    if not isinstance(every, int) or every < 1:
+        raise UserError(f"checkpoint_every={every!r}: must be an integer >= 1")
+    target = raw.get("target")
+    if target is not None and not isinstance(target, (int, float)):
+        raise UserError(f"target={target!r}: must be a number or null")
+    progress = raw.get("progress", "auto")
+    if progress not in ("auto", "rich", "plain", "none"):
+        raise UserError(f"progress={progress!r}: allowed: auto, rich, plain, none")
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int):
+        raise UserError(f"seed={seed!r}: must be an integer")
+    _check_entrypoint(train.entrypoint)
+    return RunSettings(
+        scheduler=sched, space=space, train=train, devices=devices, device_ids=ids, allocation=allocation,
+        gpus_per_trial=allocation.describe(), trial_timeout_s=float(timeout), checkpoint_every=every,
+        target=None if target is None else float(target), seed=seed, progress=progress, resume=resume, raw=raw,
+    )
+
+
+def load(cfg: DictConfig) -> RunSettings:
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(raw, dict)
+    raw.pop("hydra", None)
+    resume = raw.get("resume")
+    if resume:
+        folder = Path(str(resume))
+        if not (folder / "trace.jsonl").is_file() or not (folder / RUN_CONFIG).is_file():
+            raise UserError(f"resume={resume}: not a run folder (needs trace.jsonl and {RUN_CONFIG} from `nasalloc run`)")
+        saved = yaml.safe_load((folder / RUN_CONFIG).read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            raise UserError(f"resume={resume}: {RUN_CONFIG} is not a mapping")
+        return settings_from(saved, resume=folder)
+    return settings_from(raw)
+
+
+def main(settings: RunSettings, out_dir: Path) -> None:
+    from nasalloc.execute.search import run_search
+
+    run_dir = settings.resume if settings.resume is not None else Path(out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if settings.resume is None:
+        saved = {k: v for k, v in settings.raw.items() if k not in ("resume",)}
+        (run_dir / RUN_CONFIG).write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
+    summary = run_search(settings, run_dir)
+    _print_summary(summary, run_dir)
+    if summary.get("interrupted"):
+        sys.stderr.write(f"nasalloc run: interrupted; continue with: nasalloc run resume={run_dir}\n")
+        sys.exit(130)
+
+
+def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    keys = ("scheduler", "gpus_per_trial", "devices", "trials", "completed", "stopped", "failed", "epochs_trained",
+            "best_metric", "best_test_metric", "best_trial", "makespan_s", "time_to_target_s", "gpu_utilization")
+    lines = [f"  {k:<17} {fmt(summary.get(k))}" for k in keys]
+    print("nasalloc run: done\n" + "\n".join(lines) + f"\n  output            {run_dir}", flush=True)
+
+
+
+__all__ = ["RunSettings", "DevicesConfig", "TrainConfig", "load", "main", "settings_from"]

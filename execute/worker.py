@@ -1,0 +1,203 @@
+"""A warm worker: one long-lived process per device slot that runs rank after rank.
+
+Starting Python + torch costs ~1.7 s here (DESIGN.md, measured lessons), more than many
+epochs, so the executor starts one worker per slot once and sends it jobs. For each job the
+worker forms a fresh process group (a FileStore unique to the job), runs the user's training
+function as one rank, tears the group down and waits for the next job. Its stdout/stderr go
+to the trial's log while a job runs.
+
+The worker exits when the executor closes the connection, says "exit", or dies (a watchdog
+notices the parent pid change), so a killed executor leaves no orphans behind.
+
+Run as ``python -m nasalloc.execute.worker`` by `backend.LocalBackend`; the connection
+address comes in argv, the auth key in the environment.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import threading
+import time
+import traceback
+from datetime import timedelta
+from multiprocessing.connection import Client, Connection
+from typing import Any
+
+AUTHKEY_ENV = "NASALLOC_WORKER_AUTHKEY"
+PRELOAD_ENV = "NASALLOC_WORKER_PRELOAD"  # ";"-separated entrypoints to import at start
+
+
+def resolve_entrypoint(entrypoint: str) -> Any:
+    """``"package.module:function"`` -> the function (ImportError/AttributeError if absent)."""
+    module, _, name = entrypoint.partition(":")
+    if not module or not name:
+        raise ValueError(f"entrypoint {entrypoint!r}: expected 'module:function'")
+    return getattr(importlib.import_module(module), name)
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        if os.getppid() != parent:
+            os._exit(3)
+        time.sleep(0.5)
+
+
+class _ConnLink:
+    """TrainingContext's link: reports go to the executor, decisions come back."""
+
+    def __init__(self, conn: Connection, job_id: int):
+        self.conn = conn
+        self.job_id = job_id
+
+    def report(self, epoch: int, metric: float | None, extra: dict[str, Any]) -> tuple[Any, bool]:
+        from nasalloc.execute.api import Decision
+
+        if metric is not None:  # rank 0 speaks; the others only listen
+            self.conn.send({"op": "report", "job": self.job_id, "epoch": int(epoch), "metric": metric, "extra": _plain(extra)})
+        while True:
+            msg = self.conn.recv()
+            if msg.get("op") == "decision":
+                return Decision(msg["decision"]), bool(msg["save"])
+            if msg.get("op") == "exit":
+                os._exit(0)
+
+    def checkpointed(self, epoch: int) -> None:
+        self.conn.send({"op": "checkpoint", "job": self.job_id, "epoch": int(epoch)})
+
+
+def _plain(extra: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in extra.items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            out[k] = str(v)
+    return out
+
+
+class _Redirect:
+    """Point fds 1 and 2 at a log file for the duration of a job (user prints, C-level too)."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+
+    def __enter__(self) -> None:
+        if not self.path:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._saved = (os.dup(1), os.dup(2))
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.path:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self._saved[0], 1)
+        os.dup2(self._saved[1], 2)
+        os.close(self._saved[0])
+        os.close(self._saved[1])
+
+
+def run_job(conn: Connection, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one rank of one job; -> the "done" message (never raises for user errors)."""
+    import torch
+    import torch.distributed as dist
+
+    from nasalloc.execute.api import Decision, StopTraining, TrainingContext
+
+    rank, world = int(spec["rank"]), int(spec["world_size"])
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(spec["local_rank"]),
+        LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(spec["master_port"]),
+    )
+    if spec["device_kind"] == "cuda":
+        torch.cuda.set_device(0)  # CUDA_VISIBLE_DEVICES shows this worker only its GPU
+        device = torch.device("cuda", 0)
+    else:
+        device = torch.device("cpu")
+    t0 = time.perf_counter()
+    ctx = None
+    ok, info = True, ""
+    with _Redirect(spec.get("log_path")):
+        print(f"== trial {spec['trial']} rank {rank}/{world} epochs {spec['start_epoch']}->{spec['until_epoch']} "
+              f"attempt {spec.get('attempt', 0)} pid {os.getpid()} ==", flush=True)
+        try:
+            fn = resolve_entrypoint(spec["entrypoint"])
+            dist.init_process_group(
+                spec["pg_backend"], init_method=f"file://{spec['store_path']}", rank=rank, world_size=world,
+                timeout=timedelta(seconds=float(spec["pg_timeout_s"])),
+            )
+            ctx = TrainingContext(
+                rank=rank, world_size=world, local_rank=int(spec["local_rank"]), device=device,
+                trial=int(spec["trial"]), config=dict(spec["config"]), start_epoch=int(spec["start_epoch"]),
+                until_epoch=int(spec["until_epoch"]), checkpoint_dir=spec["checkpoint_dir"],
+                link=_ConnLink(conn, int(spec["job"])), checkpoint_every=int(spec["checkpoint_every"]),
+                record_steps=bool(spec.get("record_steps")), max_steps=spec.get("max_steps"),
+            )
+            try:
+                fn(ctx.config, ctx)
+            except StopTraining:
+                pass
+            if spec.get("require_decision", True) and ctx.last_decision in (None, Decision.CONTINUE) and not spec.get("max_steps"):
+                ok, info = False, "train() returned while the scheduler still said CONTINUE"
+        except BaseException as exc:  # noqa: BLE001 - any user error ends the job, not the worker
+            ok, info = False, f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            if dist.is_initialized():
+                try:
+                    dist.destroy_process_group()
+                except Exception:  # noqa: BLE001
+                    pass
+    return {
+        "op": "done", "job": int(spec["job"]), "rank": rank, "ok": ok, "info": info,
+        "wall_s": time.perf_counter() - t0, "steps": 0 if ctx is None else ctx.steps,
+        "step_times": [] if ctx is None else ctx.step_times,
+    }
+
+
+def main(argv: list[str]) -> None:
+    address, threads, cpus = argv[0], int(argv[1]), argv[2]
+    parent = os.getppid()
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    authkey = bytes.fromhex(os.environ.pop(AUTHKEY_ENV))
+    conn = Client(address, family="AF_UNIX", authkey=authkey)
+    import torch  # the expensive imports, paid once per worker
+    import torch.distributed  # noqa: F401
+
+    import nasalloc.execute.api  # noqa: F401
+
+    if cpus:  # pinned after the imports, which run faster unpinned
+        try:
+            os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+        except (AttributeError, OSError):
+            pass
+    torch.set_num_threads(max(1, threads))
+    for entry in filter(None, os.environ.get(PRELOAD_ENV, "").split(";")):
+        try:
+            resolve_entrypoint(entry)  # warm the workload's imports too; errors surface per job
+        except Exception:  # noqa: BLE001
+            pass
+    conn.send({"op": "ready", "pid": os.getpid()})
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            break
+        if msg.get("op") == "job":
+            conn.send(run_job(conn, msg))
+        elif msg.get("op") == "exit":
+            break
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,76 @@
+"""A workload without learning: a known curve, a fixed epoch time, and faults on demand.
+
+The metric after epoch e is ``quality * (1 - exp(-e / 3))`` (``quality`` from the search
+space), so tests can check the scheduler's decisions and that resumed trials continue the
+same curve: the checkpoint holds the epoch's running value, and a resumed trial must
+find it (a trial that retrained an epoch or lost its state produces a different number).
+Every epoch all-reduces a tensor across ranks, so multi-rank groups exercise gloo/nccl.
+
+Fault knobs: ``faults``, a list of ``{trial, epoch, rank, mode, once}`` (default: none):
+    mode: exit (the rank process dies) | raise (train() raises) | hang (stops mid-epoch
+          without reporting) | silent (same, named for "never reports": use epoch 1)
+    trial: which trial (-1: every trial); epoch: at which epoch (1..); rank: which rank (0)
+    once: true (default): only the first attempt faults (a marker file in the trial's
+          checkpoint folder remembers), so the retry succeeds
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+from nasalloc.execute.api import Decision, TrainingContext
+
+
+def curve(quality: float, epoch: int) -> float:
+    return float(quality) * (1.0 - math.exp(-epoch / 3.0))
+
+
+def _maybe_fault(config: dict[str, Any], ctx: TrainingContext, epoch: int) -> None:
+    for i, f in enumerate(config.get("faults") or []):
+        if int(f.get("epoch", 1)) != epoch or int(f.get("rank", 0)) != ctx.rank:
+            continue
+        if int(f.get("trial", -1)) not in (-1, ctx.trial):
+            continue
+        marker = ctx.checkpoint_dir / f"faulted_{i}_rank{ctx.rank}"
+        if f.get("once", True):
+            if marker.exists():
+                continue
+            ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        mode = f.get("mode", "exit")
+        if mode == "exit":
+            os._exit(17)
+        if mode == "raise":
+            raise RuntimeError(f"injected fault at epoch {epoch}")
+        while True:  # hang / silent: never report again
+            time.sleep(1)
+
+
+def train(config: dict[str, Any], ctx: TrainingContext) -> None:
+    import torch
+    import torch.distributed as dist
+
+    epoch_s = float(config.get("epoch_s", 0.0))
+    steps = max(1, int(config.get("steps_per_epoch", 4)))
+    state = ctx.load_checkpoint()
+    value = float(state["value"]) if state is not None else 0.0
+    if state is not None and int(state["epoch"]) != ctx.start_epoch:
+        raise RuntimeError(f"checkpoint holds epoch {state['epoch']}, expected {ctx.start_epoch}")
+    for epoch in range(ctx.start_epoch + 1, ctx.until_epoch + 1):
+        for _ in range(steps):
+            if epoch_s > 0:
+                time.sleep(epoch_s / steps / ctx.world_size if config.get("scaling") == "strong" else epoch_s / steps)
+            ctx.step()
+        _maybe_fault(config, ctx, epoch)
+        t = torch.ones(1)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(t)
+        assert int(t.item()) == ctx.world_size
+        value = curve(config["quality"], epoch)
+        decision = ctx.report(epoch, value, state={"value": value, "epoch": epoch},
+                              test_metric=value / 2, world=int(t.item()))
+        if decision is not Decision.CONTINUE:
+            return

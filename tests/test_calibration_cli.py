@@ -1,0 +1,118 @@
+"""`nasalloc calibrate` end to end: CSV import, bad input (one line, exit 2, nothing written),
+and a real 2-rank gloo calibration of the digits workload whose profile the simulator reads."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nasalloc.cli import main
+from nasalloc.sim.profile import load_profile
+
+CSV = """# timings measured elsewhere (strong scaling: step time halves with k)
+k,step_time_s,startup_s,eval_s,checkpoint_save_s
+1,0.105,1.9,3.0,0.4
+1,0.104,,,
+1,0.106,,,
+2,0.056,2.3,,
+2,0.057,,,
+4,0.031,2.6,,
+4,0.030,,,
+0.5,0.19,,,
+"""
+
+
+def run(capsys, *args):
+    rc = main(["calibrate", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_csv_import_builds_a_profile_without_running_anything(tmp_path, capsys):
+    csv = tmp_path / "t.csv"
+    csv.write_text(CSV)
+    out_dir = tmp_path / "out"
+    rc, out, err = run(capsys, f"timings={csv}", "workload.samples_per_epoch=50000", "calibration.gpus_per_node=4",
+                       "calibration.assume.inter_bandwidth_Bps=2.2e10", f"out_dir={out_dir}", "calibration.bootstrap=30")
+    assert rc == 0, err
+    profile = load_profile(out_dir / "profile.yaml")
+    data = yaml.safe_load((out_dir / "profile.yaml").read_text())
+    assert profile.epoch.samples_per_epoch == 50000 and profile.epoch.scaling == "strong"
+    assert profile.epoch.step.inter_bandwidth_Bps == 2.2e10
+    assert data["fit"]["assumed"]["inter_bandwidth_Bps"]["source"] == "user"
+    assert "inter_bandwidth_Bps" in profile.assumed and "grad_bytes" in profile.assumed
+    assert "checkpoint_restore_s" in profile.assumed  # not in the CSV: reported as assumed, not invented
+    assert profile.overheads.startup_s == pytest.approx(1.9, abs=0.15)
+    assert profile.overheads.eval_s == 3.0 and profile.overheads.checkpoint_save_s == 0.4
+    assert profile.epoch.sharing[2] == pytest.approx(0.19 / 0.105, rel=1e-3)
+    assert data["measured"]["step_time_samples_s"][2] == [0.056, 0.057]
+    assert data["fit"]["comparison"]["best"] in ("pollux", "amdahl", "linear")
+    assert len(profile.step_time_samples) >= 25
+    assert (out_dir / "speedup.png").stat().st_size > 0
+    assert "best model" in out and "profile.yaml" in out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["workload.entrypoint=no_such_module.sub:train"], "workload.entrypoint='no_such_module.sub:train': cannot load it"),
+    (["workload.entrypoint=nasalloc.execute.workloads.digits:nope"], "workload.entrypoint="),
+    (["calibration.gpus_per_trial=[1,512]", "calibration.device=cpu"], "k=512 is more than the"),
+    (["calibration.assume.gamma=20"], "calibration.assume.gamma=20"),
+    (["calibration.share=[1]"], "calibration.share"),
+])
+def test_bad_settings_give_one_line_and_exit_2(tmp_path, capsys, args, needle):
+    rc, out, err = run(capsys, *args, f"out_dir={tmp_path / 'out'}")
+    assert rc == 2
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("k,step_time_s\n1,0.1\n2,abc\n", "line 3: step_time_s='abc' is not a number"),
+    ("k,step_time_s\n1,0.1\nx,0.2\n", "line 3: k='x' is not a number"),
+    ("k,step_s\n1,0.1\n", "unknown column 'step_s'"),
+    ("k,step_time_s\n2,0.1\n", "no row with k=1"),
+    ("k,step_time_s\n1.5,0.1\n", "whole number of devices"),
+])
+def test_bad_timings_csv_gives_one_line_and_exit_2(tmp_path, capsys, text, needle):
+    csv = tmp_path / "t.csv"
+    csv.write_text(text)
+    rc, out, err = run(capsys, f"timings={csv}", "workload.samples_per_epoch=100", f"out_dir={tmp_path / 'out'}")
+    assert rc == 2
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_timings_file_is_named(tmp_path, capsys):
+    rc, _, err = run(capsys, f"timings={tmp_path / 'none.csv'}", "workload.samples_per_epoch=100", f"out_dir={tmp_path / 'o'}")
+    assert rc == 2 and "none.csv: no such file" in err
+
+
+@pytest.mark.slow
+def test_real_two_rank_gloo_calibration_of_digits_feeds_the_simulator(tmp_path, capsys):
+    out_dir = tmp_path / "cal"
+    rc, out, err = run(capsys, f"out_dir={out_dir}", "calibration.device=cpu", "calibration.cpu_slots=2",
+                       "calibration.gpus_per_trial=[1,2]", "calibration.share=[2]", "calibration.time_limit_s=1",
+                       "calibration.pilot_steps=10", "calibration.warmup_steps=3", "calibration.bootstrap=10")
+    assert rc == 0, err
+    data = yaml.safe_load((out_dir / "profile.yaml").read_text())
+    profile = load_profile(out_dir / "profile.yaml")
+    measured = data["measured"]
+    assert sorted(measured["step_time_samples_s"]) == [1, 2]
+    assert all(len(v) >= 5 and min(v) > 0 for v in measured["step_time_samples_s"].values())
+    assert sorted(measured["startup_s"]) == [1, 2]
+    assert measured["eval_s"] and measured["checkpoint_save_s"] and measured["checkpoint_restore_s"]
+    assert data["hardware"]["backend"] == "gloo" and data["hardware"]["grad_bytes"] > 0
+    assert profile.epoch.step.grad_bytes == data["hardware"]["grad_bytes"]  # counted from the DDP model
+    assert profile.epoch.samples_per_epoch == 37 * 32  # 1197 digits, batch 32, last partial batch dropped
+    assert set(data["fit"]["fitted"]) == {"t_compute_s", "intra_bandwidth_Bps"}
+    assert {"gamma", "intra_latency_s", "inter_bandwidth_Bps", "inter_latency_s"} <= set(profile.assumed)
+    assert 2 in profile.epoch.sharing and profile.epoch.sharing[2] > 1.0
+    assert profile.epoch_time(1) > 0 and profile.epoch_time(2) > 0
+    assert (out_dir / "profiling" / "logs").is_dir()
+    # the simulator takes it unchanged, also with a bootstrap sample of the step-time fit
+    rc = main(["simulate", f"profile={out_dir / 'profile.yaml'}", "cluster=single_node", "cluster.gpus=2",
+               "cluster.gpus_per_node=2", "gpus_per_trial=2", "profile_sample=3", f"out_dir={tmp_path / 'sim'}",
+               "plots=false"])
+    capsys.readouterr()
+    assert rc == 0
+    assert (Path(tmp_path / "sim") / "summary.json").is_file()

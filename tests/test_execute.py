@@ -1,0 +1,225 @@
+"""The executor (`nasalloc run`): allocation, journal replay, real searches on CPU slots.
+
+The end-to-end tests start real warm workers (gloo on loopback) and run the toy workload
+(a known curve, 0.02 s epochs) so they check behaviour, not speed.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from nasalloc.execute.devices import Allocation, DevicePool, Slot
+from nasalloc.execute.journal import Journal, replay
+from nasalloc.execute.run import settings_from
+from nasalloc.execute.search import run_search
+from nasalloc.execute.workloads.toy import curve
+from nasalloc.sim.errors import UserError
+from nasalloc.sim.schedulers import Decision, Job, make_scheduler, scheduler_config
+from nasalloc.sim.space import SearchSpace
+from nasalloc.sim.trace import read_trace
+
+TOY = "nasalloc.execute.workloads.toy:train"
+
+
+# ----- helpers shared by the test_execute*.py files ---------------------------------------
+def toy_raw(scheduler: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
+    params = {"epoch_s": 0.02, "steps_per_epoch": 2, "faults": top.pop("faults", [])}
+    raw = {
+        "seed": 0,
+        "scheduler": {"name": "random", "n_trials": 4, "max_epochs": 3, **(scheduler or {})},
+        "train": {"name": "toy", "entrypoint": TOY, "space": {"quality": {"type": "float", "low": 0.1, "high": 1.0}},
+                  "params": params},
+        "devices": {"kind": "cpu", "count": 2},
+        "gpus_per_trial": 1, "trial_timeout_s": 30, "checkpoint_every": 1, "progress": "none",
+    }
+    raw.update(top)
+    return raw
+
+
+def run_toy(tmp_path: Path, scheduler: dict[str, Any] | None = None, **top: Any) -> tuple[dict[str, Any], list]:
+    summary = run_search(settings_from(toy_raw(scheduler, **top)), tmp_path)
+    return summary, read_trace(tmp_path / "trace.jsonl")
+
+
+def child_pids() -> list[int]:
+    """Live (non-zombie) direct children of this process, from /proc."""
+    me, out = os.getpid(), []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == me and fields[0] != "Z":
+            out.append(int(d.name))
+    return out
+
+
+def worker_pids() -> list[int]:
+    """Every live nasalloc worker on this machine (any parent)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes()
+                state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if b"nasalloc.execute.worker" in cmd and state != "Z":
+                out.append(int(d.name))
+    return out
+
+
+def check_history(events: list) -> None:
+    """No (trial, epoch) result twice; per trial, holds and releases alternate."""
+    seen = set()
+    holding: dict[int, bool] = {}
+    for ev in events:
+        if ev.event == "result":
+            assert (ev.trial, ev.epoch) not in seen, f"epoch {ev.epoch} of trial {ev.trial} recorded twice"
+            seen.add((ev.trial, ev.epoch))
+            assert holding.get(ev.trial), f"result of trial {ev.trial} while it holds no devices"
+        elif ev.event in ("start", "resume"):
+            assert not holding.get(ev.trial), f"trial {ev.trial} started twice"
+            holding[ev.trial] = True
+        elif ev.event in ("pause", "complete", "fail") or (ev.event == "stop" and holding.get(ev.trial)):
+            assert holding.get(ev.trial), f"{ev.event} of trial {ev.trial} that holds nothing"
+            holding[ev.trial] = False
+    assert not any(holding.values()), "trial still holding devices at the end"
+    times = [ev.time for ev in events]
+    assert times == sorted(times)
+
+
+# ----- allocation and pool (no processes) --------------------------------------------------
+def test_allocation_parsing_and_errors() -> None:
+    assert Allocation.parse(2, 4).shares == (Fraction(2),)
+    assert Allocation.parse(0.25, 2).slots_per_device == 4
+    a = Allocation.parse([1, 2], 2)
+    assert a.per_rung and a.for_rung(0) == 1 and a.for_rung(5) == 2 and a.describe() == [1, 2]
+    for bad, msg in [(4, "more devices"), (1.5, "whole number"), (0.3, "1/m"), (0, "> 0"), ("x", "number"), (3, "divide")]:
+        with pytest.raises(UserError, match=msg):
+            Allocation.parse(bad, 2 if bad != 3 else 4)
+
+
+def test_pool_never_oversubscribes_and_frees() -> None:
+    pool = DevicePool([0, 1], slots_per_device=2)
+    a = pool.acquire(Fraction(1, 2))
+    b = pool.acquire(Fraction(1, 2))
+    assert a and b and a[0].device != b[0].device  # spread
+    assert pool.acquire(Fraction(1)) is None  # both devices partly used
+    c = pool.acquire(Fraction(1, 2))
+    d = pool.acquire(Fraction(1, 2))
+    assert c and d and pool.acquire(Fraction(1, 2)) is None
+    for x in (a, b, c, d):
+        pool.release(x)
+    assert pool.acquire(Fraction(2)) == [Slot(0), Slot(1)]
+    assert pool.busy_devices == 2
+
+
+def test_replay_reaches_the_same_state(tmp_path: Path) -> None:
+    cfg = scheduler_config({"name": "asha", "n_trials": 6, "max_epochs": 9, "min_epochs": 1, "eta": 3})
+    space = SearchSpace.from_config({"quality": {"type": "float", "low": 0.1, "high": 1.0}})
+    a = make_scheduler(cfg, space, np.random.default_rng(1))
+    # Drive `a` by hand (one job at a time), journaling as the loop does.
+    path = tmp_path / "trace.jsonl"
+    j = Journal(path)
+    for _ in range(4):
+        job = a.ask()
+        assert isinstance(job, Job)
+        j.write("start", job.trial, epoch=0, devices=[0], config=job.config)
+        for e in range(job.start_epoch + 1, job.until_epoch + 1):
+            d = a.on_result(job.trial, e, curve(job.config["quality"], e))
+            j.write("result", job.trial, epoch=e, metric=curve(job.config["quality"], e), devices=[0])
+            if d is not Decision.CONTINUE:
+                j.write("stop" if d is Decision.STOP else "pause", job.trial, epoch=e, devices=[0])
+                break
+    j.close()
+    b = make_scheduler(cfg, space, np.random.default_rng(1))
+    rep = replay(read_trace(path), b, lambda tid, at: at)
+    assert {t: (x.status, x.metrics) for t, x in a.trials.items()} == {t: (x.status, x.metrics) for t, x in b.trials.items()}
+    assert a.ask() == b.ask() and not rep.restart
+    # A different seed gives different asks: replay refuses with one line.
+    c = make_scheduler(cfg, space, np.random.default_rng(2))
+    events = read_trace(path)
+    mismatched = [events[0].__class__(**{**events[0].__dict__, "trial": 5})] + events[1:]
+    with pytest.raises(UserError, match="resume"):
+        replay(mismatched, c, lambda tid, at: at)
+
+
+# ----- real searches -----------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_two_rank_ddp_trials_and_sharing(tmp_path: Path) -> None:
+    summary, events = run_toy(tmp_path / "k2", gpus_per_trial=2)
+    check_history(events)
+    assert all(ev.devices == (0, 1) for ev in events if ev.event in ("start", "result"))
+    assert summary["completed"] == 4 and summary["epochs_trained"] == 12
+    for ev in events:
+        if ev.event == "result":
+            q = next(e.config for e in events if e.event == "start" and e.trial == ev.trial)["quality"]
+            assert ev.metric == pytest.approx(curve(q, ev.epoch))
+    summary, events = run_toy(tmp_path / "half", gpus_per_trial=0.5, devices={"kind": "cpu", "count": 1})
+    check_history(events)
+    assert summary["completed"] == 4
+    assert max(sum(1 for e in events[: i + 1] if e.event == "start") - sum(1 for e in events[: i + 1] if e.event == "complete")
+               for i in range(len(events))) == 2  # two trials shared the one device
+    assert not child_pids()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("name", "info"), [("hyperband", None), ("asha", "reallocate")])
+def test_paused_trials_resume_from_checkpoints_on_more_devices(tmp_path: Path, name: str, info: str | None) -> None:
+    """Per-rung [1, 2]: a trial past rung 1 resumes on 2 ranks from its checkpoint.
+
+    HyperBand pauses trials at rungs itself; ASHA (stopping variant) says CONTINUE, so the
+    executor checkpoints, releases and re-acquires on its own ("reallocate").
+    """
+    sched = {"name": name, "n_trials": 9, "max_epochs": 9, "min_epochs": 1, "eta": 3}
+    summary, events = run_toy(tmp_path, sched, gpus_per_trial=[1, 2])
+    check_history(events)
+    resumes = [ev for ev in events if ev.event == "resume"]
+    assert resumes and all(ev.epoch > 0 and ev.info == info for ev in resumes)
+    assert any(len(ev.devices) == 2 for ev in resumes)
+    configs = {ev.trial: ev.config for ev in events if ev.event == "start"}
+    for ev in events:
+        if ev.event == "result":
+            assert ev.metric == pytest.approx(curve(configs[ev.trial]["quality"], ev.epoch))
+            assert len(ev.devices) == (1 if ev.epoch <= 1 else 2)
+    epochs: dict[int, list[int]] = {}
+    for ev in events:
+        if ev.event == "result":
+            epochs.setdefault(ev.trial, []).append(ev.epoch)
+    assert all(v == list(range(1, len(v) + 1)) for v in epochs.values())  # no epoch twice, none skipped
+    assert summary["completed"] >= 1 and summary["failed"] == 0
+    assert not child_pids()
+
+
+def test_replay_closes_trials_whose_release_event_was_lost(tmp_path: Path) -> None:
+    """Killed after journaling a final result but before "complete": resume writes it."""
+    cfg = scheduler_config({"name": "random", "n_trials": 2, "max_epochs": 2})
+    space = SearchSpace.from_config({"quality": {"type": "float", "low": 0.1, "high": 1.0}})
+    a = make_scheduler(cfg, space, np.random.default_rng(0))
+    j = Journal(tmp_path / "trace.jsonl")
+    first, second = a.ask(), a.ask()
+    assert isinstance(first, Job) and isinstance(second, Job)
+    j.write("start", 0, epoch=0, devices=[0], config=first.config)
+    j.write("start", 1, epoch=0, devices=[1], config=second.config)
+    for e in (1, 2):
+        j.write("result", 0, epoch=e, metric=0.1 * e, devices=[0])
+    j.write("result", 1, epoch=1, metric=0.3, devices=[1])
+    j.write("pause", 0, epoch=2, devices=[0], info="interrupted")  # the old bug: STOP recorded as interrupted
+    j.close()
+    b = make_scheduler(cfg, space, np.random.default_rng(0))
+    rep = replay(read_trace(tmp_path / "trace.jsonl"), b, lambda tid, at: 1)
+    assert ("complete", 0, 2, (), None) in rep.fixups
+    assert ("pause", 1, 1, (1,), "interrupted") in rep.fixups
+    assert [(job.trial, job.start_epoch, job.until_epoch) for job in rep.restart] == [(1, 1, 2)]
