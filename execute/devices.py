@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+from nasalloc.sim.cluster import ClusterSpec, parse_allocation
 from nasalloc.sim.errors import UserError
 
 
@@ -33,25 +34,20 @@ class Slot:
 
 
 def parse_share(value: Any, n_devices: int, key: str = "gpus_per_trial") -> Fraction:
-    """One allocation entry -> an exact fraction; UserError names the key and what is allowed."""
+    """One allocation entry -> an exact fraction; UserError names the key and what is allowed.
+
+    The rules are the simulator's (`sim.cluster`) for one node of `n_devices`, so what
+    `nasalloc simulate` accepts for a machine, `nasalloc run` accepts too ("1/4" included).
+    """
     try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{key}={value!r}: must be a number (1, 2, ... or 0.5, 0.25, ...) or a list of them") from None
-    if x >= 1:
-        if x != int(x):
-            raise UserError(f"{key}={value!r}: a value >= 1 must be a whole number of devices")
-        if int(x) > n_devices:
-            raise UserError(f"{key}={value!r}: more devices per trial than the {n_devices} present")
-        if n_devices % int(x):
-            raise UserError(f"{key}={value!r}: must divide the device count {n_devices} (as in the simulator's cluster model)")
-        return Fraction(int(x))
-    if x <= 0:
-        raise UserError(f"{key}={value!r}: must be > 0")
-    m = round(1 / x)
-    if m < 2 or abs(1 / m - x) > 1e-9:
-        raise UserError(f"{key}={value!r}: a share of one device must be 1/m for an integer m (0.5, 0.25, ...)")
-    return Fraction(1, m)
+        x = float(Fraction(str(value).strip())) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        x = None
+    if x is not None and x > n_devices:
+        raise UserError(f"{key}={value!r}: more devices per trial than the {n_devices} present")
+    machine = ClusterSpec(name="this machine", gpus=n_devices, gpus_per_node=n_devices)
+    (k,) = parse_allocation(value, machine, key=key).schedule
+    return Fraction(int(k)) if k >= 1 else Fraction(1, round(1 / k))
 
 
 @dataclass(frozen=True)

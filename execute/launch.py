@@ -13,6 +13,7 @@ including each rank's per-step timestamps. `run_ranks` is the one-shot form.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -47,7 +48,9 @@ class Launcher:
                  threads_per_worker: int | None = None, workdir: Path | None = None, preload: list[str] | None = None):
         self.device_kind = device_kind
         self._slots = [Slot(d, s) for d in device_ids for s in range(slots_per_device)]
+        self._own_workdir = workdir is None  # a temporary one is removed on close unless a run failed
         self._workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="nasalloc-launch-"))
+        self._failed = False
         self.backend = LocalBackend(self._slots, device_kind, threads_per_worker=threads_per_worker,
                                     worker_log_dir=self._workdir / "logs", preload=preload)
         self.backend.wait_ready()
@@ -90,12 +93,15 @@ class Launcher:
                     result.rank_wall_s = [r["wall_s"] for r in ev.ranks]
                     return result
                 elif isinstance(ev, Failed):
+                    self._failed = True
                     result.info = ev.info
                     result.wall_s = time.perf_counter() - t0
                     return result
 
     def close(self) -> None:
         self.backend.shutdown()
+        if self._own_workdir and not self._failed:
+            shutil.rmtree(self._workdir, ignore_errors=True)
 
     def __enter__(self) -> Launcher:
         return self

@@ -132,6 +132,10 @@ def settings_from(raw: dict[str, Any], resume: Path | None = None) -> RunSetting
     if not isinstance(seed, int):
         raise UserError(f"seed={seed!r}: must be an integer")
     _check_entrypoint(train.entrypoint)
+    if raw.get("profile") is not None:  # only recorded (for `nasalloc validate`), but a typo should fail now
+        from nasalloc.sim.profile import load_profile
+
+        load_profile(str(raw["profile"]))
     return RunSettings(
         scheduler=sched, space=space, train=train, devices=devices, device_ids=ids, allocation=allocation,
         gpus_per_trial=allocation.describe(), trial_timeout_s=float(timeout), checkpoint_every=every,
@@ -152,6 +156,10 @@ def load(cfg: DictConfig) -> RunSettings:
         if not isinstance(saved, dict):
             raise UserError(f"resume={resume}: {RUN_CONFIG} is not a mapping")
         return settings_from(saved, resume=folder)
+    out_dir = raw.get("out_dir")
+    if out_dir and (Path(str(out_dir)) / "trace.jsonl").exists():
+        raise UserError(f"out_dir={out_dir}: already holds a run (trace.jsonl); continue it with resume={out_dir} "
+                        "or choose another out_dir")
     return settings_from(raw)
 
 

@@ -282,6 +282,10 @@ def _time_formatter(seconds: float) -> tuple[Any, str]:
     return (lambda x: f"{x:.1f}"), "s"
 
 
+def _money(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def _hours(x: float) -> str:
     fmt, unit = _time_formatter(x)
     return f"{fmt(x)} {unit}"
@@ -324,7 +328,7 @@ def render_table(settings: RecommendSettings, rec: Recommendation) -> Any:
         ]
         if settings.target is not None:
             row.append(_fmt_est(e["time_to_target_s"], t_fmt))
-        row += [_fmt_est(e["cost"], lambda x: f"{x:,.0f}"), f"{100 * e['gpu_utilization'].mean:.0f}%", mark]
+        row += [_fmt_est(e["cost"], _money), f"{100 * e['gpu_utilization'].mean:.0f}%", mark]
         table.add_row(*row, style="bold green" if g.recommended else ("bold" if g.best_in_family else None))
     return table
 
@@ -354,7 +358,7 @@ def verdict(settings: RecommendSettings, rec: Recommendation) -> str:
     if len(settings.clusters) > 1:
         for size, best in rec.per_size.items():
             lines.append(f"  {size:>5} GPUs: {best.scheduler} k={best.allocation}, makespan {_hours(best.estimates['makespan_s'].mean)}, "
-                         f"cost {best.estimates['cost'].mean:,.0f}")
+                         f"cost {_money(best.estimates['cost'].mean)}")
     return "\n".join(lines)
 
 

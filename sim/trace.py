@@ -13,7 +13,8 @@ One JSON object per line, the same schema from both clocks (DESIGN.md):
   list the same id.
 - ``config``: only on start.
 - optional ``test_metric`` on result events (held-out metric reported beside ``metric``), and
-  optional ``info`` (a string) on fail events.
+  optional ``info`` (a string): why a trial failed, or why the executor paused/resumed it
+  ("reallocate" for a per-rung move to more devices, "interrupted" on Ctrl-C).
 
 The executor appends and flushes one line per event (`TraceWriter`), so a killed run leaves a
 valid prefix; `read_trace` tolerates a torn last line for that reason.

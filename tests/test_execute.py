@@ -104,7 +104,9 @@ def test_allocation_parsing_and_errors() -> None:
     assert Allocation.parse(0.25, 2).slots_per_device == 4
     a = Allocation.parse([1, 2], 2)
     assert a.per_rung and a.for_rung(0) == 1 and a.for_rung(5) == 2 and a.describe() == [1, 2]
-    for bad, msg in [(4, "more devices"), (1.5, "whole number"), (0.3, "1/m"), (0, "> 0"), ("x", "number"), (3, "divide")]:
+    assert Allocation.parse("1/4", 2).shares == (Fraction(1, 4),)  # the simulator's syntax works here too
+    allowed = "allowed: 1/m for m trials per device"
+    for bad, msg in [(4, "more devices"), (1.5, allowed), (0.3, allowed), (0, allowed), ("x", "not a number"), (3, allowed)]:
         with pytest.raises(UserError, match=msg):
             Allocation.parse(bad, 2 if bad != 3 else 4)
 
