@@ -300,10 +300,10 @@ def render_table(settings: RecommendSettings, rec: Recommendation) -> Any:
     t_fmt, t_unit = _time_formatter(min(spans) if spans else 0.0)
     table = Table(title=f"objective: {rec.objective}; mean ±95% CI over {len(settings.seeds)} seeds; "
                         f"x slowest / x k=1: makespan speed-up", title_justify="left")
-    columns = ["scheduler"] + (["GPUs"] if several_sizes else []) + ["k", f"makespan [{t_unit}]", "x slowest", "x k=1",
-                                                                     f"best {metric.name}"]
+    columns = ["scheduler"] + (["GPUs"] if several_sizes else []) + ["k", f"makespan \\[{t_unit}]", "x slowest", "x k=1",
+                                                                     metric.name]
     if settings.target is not None:
-        columns.append(f"to target [{t_unit}]")
+        columns.append(f"to target \\[{t_unit}]")
     columns += ["cost", "util", ""]
     for col in columns:
         table.add_column(col, justify="left" if col in ("scheduler", "") else "right")
@@ -328,7 +328,8 @@ def render_table(settings: RecommendSettings, rec: Recommendation) -> Any:
         ]
         if settings.target is not None:
             row.append(_fmt_est(e["time_to_target_s"], t_fmt))
-        row += [_fmt_est(e["cost"], _money), f"{100 * e['gpu_utilization'].mean:.0f}%", mark]
+        cost_fmt = (lambda x: f"{x:,.0f}") if abs(e["cost"].mean) >= 100 else (lambda x: f"{x:.3g}")
+        row += [_fmt_est(e["cost"], cost_fmt), f"{100 * e['gpu_utilization'].mean:.0f}%", mark]
         table.add_row(*row, style="bold green" if g.recommended else ("bold" if g.best_in_family else None))
     return table
 

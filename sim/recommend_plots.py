@@ -37,8 +37,9 @@ def plot_objective(rec: Recommendation, path: Path) -> None:
     x_of = {label: i for i, label in enumerate(labels)}
     scale = _scale(field)
     n = len(families)
+    offsets = {}
     for j, ((sched, gpus), groups) in enumerate(families.items()):
-        offset = (j - (n - 1) / 2) * 0.8 / max(n, 1)
+        offset = offsets[(sched, gpus)] = (j - (n - 1) / 2) * 0.8 / max(n, 1)
         xs, ys, lo, hi = [], [], [], []
         for g in groups:
             est = g.estimates[field]
@@ -54,7 +55,8 @@ def plot_objective(rec: Recommendation, path: Path) -> None:
         ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", ms=4, capsize=3, lw=1.2, label=name)
     if rec.overall is not None:
         est = rec.overall.estimates[field]
-        ax.scatter([x_of[rec.overall.allocation]], [est.mean / scale], s=160, facecolors="none",
+        x = x_of[rec.overall.allocation] + offsets[(rec.overall.scheduler, rec.overall.gpus)]
+        ax.scatter([x], [est.mean / scale], s=160, facecolors="none",
                    edgecolors="#1a7f37", linewidths=2, zorder=5, label="recommended")
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=30 if len(labels) > 8 else 0)
