@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nasalloc.sim.config import require
-from nasalloc.sim.schedulers.base import FINISHED, WAIT, Ask, Decision, Job, Scheduler, Searcher, Trial, TrialStatus
+from nasalloc.sim.schedulers.base import FINISHED, WAIT, Ask, Decision, Job, LadderConfig, Scheduler, Searcher, Trial, TrialStatus
 
 VARIANTS = ("stopping", "promotion")
 RULES = ("ray", "rank")
@@ -200,33 +200,21 @@ class AshaBracket:
 
 
 @dataclass
-class AshaConfig:
+class AshaConfig(LadderConfig):
     name: str = "asha"
-    n_trials: int = 81  # trials started in all
-    min_epochs: int = 1  # first rung (Ray: grace_period)
-    max_epochs: int = 27
-    eta: int = 3  # reduction factor
+    n_trials: int = 81
     variant: str = "stopping"  # stopping | promotion
     rule: str = "ray"  # stopping variant only: ray | rank
     brackets: int = 1
     bracket_assignment: str = "softmax"  # softmax (Ray/Syne Tune) | round_robin
-    mode: str = "max"
-    max_retries: int = 1
-    promotion: str = "continue"  # continue | rerun (promotion variant only)
 
     def __post_init__(self) -> None:
-        require(self.n_trials >= 1, f"n_trials={self.n_trials}: must be >= 1")
-        require(self.min_epochs >= 1, f"min_epochs={self.min_epochs}: must be >= 1")
-        require(self.max_epochs >= self.min_epochs, f"max_epochs={self.max_epochs}: must be >= min_epochs ({self.min_epochs})")
-        require(self.eta >= 2, f"eta={self.eta}: must be an integer >= 2")
+        super().__post_init__()
         require(self.variant in VARIANTS, f"variant={self.variant}: allowed: {', '.join(VARIANTS)}")
         require(self.rule in RULES, f"rule={self.rule}: allowed: {', '.join(RULES)}")
         most = len(geometric_rungs(self.min_epochs, self.max_epochs, self.eta)) + 1
         require(1 <= self.brackets <= most, f"brackets={self.brackets}: must be between 1 and {most} (bracket s starts at min_epochs*eta^s < max_epochs, the last one has no rungs)")
         require(self.bracket_assignment in ASSIGNMENTS, f"bracket_assignment={self.bracket_assignment}: allowed: {', '.join(ASSIGNMENTS)}")
-        require(self.mode in ("max", "min"), f"mode={self.mode}: allowed: max, min")
-        require(self.max_retries >= 0, f"max_retries={self.max_retries}: must be >= 0")
-        require(self.promotion in ("continue", "rerun"), f"promotion={self.promotion}: allowed: continue, rerun")
 
 
 class Asha(Scheduler):

@@ -47,7 +47,41 @@ from typing import Any
 
 import numpy as np
 
+from nasalloc.sim.config import require
 from nasalloc.sim.space import Config, SearchSpace
+
+
+@dataclass
+class SchedulerConfig:
+    """Settings every scheduler has; a scheduler's config extends it (see conf/scheduler/)."""
+
+    name: str = "base"
+    n_trials: int = 32  # trials started in all (the search's budget)
+    max_epochs: int = 27  # a trial that survives every rung trains this many epochs
+    mode: str = "max"  # metric direction
+    max_retries: int = 1  # a failed trial is retried this often, then dropped
+    promotion: str = "continue"  # continue (resume from checkpoint) | rerun (retrain from scratch)
+
+    def __post_init__(self) -> None:
+        require(self.n_trials >= 1, f"n_trials={self.n_trials}: must be >= 1")
+        require(self.max_epochs >= 1, f"max_epochs={self.max_epochs}: must be >= 1")
+        require(self.mode in ("max", "min"), f"mode={self.mode}: allowed: max, min")
+        require(self.max_retries >= 0, f"max_retries={self.max_retries}: must be >= 0")
+        require(self.promotion in ("continue", "rerun"), f"promotion={self.promotion}: allowed: continue, rerun")
+
+
+@dataclass
+class LadderConfig(SchedulerConfig):
+    """Schedulers with rungs at min_epochs * eta^i (ASHA, HyperBand, BOHB)."""
+
+    min_epochs: int = 1  # first rung (Ray: grace_period)
+    eta: int = 3  # reduction factor: the top 1/eta go on
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.min_epochs >= 1, f"min_epochs={self.min_epochs}: must be >= 1")
+        require(self.max_epochs >= self.min_epochs, f"max_epochs={self.max_epochs}: must be >= min_epochs ({self.min_epochs})")
+        require(self.eta >= 2, f"eta={self.eta}: must be an integer >= 2")
 
 
 class Decision(enum.Enum):

@@ -50,7 +50,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nasalloc.sim.config import require
-from nasalloc.sim.schedulers.base import FINISHED, WAIT, Ask, Decision, Job, Scheduler, Searcher, Trial, TrialStatus
+from nasalloc.sim.schedulers.base import FINISHED, WAIT, Ask, Decision, Job, LadderConfig, Scheduler, Searcher, Trial, TrialStatus
 
 BRACKET_SIZES = ("algorithm", "table")
 KEEP = ("floor", "ceil")
@@ -192,29 +192,17 @@ def _nan_worst(score: float) -> float:
 
 
 @dataclass
-class HyperBandConfig:
+class HyperBandConfig(LadderConfig):
     name: str = "hyperband"
-    n_trials: int = 49  # trials started in all; 49 = one full iteration for the defaults (27+12+6+4)
-    min_epochs: int = 1
-    max_epochs: int = 27
-    eta: int = 3
+    n_trials: int = 49  # 49 = one full iteration for the defaults (27+12+6+4)
     bracket_sizes: str = "algorithm"  # algorithm (Algorithm 1) | table (Table 1)
     keep: str = "floor"  # floor (paper) | ceil (Ray, Syne Tune)
     overlap_brackets: bool = True  # open the next bracket on idle workers (HpBandSter); False: the paper
-    mode: str = "max"
-    max_retries: int = 1
-    promotion: str = "continue"  # continue (from checkpoint) | rerun (from scratch, HpBandSter)
 
     def __post_init__(self) -> None:
-        require(self.n_trials >= 1, f"n_trials={self.n_trials}: must be >= 1")
-        require(self.min_epochs >= 1, f"min_epochs={self.min_epochs}: must be >= 1")
-        require(self.max_epochs >= self.min_epochs, f"max_epochs={self.max_epochs}: must be >= min_epochs ({self.min_epochs})")
-        require(self.eta >= 2, f"eta={self.eta}: must be an integer >= 2")
+        super().__post_init__()
         require(self.bracket_sizes in BRACKET_SIZES, f"bracket_sizes={self.bracket_sizes}: allowed: {', '.join(BRACKET_SIZES)}")
         require(self.keep in KEEP, f"keep={self.keep}: allowed: {', '.join(KEEP)}")
-        require(self.mode in ("max", "min"), f"mode={self.mode}: allowed: max, min")
-        require(self.max_retries >= 0, f"max_retries={self.max_retries}: must be >= 0")
-        require(self.promotion in ("continue", "rerun"), f"promotion={self.promotion}: allowed: continue, rerun")
 
 
 class HyperBand(Scheduler):

@@ -8,25 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nasalloc.sim.config import require
-from nasalloc.sim.schedulers.base import FINISHED, WAIT, Ask, Decision, Job, Scheduler, Searcher, Trial
+from nasalloc.sim.schedulers.base import FINISHED, WAIT, Ask, Decision, Job, Scheduler, SchedulerConfig, Searcher, Trial
 
 
 @dataclass
-class RandomConfig:
+class RandomConfig(SchedulerConfig):
     name: str = "random"
     n_trials: int = 32
-    max_epochs: int = 27
-    mode: str = "max"
-    max_retries: int = 1
-    promotion: str = "continue"  # no promotions here; kept so every scheduler config has it
-
-    def __post_init__(self) -> None:
-        require(self.n_trials >= 1, f"n_trials={self.n_trials}: must be >= 1")
-        require(self.max_epochs >= 1, f"max_epochs={self.max_epochs}: must be >= 1")
-        require(self.mode in ("max", "min"), f"mode={self.mode}: allowed: max, min")
-        require(self.max_retries >= 0, f"max_retries={self.max_retries}: must be >= 0")
-        require(self.promotion in ("continue", "rerun"), f"promotion={self.promotion}: allowed: continue, rerun")
 
 
 class RandomSearch(Scheduler):
