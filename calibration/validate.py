@@ -120,7 +120,10 @@ def load(cfg: DictConfig) -> ValidateSettings:
     runs = OmegaConf.to_container(runs) if isinstance(runs, ListConfig) else runs
     folders = [str(r) for r in (runs if isinstance(runs, list) else [runs])] if runs else []
     if not folders:
-        raise UserError("run=[]: give a run folder of `nasalloc run` (or a list of them)")
+        raise UserError("run: required; give a run folder of `nasalloc run` (run=PATH) or a list of them (run=[A,B])")
+    for folder in folders:
+        if not (Path(folder) / "trace.jsonl").is_file() or not (Path(folder) / RUN_CONFIG).is_file():
+            raise UserError(f"run={folder}: not a run folder (needs trace.jsonl and {RUN_CONFIG} from `nasalloc run`)")
     name = cfg.get("profile") or _run_profile_name(Path(folders[0]))
     if not name:
         raise UserError("profile: give the profile the run was planned with (profile=NAME or profile=PATH); "

@@ -69,3 +69,33 @@ def test_relative_error_and_kendall_tau_edge_cases():
     assert kendall_tau([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
     assert kendall_tau([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
     assert kendall_tau([1], [1]) is None
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "run: required"),
+        (["run=/no/such/run"], "run=/no/such/run: not a run folder"),
+    ],
+)
+def test_validate_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
+    from nasalloc import cli
+
+    out = tmp_path / "never"
+    assert cli.main(["validate", *args, f"out_dir={out}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_validate_needs_the_planning_profile(tmp_path, capsys):
+    from nasalloc import cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "trace.jsonl").write_text('{"time": 0, "event": "start", "trial": 0, "epoch": 0, "devices": [0]}\n')
+    (run / "run_config.yaml").write_text("scheduler: {name: random}\ntrain: {space: {x: {type: float, low: 0, high: 1}}}\n")
+    assert cli.main(["validate", f"run={run}", f"out_dir={tmp_path / 'never'}"]) == 2
+    assert "profile: give the profile the run was planned with" in capsys.readouterr().err
+    assert cli.main(["validate", f"run={run}", "profile=digits_cpu", f"out_dir={tmp_path / 'never'}"]) == 2
+    assert "no results recorded; nothing to validate" in capsys.readouterr().err
