@@ -24,9 +24,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
-
-from nasalloc.calibration.compare import Comparison, Timings, compare, kendall_tau, relative_error
+from nasalloc.calibration.compare import Comparison, Timings, compare, kendall_tau
 from nasalloc.sim.cluster import ClusterSpec, parse_allocation
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
@@ -35,6 +33,7 @@ from nasalloc.sim.schedulers import scheduler_config
 from nasalloc.sim.space import SearchSpace
 from nasalloc.sim.trace import TraceEvent, read_trace, write_json, write_trace
 from nasalloc.sim.workload import MetricSpec, ReplayWorkload
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 RUN_CONFIG = "run_config.yaml"  # written by `nasalloc run` (nasalloc.execute.run.RUN_CONFIG)
 
@@ -157,7 +156,14 @@ def refit_profile(profile: Profile, measured: dict[float, dict[str, float | None
     """The profile's mapping with step time, sharing and overheads refitted to what the runs
     measured; and a report of what changed. Parameters the runs cannot identify keep their
     profile values (they are passed to the fit as given)."""
-    from nasalloc.calibration.fit import FITTABLE, FitSettings, StepData, fit_startup, fit_step_time, plan_parameters
+    from nasalloc.calibration.fit import (
+        FITTABLE,
+        FitSettings,
+        StepData,
+        fit_startup,
+        fit_step_time,
+        plan_parameters,
+    )
 
     ov = profile.overheads
     epoch = profile.epoch
@@ -226,7 +232,6 @@ def _plot_timelines(pred: list[TraceEvent], real: RealRun, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from nasalloc.sim.plots import draw_gantt
 
     n = real.spec.cluster.gpus

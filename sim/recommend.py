@@ -23,8 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-
+import numpy as np
 from nasalloc.sim.cluster import Allocation, ClusterSpec, parse_allocation
 from nasalloc.sim.config import to_typed
 from nasalloc.sim.engine import SimulationSpec, simulate
@@ -32,12 +31,19 @@ from nasalloc.sim.errors import UserError
 from nasalloc.sim.profile import Profile, load_profile
 from nasalloc.sim.ranking import OBJECTIVE_FIELD, GroupStats, Recommendation, recommend
 from nasalloc.sim.schedulers import make_scheduler, scheduler_config, scheduler_names
-from nasalloc.sim.simulate import format_duration
-from nasalloc.sim.sweep import OBJECTIVES, GridPoint, Pricing, RunMetrics, adaptive_schedules, run_grid, static_allocations, with_seed
+from nasalloc.sim.sweep import (
+    OBJECTIVES,
+    GridPoint,
+    Pricing,
+    RunMetrics,
+    adaptive_schedules,
+    run_grid,
+    static_allocations,
+    with_seed,
+)
 from nasalloc.sim.trace import write_json
 from nasalloc.sim.workload import Workload, workload_from_config
-
-import numpy as np
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 from nasalloc.sim.plots import plot_gantt  # noqa: E402
 from nasalloc.sim.ranking import OBJECTIVE_FIELD, GroupStats, Recommendation, _better  # noqa: E402
 

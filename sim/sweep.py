@@ -19,7 +19,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from nasalloc.sim.cluster import Allocation, ClusterSpec, allowed_allocations, is_allowed
+from nasalloc.sim.cluster import (
+    Allocation,
+    ClusterSpec,
+    allowed_allocations,
+    is_allowed,
+)
 from nasalloc.sim.engine import SimulationSpec, simulate
 
 OBJECTIVES = ("makespan", "time_to_target", "best_metric", "cost")
