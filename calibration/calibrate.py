@@ -39,6 +39,7 @@ class WorkloadConf:
     samples_per_epoch: Optional[int] = None
     grad_bytes: Optional[float] = None
     eval_scales: bool = False
+    space: Optional[dict[str, Any]] = None  # search space; None: the built-in workload's (conf/train), else none
 
     def __post_init__(self) -> None:
         require(self.batch_per_device >= 1, f"batch_per_device={self.batch_per_device}: must be an integer >= 1")
@@ -66,6 +67,9 @@ class CalibrationConf:
     time_limit_s: float = 12.0
     max_steps: int = 3000
     checkpoints: int = 2
+    configs: int = 8
+    config_time_limit_s: float = 1.0
+    startup_jobs: int = 3
     bootstrap: int = 200
     assume: dict[str, Optional[float]] = field(default_factory=dict)
 
@@ -83,6 +87,9 @@ class CalibrationConf:
         require(self.time_limit_s > 0, f"time_limit_s={self.time_limit_s}: must be > 0")
         require(self.max_steps >= self.pilot_steps, f"max_steps={self.max_steps}: must be >= pilot_steps")
         require(self.checkpoints >= 0, f"checkpoints={self.checkpoints}: must be >= 0")
+        require(self.configs >= 0, f"configs={self.configs}: must be an integer >= 0 (0: profile workload.config only)")
+        require(self.config_time_limit_s > 0, f"config_time_limit_s={self.config_time_limit_s}: must be > 0")
+        require(self.startup_jobs >= 1, f"startup_jobs={self.startup_jobs}: must be an integer >= 1")
         require(self.bootstrap >= 0, f"bootstrap={self.bootstrap}: must be >= 0")
         self.assume = {k: v for k, v in self.assume.items() if v is not None}
         for key, value in self.assume.items():
@@ -164,6 +171,34 @@ def _ks(c: CalibrationConf, n: int, kind: str) -> list[int]:
     return ks
 
 
+def builtin_space(entrypoint: str) -> dict[str, Any] | None:
+    """The search space of the built-in workload (conf/train/<name>.yaml) whose entrypoint
+    this is; None for any other entrypoint."""
+    from importlib import resources
+
+    import yaml
+
+    folder = resources.files("nasalloc.conf") / "train"
+    for f in sorted(folder.iterdir(), key=lambda x: x.name):
+        if not f.name.endswith(".yaml"):
+            continue
+        data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        if data.get("entrypoint") == entrypoint and data.get("space"):
+            return dict(data["space"])
+    return None
+
+
+def search_space(w: WorkloadConf) -> dict[str, Any] | None:
+    """workload.space if given ({} turns sampling off), else the built-in workload's; validated."""
+    space = builtin_space(w.entrypoint) if w.space is None else dict(w.space)
+    if not space:
+        return None
+    from nasalloc.sim.space import SearchSpace
+
+    SearchSpace.from_config(space, "workload.space")  # a bad entry is a UserError naming it
+    return space
+
+
 def batch_fraction_at(k: int, w: WorkloadConf) -> float:
     """Per-rank batch at k over batch_per_device: 1 (weak) or (b // k) / b (strong, as the built-ins shard)."""
     return 1.0 if w.scaling == "weak" else max(1, w.batch_per_device // k) / w.batch_per_device
@@ -204,7 +239,9 @@ def load(cfg: DictConfig) -> CalibrateSettings:
             gpus_per_trial=ks, share=list(calib.share), threads_per_worker=calib.threads_per_rank,
             batch_fraction={k: batch_fraction_at(k, workload) for k in ks}, warmup_steps=calib.warmup_steps,
             pilot_steps=calib.pilot_steps, max_steps=calib.max_steps, rel_error=calib.rel_error,
-            time_limit_s=calib.time_limit_s, checkpoints=calib.checkpoints,
+            time_limit_s=calib.time_limit_s, checkpoints=calib.checkpoints, space=search_space(workload),
+            configs=calib.configs, config_time_limit_s=calib.config_time_limit_s, startup_jobs=calib.startup_jobs,
+            seed=int(seed),
         )
         short = workload.entrypoint.split(":")[0].rsplit(".", 1)[-1]
         name = raw.get("name") or f"{short}-{kind}"
@@ -246,6 +283,7 @@ def main(settings: CalibrateSettings, out_dir: Path) -> None:
         assert plan is not None
         console.print(f"calibrate: profiling {plan.entrypoint} on {plan.device_kind} at k = "
                       f"{', '.join(map(str, plan.gpus_per_trial))}"
+                      + (f", {plan.configs} configurations from its search space" if plan.space and plan.configs else "")
                       + (f", sharing m = {', '.join(map(str, plan.share))}" if plan.share else "")
                       + f" (up to {plan.time_limit_s:g} s each)")
         m = profile_workload(plan, out_dir / "profiling", progress=lambda line: console.print(f"  {line}"))

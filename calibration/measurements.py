@@ -33,9 +33,18 @@ class Measurements:
     share_reference[m]    seconds per step of one trial alone on that device, measured just
                           before the m-trial run (so load on the machine drifts less between
                           the two; without it the k = 1 samples are the reference).
-    startup_s[k]          seconds from spawning k ranks to their first optimizer step.
+    startup_s[k]          seconds a fresh job on k ranks takes from dispatch to its first
+                          report, less one epoch of the same job (one value per job): the
+                          start-up a search's trace shows (see calibration/profiling.py).
     eval_s, checkpoint_save_s, checkpoint_restore_s: per-epoch evaluation and per-checkpoint
-                          costs at k = 1, one value per observation.
+                          costs at k = 1, one value per observation (with sampled
+                          configurations, eval_s holds one steady mean per configuration).
+    configs               configurations sampled from the search space and timed at k = 1:
+                          [{config, mean_step_s, steps, eval_s, startup_s}, ...] (empty: none).
+    reference_config      the sampled configuration the step samples were measured at.
+    config_scale          mean step over the sampled configurations / the reference
+                          configuration's (same short runs); the fit scales every k's step
+                          samples by it (`scaled_step_samples`), the raw ones are kept.
     decision_latency_s    the rest of an epoch boundary at k = 1 (report, scheduler answer,
                           next epoch's data set-up): boundary interval - eval - one step.
     steps_per_epoch[k]    optimizer steps in one epoch at k, as observed (profiling only).
@@ -56,6 +65,9 @@ class Measurements:
     hardware: dict[str, Any] = field(default_factory=dict)
     source: str = "profiling"
     notes: list[str] = field(default_factory=list)
+    configs: list[dict[str, Any]] = field(default_factory=list)
+    reference_config: dict[str, Any] | None = None
+    config_scale: float = 1.0
 
     def __post_init__(self) -> None:
         self.step_samples = {int(k): np.asarray(v, dtype=float) for k, v in sorted(self.step_samples.items())}
@@ -67,6 +79,25 @@ class Measurements:
     @property
     def ks(self) -> list[int]:
         return sorted(self.step_samples)
+
+    def scaled_step_samples(self) -> dict[int, np.ndarray]:
+        """Step samples of the search's typical configuration: raw samples x config_scale."""
+        return {k: v * self.config_scale for k, v in self.step_samples.items()}
+
+    def config_summary(self) -> dict[str, Any] | None:
+        """Per-configuration k = 1 step times and their spread (None: no configurations sampled)."""
+        if not self.configs:
+            return None
+        means = np.array([c["mean_step_s"] for c in self.configs], dtype=float)
+        return {
+            "n": len(means),
+            "mean_step_s": float(f"{np.mean(means):.6g}"),
+            "min_step_s": float(f"{np.min(means):.6g}"),
+            "max_step_s": float(f"{np.max(means):.6g}"),
+            "cv": float(f"{np.std(means, ddof=1) / np.mean(means) if len(means) > 1 else 0.0:.4g}"),
+            "reference_config": self.reference_config,
+            "scale": float(f"{self.config_scale:.6g}"),
+        }
 
     def mean_step(self, k: int) -> float:
         """Mean seconds per step: epoch time is a sum of steps, so the mean (not the median,
@@ -114,6 +145,14 @@ class Measurements:
                 out[key] = _rounded(values)
         if self.steps_per_epoch:
             out["steps_per_epoch"] = {int(k): int(v) for k, v in self.steps_per_epoch.items()}
+        if self.configs:
+            out["configs"] = {
+                **(self.config_summary() or {}),
+                "sampled": [{"config": dict(c["config"]), "mean_step_s": float(f"{c['mean_step_s']:.6g}"),
+                             "steps": int(c["steps"]),
+                             **{key: float(f"{c[key]:.6g}") for key in ("eval_s", "startup_s") if c.get(key) is not None}}
+                            for c in self.configs],
+            }
         if self.notes:
             out["notes"] = list(self.notes)
         return out

@@ -8,17 +8,35 @@ mean of `rel_error` needs, capped by `time_limit_s` per k and `max_steps`. In ev
 first `warmup_steps` step intervals are dropped (allocator, caches, DDP bucket rebuild) and
 so is every interval that spans an epoch boundary (evaluation, reporting).
 
-Also measured, with the same runs:
-- start-up: from asking the launcher for the group to the end of its first step, less one
-  steady step and the warm-up steps' steady cost (so start-up + n steady steps is the run's
-  real time). Workers are warm, as in the executor, so this is process-group creation plus
-  the workload's own setup, not Python start-up (`worker_start_s` records that, once), nor
-  a worker's one-off first-job costs (an unmeasured first run on all devices takes them;
-  `first_job_startup_s` records it).
+Also measured:
+- start-up, as a search's trace sees it: for each k, fresh jobs (a new trial id, so a new
+  model, and a new configuration sampled from the search space when there is one, as a new
+  trial gets) are dispatched and run for at least one epoch; a job's start-up is the time
+  from dispatching it to its first report, less one epoch of the same job (steps of its
+  first epoch x its own steady step time + its steady evaluation time). That is what
+  `nasalloc validate` reads from a trace (first result - start - one epoch) and what the
+  simulator adds before a trial's first epoch. Workers are warm, as in the executor; a
+  worker's one-off first-job costs are taken by an unmeasured first run on all devices
+  (`first_job_startup_s` records it) and Python start-up is `worker_start_s`.
+- the configuration mix: with a search space, `configs` configurations are sampled from it
+  (a seeded Latin hypercube, `sample_configs`) and each is run alone at k = 1 for up to `config_time_limit_s`; these runs are
+  also the k = 1 start-up jobs. The profile describes the search's typical configuration:
+  its step time is the mean over the sampled configurations (every trial takes the same
+  number of steps per epoch, so the mean, not the median, is what sums to a makespan), and
+  its evaluation time likewise. The precise k >= 1 and sharing measurements are made at the
+  sampled configuration whose k = 1 step time is closest to that mean ("the reference
+  configuration"), and its step times at every k are then scaled by one factor, mean over
+  configurations / reference configuration (both from the same short k = 1 runs). Measuring
+  at the closest configuration keeps that factor near 1, and scaling every k by the same
+  factor keeps the reference configuration's measured speed-up and sharing ratios as they
+  were measured; only communication, which does not scale with the model's compute, is
+  scaled along, by (factor - 1) of its share. Running the precise measurements at every
+  configuration instead would multiply calibration time by `configs`.
 - evaluation per epoch and checkpoint save/restore: reported by `probe` from inside rank 0.
-- sharing: for each m, one single-rank run alone on device 0 (the reference), then m of them
-  at once on worker slots of device 0; the per-trial slow-down uses only step intervals
-  inside the window where all m were running, over the reference's mean step.
+- sharing: for each m, one single-rank run alone on device 0 right before and one right
+  after (the reference: their mean brackets slow drift in the machine's speed), and m of
+  them at once on worker slots of device 0 in between; the per-trial slow-down uses only
+  step intervals inside the window where all m were running, over the reference's mean step.
 
 Timestamps are `time.perf_counter()` (CLOCK_MONOTONIC, shared by all processes of a
 machine), so the launcher's clock and the workers' stamps can be subtracted.
@@ -66,6 +84,11 @@ class ProfilingPlan:
     time_limit_s: float = 15.0  # per k (and per m), pilot included
     checkpoints: int = 2  # checkpoints timed per run (rank 0, first epochs)
     timeout_s: float = 300.0  # silence after which the launcher declares a group hung
+    space: dict[str, Any] | None = None  # search space (SearchSpace syntax) the search samples; None: config only
+    configs: int = 8  # configurations sampled from `space` and timed at k = 1 (0: none)
+    config_time_limit_s: float = 1.0  # per sampled configuration
+    startup_jobs: int = 3  # fresh jobs per k timed for start-up (k = 1 with a space: the configuration runs)
+    seed: int = 0  # seeds the configurations sampled from `space`
 
 
 class ProfilingFailed(UserError):
@@ -122,6 +145,71 @@ def _probe_values(r: RanksResult, key: str) -> list[float]:
     return [float(extra[key]) for _, _, _, extra in r.reports if key in extra]
 
 
+@dataclass(frozen=True)
+class FreshJob:
+    """What one freshly dispatched job shows: its steady steps, evaluation and start-up."""
+
+    steps: np.ndarray  # steady step intervals (warm-up and epoch-boundary intervals left out)
+    eval_s: float | None  # steady evaluation time: mean over its reports after the first (else the first's)
+    startup_s: float | None  # first report - dispatch - one epoch of this job (None: no epoch ended)
+    boundary_rest_s: list[float] = field(default_factory=list)  # per epoch boundary: interval - eval - one step
+
+
+def fresh_job_timings(r: RanksResult, warmup: int) -> FreshJob:
+    """Start-up as a trace sees it, from one job's launcher result (see the module docstring).
+
+    `r.reports[i][0]` is seconds from dispatching the job to its i-th report reaching the
+    launcher (the executor writes "start" right before dispatching and "result" when the
+    report arrives). One epoch of the job is the steps of its first epoch times its own mean
+    steady step time, plus its steady evaluation time: the first evaluation's one-off costs
+    (new shapes) belong to start-up, as they do in the trace.
+    """
+    reports = [int(v) for v in _probe_values(r, "probe_steps")]
+    steps = _durations(r, 0, reports, warmup)
+    evals = _probe_values(r, "probe_eval_s")
+    eval_s = float(np.mean(evals[1:])) if len(evals) > 1 else (evals[0] if evals else None)
+    startup = None
+    if r.reports and reports and len(steps) and eval_s is not None:
+        epoch = reports[0] * float(np.mean(steps)) + eval_s
+        startup = max(0.0, float(r.reports[0][0]) - epoch)
+    return FreshJob(steps, eval_s, startup, _boundary_rest(r, warmup) if r.step_times else [])
+
+
+def sample_configs(space: dict[str, Any], n: int, seed: int, base: dict[str, Any], stream: int = 0) -> list[dict[str, Any]]:
+    """n configurations from `space`, each merged over `base` (the fixed settings) as the
+    executor merges a trial's config over the training params.
+
+    A Latin hypercube over the space's unit cube, drawn with a Generator seeded with
+    (seed, 1000 + stream): each parameter's range is cut into n equally likely strata and
+    every stratum is sampled once, so the mean step time over the n configurations (the
+    estimate of the search's average) varies far less between calibrations than with n
+    independent draws when, as usual, one parameter (a width) drives the step time. Each
+    configuration on its own is still a draw from the space's distribution. The stream is
+    not the search's own (a search seeds `default_rng(seed)`), so calibration does not
+    time the very configurations a search with the same seed will draw.
+    """
+    from nasalloc.sim.space import SearchSpace
+
+    sp = SearchSpace.from_config(space, "workload.space")
+    rng = np.random.default_rng([seed, 1000 + stream])
+    u = np.column_stack([(rng.permutation(n) + rng.random(n)) / n for _ in sp.domains]) if n else np.empty((0, 0))
+    out = []
+    for row in u:
+        values = {}
+        for d, x in zip(sp.domains, row):
+            values[d.name] = d.choices[min(int(x * len(d.choices)), len(d.choices) - 1)] if d.is_categorical else d.from_unit(float(x))
+        out.append({**base, **values})
+    return out
+
+
+def reference_config(means: list[float]) -> tuple[int, float]:
+    """-> (index of the configuration whose mean step is closest to the mean over all, factor
+    mean over all / that configuration's mean)."""
+    target = float(np.mean(means))
+    i = int(np.argmin([abs(x - target) for x in means]))
+    return i, target / means[i]
+
+
 class Profiler:
     """Runs the plan on one warm `Launcher`; collects everything into `Measurements`."""
 
@@ -132,18 +220,22 @@ class Profiler:
         self.config = probe.wrap_config(plan.entrypoint, plan.config, checkpoints=plan.checkpoints)
         self.grad_bytes: list[float] = []
         self.runs = 0
+        self.step_estimate_s: float | None = None  # from the unmeasured first run: sizes time-boxed runs
+        self.fresh_drawn = 0  # configurations drawn for start-up jobs so far
 
     def _fail(self, where: str, r: RanksResult, log: Path) -> ProfilingFailed:
         return ProfilingFailed(f"workload.entrypoint={self.plan.entrypoint}: the training function failed at {where}: "
                                f"{r.info or 'no reason given'} (log: {log})")
 
-    def _run(self, launcher: Launcher, k: int, steps: int, epochs: int = 1_000_000) -> tuple[RanksResult, float]:
+    def _run(self, launcher: Launcher, k: int, steps: int, epochs: int = 1_000_000,
+             config: dict[str, Any] | None = None) -> tuple[RanksResult, float]:
         self.runs += 1
         log = self.workdir / "logs" / f"k{k}_run{self.runs}.log"
         log.parent.mkdir(parents=True, exist_ok=True)  # the worker opens the log, it does not create folders
         ckpt = self.workdir / "checkpoints" / f"run{self.runs}"
         t_call = time.perf_counter()
-        r = launcher.run(probe.ENTRYPOINT, self.config, [Slot(d, 0) for d in self.plan.device_ids[:k]],
+        r = launcher.run(probe.ENTRYPOINT, self.config if config is None else config,
+                         [Slot(d, 0) for d in self.plan.device_ids[:k]],
                          epochs=epochs, max_steps=steps, record_steps=True, timeout_s=self.plan.timeout_s,
                          checkpoint_dir=ckpt, log_path=log)
         if not r.ok:
@@ -152,17 +244,16 @@ class Profiler:
                                                                     if n == "grad_bytes"]
         return r, t_call
 
-    def _collect(self, r: RanksResult, t_call: float, k: int, m: Measurements, samples: list[np.ndarray],
-                 firsts: list[tuple[RanksResult, float]]) -> None:
+    def _collect(self, r: RanksResult, t_call: float, k: int, m: Measurements, samples: list[np.ndarray]) -> None:
         """File one run's steady steps, and at k = 1 its epoch-boundary costs, into `m`."""
         p = self.plan
         reports = [int(v) for v in _probe_values(r, "probe_steps")]
         if reports and k not in m.steps_per_epoch:
             m.steps_per_epoch[k] = reports[0]
         samples.append(_durations(r, 0, reports, p.warmup_steps))
-        firsts.append((r, t_call))
         if k == 1:
-            m.eval_s += _probe_values(r, "probe_eval_s")
+            if not m.configs:  # with sampled configurations, evaluation is their mean (measure_configs)
+                m.eval_s += _probe_values(r, "probe_eval_s")
             m.decision_latency_s += _boundary_rest(r, p.warmup_steps)
             m.checkpoint_save_s += _probe_values(r, "probe_checkpoint_save_s")
             m.checkpoint_restore_s += _probe_values(r, "probe_checkpoint_restore_s")
@@ -171,10 +262,9 @@ class Profiler:
         p = self.plan
         started = time.perf_counter()
         samples: list[np.ndarray] = []
-        firsts: list[tuple[RanksResult, float]] = []
         steps = p.warmup_steps + p.pilot_steps
         while True:
-            self._collect(*self._run(launcher, k, steps), k, m, samples, firsts)
+            self._collect(*self._run(launcher, k, steps), k, m, samples)
             x = np.concatenate(samples)
             if len(x) < 2:
                 raise ProfilingFailed(f"workload.entrypoint={p.entrypoint}: at k={k} it made {len(x) + 1} timed steps; "
@@ -191,15 +281,81 @@ class Profiler:
             # The epoch-boundary costs (evaluation, checkpoint, epoch length) are measured at
             # k = 1: one run to the end of the first epoch, allowed up to 3x the time limit.
             cap = min(p.max_steps, max(p.warmup_steps + p.pilot_steps, int(3 * p.time_limit_s / mean)))
-            self._collect(*self._run(launcher, k, cap, epochs=1), k, m, samples, firsts)
+            self._collect(*self._run(launcher, k, cap, epochs=1), k, m, samples)
             x = np.concatenate(samples)
             mean = float(np.mean(x))
         rse = float(np.std(x, ddof=1)) / mean / math.sqrt(len(x))
         m.step_samples[k] = x
-        m.startup_s[k] = [max(0.0, r.step_times[0][min(p.warmup_steps, len(r.step_times[0]) - 1)] - t_call
-                              - (min(p.warmup_steps, len(r.step_times[0]) - 1) + 1) * mean) for r, t_call in firsts]
-        self.progress(f"k={k}: {len(x)} steps, mean {mean * 1e3:.3f} ms/step (+/- {100 * rse:.1f}%), "
-                      f"start-up {np.mean(m.startup_s[k]):.3f} s")
+        if k not in m.startup_s:
+            self.measure_startup(launcher, k, m, mean)
+        startup = m.startup_s.get(k)
+        self.progress(f"k={k}: {len(x)} steps, mean {mean * 1e3:.3f} ms/step (+/- {100 * rse:.1f}%), start-up "
+                      + (f"{np.mean(startup):.3f} s ({len(startup)} fresh jobs)" if startup else "not measured"))
+
+    def _time_box(self, seconds: float, step_s: float | None) -> int:
+        """Steps that fit in `seconds` (at least warm-up + pilot, at most max_steps)."""
+        p = self.plan
+        low = p.warmup_steps + p.pilot_steps
+        if not step_s or step_s <= 0:
+            return low
+        return int(min(p.max_steps, max(low, seconds / step_s)))
+
+    def _fresh(self, launcher: Launcher, k: int, config: dict[str, Any], steps: int) -> FreshJob:
+        """One fresh job (a new trial id) of `config` on k ranks; no checkpoint timing in its
+        reports, so its first report comes when a trial's would."""
+        wrapped = probe.wrap_config(self.plan.entrypoint, config, checkpoints=0)
+        r, _ = self._run(launcher, k, steps, config=wrapped)
+        return fresh_job_timings(r, self.plan.warmup_steps)
+
+    def measure_startup(self, launcher: Launcher, k: int, m: Measurements, step_s: float) -> None:
+        """`startup_jobs` fresh jobs at k, each until its second report (or the time box):
+        new configurations sampled from the space when there is one, else the profiled one."""
+        p = self.plan
+        n = max(1, p.startup_jobs)
+        if p.space and p.configs > 0:
+            configs = sample_configs(p.space, n, p.seed, p.config, stream=1 + self.fresh_drawn)
+            self.fresh_drawn += 1
+        else:
+            configs = [dict(p.config)] * n
+        steps_per_epoch = m.steps_per_epoch.get(k) or m.steps_per_epoch.get(1)
+        cap = (2 * steps_per_epoch + p.warmup_steps + 2) if steps_per_epoch else self._time_box(p.time_limit_s / 3 / n, step_s)
+        cap = min(cap, self._time_box(p.time_limit_s / n, step_s))
+        values = [j.startup_s for j in (self._fresh(launcher, k, c, cap) for c in configs) if j.startup_s is not None]
+        if values:
+            m.startup_s[k] = values
+        else:
+            m.notes.append(f"start-up at k={k}: no fresh job reached the end of its first epoch within "
+                           f"{cap} steps; not measured")
+
+    def measure_configs(self, launcher: Launcher, m: Measurements) -> None:
+        """k = 1 step time of `configs` configurations sampled from the space (module docstring);
+        sets the reference configuration every later run uses, and the k = 1 start-up."""
+        p = self.plan
+        assert p.space
+        configs = sample_configs(p.space, p.configs, p.seed, p.config)
+        steps = self._time_box(p.config_time_limit_s, self.step_estimate_s)
+        jobs = [self._fresh(launcher, 1, c, steps) for c in configs]
+        usable = [(c, j) for c, j in zip(configs, jobs) if len(j.steps) >= 2]
+        if not usable:
+            m.notes.append("sampled configurations: none made enough timed steps; the profiled configuration is used")
+            return
+        means = [float(np.mean(j.steps)) for _, j in usable]
+        i, scale = reference_config(means)
+        names = list(p.space)
+        m.configs = [{"config": {n_: c[n_] for n_ in names}, "mean_step_s": mu, "steps": len(j.steps),
+                      "eval_s": j.eval_s, "startup_s": j.startup_s} for (c, j), mu in zip(usable, means)]
+        m.reference_config = {n_: usable[i][0][n_] for n_ in names}
+        m.config_scale = scale
+        m.eval_s = [j.eval_s for _, j in usable if j.eval_s is not None]
+        m.decision_latency_s += [x for _, j in usable for x in j.boundary_rest_s]
+        startups = [j.startup_s for j in jobs if j.startup_s is not None]
+        if startups:
+            m.startup_s[1] = startups
+        self.config = probe.wrap_config(p.entrypoint, usable[i][0], checkpoints=p.checkpoints)
+        spread = float(np.std(means, ddof=1) / np.mean(means)) if len(means) > 1 else 0.0
+        self.progress(f"{len(usable)} configurations sampled from the space at k=1: {min(means) * 1e3:.3f}-"
+                      f"{max(means) * 1e3:.3f} ms/step, mean {np.mean(means) * 1e3:.3f} (spread {100 * spread:.0f}%); "
+                      f"reference {m.reference_config} ({means[i] * 1e3:.3f} ms, scaled x{scale:.3f})")
 
     def measure_sharing(self, launcher: Launcher, share: int, m: Measurements) -> None:
         """m single-rank runs at once on device 0; per-step times inside the all-running window."""
@@ -230,11 +386,18 @@ class Profiler:
         if len(x) < 2:
             m.notes.append(f"sharing m={share}: the runs did not overlap long enough to measure")
             return
+        # the same reference again right after: the machine's speed drifts (other load, clocks)
+        # by 10-20% over tens of seconds on a shared machine; before and after bracket it
+        r, _ = self._run(launcher, 1, ref_steps)
+        after = _durations(r, 0, [int(v) for v in _probe_values(r, "probe_steps")], p.warmup_steps)
+        ref = np.concatenate([ref, after])
+        alone = float(np.mean(ref)) if len(ref) >= 2 else alone
         m.share_samples[share] = x
         if len(ref) >= 2:
             m.share_reference[share] = ref
         self.progress(f"m={share} sharing one device: {len(x)} steps, mean {np.mean(x) * 1e3:.3f} ms/step, "
-                      f"slow-down {np.mean(x) / alone:.2f}x per trial")
+                      f"slow-down {np.mean(x) / alone:.2f}x per trial (alone before/after: "
+                      f"{np.mean(ref[:len(ref) - len(after)]) * 1e3:.3f}/{np.mean(after) * 1e3 if len(after) else float('nan'):.3f} ms)")
 
     def run(self) -> Measurements:
         p = self.plan
@@ -252,6 +415,10 @@ class Profiler:
             r, t_call = self._run(launcher, max(p.gpus_per_trial), p.warmup_steps + 2)
             if r.step_times and r.step_times[0]:
                 m.hardware["first_job_startup_s"] = round(r.step_times[0][0] - t_call, 4)
+                d = np.diff(r.step_times[0])
+                self.step_estimate_s = float(np.median(d)) if len(d) else None
+            if p.space and p.configs > 0:
+                self.measure_configs(launcher, m)
             for k in sorted(p.gpus_per_trial):
                 self.measure_k(launcher, k, m)
             for share in sorted(s for s in p.share if s >= 2):

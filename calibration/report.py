@@ -111,6 +111,8 @@ def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: 
                        for s in a.scores},
         },
         "startup": {"equation": "startup(k) = startup_s + startup_per_doubling_s*log2(k)",
+                    "definition": "per fresh job at k: dispatch to first report, less one epoch of the same job "
+                                  "(steps of its first epoch x its steady step + its steady evaluation)",
                     "slope_assumed": a.startup_slope_assumed},
         "bootstrap": {"requested": a.bootstrap_requested, "succeeded": len(a.step_samples),
                       "method": "refits on raw step samples resampled with replacement within each k"},
@@ -161,8 +163,8 @@ def plot_speedup(m: Measurements, a: Analysis, w: WorkloadFacts, path: Path) -> 
     ax.plot(grid, grid * bf * t1l / a.linear.predict(grid, bf), ":", color="C2", label=f"linear (e={a.linear.shape:.3f})")
     ax.plot(grid, grid, color="0.6", lw=0.8, label="ideal")
     measured = a.data.k * a.data.batch_fraction * a.data.mean_s[0] / a.data.mean_s
-    rel_se = np.array([np.std(m.step_samples[int(k)], ddof=1) / np.sqrt(len(m.step_samples[int(k)])) / mu
-                       if len(m.step_samples[int(k)]) > 1 else 0.0 for k, mu in zip(a.data.k, a.data.mean_s)])
+    rel_se = np.array([np.std(m.step_samples[int(k)], ddof=1) / np.sqrt(len(m.step_samples[int(k)]))
+                       / np.mean(m.step_samples[int(k)]) if len(m.step_samples[int(k)]) > 1 else 0.0 for k in a.data.k])
     err = 1.96 * measured * np.sqrt(rel_se ** 2 + rel_se[0] ** 2)  # ratio of two means, independent samples
     ax.errorbar(a.data.k, measured, yerr=err, fmt="o", color="k", capsize=3, label="measured (mean step time, 95% CI)")
     ax.axvline(a.settings.gpus_per_node + 0.5, color="0.8", lw=0.8, ls="--")
@@ -208,6 +210,13 @@ def summary_lines(profile: dict[str, Any]) -> list[str]:
         f"{ov['checkpoint_restore_s'] * 1e3:.1f} ms; epoch boundary {ov['decision_latency_s'] * 1e3:.1f} ms",
         "sharing slow-down per trial: " + ", ".join(f"m={m_}: {f:.2f}x" for m_, f in profile["sharing"].items()),
     ]
+    configs = (profile.get("measured") or {}).get("configs")
+    if configs:
+        lines.append(
+            f"configurations: {configs['n']} sampled from the search space, k=1 step {configs['min_step_s'] * 1e3:.3f}-"
+            f"{configs['max_step_s'] * 1e3:.3f} ms, mean {configs['mean_step_s'] * 1e3:.3f} ms (spread cv "
+            f"{100 * configs['cv']:.0f}%); k >= 1 and sharing measured at {configs['reference_config']}, step times "
+            f"scaled x{configs['scale']:.3f} to the mean (the table shows them scaled)")
     if fit["at_bounds"]:
         lines.append(f"warning: {', '.join(fit['at_bounds'])} ended on a bound (the data lies outside the model there)")
     return lines

@@ -58,6 +58,8 @@ def test_csv_import_builds_a_profile_without_running_anything(tmp_path, capsys):
     (["calibration.gpus_per_trial=[1,512]", "calibration.device=cpu"], "k=512 is more than the"),
     (["calibration.assume.gamma=20"], "calibration.assume.gamma=20"),
     (["calibration.share=[1]"], "calibration.share"),
+    (["calibration.configs=-1"], "calibration.configs=-1"),
+    (["workload.space={width:{type:integer}}"], "workload.space.width.type='integer'"),
 ])
 def test_bad_settings_give_one_line_and_exit_2(tmp_path, capsys, args, needle):
     rc, out, err = run(capsys, *args, f"out_dir={tmp_path / 'out'}")
@@ -92,14 +94,23 @@ def test_real_two_rank_gloo_calibration_of_digits_feeds_the_simulator(tmp_path, 
     out_dir = tmp_path / "cal"
     rc, out, err = run(capsys, f"out_dir={out_dir}", "calibration.device=cpu", "calibration.cpu_slots=2",
                        "calibration.gpus_per_trial=[1,2]", "calibration.share=[2]", "calibration.time_limit_s=1",
-                       "calibration.pilot_steps=10", "calibration.warmup_steps=3", "calibration.bootstrap=10")
+                       "calibration.pilot_steps=10", "calibration.warmup_steps=3", "calibration.bootstrap=10",
+                       "calibration.configs=2", "calibration.config_time_limit_s=0.3", "calibration.startup_jobs=2")
     assert rc == 0, err
     data = yaml.safe_load((out_dir / "profile.yaml").read_text())
     profile = load_profile(out_dir / "profile.yaml")
     measured = data["measured"]
     assert sorted(measured["step_time_samples_s"]) == [1, 2]
     assert all(len(v) >= 5 and min(v) > 0 for v in measured["step_time_samples_s"].values())
-    assert sorted(measured["startup_s"]) == [1, 2]
+    assert sorted(measured["startup_s"]) == [1, 2]  # fresh jobs: 2 sampled configurations at k=1, 2 more at k=2
+    assert len(measured["startup_s"][1]) == 2 and len(measured["startup_s"][2]) == 2
+    configs = measured["configs"]
+    assert configs["n"] == 2 and configs["reference_config"] in [c["config"] for c in configs["sampled"]]
+    assert set(configs["reference_config"]) == {"lr", "width", "momentum"}  # the digits workload's search space
+    # t_compute_s describes the mean configuration: the reference's k=1 samples x the scale
+    assert profile.epoch.step.t_compute_s == pytest.approx(
+        configs["scale"] * measured["step_time_summary"][1]["mean_s"], rel=1e-3)
+    assert "configurations: 2 sampled" in out
     assert measured["eval_s"] and measured["checkpoint_save_s"] and measured["checkpoint_restore_s"]
     assert data["hardware"]["backend"] == "gloo" and data["hardware"]["grad_bytes"] > 0
     assert profile.epoch.step.grad_bytes == data["hardware"]["grad_bytes"]  # counted from the DDP model

@@ -1,13 +1,27 @@
-"""The bookkeeping of profiling runs, on hand-made launcher results (no processes)."""
+"""The bookkeeping of profiling runs, on hand-made launcher results (no processes): step
+intervals, sharing windows, start-up of fresh jobs, and the sampled-configuration mix."""
 
 import numpy as np
 import pytest
 
+from nasalloc.calibration.analysis import analyse
+from nasalloc.calibration.calibrate import WorkloadConf, builtin_space, search_space
+from nasalloc.calibration.fit import FitSettings
 from nasalloc.calibration.import_csv import read_timings
 from nasalloc.calibration.measurements import Measurements
 from nasalloc.calibration.probe import OPTIONS_KEY, _ProbeContext, wrap_config
-from nasalloc.calibration.profiling import _boundary_rest, _durations, _overlapping_durations
+from nasalloc.calibration.profiling import (
+    Profiler,
+    ProfilingPlan,
+    _boundary_rest,
+    _durations,
+    _overlapping_durations,
+    fresh_job_timings,
+    reference_config,
+    sample_configs,
+)
 from nasalloc.execute.launch import RanksResult
+from nasalloc.sim.space import SearchSpace
 
 
 def result(stamps, reports=()):
@@ -80,3 +94,138 @@ def test_csv_batch_fraction_follows_the_workloads_scaling_unless_given(tmp_path)
     m = read_timings(csv, lambda k: 1.0 / k)
     assert m.batch_fraction == {1: 1.0, 2: 0.5, 4: 0.3}
     assert m.source == f"csv:{csv}"
+
+
+# ----------------------------------------------------------------------------- start-up and configurations
+
+DIGITS = "nasalloc.execute.workloads.digits:train"
+
+
+def job(step_s, steps_per_epoch, epochs, *, first_step_at, evals, report_lag=0.0):
+    """A fresh job's launcher result: times relative to dispatch; one report per epoch."""
+    stamps, reports, t = [], [], first_step_at
+    for e in range(epochs):
+        for i in range(steps_per_epoch):
+            if stamps:
+                t += step_s
+            stamps.append(t)
+        t += evals[e]
+        reports.append((t + report_lag, e + 1, 0.5, {"probe_steps": float(steps_per_epoch * (e + 1)),
+                                                     "probe_eval_s": evals[e]}))
+    r = RanksResult(ok=True, info="", wall_s=t, step_times=[stamps])
+    r.reports = reports
+    return r
+
+
+def test_startup_is_dispatch_to_first_report_less_one_epoch_of_the_same_job():
+    # first step 0.25 s after dispatch (set-up), 10 ms steps, 20 steps per epoch; the first
+    # evaluation pays 40 ms of one-off costs (80 ms instead of 40 ms), the report takes 5 ms
+    r = job(0.01, 20, 3, first_step_at=0.25, evals=[0.08, 0.04, 0.04], report_lag=0.005)
+    f = fresh_job_timings(r, warmup=2)
+    np.testing.assert_allclose(f.steps, 0.01)
+    assert f.eval_s == pytest.approx(0.04)  # steady: the reports after the first
+    # first report at 0.25 + 19 * 0.01 + 0.08 + 0.005 = 0.525; one epoch = 20 * 0.01 + 0.04
+    assert f.startup_s == pytest.approx(0.525 - 0.24)
+    # the trace's definition (first result - start - one epoch) on the same numbers
+    assert f.startup_s == pytest.approx(r.reports[0][0] - (20 * 0.01 + 0.04))
+
+
+def test_a_job_that_never_reports_has_no_startup():
+    r = RanksResult(ok=True, info="", wall_s=1.0, step_times=[[0.1 + 0.01 * i for i in range(30)]])
+    f = fresh_job_timings(r, warmup=2)
+    assert f.startup_s is None and f.eval_s is None and len(f.steps) == 27
+
+
+def test_sampled_configurations_are_seeded_and_merged_over_the_fixed_settings():
+    space = builtin_space(DIGITS)
+    assert set(space) == {"lr", "width", "momentum"}
+    a = sample_configs(space, 5, seed=3, base={"width": 16, "batch_size": 32})
+    assert a == sample_configs(space, 5, seed=3, base={"width": 16, "batch_size": 32})
+    assert a != sample_configs(space, 5, seed=4, base={"width": 16, "batch_size": 32})
+    assert a != sample_configs(space, 5, seed=3, base={"width": 16, "batch_size": 32}, stream=1)
+    assert all(c["batch_size"] == 32 and 4 <= c["width"] <= 32 for c in a)
+    assert len({c["width"] for c in a}) > 1  # the space's value replaces the profiled one
+    # a Latin hypercube: every one of n equally likely strata of each parameter once
+    cube = {"x": {"type": "float", "low": 1.0, "high": 100.0, "log": True}, "c": {"type": "categorical", "choices": [0, 1]}}
+    b = sample_configs(cube, 8, seed=0, base={})
+    bins = sorted(int(8 * np.log(c["x"]) / np.log(100.0)) for c in b)
+    assert bins == list(range(8)) and sorted(c["c"] for c in b) == [0] * 4 + [1] * 4
+    # not the configurations a search seeded alike draws (it uses default_rng(seed))
+    search = SearchSpace.from_config(space).sample(np.random.default_rng(3))
+    assert all({k: c[k] for k in search} != search for c in a)
+
+
+def test_reference_is_the_configuration_closest_to_the_mean():
+    i, scale = reference_config([0.002, 0.0035, 0.006, 0.004])
+    assert i == 3 and scale == pytest.approx(0.003875 / 0.004)
+
+
+def test_space_defaults_to_the_built_in_workloads_and_can_be_given_or_turned_off():
+    assert search_space(WorkloadConf())["width"]["high"] == 32
+    assert search_space(WorkloadConf(space={})) is None
+    assert search_space(WorkloadConf(entrypoint="my.pkg:train")) is None
+    given = {"width": {"type": "int", "low": 8, "high": 8}}
+    assert search_space(WorkloadConf(entrypoint="my.pkg:train", space=given)) == given
+    with pytest.raises(Exception, match="workload.space.width"):
+        search_space(WorkloadConf(space={"width": {"type": "integer"}}))
+
+
+def test_the_fit_describes_the_mean_configuration_and_keeps_the_raw_samples():
+    rng = np.random.default_rng(0)
+    m = Measurements(step_samples={1: 0.004 * (1 + 0.01 * rng.standard_normal(200)),
+                                   2: 0.006 * (1 + 0.01 * rng.standard_normal(200))},
+                     batch_fraction={1: 1.0, 2: 0.5})
+    m.configs = [{"config": {"width": w}, "mean_step_s": t, "steps": 50, "eval_s": 0.01, "startup_s": 0.02}
+                 for w, t in ((4, 0.002), (16, 0.004), (32, 0.006))]
+    m.reference_config, m.config_scale = {"width": 16}, 0.75
+    a = analyse(m, FitSettings(gpus_per_node=2, grad_bytes=4e4), bootstrap=0, rng=np.random.default_rng(0))
+    assert a.data.mean_s[0] == pytest.approx(0.75 * np.mean(m.step_samples[1]))
+    assert a.data.mean_s[1] / a.data.mean_s[0] == pytest.approx(np.mean(m.step_samples[2]) / np.mean(m.step_samples[1]))
+    d = m.to_dict()
+    assert d["step_time_summary"][1]["mean_s"] == pytest.approx(np.mean(m.step_samples[1]), rel=1e-5)  # raw
+    assert d["configs"]["n"] == 3 and d["configs"]["scale"] == 0.75 and d["configs"]["reference_config"] == {"width": 16}
+    assert d["configs"]["mean_step_s"] == pytest.approx(0.004) and d["configs"]["cv"] == pytest.approx(0.5)
+    assert d["configs"]["sampled"][0] == {"config": {"width": 4}, "mean_step_s": 0.002, "steps": 50, "eval_s": 0.01,
+                                          "startup_s": 0.02}
+
+
+class FakeLauncher:
+    """Answers `Launcher.run` with a job whose step time is proportional to the width."""
+
+    def __init__(self):
+        self.configs = []
+
+    def run(self, entrypoint, config, devices, *, epochs, max_steps, **kwargs):
+        self.configs.append(config)
+        width = config.get("width", 16)
+        steps_per_epoch = 10
+        n = min(epochs, max(1, max_steps // steps_per_epoch))
+        return job(width * 1e-4, steps_per_epoch, n, first_step_at=0.05, evals=[0.02] + [0.01] * (n - 1))
+
+
+def test_sampled_configurations_set_the_reference_startup_and_evaluation(tmp_path):
+    space = {"width": {"type": "int", "low": 4, "high": 32, "log": True}}
+    plan = ProfilingPlan(entrypoint=DIGITS, config={"width": 16, "lr": 0.1}, device_kind="cpu", device_ids=[0, 1],
+                         gpus_per_trial=[1, 2], space=space, configs=6, warmup_steps=2, pilot_steps=40)
+    profiler = Profiler(plan, tmp_path, progress=lambda line: None)
+    m = Measurements(step_samples={})
+    profiler.measure_configs(FakeLauncher(), m)
+    widths = [c["config"]["width"] for c in m.configs]
+    assert len(widths) == 6 and [c["config"] for c in m.configs] == [{"width": c["width"]} for c in
+                                                                       sample_configs(space, 6, 0, plan.config)]
+    means = np.array(widths) * 1e-4
+    np.testing.assert_allclose([c["mean_step_s"] for c in m.configs], means)
+    ref = m.reference_config["width"]
+    assert abs(ref - np.mean(widths)) == min(abs(w - np.mean(widths)) for w in widths)
+    assert m.config_scale == pytest.approx(np.mean(widths) / ref)
+    assert profiler.config["width"] == ref and profiler.config["lr"] == 0.1  # later runs use the reference
+    # every configuration's start-up: first report (0.05 + 9 steps + 20 ms eval) less 10 steps + 10 ms eval
+    np.testing.assert_allclose(m.startup_s[1], [0.05 - 0.0001 * w + 0.01 for w in widths])
+    assert m.eval_s == pytest.approx([0.01] * 6)
+    assert len(m.decision_latency_s) >= 6 and max(m.decision_latency_s) == pytest.approx(0.0, abs=1e-9)
+    # start-up jobs at k > 1 draw new configurations (a new trial's), not the reference
+    fake = FakeLauncher()
+    m.steps_per_epoch[1] = 10
+    profiler.measure_startup(fake, 2, m, step_s=0.002)
+    assert len(m.startup_s[2]) == 3 and all(c["_calibration_probe"]["checkpoints"] == 0 for c in fake.configs)
+    assert [c["width"] for c in fake.configs] != [ref] * 3
