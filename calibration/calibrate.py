@@ -300,7 +300,8 @@ def main(settings: CalibrateSettings, out_dir: Path) -> None:
                                         f"({m.hardware.get('backend')})")
     w = _workload_facts(settings, m, steps_first)
     analysis = analyse(m, fit, bootstrap=settings.calibration.bootstrap, rng=np.random.default_rng(settings.seed))
-    profile = build_profile(settings.name, desc, m, analysis, w, sources)
+    profile = build_profile(settings.name, desc, m, analysis, w, sources,
+                            space=settings.plan.space if settings.plan is not None else None)
     if not analysis.step.success:
         console.print(f"[yellow]warning: the step-time fit did not converge: {analysis.step.message}[/]")
     dump_profile(profile, out_dir / "profile.yaml")

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from nasalloc.calibration.analysis import Analysis
+from nasalloc.calibration.config_cost import describe as describe_config_cost
+from nasalloc.calibration.config_cost import fit_config_cost
 from nasalloc.calibration.fit import FITTABLE
 from nasalloc.calibration.measurements import Measurements
 from nasalloc.sim.speedup import StepTimeModel
@@ -74,8 +76,10 @@ def plain(obj: Any) -> Any:
 
 
 def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: WorkloadFacts,
-                  sources: list[str]) -> dict[str, Any]:
-    """The profile mapping (see sim/profile.py): measured, fitted, assumed, with sources."""
+                  sources: list[str], space: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The profile mapping (see sim/profile.py): measured, fitted, assumed, with sources.
+    `space`: the search space the sampled configurations (`m.configs`) came from; with it and
+    at least 3 of them, the `config_cost` block is fitted (calibration/config_cost.py)."""
     ks = a.data.k
     step = a.step
     assumed = sorted(step.assumed)
@@ -117,6 +121,8 @@ def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: 
         "bootstrap": {"requested": a.bootstrap_requested, "succeeded": len(a.step_samples),
                       "method": "refits on raw step samples resampled with replacement within each k"},
     }
+    cost = fit_config_cost(m.configs, space)
+    fit_block["config_cost"] = cost.report()
     hardware = {**m.hardware, "gpus_per_node": int(a.settings.gpus_per_node)}
     return plain({
         "name": name,
@@ -137,6 +143,7 @@ def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: 
             "decision_latency_s": _g(_mean(m.decision_latency_s)),
         },
         "sharing": sharing or {1: 1.0},
+        **({"config_cost": cost.block} if cost.block is not None else {}),
         "uncertainty": {"step_time_samples": [_step_dict(s, fitted_keys) for s in a.step_samples]},
         "assumed": assumed,
         "measured": {**({"entrypoint": w.entrypoint} if w.entrypoint else {}), **m.to_dict()},
@@ -217,6 +224,9 @@ def summary_lines(profile: dict[str, Any]) -> list[str]:
             f"{configs['max_step_s'] * 1e3:.3f} ms, mean {configs['mean_step_s'] * 1e3:.3f} ms (spread cv "
             f"{100 * configs['cv']:.0f}%); k >= 1 and sharing measured at {configs['reference_config']}, step times "
             f"scaled x{configs['scale']:.3f} to the mean (the table shows them scaled)")
+    cost_line = describe_config_cost(profile.get("config_cost"), fit.get("config_cost"))
+    if cost_line:
+        lines.append(cost_line)
     if fit["at_bounds"]:
         lines.append(f"warning: {', '.join(fit['at_bounds'])} ended on a bound (the data lies outside the model there)")
     return lines

@@ -16,7 +16,9 @@ The model:
   in first out, and nothing new is asked while one waits. Idle devices stay idle: a
   synchronous rung that waits costs what it costs.
 - A job on k devices: start-up cost(k) (+ checkpoint restore when it starts from a
-  checkpoint), then one epoch after another of epoch_time(k) (evaluation included); each
+  checkpoint), then one epoch after another of epoch_time(k) x config_factor(config)
+  (evaluation included; the factor is the profile's `config_cost`, 1 without it, computed
+  once per trial; start-up, checkpoint and decision costs are not scaled); each
   epoch ends with a "result", then the scheduler's decision takes `decision_latency_s`
   with the devices held. PAUSE adds a checkpoint save before the devices are released.
 - Per-rung allocation schedules (RASDA): epoch e trains at schedule[rung_index(milestones, e)].
@@ -112,6 +114,8 @@ class _Engine:
         # k of epoch e (index e), so the hot path is one list lookup
         self.k_of_epoch = [alloc.k_at(rung_index(milestones, max(e, 1))) for e in range(self.max_epochs + 2)]
         self.epoch_s = {k: profile.epoch_time(k) for k in ks}
+        self.config_factor = profile.config_factor if profile.config_cost is not None else None
+        self.factors: dict[int, float] = {}  # trial -> its epoch-time factor (config_cost)
         self.startup_s = {k: profile.startup_time(k) for k in ks}
         self.restore_s = ov.checkpoint_restore_s
         self.save_s = ov.checkpoint_save_s
@@ -199,10 +203,15 @@ class _Engine:
         kind = "resume" if job.resume else "start"
         k_of_epoch, top = self.k_of_epoch, self.max_epochs + 1
         decision_s = self.decision_s
+        factor = 1.0
+        if self.config_factor is not None:
+            factor = self.factors.get(tid)
+            if factor is None:
+                factor = self.factors[tid] = self.config_factor(config)
         while True:  # one placement ("segment") per iteration
             since = env.now
             events.append(TraceEvent(since, kind, tid, epoch, None, devices, config if kind == "start" else None))
-            epoch_s = self.epoch_s[k]
+            epoch_s = self.epoch_s[k] * factor
             delay = self.startup_s[k] + (self.restore_s if epoch > 0 else 0.0) + epoch_s
             while True:
                 self.timeouts += 1

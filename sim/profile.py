@@ -13,6 +13,8 @@ Layout (every block but `name` and `workload`/`step_time` is optional; units in 
                 checkpoint_restore_s, decision_latency_s}
     sharing: {1: 1.0, 2: 1.8, 4: 3.5}     # m trials on one device -> per-trial slow-down
     uncertainty: {step_time_samples: [{t_compute_s: ..., ...}, ...]}   # e.g. bootstrap fits
+    config_cost: {params: {width: {type: int, low: 4, high: 32, log: true, slope: 1.2, center: 0.5}},
+                  norm: 1.03}             # configuration-dependent epoch time (below)
     assumed: [inter_latency_s, ...]       # parameters pinned, not measured
     measured: {...}                       # raw samples, kept verbatim
     fit: {...}                            # fit report, kept verbatim
@@ -20,12 +22,24 @@ Layout (every block but `name` and `workload`/`step_time` is optional; units in 
 Start-up cost of a job on k ranks: startup_s + startup_per_doubling_s * log2(k) (process
 group creation grows with the group; FACTS.md). `decision_latency_s` is the time between an
 epoch's end and the next epoch's start spent on reporting and the scheduler's decision.
+
+`config_cost` (optional) makes the epoch time depend on the trial's configuration: a trial
+with config c trains each epoch in epoch_time(k) x config_factor(c), where
+
+    config_factor(c) = exp(sum_j slope_j * (u_j(c) - center_j)) / norm
+
+u_j is the unit coordinate of parameter j's value, computed from the block's own low/high/log
+as `sim/space.py` Domain.to_unit does (numeric parameters only; a config without parameter j
+contributes 0 for it). Calibration fits the slopes from per-configuration k = 1 step times and
+sets `norm` so the mean factor over its sample of configurations is 1 (t_compute_s being the
+sample's mean). Without the block every factor is 1.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -35,6 +49,7 @@ from typing import Any
 import yaml
 
 from nasalloc.sim.errors import UserError
+from nasalloc.sim.space import Domain
 from nasalloc.sim.speedup import EpochTimeModel, StepTimeModel
 
 
@@ -53,6 +68,24 @@ class Overheads:
 
 
 @dataclass(frozen=True)
+class ConfigCost:
+    """Configuration-dependent epoch-time factor (module docstring): per parameter its domain
+    (for the unit coordinate), slope and center; `norm` divides the product."""
+
+    terms: tuple[tuple[Domain, float, float], ...]  # (domain, slope, center)
+    norm: float = 1.0
+
+    def factor(self, config: Mapping[str, Any]) -> float:
+        x = 0.0
+        for domain, slope, center in self.terms:
+            value = config.get(domain.name)
+            if value is None or isinstance(value, bool) or not isinstance(value, numbers.Real):
+                continue  # missing (or not a number): contributes 0
+            x += slope * (domain.to_unit(value) - center)
+        return math.exp(x) / self.norm
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     epoch: EpochTimeModel
@@ -64,9 +97,14 @@ class Profile:
     step_time_samples: tuple[StepTimeModel, ...] = ()
     assumed: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict)  # the whole file, for round-tripping
+    config_cost: ConfigCost | None = None
 
     def epoch_time(self, k: float) -> float:
         return self.epoch.epoch_time(k)
+
+    def config_factor(self, config: Mapping[str, Any]) -> float:
+        """Epoch-time multiplier of a trial with `config` (1.0 without a `config_cost` block)."""
+        return 1.0 if self.config_cost is None else self.config_cost.factor(config)
 
     def startup_time(self, k: float) -> float:
         return self.overheads.startup(k)
@@ -82,7 +120,53 @@ class Profile:
 _STEP_KEYS = {f.name for f in dataclasses.fields(StepTimeModel)}
 _OVERHEAD_KEYS = {f.name for f in dataclasses.fields(Overheads)}
 _TOP_KEYS = {"name", "description", "sources", "hardware", "workload", "step_time", "overheads",
-             "sharing", "uncertainty", "assumed", "measured", "fit"}
+             "sharing", "uncertainty", "assumed", "measured", "fit", "config_cost"}
+_COST_PARAM_KEYS = ("type", "low", "high", "log", "slope", "center")
+
+
+def _signed(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise UserError(f"{where}={value!r}: must be a finite number")
+    return float(value)
+
+
+def _config_cost(node: Any, where: str) -> ConfigCost:
+    """The `config_cost` block (module docstring) as a ConfigCost; UserError naming the bad entry."""
+    if not isinstance(node, Mapping):
+        raise UserError(f"{where}: expected a mapping with params and norm")
+    unknown = sorted(set(node) - {"params", "norm"})
+    if unknown:
+        raise UserError(f"{where}.{unknown[0]}: unknown; allowed: norm, params")
+    params = node.get("params")
+    if not isinstance(params, Mapping) or not params:
+        raise UserError(f"{where}.params: expected a non-empty mapping name -> {{type, low, high, log, slope, center}}")
+    norm = _number(f"{where}.norm", node.get("norm", 1.0), positive=True)
+    terms = []
+    for name, spec in params.items():
+        at = f"{where}.params.{name}"
+        if not isinstance(spec, Mapping):
+            raise UserError(f"{at}: expected {{type: float|int, low, high, log, slope, center}}")
+        unknown = sorted(set(spec) - set(_COST_PARAM_KEYS))
+        if unknown:
+            raise UserError(f"{at}.{unknown[0]}: unknown; allowed: {', '.join(_COST_PARAM_KEYS)}")
+        kind = spec.get("type")
+        if kind not in ("float", "int"):
+            raise UserError(f"{at}.type={kind!r}: allowed: float, int (numeric parameters only)")
+        for key in ("low", "high", "slope"):
+            if key not in spec:
+                raise UserError(f"{at}.{key}: missing")
+        low, high = _signed(f"{at}.low", spec["low"]), _signed(f"{at}.high", spec["high"])
+        log = spec.get("log", False)
+        if not isinstance(log, bool):
+            raise UserError(f"{at}.log={log!r}: must be true or false")
+        if low > high:
+            raise UserError(f"{at}: low={low:g} must not exceed high={high:g}")
+        if log and low <= 0:
+            raise UserError(f"{at}.low={low:g}: a log-scaled range must be positive")
+        slope = _signed(f"{at}.slope", spec["slope"])
+        center = _signed(f"{at}.center", spec.get("center", 0.5))
+        terms.append((Domain(str(name), kind, low=low, high=high, log=log), slope, center))
+    return ConfigCost(terms=tuple(terms), norm=norm)
 
 
 def _number(where: str, value: Any, *, positive: bool = False, allow_inf: bool = False) -> float:
@@ -183,11 +267,12 @@ def parse_profile(data: Any, source: str = "profile") -> Profile:
         global_batch=global_batch, eval_s=overheads.eval_s, eval_scales=overheads.eval_scales, sharing=sharing,
     )
     sources = data.get("sources") or []
+    cost = _config_cost(data["config_cost"], f"{source}: config_cost") if data.get("config_cost") is not None else None
     return Profile(
         name=str(data["name"]), epoch=epoch, overheads=overheads, gpus_per_node=gpn,
         description=str(data.get("description") or ""), sources=tuple(str(s) for s in sources),
         hardware=hardware, step_time_samples=step_samples, assumed=tuple(str(a) for a in data.get("assumed") or ()),
-        raw=dict(data),
+        raw=dict(data), config_cost=cost,
     )
 
 

@@ -1,5 +1,7 @@
 """profile.yaml parsing: what the simulator accepts, and one-line errors for what it does not."""
 
+import math
+
 import pytest
 import yaml
 
@@ -64,3 +66,55 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(UserError, match="not a profile"):
         load_profile(bad)
+
+
+COST = {"params": {"width": {"type": "int", "low": 4, "high": 32, "log": True, "slope": 1.2, "center": 0.5},
+                   "lr": {"type": "float", "low": 0.0, "high": 2.0, "slope": -0.5, "center": 0.25}},
+        "norm": 1.25}
+
+
+def test_config_cost_factor_by_hand():
+    p = parse_profile({**MINIMAL, "config_cost": COST})
+    # width 8 (int, log): u = (ln 8 - ln 3.5) / (ln 32.5 - ln 3.5); lr 1.0 (float, linear): u = 0.5
+    u_w = (math.log(8) - math.log(3.5)) / (math.log(32.5) - math.log(3.5))
+    expected = math.exp(1.2 * (u_w - 0.5) - 0.5 * (0.5 - 0.25)) / 1.25
+    assert p.config_factor({"width": 8, "lr": 1.0, "opt": "sgd"}) == pytest.approx(expected, rel=1e-12)
+    # a missing parameter contributes 0
+    assert p.config_factor({"width": 8}) == pytest.approx(math.exp(1.2 * (u_w - 0.5)) / 1.25, rel=1e-12)
+    assert p.config_factor({}) == pytest.approx(1 / 1.25)
+    # without the block every factor is 1; the block leaves epoch_time(k) itself alone
+    assert parse_profile(MINIMAL).config_factor({"width": 32}) == 1.0
+    assert p.epoch_time(2) == parse_profile(MINIMAL).epoch_time(2)
+
+
+def test_config_cost_round_trips(tmp_path):
+    path = tmp_path / "profile.yaml"
+    dump_profile({**MINIMAL, "config_cost": COST}, path)
+    assert load_profile(path).config_factor({"width": 20, "lr": 0.3}) == parse_profile(
+        {**MINIMAL, "config_cost": COST}).config_factor({"width": 20, "lr": 0.3})
+
+
+def _cost(**width):
+    return {"params": {"width": {"type": "int", "low": 4, "high": 32, "log": True, "slope": 1.0, **width}}}
+
+
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        ([1, 2], r"config_cost: expected a mapping"),
+        ({"params": {}}, r"config_cost.params: expected a non-empty mapping"),
+        ({**_cost(), "scale": 2}, r"config_cost.scale: unknown"),
+        ({**_cost(), "norm": 0}, r"config_cost.norm=0: must be > 0"),
+        (_cost(type="categorical"), r"params.width.type='categorical': allowed: float, int"),
+        (_cost(slope="steep"), r"params.width.slope='steep': must be a finite number"),
+        (_cost(low=40), r"params.width: low=40 must not exceed high=32"),
+        (_cost(low=0), r"params.width.low=0: a log-scaled range must be positive"),
+        (_cost(log="yes"), r"params.width.log='yes': must be true or false"),
+        (_cost(colour=1), r"params.width.colour: unknown"),
+        ({"params": {"width": {"type": "int", "low": 4, "high": 32}}}, r"params.width.slope: missing"),
+    ],
+)
+def test_bad_config_cost_fails_with_one_line(block, message):
+    with pytest.raises(UserError, match=message) as info:
+        parse_profile({**MINIMAL, "config_cost": block})
+    assert "\n" not in str(info.value)

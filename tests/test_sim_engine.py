@@ -117,3 +117,26 @@ def test_time_to_target_and_test_metric():
 def test_spec_is_small_and_picklable():
     spec = make_spec()
     assert len(pickle.dumps(spec)) < 20_000
+
+
+def test_config_cost_scales_each_trials_epoch_time():
+    cost = {"params": {"width": {"type": "int", "low": 16, "high": 256, "log": True, "slope": 1.5, "center": 0.5}},
+            "norm": 1.1}
+    profile = make_profile(decision=0.5, save=0.25, config_cost=cost)
+    result = simulate(make_spec(k=1, profile=profile))
+    check_invariants(result)  # busy time = start-up + sum of (epoch x factor + decision) per trial
+    configs = {ev.trial: ev.config for ev in result.events if ev.event == "start"}
+    starts = {ev.trial: ev.time for ev in result.events if ev.event == "start"}
+    results: dict[int, list[float]] = {}
+    for ev in result.events:
+        if ev.event == "result":
+            results.setdefault(ev.trial, []).append(ev.time)
+    epoch = {t: times[1] - times[0] - 0.5 for t, times in results.items()}  # one epoch (decision not scaled)
+    for t, times in results.items():
+        f = profile.config_factor(configs[t])
+        assert epoch[t] == pytest.approx(profile.epoch_time(1) * f)
+        assert times[0] - starts[t] == pytest.approx(5 + profile.epoch_time(1) * f)  # start-up not scaled
+    a, b = min(epoch, key=epoch.get), max(epoch, key=epoch.get)
+    assert configs[a]["width"] != configs[b]["width"]
+    assert epoch[b] / epoch[a] == pytest.approx(profile.config_factor(configs[b]) / profile.config_factor(configs[a]))
+    assert epoch[b] / epoch[a] > 1.2

@@ -21,8 +21,10 @@ SPACE = {
 
 
 def make_profile(*, t_compute=1.0, samples=400, batch=10, startup=5.0, per_doubling=1.0, eval_s=0.0,
-                 save=0.0, restore=0.0, decision=0.0, bandwidth="inf", sharing=None, cv=0.0, gpn=4) -> Profile:
+                 save=0.0, restore=0.0, decision=0.0, bandwidth="inf", sharing=None, cv=0.0, gpn=4,
+                 config_cost=None) -> Profile:
     return parse_profile({
+        **({"config_cost": config_cost} if config_cost is not None else {}),
         "name": "test",
         "hardware": {"gpus_per_node": gpn},
         "workload": {"samples_per_epoch": samples, "batch_per_device": batch, "scaling": "weak"},
@@ -97,8 +99,10 @@ def check_invariants(result: SimulationResult) -> None:
     # busy time = epoch times + start-up + restore + decision latency + checkpoint saves
     prof = effective_profile(spec)
     ov = prof.overheads
+    configs = {ev.trial: ev.config for ev in result.events if ev.event == "start"}
     total = 0.0
     for seg in segments(result.events):
+        seg["factor"] = prof.config_factor(configs[seg["trial"]])
         dur = seg["t1"] - seg["t0"]
         devs = seg["devices"]
         k = float(len(devs))
@@ -121,4 +125,4 @@ def check_invariants(result: SimulationResult) -> None:
 def _expected(prof: Profile, k: float, seg: dict) -> float:
     ov = prof.overheads
     return (prof.startup_time(k) + (ov.checkpoint_restore_s if seg["epoch0"] > 0 else 0.0)
-            + seg["results"] * (prof.epoch_time(k) + ov.decision_latency_s))
+            + seg["results"] * (prof.epoch_time(k) * seg.get("factor", 1.0) + ov.decision_latency_s))
