@@ -4,7 +4,7 @@ Both traces have the same schema, so one function reads the timings out of eithe
 
 - epoch time: the gap between consecutive results of one trial while it holds its devices
   (one epoch of training plus evaluation, reporting and the scheduler's decision);
-- start-up: from a "start" to the trial's first result, less one epoch time;
+- start-up: from a "start" to the trial's first result, less one epoch time (the trial's own);
 - resume: the same from a "resume" (start-up plus checkpoint restore);
 - pause: from the last result of a hold to its "pause" (decision plus checkpoint save).
 
@@ -73,31 +73,39 @@ class Timings:
 
 
 def timings(events: Sequence[TraceEvent]) -> Timings:
+    """Medians of the trace's epoch gaps, start-up, resume and pause costs.
+
+    Start-up (and resume) cost is taken per hold: its first result less the time since the
+    start, less *that hold's own* median epoch gap — configurations differ in epoch time,
+    and subtracting a trace-wide median would mix them. A hold with a single result falls
+    back to the trace-wide median epoch at its number of devices.
+    """
     epoch: dict[int, list[float]] = {}
-    first: dict[tuple[str, int], list[float]] = {}
+    per_hold: list[tuple[Hold, list[float]]] = []
     pause: list[float] = []
     for h in holds(events):
         gaps = [b - a for a, b in zip(h.results, h.results[1:])]
         epoch.setdefault(h.devices, []).extend(gaps)
-        if h.results:
-            first.setdefault((h.begin, h.devices), []).append(h.results[0] - h.begin_time)
-            if h.end == "pause" and h.end_time is not None:
-                pause.append(h.end_time - h.results[-1])
+        per_hold.append((h, gaps))
+        if h.results and h.end == "pause" and h.end_time is not None:
+            pause.append(h.end_time - h.results[-1])
     epoch_med = {k: m for k, v in epoch.items() if (m := _median(v)) is not None}
+    first: dict[tuple[str, int], list[float]] = {}
+    for h, gaps in per_hold:
+        own = _median(gaps) if gaps else epoch_med.get(h.devices)
+        if h.results and own is not None:
+            first.setdefault((h.begin, h.devices), []).append(max(0.0, h.results[0] - h.begin_time - own))
 
     def overhead(kind: str) -> dict[int, float]:
-        out = {}
-        for (begin, k), values in first.items():
-            if begin == kind and k in epoch_med:
-                out[k] = max(0.0, statistics.median(values) - epoch_med[k])
-        return out
+        return {k: statistics.median(v) for (begin, k), v in first.items() if begin == kind}
 
     return Timings(
         epoch_s=epoch_med,
         startup_s=overhead("start"),
         resume_s=overhead("resume"),
         pause_s=_median(pause),
-        samples={"epochs": sum(len(v) for v in epoch.values()), "starts": sum(len(v) for (b, _), v in first.items() if b == "start"),
+        samples={"epochs": sum(len(v) for v in epoch.values()),
+                 "starts": sum(len(v) for (b, _), v in first.items() if b == "start"),
                  "resumes": sum(len(v) for (b, _), v in first.items() if b == "resume"), "pauses": len(pause)},
     )
 

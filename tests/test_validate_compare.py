@@ -99,3 +99,16 @@ def test_validate_needs_the_planning_profile(tmp_path, capsys):
     assert "profile: give the profile the run was planned with" in capsys.readouterr().err
     assert cli.main(["validate", f"run={run}", "profile=digits_cpu", f"out_dir={tmp_path / 'never'}"]) == 2
     assert "no results recorded; nothing to validate" in capsys.readouterr().err
+
+
+def test_start_up_is_read_per_trial_not_against_a_trace_wide_epoch():
+    """Two trials with different epoch times (10 s and 30 s) and the same 2 s start-up: a
+    trace-wide median epoch would make one start-up look negative and the other 22 s."""
+    events = []
+    for trial, epoch in ((0, 10.0), (1, 30.0)):
+        events.append(ev(0.0, "start", trial, 0, devices=(trial,)))
+        for e in range(1, 4):
+            events.append(ev(2.0 + e * epoch, "result", trial, e, 0.5, devices=(trial,)))
+        events.append(ev(2.0 + 3 * epoch, "complete", trial, 3, devices=(trial,)))
+    tm = timings(sorted(events, key=lambda e: e.time))
+    assert tm.startup_s == {1: pytest.approx(2.0)}
