@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import yaml
 from nasalloc.calibration.compare import Comparison, Timings, compare, kendall_tau
+from nasalloc.execute.run import RUN_CONFIG
 from nasalloc.sim.cluster import ClusterSpec, parse_allocation
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
@@ -35,7 +36,6 @@ from nasalloc.sim.trace import TraceEvent, read_trace, write_json, write_trace
 from nasalloc.sim.workload import MetricSpec, ReplayWorkload
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-RUN_CONFIG = "run_config.yaml"  # written by `nasalloc run` (nasalloc.execute.run.RUN_CONFIG)
 
 
 @dataclass(frozen=True)
@@ -78,12 +78,17 @@ def _curves(events: tuple[TraceEvent, ...]) -> tuple[dict[int, tuple[float, floa
     return tuple(per_trial.get(t) or {1: (math.nan, None)} for t in range(n))
 
 
+def _require_run_folder(folder: str | Path) -> Path:
+    folder = Path(folder).expanduser()
+    if not (folder / "trace.jsonl").is_file() or not (folder / RUN_CONFIG).is_file():
+        raise UserError(f"run={folder}: not a run folder (needs trace.jsonl and {RUN_CONFIG} from `nasalloc run`)")
+    return folder
+
+
 def read_run(folder: Path, profile: Profile) -> RealRun:
     """The run's trace and the simulation spec of the same search (UserError if unusable)."""
-    folder = Path(folder).expanduser()
+    folder = _require_run_folder(folder)
     trace_path, config_path = folder / "trace.jsonl", folder / RUN_CONFIG
-    if not trace_path.is_file() or not config_path.is_file():
-        raise UserError(f"run={folder}: not a run folder (needs trace.jsonl and {RUN_CONFIG} from `nasalloc run`)")
     try:
         raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     except yaml.YAMLError:
@@ -120,9 +125,8 @@ def load(cfg: DictConfig) -> ValidateSettings:
     folders = [str(r) for r in (runs if isinstance(runs, list) else [runs])] if runs else []
     if not folders:
         raise UserError("run: required; give a run folder of `nasalloc run` (run=PATH) or a list of them (run=[A,B])")
-    for folder in folders:
-        if not (Path(folder) / "trace.jsonl").is_file() or not (Path(folder) / RUN_CONFIG).is_file():
-            raise UserError(f"run={folder}: not a run folder (needs trace.jsonl and {RUN_CONFIG} from `nasalloc run`)")
+    for folder in folders:  # every folder before the profile, so a typo in run= is named first
+        _require_run_folder(folder)
     name = cfg.get("profile") or _run_profile_name(Path(folders[0]))
     if not name:
         raise UserError("profile: give the profile the run was planned with (profile=NAME or profile=PATH); "

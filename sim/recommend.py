@@ -31,6 +31,7 @@ from nasalloc.sim.errors import UserError
 from nasalloc.sim.profile import Profile, load_profile
 from nasalloc.sim.ranking import OBJECTIVE_FIELD, GroupStats, Recommendation, recommend
 from nasalloc.sim.schedulers import make_scheduler, scheduler_config, scheduler_names
+from nasalloc.sim.simulate import checked_target
 from nasalloc.sim.sweep import (
     OBJECTIVES,
     GridPoint,
@@ -176,9 +177,7 @@ def load(cfg: DictConfig) -> RecommendSettings:
     workload = workload_from_config(cfg.workload)
     metric = workload.metric
     profile = load_profile(str(cfg.profile))
-    target = _number(cfg, "target")
-    if target is not None and not metric.contains(target):
-        raise UserError(f"target={target:g}: outside {metric.name}'s range [{metric.low}, {metric.high}]")
+    target = checked_target(cfg.get("target"), metric)
     if objective == "time_to_target" and target is None:
         raise UserError("objective=time_to_target: needs target=VALUE (a metric value to reach)")
     deadline = _number(cfg, "deadline_s", minimum=0.0)

@@ -22,7 +22,7 @@ from nasalloc.sim.errors import UserError
 from nasalloc.sim.profile import load_profile
 from nasalloc.sim.schedulers import scheduler_config
 from nasalloc.sim.trace import write_json, write_trace
-from nasalloc.sim.workload import workload_from_config
+from nasalloc.sim.workload import MetricSpec, workload_from_config
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,17 @@ def _int(cfg: DictConfig, key: str, *, allow_none: bool = False) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise UserError(f"{key}={value!r}: must be an integer >= 0" + (" or null" if allow_none else ""))
     return value
+
+
+def checked_target(target: object, metric: MetricSpec) -> float | None:
+    """`target=` as a float inside the metric's range, or None; UserError otherwise."""
+    if target is None:
+        return None
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
+        raise UserError(f"target={target!r}: must be a number within the metric's range or null")
+    if not metric.contains(float(target)):
+        raise UserError(f"target={target}: outside {metric.name}'s range [{metric.low}, {metric.high}]")
+    return float(target)
 
 
 def build_spec(cfg: DictConfig) -> SimulationSpec:
@@ -57,13 +68,7 @@ def build_spec(cfg: DictConfig) -> SimulationSpec:
     sample = _int(cfg, "profile_sample", allow_none=True)
     if sample is not None and not profile.step_time_samples:
         raise UserError(f"profile_sample={sample}: profile {profile.name} has no uncertainty.step_time_samples; use null")
-    target = cfg.get("target")
-    if target is not None:
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
-            raise UserError(f"target={target!r}: must be a number within the metric's range or null")
-        if not metric.contains(float(target)):
-            raise UserError(f"target={target}: outside {metric.name}'s range [{metric.low}, {metric.high}]")
-        target = float(target)
+    target = checked_target(cfg.get("target"), metric)
     seed = _int(cfg, "seed")
     return SimulationSpec(scheduler=sched, workload=workload, profile=profile, cluster=cluster,
                           allocation=allocation, seed=int(seed or 0), target=target, profile_sample=sample)
@@ -134,4 +139,4 @@ def main(settings: SimulateSettings, out_dir: Path) -> None:
     print(report(result, out_dir.resolve(), wall))
 
 
-__all__ = ["SimulateSettings", "build_spec", "load", "main", "report", "format_duration"]
+__all__ = ["SimulateSettings", "build_spec", "checked_target", "load", "main", "report", "format_duration"]
