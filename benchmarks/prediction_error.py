@@ -6,10 +6,14 @@
    and 2 trials sharing one slot);
 2. `nasalloc recommend` on a 2-slot "cluster" with that profile, for the allocations
    k = 1/2, 1 and 2 (what the recommender considers there);
-3. `nasalloc run` executes the same ASHA search for real at each of those allocations;
+3. `nasalloc run` executes the same ASHA search (same seed) for real at each of those
+   allocations, `--repeats` times, round robin (k = 1/2, 1, 2, 1/2, 1, 2, ...), so slow
+   drift of the machine's speed falls on every allocation alike;
 4. `nasalloc validate` re-simulates each run with its own learning curves and compares.
-Prints the makespan error per allocation, the median absolute error and whether the
-predicted ranking of the allocations matches the measured one. Targets (not a test): median
+Prints the makespan error of every run, the median absolute error over runs, the error of
+each allocation's mean over its repeats, and whether the predicted ranking of the
+allocations matches the measured one (measured: mean over repeats; neighbours whose
+repeats a Welch t-test cannot separate are reported as ties). Targets (not a test): median
 makespan error under 10%, ranking identical. Run it on an otherwise idle machine: the
 calibration measures this machine as it is while it runs.
 """
@@ -44,6 +48,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=9)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="real runs per allocation (the same search each time)")
     parser.add_argument("--profile", help="skip calibration and use this profile (name or path)")
     args = parser.parse_args()
     work = args.work.resolve()
@@ -61,23 +66,31 @@ def main() -> None:
              "allocations=[\"1/2\",1,2]", "n_trials=" + str(args.trials), f"scheduler.max_epochs={args.epochs}",
              "seeds=5", f"out_dir={work / 'recommend'}")
     runs = []
-    for k in ALLOCATIONS:
-        folder = work / f"run_k{k.replace('/', '_')}"
-        nasalloc("run", f"gpus_per_trial={k}", "devices=cpu", "devices.count=2", "progress=none",
-                 f"profile={profile}", *search, f"out_dir={folder}")
-        runs.append(folder)
+    for repeat in range(args.repeats):
+        for k in ALLOCATIONS:
+            folder = work / f"run_k{k.replace('/', '_')}_r{repeat}"
+            nasalloc("run", f"gpus_per_trial={k}", "devices=cpu", "devices.count=2", "progress=none",
+                     f"profile={profile}", *search, f"out_dir={folder}")
+            runs.append(folder)
     nasalloc("validate", "run=[" + ",".join(str(r) for r in runs) + "]", f"profile={profile}",
              f"out_dir={work / 'validate'}")
     report = json.loads((work / "validate" / "validation.json").read_text())
     rec = json.loads((work / "recommend" / "recommendation.json").read_text())
-    print("\nallocation  predicted makespan  measured makespan  error")
+    print("\nrun          predicted makespan  measured makespan  error")
     for r in report["runs"]:
         m = r["makespan_s"]
-        print(f"  k={r['gpus_per_trial']:<6} {m['predicted']:>14.1f} s {m['measured']:>15.1f} s  {100 * m['error']:+6.1f}%")
+        print(f"  {Path(r['run']).name:<12} {m['predicted']:>12.2f} s {m['measured']:>15.2f} s  {100 * m['error']:+6.1f}%")
     rank = report["ranking"]
-    print(f"median |makespan error|: {100 * report['median_abs_makespan_error']:.1f}%  (target < 10%)")
+    print(f"median |makespan error| over {len(report['runs'])} runs: {100 * report['median_abs_makespan_error']:.1f}%  "
+          "(target < 10%)")
+    print("mean over repeats: " + ", ".join(
+        f"k={lab}: predicted {p:.2f} s, measured {m:.2f} s ({100 * rank['mean_makespan_error'][lab]:+.1f}%)"
+        for lab, p, m in zip(rank["allocations"], rank["predicted_makespan_s"], rank["measured_makespan_s"])))
     print(f"ranking: predicted {' < '.join(rank['predicted_order'])}, measured {' < '.join(rank['measured_order'])}, "
-          f"Kendall tau {rank['kendall_tau']}  (target: identical)")
+          f"Kendall tau {rank['kendall_tau']:.2f}  (target: identical)")
+    for tie in rank["measured_order_ties"]:
+        print(f"  measured k={tie['allocations'][0]} vs k={tie['allocations'][1]}: not separable over the repeats "
+              f"(Welch p = {tie['p_value']:.2f})")
     print(f"recommend (synthetic curves) chose k={rec['recommended']['gpus_per_trial']}; "
           f"measured fastest: k={rank['measured_best']}")
     print(f"files: {work}")

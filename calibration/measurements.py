@@ -42,9 +42,11 @@ class Measurements:
     configs               configurations sampled from the search space and timed at k = 1:
                           [{config, mean_step_s, steps, eval_s, startup_s}, ...] (empty: none).
     reference_config      the sampled configuration the step samples were measured at.
-    config_scale          mean step over the sampled configurations / the reference
-                          configuration's (same short runs); the fit scales every k's step
-                          samples by it (`scaled_step_samples`), the raw ones are kept.
+    config_scale          mean step over the sampled configurations (their short runs) / the
+                          reference configuration's precise k = 1 mean; the fit scales every
+                          k's step samples by it (`scaled_step_samples`), so the k = 1 level is
+                          the configurations' mean and each k keeps its measured ratio to k = 1;
+                          the raw samples are kept.
     decision_latency_s    the rest of an epoch boundary at k = 1 (report, scheduler answer,
                           next epoch's data set-up): boundary interval - eval - one step.
     steps_per_epoch[k]    optimizer steps in one epoch at k, as observed (profiling only).

@@ -25,13 +25,17 @@ Also measured:
   number of steps per epoch, so the mean, not the median, is what sums to a makespan), and
   its evaluation time likewise. The precise k >= 1 and sharing measurements are made at the
   sampled configuration whose k = 1 step time is closest to that mean ("the reference
-  configuration"), and its step times at every k are then scaled by one factor, mean over
-  configurations / reference configuration (both from the same short k = 1 runs). Measuring
-  at the closest configuration keeps that factor near 1, and scaling every k by the same
-  factor keeps the reference configuration's measured speed-up and sharing ratios as they
-  were measured; only communication, which does not scale with the model's compute, is
-  scaled along, by (factor - 1) of its share. Running the precise measurements at every
-  configuration instead would multiply calibration time by `configs`.
+  configuration"), and its step times at every k are then scaled by one factor: the mean
+  over the configurations' short runs / the reference configuration's precise k = 1 mean.
+  So the profile's k = 1 level is the configurations' mean, averaged over all their runs
+  (8 windows spread over the configuration phase), and each k keeps the ratio to k = 1
+  that the adjacent precise runs measured. (Dividing by the reference configuration's own
+  short run instead put that one ~1 s window's noise, 10-20% on a shared machine, into
+  the whole profile: measured 18% too slow, and in an earlier calibration 22% too fast.)
+  Measuring at the closest configuration keeps the factor near 1; only communication,
+  which does not scale with the model's compute, is scaled along, by (factor - 1) of its
+  share. Running the precise measurements at every configuration instead would multiply
+  calibration time by `configs`.
 - evaluation per epoch and checkpoint save/restore: reported by `probe` from inside rank 0.
 - sharing: for each m, one single-rank run alone on device 0 right before and one right
   after (the reference: their mean brackets slow drift in the machine's speed), and m of
@@ -210,6 +214,15 @@ def reference_config(means: list[float]) -> tuple[int, float]:
     return i, target / means[i]
 
 
+def config_level_scale(m: Measurements) -> float | None:
+    """Mean step over the sampled configurations' short runs / the reference configuration's
+    precise k = 1 mean (module docstring); None without configurations or k = 1 samples."""
+    ref = m.step_samples.get(1)
+    if not m.configs or ref is None or len(ref) == 0 or float(np.mean(ref)) <= 0:
+        return None
+    return float(np.mean([c["mean_step_s"] for c in m.configs])) / float(np.mean(ref))
+
+
 class Profiler:
     """Runs the plan on one warm `Launcher`; collects everything into `Measurements`."""
 
@@ -340,12 +353,11 @@ class Profiler:
             m.notes.append("sampled configurations: none made enough timed steps; the profiled configuration is used")
             return
         means = [float(np.mean(j.steps)) for _, j in usable]
-        i, scale = reference_config(means)
+        i, _ = reference_config(means)
         names = list(p.space)
         m.configs = [{"config": {n_: c[n_] for n_ in names}, "mean_step_s": mu, "steps": len(j.steps),
                       "eval_s": j.eval_s, "startup_s": j.startup_s} for (c, j), mu in zip(usable, means)]
         m.reference_config = {n_: usable[i][0][n_] for n_ in names}
-        m.config_scale = scale
         m.eval_s = [j.eval_s for _, j in usable if j.eval_s is not None]
         m.decision_latency_s += [x for _, j in usable for x in j.boundary_rest_s]
         startups = [j.startup_s for j in jobs if j.startup_s is not None]
@@ -355,7 +367,7 @@ class Profiler:
         spread = float(np.std(means, ddof=1) / np.mean(means)) if len(means) > 1 else 0.0
         self.progress(f"{len(usable)} configurations sampled from the space at k=1: {min(means) * 1e3:.3f}-"
                       f"{max(means) * 1e3:.3f} ms/step, mean {np.mean(means) * 1e3:.3f} (spread {100 * spread:.0f}%); "
-                      f"reference {m.reference_config} ({means[i] * 1e3:.3f} ms, scaled x{scale:.3f})")
+                      f"reference {m.reference_config} ({means[i] * 1e3:.3f} ms)")
 
     def measure_sharing(self, launcher: Launcher, share: int, m: Measurements) -> None:
         """m single-rank runs at once on device 0; per-step times inside the all-running window."""
@@ -421,6 +433,11 @@ class Profiler:
                 self.measure_configs(launcher, m)
             for k in sorted(p.gpus_per_trial):
                 self.measure_k(launcher, k, m)
+            scale = config_level_scale(m)
+            if scale is not None:
+                m.config_scale = scale
+                self.progress(f"k=1 level: the configurations' mean step; the reference configuration's precise runs "
+                              f"scaled x{scale:.3f}")
             for share in sorted(s for s in p.share if s >= 2):
                 self.measure_sharing(launcher, share, m)
         if self.grad_bytes:

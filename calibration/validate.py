@@ -272,22 +272,47 @@ def _run_report(run: RealRun, c: Comparison) -> dict[str, Any]:
 
 
 def ranking(runs: list[RealRun], comparisons: list[Comparison]) -> dict[str, Any] | None:
-    """Predicted vs measured order of the allocations (needs >= 2 runs at different k)."""
-    if len({str(r.spec.allocation) for r in runs}) < 2:
+    """Predicted vs measured order of the allocations (needs runs at >= 2 different k).
+
+    Repeats of the same allocation (the same search run again) are pooled: an allocation's
+    measured makespan is the mean over its runs and its predicted one the mean of their
+    re-simulations. With repeats, a Welch t-test on the measured makespans says which
+    neighbours in the measured order this machine's run-to-run noise cannot separate
+    (`measured_order_ties`), so a swapped pair inside the noise is told apart from a
+    model that is wrong.
+    """
+    labels_all = [str(r.spec.allocation) for r in runs]
+    labels = list(dict.fromkeys(labels_all))
+    if len(labels) < 2:
         return None
-    labels = [str(r.spec.allocation) for r in runs]
-    predicted = [c.makespan_s["predicted"] for c in comparisons]
-    measured = [c.makespan_s["measured"] for c in comparisons]
+    pred_runs = {lab: [c.makespan_s["predicted"] for c, x in zip(comparisons, labels_all) if x == lab] for lab in labels}
+    meas_runs = {lab: [c.makespan_s["measured"] for c, x in zip(comparisons, labels_all) if x == lab] for lab in labels}
+    predicted = [float(np.mean(pred_runs[lab])) for lab in labels]
+    measured = [float(np.mean(meas_runs[lab])) for lab in labels]
     best = int(np.argmin(predicted))
+    measured_order = [labels[i] for i in np.argsort(measured, kind="stable")]
+    ties = []
+    for a, b in zip(measured_order, measured_order[1:]):
+        x, y = meas_runs[a], meas_runs[b]
+        if len(x) >= 2 and len(y) >= 2:
+            from scipy.stats import ttest_ind
+
+            p = float(ttest_ind(x, y, equal_var=False).pvalue)
+            if not math.isnan(p) and p >= 0.05:
+                ties.append({"allocations": [a, b], "p_value": p})
     return {
         "allocations": labels,
+        "repeats": {lab: len(meas_runs[lab]) for lab in labels},
         "predicted_makespan_s": predicted,
         "measured_makespan_s": measured,
+        "measured_runs_s": meas_runs,
+        "mean_makespan_error": {lab: predicted[i] / measured[i] - 1.0 for i, lab in enumerate(labels)},
         "predicted_order": [labels[i] for i in np.argsort(predicted, kind="stable")],
-        "measured_order": [labels[i] for i in np.argsort(measured, kind="stable")],
+        "measured_order": measured_order,
+        "measured_order_ties": ties,
         "kendall_tau": kendall_tau(predicted, measured),
         "predicted_best": labels[best],
-        "measured_best": labels[int(np.argmin(measured))],
+        "measured_best": measured_order[0],
         "measured_speedup_of_predicted_best": {labels[i]: measured[i] / measured[best] for i in range(len(labels))},
     }
 
@@ -328,6 +353,12 @@ def main(settings: ValidateSettings, out_dir: Path) -> None:
     if rank is not None:
         lines.append(f"  ranking    predicted {' < '.join(rank['predicted_order'])}; measured {' < '.join(rank['measured_order'])}; "
                      f"Kendall tau {rank['kendall_tau'] if rank['kendall_tau'] is None else round(rank['kendall_tau'], 3)}")
+        if max(rank["repeats"].values()) > 1:
+            lines.append("  per allocation (mean over repeats): " + ", ".join(
+                f"k={lab}: {_pct(rank['mean_makespan_error'][lab])} ({rank['repeats'][lab]} runs)" for lab in rank["allocations"]))
+            for tie in rank["measured_order_ties"]:
+                lines.append(f"  measured k={tie['allocations'][0]} and k={tie['allocations'][1]} are within this machine's "
+                             f"run-to-run noise (Welch p = {tie['p_value']:.2f})")
     if errors:
         lines.append(f"  median |makespan error| {100 * summary['median_abs_makespan_error']:.1f}%")
     if settings.update_profile:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from nasalloc.sim.cluster import ClusterSpec, parse_allocation
+from nasalloc.sim.cluster import ClusterSpec, parse_allocation, spreads_fractions
 from nasalloc.sim.errors import UserError
 
 
@@ -73,6 +73,11 @@ class Allocation:
         return self.shares[min(rung, len(self.shares) - 1)]
 
     @property
+    def spreads_fractions(self) -> bool:
+        """Placement of k < 1 (`sim.cluster.spreads_fractions`, the simulator's rule)."""
+        return spreads_fractions(float(s) for s in self.shares)
+
+    @property
     def slots_per_device(self) -> int:
         """Worker slots each device needs: m for the smallest share 1/m, else 1."""
         return max((s.denominator for s in self.shares if s < 1), default=1)
@@ -86,9 +91,10 @@ class Allocation:
 class DevicePool:
     """Free/held bookkeeping of device shares; acquisition is all-or-nothing."""
 
-    def __init__(self, device_ids: list[int], slots_per_device: int = 1):
+    def __init__(self, device_ids: list[int], slots_per_device: int = 1, spread: bool = True):
         if not device_ids:
             raise ValueError("a device pool needs at least one device")
+        self.spread = spread  # k < 1: least-loaded device (True) or best fit (sim.cluster.spreads_fractions)
         self.device_ids = list(device_ids)
         self.slots_per_device = int(slots_per_device)
         self._load: dict[int, Fraction] = {d: Fraction(0) for d in self.device_ids}
@@ -105,11 +111,13 @@ class DevicePool:
         if share >= 1:
             free = [d for d in self.device_ids if self._load[d] == 0 and 0 in self._free_slots[d]]
             return [Slot(d, 0) for d in free[: int(share)]] if len(free) >= share else None
-        # Spread sharing trials over the least-loaded device that still has room.
+        # The simulator's placement rule (sim/cluster.py): spread sharing trials over the
+        # least-loaded device, or best fit (most loaded that still has room) when the
+        # schedule also has whole-device rungs; lowest id on ties.
         fits = [d for d in self.device_ids if self._load[d] + share <= 1 and self._free_slots[d]]
         if not fits:
             return None
-        d = min(fits, key=lambda x: (self._load[x], x))
+        d = min(fits, key=lambda x: (self._load[x] if self.spread else -self._load[x], x))
         return [Slot(d, min(self._free_slots[d]))]
 
     def acquire(self, share: Fraction) -> list[Slot] | None:

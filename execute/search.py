@@ -37,7 +37,7 @@ def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
         ckpt = run_dir / "checkpoints"
         rep = replay(old, scheduler, lambda tid, at_most: latest_checkpoint(ckpt / f"trial_{tid:04d}", at_most))
         restart, offset, fixups = rep.restart, rep.makespan, rep.fixups
-    pool = DevicePool(settings.device_ids, settings.allocation.slots_per_device)
+    pool = DevicePool(settings.device_ids, settings.allocation.slots_per_device, settings.allocation.spreads_fractions)
     progress = Progress(len(settings.device_ids), settings.progress,
                         title=f"nasalloc run: {settings.scheduler.name}, {settings.train.name}, gpus_per_trial={settings.gpus_per_trial}")
     t0 = time.monotonic()

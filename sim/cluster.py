@@ -1,9 +1,10 @@
 """The cluster, the allocations it allows, and where a trial's devices are placed.
 
 Allocation k (``gpus_per_trial``) is either
-- ``1/m`` (m = 2, 3, 4, ...): m trials share one device; the trial reserves 1/m of it (as a
-  fractional GPU in Ray) and runs at the speed the profile's sharing curve gives for m
-  co-located trials, whether or not the other slots are occupied at the moment;
+- ``1/m`` (m = 2, 3, 4, ...): up to m trials share one device; the trial reserves 1/m of it
+  (as a fractional GPU in Ray) and trains at the speed the profile's sharing curve gives for
+  the number of trials training on that device at the moment (alone: full speed; see
+  `sim/engine.py`);
 - a whole number k <= gpus_per_node that divides gpus_per_node: k devices inside one node
   (so a node packs whole trials and no device is stranded);
 - a multiple of gpus_per_node that divides N: k / gpus_per_node whole nodes.
@@ -15,8 +16,13 @@ rest); see `Allocation.k_at`.
 Placement (`DevicePool`) and fragmentation. Capacity is counted in integer "units", L per
 device, where L is the least common multiple of the m of every fractional k in use, so
 fractions never meet floating-point rounding.
-- k < 1: best fit: the device with the least free capacity that still holds k (partly used
-  devices fill up first, whole devices stay whole), lowest id on ties.
+- k < 1, when every k in use is a fraction: spread: the device with the most free capacity
+  that holds k (lowest id on ties), so a sharing trial runs alone whenever a device is free
+  (it then runs at full speed: the engine's sharing slow-down follows the device's current
+  occupancy). The executor places the same way (`execute/devices.py`, `spreads_fractions`).
+- k < 1, when the schedule mixes fractions with whole devices (``[1/2, 2]``): best fit: the
+  device with the least free capacity that still holds k (partly used devices fill up
+  first, whole devices stay whole for the later rungs), lowest id on ties.
 - 1 <= k <= gpus_per_node: k fully free devices of one node, best fit over nodes (the node
   with the fewest fully free devices that suffices), lowest device ids inside it.
 - k > gpus_per_node: the lowest-numbered k / gpus_per_node fully free nodes.
@@ -30,6 +36,7 @@ nodes free for the large requests as long as possible.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -170,6 +177,14 @@ def parse_allocation(value: Any, cluster: ClusterSpec, key: str = "gpus_per_tria
     return Allocation(tuple(ks))
 
 
+def spreads_fractions(ks: Iterable[float]) -> bool:
+    """Placement rule for k < 1 shared by the simulator and the executor: spread sharing
+    trials over devices (True) unless the allocation also uses whole devices, where best fit
+    keeps whole devices free for those rungs (module docstring)."""
+    ks = list(ks)
+    return not any(k >= 1 for k in ks)
+
+
 class DevicePool:
     """Free capacity of every device, and placement (best fit, see the module docstring).
 
@@ -179,6 +194,7 @@ class DevicePool:
     """
 
     def __init__(self, cluster: ClusterSpec, ks: tuple[float, ...]):
+        self.spread = spreads_fractions(ks)
         self.n = cluster.gpus
         self.gpn = cluster.node_size
         self.n_nodes = cluster.nodes
@@ -198,11 +214,18 @@ class DevicePool:
             if self.free_units < u:
                 return None
             best, best_free = -1, L + 1
-            for d, f in enumerate(self.dev_free):
-                if u <= f < best_free:
-                    best, best_free = d, f
-                    if f == u:
-                        break
+            if self.spread:  # most free capacity first, lowest id on ties
+                for d, f in enumerate(self.dev_free):
+                    if f >= u and (best < 0 or f > best_free):
+                        best, best_free = d, f
+                        if f == L:
+                            break
+            else:  # best fit: least free capacity that holds u
+                for d, f in enumerate(self.dev_free):
+                    if u <= f < best_free:
+                        best, best_free = d, f
+                        if f == u:
+                            break
             if best < 0:
                 return None
             if best_free == L:

@@ -21,6 +21,12 @@ The model:
   once per trial; start-up, checkpoint and decision costs are not scaled); each
   epoch ends with a "result", then the scheduler's decision takes `decision_latency_s`
   with the devices held. PAUSE adds a checkpoint save before the devices are released.
+- Sharing (k = 1/m): the trials training on one device share it as a processor: while j of
+  them are in an epoch there, each progresses at 1 / sharing(j) of its alone speed (the
+  profile's sharing curve, `EpochTimeModel.sharing_slowdown`), and their rates change the
+  moment one starts or ends an epoch. A trial alone on a device trains at full speed even
+  if it reserved 1/m of it; a full device gives epoch_time(1/m) per epoch. Start-up,
+  checkpoint and decision times are not slowed.
 - Per-rung allocation schedules (RASDA): epoch e trains at schedule[rung_index(milestones, e)].
   When a trial that is told CONTINUE crosses into a rung with another k, it saves a
   checkpoint, releases its devices ("pause"), waits for the new allocation with priority
@@ -114,6 +120,9 @@ class _Engine:
         # k of epoch e (index e), so the hot path is one list lookup
         self.k_of_epoch = [alloc.k_at(rung_index(milestones, max(e, 1))) for e in range(self.max_epochs + 2)]
         self.epoch_s = {k: profile.epoch_time(k) for k in ks}
+        self.alone_s = profile.epoch_time(1)  # k < 1: the epoch's work, in seconds alone on a device
+        self.slowdown = profile.epoch.sharing_slowdown
+        self.training: dict[int, list[Any]] = {}  # device -> processes in a shared epoch on it
         self.config_factor = profile.config_factor if profile.config_cost is not None else None
         self.factors: dict[int, float] = {}  # trial -> its epoch-time factor (config_cost)
         self.startup_s = {k: profile.startup_time(k) for k in ks}
@@ -195,6 +204,34 @@ class _Engine:
         self.pool.release(devices, k)
         self.device_seconds += k * (self.env.now - since)
 
+    # ----- one epoch on a shared device (processor sharing) --------------------------------
+    def _shared_epoch(self, device: int, work: float):  # noqa: ANN202 (generator)
+        """Train `work` seconds' worth (alone speed) while the device's other trainers come
+        and go: every arrival or departure interrupts the others, which book the progress
+        made at the old rate and continue at the new one."""
+        env = self.env
+        me = env.active_process
+        peers = self.training.setdefault(device, [])
+        self._reshare(peers)
+        peers.append(me)
+        remaining = work
+        while True:
+            slow = self.slowdown(len(peers))
+            since = env.now
+            self.timeouts += 1
+            try:
+                yield env.timeout(remaining * slow)
+                break
+            except simpy.Interrupt:
+                remaining = max(0.0, remaining - (env.now - since) / slow)
+        peers.remove(me)
+        self._reshare(peers)
+
+    @staticmethod
+    def _reshare(peers: list[Any]) -> None:
+        for process in peers:
+            process.interrupt()
+
     # ----- one trial's job: a simpy process ---------------------------------------------
     def _trial(self, job: Job, first_new: int, k: float, devices: tuple[int, ...]):  # noqa: ANN202 (generator)
         env, sched, events, wl = self.env, self.sched, self.events, self.workload
@@ -212,10 +249,18 @@ class _Engine:
             since = env.now
             events.append(TraceEvent(since, kind, tid, epoch, None, devices, config if kind == "start" else None))
             epoch_s = self.epoch_s[k] * factor
-            delay = self.startup_s[k] + (self.restore_s if epoch > 0 else 0.0) + epoch_s
+            fixed = self.startup_s[k] + (self.restore_s if epoch > 0 else 0.0)
+            shared = k < 1
+            work = self.alone_s * factor
             while True:
-                self.timeouts += 1
-                yield env.timeout(delay)
+                if shared:
+                    if fixed > 0:
+                        self.timeouts += 1
+                        yield env.timeout(fixed)
+                    yield from self._shared_epoch(devices[0], work)
+                else:
+                    self.timeouts += 1
+                    yield env.timeout(fixed + epoch_s)
                 epoch += 1
                 metric, test = wl.result(tid, config, epoch, k)
                 events.append(TraceEvent(env.now, "result", tid, epoch, metric, devices, None, test))
@@ -227,7 +272,7 @@ class _Engine:
                 k_next = k_of_epoch[min(max(epoch + 1, first_new), top)]
                 if k_next != k:
                     break
-                delay = decision_s + epoch_s
+                fixed = decision_s
             if decision is _CONTINUE:  # migrate to the next rung's allocation
                 self.timeouts += 1
                 yield env.timeout(decision_s + self.save_s)
@@ -303,7 +348,10 @@ class _Engine:
             "simulated_events": self.timeouts,
             **stats,
         })
-        return SimulationResult(spec, self.events, summary, spec.seed, float(self.env.now), self.device_seconds,
+        # the last event, not env.now: a shared epoch that was re-timed leaves its old timeout
+        # in simpy's queue (simpy cannot cancel one), which may lie past the end
+        end = self.events[-1].time if self.events else 0.0
+        return SimulationResult(spec, self.events, summary, spec.seed, float(end), self.device_seconds,
                                 self.timeouts, stats)
 
 

@@ -111,15 +111,30 @@ OBJECTIVE_FIELD = {"makespan": "makespan_s", "time_to_target": "time_to_target_s
                    "best_metric": "metric_at_deadline", "cost": "cost"}
 
 
+def _plainness(allocation: str) -> tuple[int, float]:
+    """Tie-break between allocations whose means are equal: a static k before a per-rung
+    schedule, then the k nearest one whole device (no sharing, fewest ranks); e.g. when
+    every trial runs alone anyway, 1/4 and 1 give the same makespan and 1 is recommended."""
+    items = allocation.strip("[]").split(",")
+    if len(items) > 1:
+        return 1, 0.0
+    num, _, den = items[0].partition("/")
+    k = float(num) / float(den or 1)
+    return 0, abs(math.log2(k)) if k > 0 else math.inf
+
+
 def choose(groups: list[GroupStats], objective: str, mode: str) -> tuple[GroupStats | None, list[GroupStats]]:
-    """The best group by mean objective (first in grid order on ties), and the groups a
-    paired test over the same seeds cannot tell apart from it (the best included)."""
+    """The best group by mean objective (means within a relative 1e-9 are equal: then the
+    plainest allocation, `_plainness`, then grid order), and the groups a paired test over the
+    same seeds cannot tell apart from it (the best included)."""
     sign = _better(objective, mode)
     field_name = OBJECTIVE_FIELD[objective]
     candidates = [g for g in groups if math.isfinite(g.estimates[field_name].mean)]
     if not candidates:
         return None, []
-    best = max(candidates, key=lambda g: sign * g.estimates[field_name].mean)
+    top = max(sign * g.estimates[field_name].mean for g in candidates)
+    tied = [g for g in candidates if math.isclose(sign * g.estimates[field_name].mean, top, rel_tol=1e-9, abs_tol=1e-12)]
+    best = min(tied, key=lambda g: _plainness(g.allocation))
     best_seeds = [r.seed for r in best.runs]
     equivalent = [
         g for g in groups

@@ -16,6 +16,7 @@ from nasalloc.calibration.profiling import (
     _boundary_rest,
     _durations,
     _overlapping_durations,
+    config_level_scale,
     fresh_job_timings,
     reference_config,
     sample_configs,
@@ -217,7 +218,10 @@ def test_sampled_configurations_set_the_reference_startup_and_evaluation(tmp_pat
     np.testing.assert_allclose([c["mean_step_s"] for c in m.configs], means)
     ref = m.reference_config["width"]
     assert abs(ref - np.mean(widths)) == min(abs(w - np.mean(widths)) for w in widths)
-    assert m.config_scale == pytest.approx(np.mean(widths) / ref)
+    assert m.config_scale == 1.0  # set once the reference's precise k = 1 runs are in (config_level_scale)
+    m.step_samples[1] = np.array([ref * 1.2e-4] * 50)  # precise runs 20% slower than its short run
+    assert config_level_scale(m) == pytest.approx(np.mean(means) / (ref * 1.2e-4))
+    assert config_level_scale(Measurements(step_samples={1: np.array([0.001])})) is None  # no configurations
     assert profiler.config["width"] == ref and profiler.config["lr"] == 0.1  # later runs use the reference
     # every configuration's start-up: first report (0.05 + 9 steps + 20 ms eval) less 10 steps + 10 ms eval
     np.testing.assert_allclose(m.startup_s[1], [0.05 - 0.0001 * w + 0.01 for w in widths])

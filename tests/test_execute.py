@@ -126,6 +126,14 @@ def test_pool_never_oversubscribes_and_frees() -> None:
     assert pool.busy_devices == 2
 
 
+def test_pool_places_shares_by_the_simulators_rule() -> None:
+    assert Allocation.parse("1/2", 2).spreads_fractions and not Allocation.parse(["1/2", 1], 2).spreads_fractions
+    pack = DevicePool([0, 1], slots_per_device=2, spread=False)  # [1/2, 1]: keep device 1 whole
+    a, b = pack.acquire(Fraction(1, 2)), pack.acquire(Fraction(1, 2))
+    assert a and b and a[0].device == b[0].device == 0
+    assert pack.acquire(Fraction(1)) == [Slot(1)]
+
+
 def test_replay_reaches_the_same_state(tmp_path: Path) -> None:
     cfg = scheduler_config({"name": "asha", "n_trials": 6, "max_epochs": 9, "min_epochs": 1, "eta": 3})
     space = SearchSpace.from_config({"quality": {"type": "float", "low": 0.1, "high": 1.0}})

@@ -38,6 +38,51 @@ def test_sharing_closed_form():
     check_invariants(result)
 
 
+def test_a_sharing_trial_trains_at_the_speed_of_the_trainers_on_its_device():
+    # 1 device at k=1/2, 3 one-epoch trials, epoch alone 40 s, start-up 5, sharing(2) = 1.8:
+    # trials 0 and 1 train together [5, 77); trial 2 then has the device to itself [82, 122)
+    # (a fixed 1/2-share slow-down would give 82 + 72 = 154)
+    spec = make_spec(k=0.5, gpus=1, gpn=1, scheduler={"name": "random", "n_trials": 3, "max_epochs": 1},
+                     profile=make_profile(gpn=1))
+    result = simulate(spec)
+    results = sorted(e.time for e in result.events if e.event == "result")
+    assert results == pytest.approx([77.0, 77.0, 122.0])
+    assert result.summary.makespan_s == pytest.approx(122.0) and result.end_time == pytest.approx(122.0)
+    check_invariants(result)
+
+
+def test_a_full_device_gives_the_sharing_curve_and_a_departure_speeds_up_the_rest():
+    # 1 device, k=1/4, sharing {2: 1.8, 4: 3.5}: 4 trials train [5, 5 + 40 x 3.5 = 145) together
+    four = make_spec(k=0.25, gpus=1, gpn=1, scheduler={"name": "random", "n_trials": 4, "max_epochs": 1},
+                     profile=make_profile(gpn=1))
+    assert sorted(e.time for e in simulate(four).events if e.event == "result") == pytest.approx([145.0] * 4)
+    # 2 trials of different cost (config_cost on width) at k=1/2: both train at 1/1.8 of their alone
+    # speed until the cheaper one ends, then the other trains alone at full speed
+    cost = {"params": {"width": {"type": "int", "low": 16, "high": 256, "log": True, "slope": 1.5, "center": 0.5}}, "norm": 1.0}
+    spec = make_spec(k=0.5, gpus=1, gpn=1, scheduler={"name": "random", "n_trials": 2, "max_epochs": 1},
+                     profile=make_profile(gpn=1, config_cost=cost))
+    result = simulate(spec)
+    prof = spec.profile
+    work = sorted(40.0 * prof.config_factor(e.config) for e in result.events if e.event == "start")
+    assert work[0] < work[1]
+    ends = sorted(e.time for e in result.events if e.event == "result")
+    assert ends == pytest.approx([5 + 1.8 * work[0], 5 + 1.8 * work[0] + (work[1] - work[0])])
+    check_invariants(result)
+
+
+def test_sharing_trials_spread_over_free_devices_unless_whole_devices_are_in_the_schedule():
+    spread = simulate(make_spec(k=0.5, gpus=2, gpn=2, scheduler={"name": "random", "n_trials": 2, "max_epochs": 1},
+                                profile=make_profile(gpn=2)))
+    assert sorted(e.devices for e in spread.events if e.event == "start") == [(0,), (1,)]
+    assert spread.summary.makespan_s == pytest.approx(45.0)  # each alone on its device
+    mixed = simulate(make_spec(k=[0.5, 1], gpus=2, gpn=2,
+                               scheduler={"name": "asha", "n_trials": 2, "max_epochs": 3, "eta": 3},
+                               profile=make_profile(gpn=2)))
+    first = sorted(e.devices for e in mixed.events if e.event == "start")
+    assert first == [(0,), (0,)]  # best fit: device 1 stays whole for the k=1 rung
+    check_invariants(mixed)
+
+
 def test_same_seed_same_bytes_other_seed_other_search(tmp_path):
     spec = make_spec(scheduler={"name": "asha", "n_trials": 30, "max_epochs": 9}, gpus=8, k=2)
     paths = []

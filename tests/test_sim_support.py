@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
 import pytest
 
 from nasalloc.sim.cluster import Allocation, ClusterSpec, parse_allocation
 from nasalloc.sim.engine import SimulationResult, SimulationSpec, effective_profile
 from nasalloc.sim.profile import Profile, parse_profile
-from nasalloc.sim.schedulers import scheduler_config
+from nasalloc.sim.schedulers import make_scheduler, rung_index, scheduler_config
 from nasalloc.sim.trace import HOLDS, RELEASES, TraceEvent
 from nasalloc.sim.workload import workload_from_config
 
@@ -100,26 +101,74 @@ def check_invariants(result: SimulationResult) -> None:
     prof = effective_profile(spec)
     ov = prof.overheads
     configs = {ev.trial: ev.config for ev in result.events if ev.event == "start"}
+    milestones = make_scheduler(spec.scheduler, spec.workload.space, np.random.default_rng(0)).milestones
+    last_epoch: dict[int, int] = defaultdict(int)
     total = 0.0
-    for seg in segments(result.events):
+    segs = segments(result.events)
+    for seg in segs:
         seg["factor"] = prof.config_factor(configs[seg["trial"]])
         dur = seg["t1"] - seg["t0"]
-        devs = seg["devices"]
-        k = float(len(devs))
-        if len(devs) == 1 and fractional:  # a share or a whole device: the k whose costs fit
-            save = ov.checkpoint_save_s
-            k = min({x for x in spec.allocation.schedule if x <= 1},
-                    key=lambda x: min(abs(dur - _expected(prof, x, seg)), abs(dur - save - _expected(prof, x, seg))))
-        base = _expected(prof, k, seg)
+        first_new = max(seg["epoch0"], last_epoch[seg["trial"]]) + 1
+        last_epoch[seg["trial"]] = max(last_epoch[seg["trial"]], seg["epoch1"])
+        k = spec.allocation.k_at(rung_index(list(milestones), first_new))
+        if k < 1:  # epochs under processor sharing: checked by _check_shared_epochs
+            base = _fixed(prof, 1.0, seg) + sum(b - a for a, b in _training_intervals(prof, seg, result.events))
+        else:
+            base = _expected(prof, k, seg)
         extra = dur - base
         if seg["end"] == "pause":
             assert extra == pytest.approx(ov.checkpoint_save_s, abs=1e-6), seg
         else:  # a "stop" may end a PAUSE whose save was under way when the scheduler stopped it
             assert extra == pytest.approx(0.0, abs=1e-6) or extra == pytest.approx(ov.checkpoint_save_s, abs=1e-6), seg
         total += k * dur
+        seg["k"] = k
     assert result.device_seconds == pytest.approx(total, rel=1e-9, abs=1e-6)
     if not fractional:
         assert result.summary.device_hours * 3600 == pytest.approx(total, rel=1e-9, abs=1e-6)
+    else:
+        _check_shared_epochs(prof, result.events, segs, configs)
+
+
+def _fixed(prof: Profile, k: float, seg: dict) -> float:
+    """Start-up (+ restore) before the first epoch and one decision after each epoch."""
+    ov = prof.overheads
+    return (prof.startup_time(k) + (ov.checkpoint_restore_s if seg["epoch0"] > 0 else 0.0)
+            + seg["results"] * ov.decision_latency_s)
+
+
+def _training_intervals(prof: Profile, seg: dict, events: list[TraceEvent]) -> list[tuple[float, float]]:
+    """[begin, end) of every epoch trained in a single-device hold, from its result times."""
+    ov = prof.overheads
+    results = [ev.time for ev in events if ev.event == "result" and ev.trial == seg["trial"] and seg["t0"] <= ev.time <= seg["t1"]
+               and seg["epoch0"] < ev.epoch <= seg["epoch1"]][: seg["results"]]
+    begin = seg["t0"] + prof.startup_time(1.0) + (ov.checkpoint_restore_s if seg["epoch0"] > 0 else 0.0)
+    out = []
+    for r in results:
+        out.append((begin, r))
+        begin = r + ov.decision_latency_s
+    return out
+
+
+def _check_shared_epochs(prof: Profile, events: list[TraceEvent], segs: list[dict], configs: dict) -> None:
+    """Processor sharing conserves work: over each epoch trained on a shared device, the
+    integral of 1 / sharing(trainers on that device at t) dt is the epoch's alone time."""
+    by_device: dict[int, list[tuple[float, float, int]]] = defaultdict(list)
+    for seg in segs:
+        if len(seg["devices"]) == 1 and seg["k"] <= 1:
+            for a, b in _training_intervals(prof, seg, events):
+                by_device[seg["devices"][0]].append((a, b, seg["trial"]))
+    alone = prof.epoch_time(1.0)
+    for intervals in by_device.values():
+        cuts = sorted({t for a, b, _ in intervals for t in (a, b)})
+        for a, b, trial in intervals:
+            done = 0.0
+            for lo, hi in zip(cuts, cuts[1:]):
+                if hi <= a + 1e-12 or lo >= b - 1e-12:
+                    continue
+                mid = (lo + hi) / 2
+                j = sum(1 for x, y, _ in intervals if x <= mid < y)
+                done += (min(hi, b) - max(lo, a)) / prof.epoch.sharing_slowdown(j)
+            assert done == pytest.approx(alone * prof.config_factor(configs[trial]), rel=1e-6, abs=1e-6), (trial, a, b)
 
 
 def _expected(prof: Profile, k: float, seg: dict) -> float:

@@ -112,3 +112,31 @@ def test_start_up_is_read_per_trial_not_against_a_trace_wide_epoch():
         events.append(ev(2.0 + 3 * epoch, "complete", trial, 3, devices=(trial,)))
     tm = timings(sorted(events, key=lambda e: e.time))
     assert tm.startup_s == {1: pytest.approx(2.0)}
+
+
+def test_ranking_pools_repeats_and_flags_pairs_inside_the_noise():
+    from types import SimpleNamespace
+
+    from nasalloc.calibration.validate import ranking
+
+    def run(label):
+        return SimpleNamespace(spec=SimpleNamespace(allocation=label))
+
+    def comp(pred, meas):
+        return SimpleNamespace(makespan_s={"predicted": pred, "measured": meas, "error": pred / meas - 1})
+
+    # k=1/2 and k=1 measured 4.0/4.4/4.2 vs 4.3/4.1/4.5 (not separable); k=2 clearly slower
+    data = [("1/2", 4.6, 4.0), ("1", 4.4, 4.3), ("2", 11.0, 11.5), ("1/2", 4.6, 4.4), ("1", 4.4, 4.1),
+            ("2", 11.0, 11.6), ("1/2", 4.6, 4.2), ("1", 4.4, 4.5), ("2", 11.0, 11.4)]
+    rank = ranking([run(lab) for lab, _, _ in data], [comp(p, m) for _, p, m in data])
+    assert rank["allocations"] == ["1/2", "1", "2"] and rank["repeats"] == {"1/2": 3, "1": 3, "2": 3}
+    assert rank["measured_makespan_s"] == pytest.approx([4.2, 4.3, 11.5])
+    assert rank["mean_makespan_error"]["1/2"] == pytest.approx(4.6 / 4.2 - 1)
+    assert rank["predicted_order"] == ["1", "1/2", "2"] and rank["measured_order"] == ["1/2", "1", "2"]
+    assert rank["kendall_tau"] == pytest.approx(1 / 3)
+    assert [t["allocations"] for t in rank["measured_order_ties"]] == [["1/2", "1"]]
+    assert rank["measured_best"] == "1/2" and rank["predicted_best"] == "1"
+    # one run per allocation: no tie test, plain order
+    single = ranking([run(lab) for lab, _, _ in data[:3]], [comp(p, m) for _, p, m in data[:3]])
+    assert single["measured_order_ties"] == [] and single["repeats"] == {"1/2": 1, "1": 1, "2": 1}
+    assert ranking([run("1")], [comp(1.0, 1.0)]) is None
