@@ -14,7 +14,7 @@ Layout (every block but `name` and `workload`/`step_time` is optional; units in 
     sharing: {1: 1.0, 2: 1.8, 4: 3.5}     # m trials on one device -> per-trial slow-down
     uncertainty: {step_time_samples: [{t_compute_s: ..., ...}, ...]}   # e.g. bootstrap fits
     config_cost: {params: {width: {type: int, low: 4, high: 32, log: true, slope: 1.2, center: 0.5}},
-                  norm: 1.03}             # configuration-dependent epoch time (below)
+                  floor: 0.3, norm: 1.03} # configuration-dependent epoch time (below)
     assumed: [inter_latency_s, ...]       # parameters pinned, not measured
     measured: {...}                       # raw samples, kept verbatim
     fit: {...}                            # fit report, kept verbatim
@@ -26,13 +26,17 @@ epoch's end and the next epoch's start spent on reporting and the scheduler's de
 `config_cost` (optional) makes the epoch time depend on the trial's configuration: a trial
 with config c trains each epoch in epoch_time(k) x config_factor(c), where
 
-    config_factor(c) = exp(sum_j slope_j * (u_j(c) - center_j)) / norm
+    config_factor(c) = (floor + (1 - floor) * exp(sum_j slope_j * (u_j(c) - center_j))) / norm
 
 u_j is the unit coordinate of parameter j's value, computed from the block's own low/high/log
 as `sim/space.py` Domain.to_unit does (numeric parameters only; a config without parameter j
-contributes 0 for it). Calibration fits the slopes from per-configuration k = 1 step times and
-sets `norm` so the mean factor over its sample of configurations is 1 (t_compute_s being the
-sample's mean). Without the block every factor is 1.
+contributes 0 for it). `floor` (optional, 0 <= floor < 1, default 0) is the part of the step
+time at the center that does not grow with the parameters (fixed per-step overhead: Python,
+optimizer, kernel launches), so small models level off instead of getting ever cheaper;
+floor 0 is the plain log-linear factor exp(...) / norm. Calibration fits the slopes (and
+floor) from per-configuration k = 1 step times and sets `norm` so the mean factor over its
+sample of configurations is 1 (t_compute_s being the sample's mean). Without the block every
+factor is 1.
 """
 
 from __future__ import annotations
@@ -70,10 +74,12 @@ class Overheads:
 @dataclass(frozen=True)
 class ConfigCost:
     """Configuration-dependent epoch-time factor (module docstring): per parameter its domain
-    (for the unit coordinate), slope and center; `norm` divides the product."""
+    (for the unit coordinate), slope and center; `floor` is the constant share at the center
+    (0: plain log-linear); `norm` divides the result."""
 
     terms: tuple[tuple[Domain, float, float], ...]  # (domain, slope, center)
     norm: float = 1.0
+    floor: float = 0.0
 
     def factor(self, config: Mapping[str, Any]) -> float:
         x = 0.0
@@ -82,7 +88,9 @@ class ConfigCost:
             if value is None or isinstance(value, bool) or not isinstance(value, numbers.Real):
                 continue  # missing (or not a number): contributes 0
             x += slope * (domain.to_unit(value) - center)
-        return math.exp(x) / self.norm
+        if self.floor == 0.0:
+            return math.exp(x) / self.norm  # exactly the log-linear factor of profiles without a floor
+        return (self.floor + (1.0 - self.floor) * math.exp(x)) / self.norm
 
 
 @dataclass(frozen=True)
@@ -133,14 +141,17 @@ def _signed(where: str, value: Any) -> float:
 def _config_cost(node: Any, where: str) -> ConfigCost:
     """The `config_cost` block (module docstring) as a ConfigCost; UserError naming the bad entry."""
     if not isinstance(node, Mapping):
-        raise UserError(f"{where}: expected a mapping with params and norm")
-    unknown = sorted(set(node) - {"params", "norm"})
+        raise UserError(f"{where}: expected a mapping with params, norm and optionally floor")
+    unknown = sorted(set(node) - {"params", "norm", "floor"})
     if unknown:
-        raise UserError(f"{where}.{unknown[0]}: unknown; allowed: norm, params")
+        raise UserError(f"{where}.{unknown[0]}: unknown; allowed: floor, norm, params")
     params = node.get("params")
     if not isinstance(params, Mapping) or not params:
         raise UserError(f"{where}.params: expected a non-empty mapping name -> {{type, low, high, log, slope, center}}")
     norm = _number(f"{where}.norm", node.get("norm", 1.0), positive=True)
+    floor = _number(f"{where}.floor", node.get("floor", 0.0))
+    if floor >= 1.0:
+        raise UserError(f"{where}.floor={node['floor']!r}: must be < 1 (the share of the step time that does not scale)")
     terms = []
     for name, spec in params.items():
         at = f"{where}.params.{name}"
@@ -166,7 +177,7 @@ def _config_cost(node: Any, where: str) -> ConfigCost:
         slope = _signed(f"{at}.slope", spec["slope"])
         center = _signed(f"{at}.center", spec.get("center", 0.5))
         terms.append((Domain(str(name), kind, low=low, high=high, log=log), slope, center))
-    return ConfigCost(terms=tuple(terms), norm=norm)
+    return ConfigCost(terms=tuple(terms), norm=norm, floor=floor)
 
 
 def _number(where: str, value: Any, *, positive: bool = False, allow_inf: bool = False) -> float:
@@ -216,11 +227,8 @@ def parse_profile(data: Any, source: str = "profile") -> Profile:
     wl = data["workload"]
     if not isinstance(wl, Mapping):
         raise UserError(f"{source}: workload: expected a mapping")
-    try:
-        samples = int(_number(f"{source}: workload.samples_per_epoch", wl.get("samples_per_epoch"), positive=True))
-        batch = int(_number(f"{source}: workload.batch_per_device", wl.get("batch_per_device"), positive=True))
-    except UserError:
-        raise
+    samples = int(_number(f"{source}: workload.samples_per_epoch", wl.get("samples_per_epoch"), positive=True))
+    batch = int(_number(f"{source}: workload.batch_per_device", wl.get("batch_per_device"), positive=True))
     scaling = wl.get("scaling", "weak")
     if scaling not in ("weak", "strong"):
         raise UserError(f"{source}: workload.scaling={scaling!r}: allowed: weak, strong")

@@ -94,6 +94,28 @@ def test_config_cost_round_trips(tmp_path):
         {**MINIMAL, "config_cost": COST}).config_factor({"width": 20, "lr": 0.3})
 
 
+def test_config_cost_floor_by_hand_and_floor_zero_is_the_log_linear_factor():
+    configs = [{"width": w, "lr": lr} for w in (4, 8, 20, 32) for lr in (0.0, 1.0, 2.0)] + [{}, {"width": 8}]
+    plain, zero = parse_profile({**MINIMAL, "config_cost": COST}), parse_profile({**MINIMAL, "config_cost": {**COST, "floor": 0}})
+    assert [zero.config_factor(c) for c in configs] == [plain.config_factor(c) for c in configs]  # exactly
+    floored = parse_profile({**MINIMAL, "config_cost": {**COST, "floor": 0.4}})
+    u_w = (math.log(8) - math.log(3.5)) / (math.log(32.5) - math.log(3.5))
+    expected = (0.4 + 0.6 * math.exp(1.2 * (u_w - 0.5) - 0.5 * (0.5 - 0.25))) / 1.25
+    assert floored.config_factor({"width": 8, "lr": 1.0}) == pytest.approx(expected, rel=1e-12)
+    # the floor flattens the cheap end: the smallest width costs more than without it, relative to the center
+    assert floored.config_factor({"width": 4}) / floored.config_factor({}) > plain.config_factor({"width": 4}) / plain.config_factor({})
+
+
+def test_config_cost_with_floor_round_trips(tmp_path):
+    path = tmp_path / "profile.yaml"
+    data = {**MINIMAL, "config_cost": {**COST, "floor": 0.35}}
+    dump_profile(data, path)
+    loaded = load_profile(path)
+    assert loaded.config_cost.floor == 0.35 and loaded.raw["config_cost"]["floor"] == 0.35
+    assert loaded.config_factor({"width": 20, "lr": 0.3}) == parse_profile(data).config_factor({"width": 20, "lr": 0.3})
+    assert parse_profile(MINIMAL | {"config_cost": COST}).config_cost.floor == 0.0
+
+
 def _cost(**width):
     return {"params": {"width": {"type": "int", "low": 4, "high": 32, "log": True, "slope": 1.0, **width}}}
 
@@ -105,6 +127,9 @@ def _cost(**width):
         ({"params": {}}, r"config_cost.params: expected a non-empty mapping"),
         ({**_cost(), "scale": 2}, r"config_cost.scale: unknown"),
         ({**_cost(), "norm": 0}, r"config_cost.norm=0: must be > 0"),
+        ({**_cost(), "floor": -0.1}, r"config_cost.floor=-0.1: must be >= 0"),
+        ({**_cost(), "floor": 1}, r"config_cost.floor=1: must be < 1"),
+        ({**_cost(), "floor": "x"}, r"config_cost.floor='x': must be a number"),
         (_cost(type="categorical"), r"params.width.type='categorical': allowed: float, int"),
         (_cost(slope="steep"), r"params.width.slope='steep': must be a finite number"),
         (_cost(low=40), r"params.width: low=40 must not exceed high=32"),
