@@ -63,13 +63,14 @@ class CalibrationConf:
     backend: str = "auto"
     warmup_steps: int = 5
     pilot_steps: int = 30
-    rel_error: float = 0.01
+    rounds: int = 4
     time_limit_s: float = 12.0
     max_steps: int = 3000
     checkpoints: int = 2
     configs: int = 8
     config_time_limit_s: float = 1.0
     startup_jobs: int = 3
+    fill_devices: bool = True
     bootstrap: int = 200
     assume: dict[str, Optional[float]] = field(default_factory=dict)
 
@@ -83,7 +84,7 @@ class CalibrationConf:
         require(self.gpus_per_node is None or self.gpus_per_node >= 1, f"gpus_per_node={self.gpus_per_node}: must be >= 1 or null")
         require(self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps}: must be >= 0")
         require(self.pilot_steps >= 3, f"pilot_steps={self.pilot_steps}: must be >= 3")
-        require(0 < self.rel_error < 1, f"rel_error={self.rel_error}: must lie in (0, 1)")
+        require(self.rounds >= 1, f"rounds={self.rounds}: must be an integer >= 1")
         require(self.time_limit_s > 0, f"time_limit_s={self.time_limit_s}: must be > 0")
         require(self.max_steps >= self.pilot_steps, f"max_steps={self.max_steps}: must be >= pilot_steps")
         require(self.checkpoints >= 0, f"checkpoints={self.checkpoints}: must be >= 0")
@@ -238,10 +239,10 @@ def load(cfg: DictConfig) -> CalibrateSettings:
             entrypoint=workload.entrypoint, config=dict(workload.config), device_kind=kind, device_ids=ids,
             gpus_per_trial=ks, share=list(calib.share), threads_per_worker=calib.threads_per_rank,
             batch_fraction={k: batch_fraction_at(k, workload) for k in ks}, warmup_steps=calib.warmup_steps,
-            pilot_steps=calib.pilot_steps, max_steps=calib.max_steps, rel_error=calib.rel_error,
+            pilot_steps=calib.pilot_steps, max_steps=calib.max_steps, rounds=calib.rounds,
             time_limit_s=calib.time_limit_s, checkpoints=calib.checkpoints, space=search_space(workload),
             configs=calib.configs, config_time_limit_s=calib.config_time_limit_s, startup_jobs=calib.startup_jobs,
-            seed=int(seed),
+            seed=int(seed), fill_devices=bool(calib.fill_devices),
         )
         short = workload.entrypoint.split(":")[0].rsplit(".", 1)[-1]
         name = raw.get("name") or f"{short}-{kind}"

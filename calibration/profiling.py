@@ -1,12 +1,15 @@
 """Profiling runs: real DDP process groups of the user's training at each k -> `Measurements`.
 
-Protocol (HyperSched's, with a stopping rule): for each k the executor's warm-worker
-`Launcher` runs the workload as k ranks (gloo on CPU slots, nccl on GPUs) through
-`probe.train`. A pilot run of `warmup_steps + pilot_steps` steps estimates the step time
-and its spread; a second run then takes as many steps as a relative standard error of the
-mean of `rel_error` needs, capped by `time_limit_s` per k and `max_steps`. In every run the
-first `warmup_steps` step intervals are dropped (allocator, caches, DDP bucket rebuild) and
-so is every interval that spans an epoch boundary (evaluation, reporting).
+Protocol (HyperSched's, interleaved): the executor's warm-worker `Launcher` runs the
+workload as k ranks (gloo on CPU slots, nccl on GPUs) through `probe.train`, for every k in
+`rounds` rounds of `time_limit_s / rounds` seconds each, the order of the k reversed every
+round (1, 2, 4, 4, 2, 1, ...). A host's speed drifts: on the 2-core build machine the same
+configuration's step time differed by 25-50% between calibrations 30 s apart, and measuring
+each k in one block put that drift into the speed-up; interleaved rounds put a linear drift
+on every k alike (ABBA), so the ratios between the k, which decide the ranking of the
+allocations, keep the least of it. In every run the first `warmup_steps` step intervals are
+dropped (allocator, caches, DDP bucket rebuild) and so is every interval that spans an
+epoch boundary (evaluation, reporting).
 
 Also measured:
 - start-up, as a search's trace sees it: for each k, fresh jobs (a new trial id, so a new
@@ -42,6 +45,15 @@ Also measured:
   them at once on worker slots of device 0 in between; the per-trial slow-down uses only
   step intervals inside the window where all m were running, over the reference's mean step.
 
+A busy machine (`fill_devices`, on by default): a search keeps every device busy, and
+devices that share a host (CPU slots share caches, memory bandwidth and, on a hyper-threaded
+VM, cores; GPUs share the host's CPUs and PCIe) run slower beside busy neighbours: on the
+2-core build machine a digits step is 20-25% slower with the other slot training than with
+it idle (bare loop, widths 4-32). So every measurement runs beside load groups: one rank of
+the reference configuration on each device the measured group does not use, told to stop at
+its first epoch boundary after the measurement ends (`concurrent.run_jobs`); for sharing, m
+load trials on each other device, as the search at k = 1/m has.
+
 Timestamps are `time.perf_counter()` (CLOCK_MONOTONIC, shared by all processes of a
 machine), so the launcher's clock and the workers' stamps can be subtracted.
 """
@@ -60,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from nasalloc.calibration import probe
-from nasalloc.calibration.concurrent import run_concurrently
+from nasalloc.calibration.concurrent import Job, run_concurrently, run_jobs
 from nasalloc.calibration.measurements import Measurements
 from nasalloc.execute.devices import Slot
 from nasalloc.execute.launch import Launcher, RanksResult
@@ -84,8 +96,8 @@ class ProfilingPlan:
     warmup_steps: int = 5
     pilot_steps: int = 30
     max_steps: int = 3000
-    rel_error: float = 0.01  # target relative standard error of the mean step time
-    time_limit_s: float = 15.0  # per k (and per m), pilot included
+    rounds: int = 4  # interleaved rounds over the k (each k gets time_limit_s / rounds per round)
+    time_limit_s: float = 15.0  # per k over all rounds (and per m)
     checkpoints: int = 2  # checkpoints timed per run (rank 0, first epochs)
     timeout_s: float = 300.0  # silence after which the launcher declares a group hung
     space: dict[str, Any] | None = None  # search space (SearchSpace syntax) the search samples; None: config only
@@ -93,6 +105,7 @@ class ProfilingPlan:
     config_time_limit_s: float = 1.0  # per sampled configuration
     startup_jobs: int = 3  # fresh jobs per k timed for start-up (k = 1 with a space: the configuration runs)
     seed: int = 0  # seeds the configurations sampled from `space`
+    fill_devices: bool = True  # measure with every other device busy (load groups), as a search runs
 
 
 class ProfilingFailed(UserError):
@@ -247,15 +260,33 @@ class Profiler:
         log.parent.mkdir(parents=True, exist_ok=True)  # the worker opens the log, it does not create folders
         ckpt = self.workdir / "checkpoints" / f"run{self.runs}"
         t_call = time.perf_counter()
-        r = launcher.run(probe.ENTRYPOINT, self.config if config is None else config,
-                         [Slot(d, 0) for d in self.plan.device_ids[:k]],
-                         epochs=epochs, max_steps=steps, record_steps=True, timeout_s=self.plan.timeout_s,
-                         checkpoint_dir=ckpt, log_path=log)
+        slots = [Slot(d, 0) for d in self.plan.device_ids[:k]]
+        load = self._load(self.plan.device_ids[k:])
+        if load:  # the measured group beside load groups, as in a search that fills the machine
+            job = Job(slots, self.config if config is None else config, max_steps=steps, until_epoch=epochs)
+            r = run_jobs(launcher, probe.ENTRYPOINT, [job, *load], workdir=self.workdir / "load",
+                         timeout_s=self.plan.timeout_s, log_paths=[log], checkpoint_dirs=[ckpt])[0]
+        else:
+            r = launcher.run(probe.ENTRYPOINT, self.config if config is None else config, slots,
+                             epochs=epochs, max_steps=steps, record_steps=True, timeout_s=self.plan.timeout_s,
+                             checkpoint_dir=ckpt, log_path=log)
         if not r.ok:
             raise self._fail(f"k={k}", r, log)
         self.grad_bytes += _probe_values(r, "probe_grad_bytes") + [v for n, v in probe.read_facts(ckpt).items()
                                                                     if n == "grad_bytes"]
         return r, t_call
+
+    def _load(self, devices: list[int]) -> list[Job]:
+        """Load jobs keeping `devices` busy while something else is measured (plan.fill_devices):
+        one rank each of the current reference configuration, no checkpoint timing."""
+        if not self.plan.fill_devices or not devices:
+            return []
+        config = probe.wrap_config(self.plan.entrypoint, self._load_config, checkpoints=0)
+        return [Job([Slot(d, 0)], config, load=True) for d in devices]
+
+    @property
+    def _load_config(self) -> dict[str, Any]:
+        return {k: v for k, v in self.config.items() if k != probe.OPTIONS_KEY}
 
     def _collect(self, r: RanksResult, t_call: float, k: int, m: Measurements, samples: list[np.ndarray]) -> None:
         """File one run's steady steps, and at k = 1 its epoch-boundary costs, into `m`."""
@@ -271,39 +302,40 @@ class Profiler:
             m.checkpoint_save_s += _probe_values(r, "probe_checkpoint_save_s")
             m.checkpoint_restore_s += _probe_values(r, "probe_checkpoint_restore_s")
 
-    def measure_k(self, launcher: Launcher, k: int, m: Measurements) -> None:
+    def measure_ks(self, launcher: Launcher, ks: list[int], m: Measurements) -> None:
+        """Step times at every k in `rounds` interleaved rounds (module docstring), then at k = 1
+        one run to the end of the first epoch (epoch-boundary costs), then start-up per k."""
         p = self.plan
-        started = time.perf_counter()
-        samples: list[np.ndarray] = []
-        steps = p.warmup_steps + p.pilot_steps
-        while True:
-            self._collect(*self._run(launcher, k, steps), k, m, samples)
-            x = np.concatenate(samples)
-            if len(x) < 2:
-                raise ProfilingFailed(f"workload.entrypoint={p.entrypoint}: at k={k} it made {len(x) + 1} timed steps; "
-                                      "does it call ctx.step() once per optimizer step?")
-            mean, sd = float(np.mean(x)), float(np.std(x, ddof=1))
-            left = p.time_limit_s - (time.perf_counter() - started)
-            need = math.ceil((sd / mean / p.rel_error) ** 2) - len(x) if mean > 0 else 0
-            room = int(left / mean) - p.warmup_steps - 5 if mean > 0 else 0
-            more = min(need, room, p.max_steps - len(x))
-            if sd / mean / math.sqrt(len(x)) <= p.rel_error or more < 10 or len(samples) >= 3:
-                break
-            steps = p.warmup_steps + more
-        if k == 1 and 1 not in m.steps_per_epoch and mean > 0:
-            # The epoch-boundary costs (evaluation, checkpoint, epoch length) are measured at
-            # k = 1: one run to the end of the first epoch, allowed up to 3x the time limit.
-            cap = min(p.max_steps, max(p.warmup_steps + p.pilot_steps, int(3 * p.time_limit_s / mean)))
-            self._collect(*self._run(launcher, k, cap, epochs=1), k, m, samples)
-            x = np.concatenate(samples)
+        ks = sorted(ks)
+        samples: dict[int, list[np.ndarray]] = {k: [] for k in ks}
+        step_s: dict[int, float | None] = {k: self.step_estimate_s for k in ks}
+        for r in range(max(1, p.rounds)):
+            for k in ks if r % 2 == 0 else ks[::-1]:  # k order reversed every round (ABBA)
+                steps = self._time_box(p.time_limit_s / max(1, p.rounds), step_s[k]) + p.warmup_steps
+                self._collect(*self._run(launcher, k, steps), k, m, samples[k])
+                x = np.concatenate(samples[k])
+                if len(x) < 2:
+                    raise ProfilingFailed(f"workload.entrypoint={p.entrypoint}: at k={k} it made {len(x) + 1} timed "
+                                          "steps; does it call ctx.step() once per optimizer step?")
+                step_s[k] = float(np.mean(x))
+        for k in ks:
+            x = np.concatenate(samples[k])
             mean = float(np.mean(x))
-        rse = float(np.std(x, ddof=1)) / mean / math.sqrt(len(x))
-        m.step_samples[k] = x
-        if k not in m.startup_s:
-            self.measure_startup(launcher, k, m, mean)
-        startup = m.startup_s.get(k)
-        self.progress(f"k={k}: {len(x)} steps, mean {mean * 1e3:.3f} ms/step (+/- {100 * rse:.1f}%), start-up "
-                      + (f"{np.mean(startup):.3f} s ({len(startup)} fresh jobs)" if startup else "not measured"))
+            if k == 1 and 1 not in m.steps_per_epoch and mean > 0:
+                # The epoch-boundary costs (evaluation, checkpoint, epoch length) are measured at
+                # k = 1: one run to the end of the first epoch, allowed up to 3x the time limit.
+                cap = min(p.max_steps, max(p.warmup_steps + p.pilot_steps, int(3 * p.time_limit_s / mean)))
+                self._collect(*self._run(launcher, k, cap, epochs=1), k, m, samples[k])
+                x = np.concatenate(samples[k])
+                mean = float(np.mean(x))
+            rse = float(np.std(x, ddof=1)) / mean / math.sqrt(len(x))
+            m.step_samples[k] = x
+            if k not in m.startup_s:
+                self.measure_startup(launcher, k, m, mean)
+            startup = m.startup_s.get(k)
+            self.progress(f"k={k}: {len(x)} steps in {len(samples[k])} runs, mean {mean * 1e3:.3f} ms/step "
+                          f"(+/- {100 * rse:.1f}%), start-up "
+                          + (f"{np.mean(startup):.3f} s ({len(startup)} fresh jobs)" if startup else "not measured"))
 
     def _time_box(self, seconds: float, step_s: float | None) -> int:
         """Steps that fit in `seconds` (at least warm-up + pilot, at most max_steps)."""
@@ -385,8 +417,13 @@ class Profiler:
         # a first, unmeasured round warms the other slots' workers (data, caches), which would
         # otherwise start late and leave little time with all m running
         for attempt, n in enumerate((p.warmup_steps + 5, steps, 2 * steps)):
+            # with fill_devices, every other device carries `share` load trials too: the search at
+            # k = 1/m shares every device, and the reference (alone on device 0) has one load
+            # trial beside it on each other device, as the search at k = 1 has
+            others = [d for d in p.device_ids if d != p.device_ids[0]]
+            load = [([Slot(d, s)], j.config) for j in self._load(others) for d in (j.slots[0].device,) for s in range(share)]
             results = run_concurrently(launcher, probe.ENTRYPOINT, self.config, slots, max_steps=n, workdir=logs,
-                                       timeout_s=p.timeout_s)
+                                       timeout_s=p.timeout_s, load=load)
             for r in results:
                 if not r.ok:
                     raise self._fail(f"m={share} trials sharing one device", r, logs)
@@ -415,7 +452,7 @@ class Profiler:
         p = self.plan
         m = Measurements(step_samples={}, batch_fraction=dict(p.batch_fraction), hardware=hardware_facts(p))
         slots_per_device = max([1, *p.share])
-        used = p.device_ids[: max(p.gpus_per_trial)]
+        used = p.device_ids if p.fill_devices else p.device_ids[: max(p.gpus_per_trial)]
         t0 = time.perf_counter()
         self.progress(f"starting {len(used) * slots_per_device} warm workers ({p.device_kind}, devices {used})")
         with Launcher(p.device_kind, used, slots_per_device=slots_per_device, threads_per_worker=p.threads_per_worker,
@@ -431,8 +468,7 @@ class Profiler:
                 self.step_estimate_s = float(np.median(d)) if len(d) else None
             if p.space and p.configs > 0:
                 self.measure_configs(launcher, m)
-            for k in sorted(p.gpus_per_trial):
-                self.measure_k(launcher, k, m)
+            self.measure_ks(launcher, list(p.gpus_per_trial), m)
             scale = config_level_scale(m)
             if scale is not None:
                 m.config_scale = scale

@@ -207,7 +207,8 @@ class FakeLauncher:
 def test_sampled_configurations_set_the_reference_startup_and_evaluation(tmp_path):
     space = {"width": {"type": "int", "low": 4, "high": 32, "log": True}}
     plan = ProfilingPlan(entrypoint=DIGITS, config={"width": 16, "lr": 0.1}, device_kind="cpu", device_ids=[0, 1],
-                         gpus_per_trial=[1, 2], space=space, configs=6, warmup_steps=2, pilot_steps=40)
+                         gpus_per_trial=[1, 2], space=space, configs=6, warmup_steps=2, pilot_steps=40,
+                         fill_devices=False)
     profiler = Profiler(plan, tmp_path, progress=lambda line: None)
     m = Measurements(step_samples={})
     profiler.measure_configs(FakeLauncher(), m)
