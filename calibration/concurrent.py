@@ -96,11 +96,10 @@ def run_jobs(launcher: Launcher, entrypoint: str, jobs: list[Job], *, workdir: P
 
 def run_concurrently(launcher: Launcher, entrypoint: str, config: dict[str, Any], groups: list[list[Slot]], *,
                      max_steps: int, workdir: Path, timeout_s: float = 600.0,
-                     load: list[tuple[list[Slot], dict[str, Any]]] = ()) -> list[RanksResult]:
+                     load: list[Job] = ()) -> list[RanksResult]:
     """One group of `config` per entry of `groups`, all at once, each until `max_steps`
-    (reports answered CONTINUE), beside optional `load` groups (slots, config); -> the
-    results of `groups` only."""
-    jobs = [Job(list(s), config, max_steps) for s in groups] + [Job(list(s), c, load=True) for s, c in load]
+    (reports answered CONTINUE), beside optional `load` jobs; -> the results of `groups` only."""
+    jobs = [Job(list(s), config, max_steps) for s in groups] + list(load)
     logs: list[Path | None] = [workdir / f"shared_{i}.log" for i in range(len(groups))] + [None] * len(load)
     dirs: list[Path | None] = [workdir / f"shared_{i}" for i in range(len(groups))] + [None] * len(load)
     return run_jobs(launcher, entrypoint, jobs, workdir=workdir, timeout_s=timeout_s, log_paths=logs,

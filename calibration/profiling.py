@@ -276,17 +276,15 @@ class Profiler:
                                                                     if n == "grad_bytes"]
         return r, t_call
 
-    def _load(self, devices: list[int]) -> list[Job]:
+    def _load(self, devices: list[int], per_device: int = 1) -> list[Job]:
         """Load jobs keeping `devices` busy while something else is measured (plan.fill_devices):
-        one rank each of the current reference configuration, no checkpoint timing."""
+        `per_device` single-rank jobs of the current reference configuration on each, no
+        checkpoint timing."""
         if not self.plan.fill_devices or not devices:
             return []
-        config = probe.wrap_config(self.plan.entrypoint, self._load_config, checkpoints=0)
-        return [Job([Slot(d, 0)], config, load=True) for d in devices]
-
-    @property
-    def _load_config(self) -> dict[str, Any]:
-        return {k: v for k, v in self.config.items() if k != probe.OPTIONS_KEY}
+        user_config = {k: v for k, v in self.config.items() if k != probe.OPTIONS_KEY}
+        config = probe.wrap_config(self.plan.entrypoint, user_config, checkpoints=0)
+        return [Job([Slot(d, s)], config, load=True) for d in devices for s in range(per_device)]
 
     def _collect(self, r: RanksResult, t_call: float, k: int, m: Measurements, samples: list[np.ndarray]) -> None:
         """File one run's steady steps, and at k = 1 its epoch-boundary costs, into `m`."""
@@ -421,9 +419,8 @@ class Profiler:
             # k = 1/m shares every device, and the reference (alone on device 0) has one load
             # trial beside it on each other device, as the search at k = 1 has
             others = [d for d in p.device_ids if d != p.device_ids[0]]
-            load = [([Slot(d, s)], j.config) for j in self._load(others) for d in (j.slots[0].device,) for s in range(share)]
             results = run_concurrently(launcher, probe.ENTRYPOINT, self.config, slots, max_steps=n, workdir=logs,
-                                       timeout_s=p.timeout_s, load=load)
+                                       timeout_s=p.timeout_s, load=self._load(others, share))
             for r in results:
                 if not r.ok:
                     raise self._fail(f"m={share} trials sharing one device", r, logs)

@@ -290,13 +290,13 @@ def ranking(runs: list[RealRun], comparisons: list[Comparison]) -> dict[str, Any
     predicted = [float(np.mean(pred_runs[lab])) for lab in labels]
     measured = [float(np.mean(meas_runs[lab])) for lab in labels]
     best = int(np.argmin(predicted))
+    from scipy.stats import ttest_ind
+
     measured_order = [labels[i] for i in np.argsort(measured, kind="stable")]
     ties = []
     for a, b in zip(measured_order, measured_order[1:]):
         x, y = meas_runs[a], meas_runs[b]
         if len(x) >= 2 and len(y) >= 2:
-            from scipy.stats import ttest_ind
-
             p = float(ttest_ind(x, y, equal_var=False).pvalue)
             if not math.isnan(p) and p >= 0.05:
                 ties.append({"allocations": [a, b], "p_value": p})

@@ -121,7 +121,8 @@ class _Engine:
         self.k_of_epoch = [alloc.k_at(rung_index(milestones, max(e, 1))) for e in range(self.max_epochs + 2)]
         self.epoch_s = {k: profile.epoch_time(k) for k in ks}
         self.alone_s = profile.epoch_time(1)  # k < 1: the epoch's work, in seconds alone on a device
-        self.slowdown = profile.epoch.sharing_slowdown
+        most = max((round(1.0 / k) for k in ks if k < 1), default=1)  # trials one device can hold
+        self.slowdown = [profile.epoch.sharing_slowdown(j) for j in range(most + 1)]  # j trainers -> factor
         self.training: dict[int, list[Any]] = {}  # device -> processes in a shared epoch on it
         self.config_factor = profile.config_factor if profile.config_cost is not None else None
         self.factors: dict[int, float] = {}  # trial -> its epoch-time factor (config_cost)
@@ -216,7 +217,7 @@ class _Engine:
         peers.append(me)
         remaining = work
         while True:
-            slow = self.slowdown(len(peers))
+            slow = self.slowdown[len(peers)]
             since = env.now
             self.timeouts += 1
             try:
