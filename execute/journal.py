@@ -8,43 +8,30 @@ whole file reads as one history.
 
 Resuming (`replay`): the scheduler is deterministic, so a scheduler built from the same
 config and seed reaches the old run's state when the journaled calls are fed to it in the
-same order — each non-internal start/resume is one `ask` (which must hand out the same
-trial), each result one `on_result`, each fail one `on_failure` (its resume epoch is kept in
-the event's info as ``resume_epoch=N``). Two kinds of events are the executor's own and are
-not scheduler calls: ``info="reallocate"`` (a trial checkpointed and moved to a different
-number of devices at a rung) and ``info="interrupted"`` (the run was stopped under it).
+same order — each start/resume the dispatch core did not make on its own is one `ask`
+(which must hand out the same trial), each result one `on_result`, each fail one
+`on_failure` (its resume epoch is kept in the event's info as ``resume_epoch=N``). A job
+that waited for devices was asked before the events journaled while it waited; its
+start/resume carries ``asked_after=N`` (scheduler calls before its ask), and the replay asks
+at that point. Resumes with ``info="reallocate"`` (a trial checkpointed and moved to
+another allocation at a rung) and ``info="interrupted"`` (the run was stopped under it) are
+the core's own and no scheduler calls (`sim/dispatch.py`).
 
 After the replay, trials the scheduler still sees RUNNING were cut off by the kill: they get
-a "pause" (interrupted) event and restart from their last checkpoint; results they repeat
-for epochs already journaled are not written twice.
+a "pause" (interrupted) event and restart from their last checkpoint.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nasalloc.sim.dispatch import INTERNAL, INTERRUPTED, asked_after, resume_epoch_of
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.schedulers.base import Job, Scheduler, TrialStatus
 from nasalloc.sim.trace import TraceEvent, TraceWriter
-
-REALLOCATE = "reallocate"
-INTERRUPTED = "interrupted"
-INTERNAL = (REALLOCATE, INTERRUPTED)
-_RESUME_EPOCH = re.compile(r"resume_epoch=(\d+)")
-
-
-def fail_info(reason: str, resume_epoch: int) -> str:
-    return f"{reason}; resume_epoch={resume_epoch}"
-
-
-def drain(scheduler: Scheduler) -> list[int]:
-    """Paused trials the scheduler stopped since last asked (HyperBand; [] for others)."""
-    fn = getattr(scheduler, "drain_stopped", None)
-    return list(fn()) if fn is not None else []
 
 
 class Journal:
@@ -69,6 +56,11 @@ class Journal:
         self.events.append(ev)
         return ev
 
+    def append(self, ev: TraceEvent) -> None:
+        """Write an event made elsewhere (the dispatch core) as it is; flushed at once."""
+        self._writer.write(ev)
+        self.events.append(ev)
+
     def close(self) -> None:
         self._writer.close()
 
@@ -81,6 +73,8 @@ class Replayed:
     makespan: float
     restart: list[Job] = field(default_factory=list)  # cut-off trials, from their checkpoint
     fixups: list[tuple[str, int, int, tuple[int, ...], str | None]] = field(default_factory=list)  # event, trial, epoch, devices, info
+    calls: int = 0  # scheduler calls replayed (the dispatch core continues the count)
+    best: tuple[float, int] | None = None  # best metric so far and its trial
 
 
 def replay(events: list[TraceEvent], scheduler: Scheduler, checkpoint_epoch: Any) -> Replayed:
@@ -91,31 +85,58 @@ def replay(events: list[TraceEvent], scheduler: Scheduler, checkpoint_epoch: Any
     """
     holding: dict[int, TraceEvent] = {}
     drained: set[int] = set()
+    calls = 0
+    # asks of jobs that waited for devices, in the order they were asked: (calls before, event, index)
+    late = sorted((asked_after(ev.info), i, ev) for i, ev in enumerate(events, start=1)
+                  if ev.event in ("start", "resume") and ev.info not in INTERNAL and asked_after(ev.info) is not None)
+    asked_late = set()
+
+    def ask(ev: TraceEvent, i: int) -> None:
+        job = scheduler.ask()
+        drained.update(scheduler.drain_stopped())
+        if not isinstance(job, Job) or job.trial != ev.trial:
+            raise UserError(f"resume: trace.jsonl event {i} ({ev.event} of trial {ev.trial}) does not match the "
+                            f"scheduler's decision ({job!r}); resume needs the same scheduler, space and seed")
+
+    def ask_late_ones() -> None:
+        nonlocal calls
+        while late and late[0][0] <= calls:
+            _, i, ev = late.pop(0)
+            ask(ev, i)
+            asked_late.add(i)
+            calls += 1
+
+    best: tuple[float, int] | None = None
     for i, ev in enumerate(events, start=1):
         where = f"trace.jsonl event {i} ({ev.event} of trial {ev.trial})"
         try:
             if ev.event in ("start", "resume"):
-                if ev.info not in INTERNAL:
-                    job = scheduler.ask()
-                    drained.update(drain(scheduler))
-                    if not isinstance(job, Job) or job.trial != ev.trial:
-                        raise UserError(f"resume: {where} does not match the scheduler's decision ({job!r}); "
-                                        "resume needs the same scheduler, space and seed")
+                if ev.info not in INTERNAL and i not in asked_late:
+                    ask_late_ones()
+                    if i not in asked_late:
+                        ask(ev, i)
+                        calls += 1
                 holding[ev.trial] = ev
             elif ev.event == "result":
-                scheduler.on_result(ev.trial, int(ev.epoch or 0), float(ev.metric if ev.metric is not None else float("nan")))
-                drained.update(drain(scheduler))
+                ask_late_ones()
+                metric = float(ev.metric if ev.metric is not None else float("nan"))
+                scheduler.on_result(ev.trial, int(ev.epoch or 0), metric)
+                calls += 1
+                drained.update(scheduler.drain_stopped())
+                if best is None or scheduler.score(metric) > scheduler.score(best[0]):
+                    best = (metric, ev.trial)
             elif ev.event == "fail":
-                m = _RESUME_EPOCH.search(ev.info or "")
+                ask_late_ones()
                 holding.pop(ev.trial, None)
-                scheduler.on_failure(ev.trial, int(m.group(1)) if m else 0)
-                drained.update(drain(scheduler))
+                scheduler.on_failure(ev.trial, resume_epoch_of(ev.info))
+                calls += 1
+                drained.update(scheduler.drain_stopped())
             elif ev.event in ("pause", "stop", "complete"):
                 holding.pop(ev.trial, None)
         except (ValueError, KeyError, AssertionError) as exc:
             raise UserError(f"resume: {where} cannot be replayed: {exc}") from None
     makespan = max((ev.time for ev in events), default=0.0)
-    out = Replayed(events=events, makespan=makespan)
+    out = Replayed(events=events, makespan=makespan, calls=calls, best=best)
     stops = {ev.trial for ev in events if ev.event == "stop"}
     for tid in sorted(drained - stops):
         out.fixups.append(("stop", tid, scheduler.trials[tid].last_epoch, (), None))

@@ -1,59 +1,42 @@
-"""The search loop: scheduler decisions in, process groups out, every step journaled.
+"""The executor's search loop: a real-time clock for the dispatch core.
 
-It talks to three things only: the scheduler (ask / on_result / on_failure /
-drain_stopped), the backend (start_group / decide / kill_group / poll) and the journal.
-Order of effects for each event is "journal first, then act", so a run killed at any moment
-leaves a trace that `journal.replay` can bring a fresh scheduler back from.
-
-Devices: a job's allocation comes from its rung (`rung_index(milestones, start_epoch + 1)`).
-When a trial told CONTINUE crosses into a rung with a different allocation (per-rung
-schedules such as ``[1, 2]``), the loop answers PAUSE to the ranks instead, journals a
-"pause" with ``info="reallocate"``, and queues the trial to resume from that checkpoint on
-the new number of devices; the scheduler never knows. Such internal jobs go before new
-asks. With a per-rung schedule the loop looks at the next job on a copy of the scheduler
-first and only asks for real when that job's devices are free, so the ask order (which
-decides the scheduler's state) is exactly the launch order recorded in the journal.
+Everything a search decides — when the scheduler is asked, where a trial goes, what waits,
+when a trial moves to another allocation at a rung, which trace events are written — is
+`sim/dispatch.py`, the code the simulator runs too. This loop only turns the core's
+placements into process groups on warm workers (`backend.start_group`), passes the ranks'
+reports to the core and its answers back to the ranks (`backend.decide`), and tells the
+core when a group ended or failed. The core's trace events go to the journal, which writes
+and flushes each before the loop acts on it ("journal first, then act"), so a run killed
+at any moment leaves a trace that `journal.replay` can bring a fresh scheduler back from.
 """
 
 from __future__ import annotations
 
-import copy
 import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from nasalloc.execute.api import latest_checkpoint
 from nasalloc.execute.backend import Checkpointed, Ended, Failed, GroupSpec, LocalBackend, Report
-from nasalloc.execute.devices import Allocation, DevicePool, Slot
-from nasalloc.execute.journal import INTERRUPTED, REALLOCATE, Journal, drain, fail_info
-from nasalloc.sim.schedulers.base import FINISHED, WAIT, Decision, Job, Scheduler, TrialStatus, rung_index
+from nasalloc.execute.devices import Slot, SlotMap
+from nasalloc.execute.journal import Journal
+from nasalloc.sim.cluster import Allocation, DevicePool, machine
+from nasalloc.sim.dispatch import INTERRUPTED, Dispatcher, Segment
+from nasalloc.sim.schedulers.base import Job, Scheduler
+from nasalloc.sim.trace import TraceEvent
 
 
 @dataclass
 class LoopOptions:
     entrypoint: str
-    params: dict[str, Any]  # fixed workload settings merged under each trial's config
+    params: dict[str, Any]  # fixed training settings merged under each trial's config
     run_dir: Path
     checkpoint_every: int = 1
     trial_timeout_s: float = 120.0
     poll_s: float = 0.5
-
-
-@dataclass
-class _Running:
-    job: Job
-    gid: int
-    slots: list[Slot]
-    share: Fraction
-    start_epoch: int
-    decision: Decision | None = None
-    sent: Decision | None = None
-    last_epoch: int = 0
-    checkpoint: int = 0
 
 
 @dataclass
@@ -68,22 +51,31 @@ class LoopStats:
 
 
 class SearchLoop:
-    def __init__(self, scheduler: Scheduler, backend: LocalBackend, pool: DevicePool, allocation: Allocation,
-                 journal: Journal, options: LoopOptions, *, restart: list[Job] | None = None,
-                 on_change: Callable[[SearchLoop], None] | None = None):
+    def __init__(self, scheduler: Scheduler, backend: LocalBackend, device_ids: list[int], allocation: Allocation,
+                 journal: Journal, options: LoopOptions, *, restart: list[Job] | None = None, calls: int = 0,
+                 best: tuple[float, int] | None = None, on_change: Callable[[SearchLoop], None] | None = None):
         self.scheduler = scheduler
         self.backend = backend
-        self.pool = pool
-        self.allocation = allocation
+        self.slots = SlotMap(device_ids, allocation.slots_per_device)
+        self.pool = DevicePool(machine(len(device_ids)), allocation.ks)
         self.journal = journal
         self.opt = options
-        self.queue: list[tuple[Job, str]] = [(j, INTERRUPTED) for j in (restart or [])]
-        self.running: dict[int, _Running] = {}
-        self.finished = False
-        self.interrupted = False
         self.stats = LoopStats()
+        if best is not None:
+            self.stats.best, self.stats.best_trial = best
+        self.core = Dispatcher(scheduler, allocation, self.pool, launch=self._launch, emit=self._record,
+                               device_ids=device_ids, checkpoint_every=options.checkpoint_every,
+                               checkpoint_epoch=self._checkpoint_epoch, calls=calls)
+        for job in restart or []:
+            self.core.requeue(job, INTERRUPTED)
+        self.groups: dict[int, Segment] = {}  # process group id -> the segment it runs
+        self.interrupted = False
         self._on_change = on_change
         self._stop = threading.Event()
+
+    @property
+    def running(self) -> dict[int, Segment]:
+        return self.core.running
 
     # ----- paths ---------------------------------------------------------------------------
     def checkpoint_dir(self, trial: int) -> Path:
@@ -92,171 +84,109 @@ class SearchLoop:
     def log_path(self, trial: int) -> Path:
         return self.opt.run_dir / "logs" / f"trial_{trial:04d}.log"
 
+    def _checkpoint_epoch(self, trial: int, at_most: int) -> int:
+        return latest_checkpoint(self.checkpoint_dir(trial), at_most=at_most)
+
     # ----- control -------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
         """Stop launching, end running trials (journaled as interrupted); safe from a signal."""
         self._stop.set()
 
     def run(self) -> None:
-        """Run until the scheduler is FINISHED and nothing runs, or until `request_stop`."""
+        """Run until the search is done, or until `request_stop`."""
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 handlers[sig] = signal.signal(sig, self.request_stop)
         try:
-            while not self._stop.is_set():
-                self._launch()
-                if not self.running and not self.queue:
-                    if self.finished:
-                        break
+            self.core.start(self.journal.now())
+            while not self._stop.is_set() and not self.core.done:
+                if self.core.stalled:
                     raise RuntimeError(f"{self.scheduler.name}: WAIT with no trial running (scheduler bug)")
                 for ev in self.backend.poll(self.opt.poll_s):
                     self._handle(ev)
                 if self._on_change is not None:
                     self._on_change(self)
-            if self._stop.is_set():
+            if self._stop.is_set() and not self.core.done:
                 self._interrupt()
         finally:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
 
-    # ----- launching -----------------------------------------------------------------------
-    def share_for(self, next_epoch: int) -> Fraction:
-        return self.allocation.for_rung(rung_index(self.scheduler.milestones, next_epoch))
+    # ----- the core's callbacks ---------------------------------------------------------------
+    def _record(self, ev: TraceEvent) -> None:
+        """Journal a trace event (flushed before anything acts on it) and count it for progress."""
+        self.journal.append(ev)
+        if ev.event in ("stop", "complete"):
+            self.stats.finished += 1
+        elif ev.event == "result" and ev.metric is not None:
+            if self.stats.best is None or self.scheduler.score(ev.metric) > self.scheduler.score(self.stats.best):
+                self.stats.best, self.stats.best_trial = ev.metric, ev.trial
 
-    def _launch(self) -> None:
-        while not self._stop.is_set():
-            if self.queue:
-                job, why = self.queue[0]
-                slots = self.pool.acquire(self.share_for(job.start_epoch + 1))
-                if slots is None:
-                    return  # internal jobs go first; wait for devices
-                self.queue.pop(0)
-                self._start(job, slots, info=why)
-                continue
-            if self.finished:
-                return
-            if self.allocation.per_rung:
-                peek = copy.deepcopy(self.scheduler).ask()
-                if isinstance(peek, Job) and not self.pool.can_acquire(self.share_for(peek.start_epoch + 1)):
-                    return
-            elif not self.pool.can_acquire(self.allocation.shares[0]):
-                return
-            job = self.scheduler.ask()
-            self._drain()
-            if job is FINISHED:
-                self.finished = True
-                return
-            if job is WAIT:
-                return
-            assert isinstance(job, Job)
-            slots = self.pool.acquire(self.share_for(job.start_epoch + 1))
-            if slots is None:  # cannot happen: checked above
-                raise RuntimeError("devices vanished between check and acquire")
-            self._start(job, slots, info=None)
-
-    def _start(self, job: Job, slots: list[Slot], info: str | None) -> None:
-        ckpt_dir = self.checkpoint_dir(job.trial)
-        start = latest_checkpoint(ckpt_dir, at_most=job.start_epoch) if job.start_epoch > 0 else 0
-        devices = [s.device for s in slots]
-        if job.resume or info is not None:
-            self.journal.write("resume", job.trial, epoch=start, devices=devices, info=info)
-        else:
-            self.journal.write("start", job.trial, epoch=0, devices=devices, config=dict(job.config))
-        self.log_path(job.trial).parent.mkdir(parents=True, exist_ok=True)
+    def _launch(self, seg: Segment) -> None:
+        slots = self.slots.take([self.slots.device_ids[d] for d in seg.devices])
+        trial = seg.trial
+        self.log_path(trial).parent.mkdir(parents=True, exist_ok=True)
         spec = GroupSpec(
-            trial=job.trial, config={**self.opt.params, **job.config}, entrypoint=self.opt.entrypoint, slots=slots,
-            start_epoch=start, until_epoch=job.until_epoch, checkpoint_dir=ckpt_dir, log_path=self.log_path(job.trial),
-            checkpoint_every=self.opt.checkpoint_every, timeout_s=self.opt.trial_timeout_s, attempt=job.attempt,
+            trial=trial, config={**self.opt.params, **seg.config}, entrypoint=self.opt.entrypoint, slots=slots,
+            start_epoch=seg.start_epoch, until_epoch=seg.until_epoch, checkpoint_dir=self.checkpoint_dir(trial),
+            log_path=self.log_path(trial), checkpoint_every=self.opt.checkpoint_every, timeout_s=self.opt.trial_timeout_s,
+            attempt=seg.attempt,
         )
-        gid = self.backend.start_group(spec)
-        share = self.share_for(job.start_epoch + 1)
-        self.running[gid] = _Running(job, gid, slots, share, start, last_epoch=start, checkpoint=start)
+        seg.handle = (self.backend.start_group(spec), slots)
+        self.groups[seg.handle[0]] = seg
 
-    # ----- events --------------------------------------------------------------------------
+    # ----- events from the backend ---------------------------------------------------------
     def _handle(self, ev: Any) -> None:
-        r = self.running.get(ev.group)
-        if r is None:
+        seg = self.groups.get(ev.group)
+        if seg is None:
             return
         if isinstance(ev, Report):
-            self._report(r, ev)
+            self._report(seg, ev)
         elif isinstance(ev, Checkpointed):
-            r.checkpoint = max(r.checkpoint, ev.epoch)
+            pass  # the newest checkpoint is looked up on disk when it matters (failure, restart)
         elif isinstance(ev, Ended):
-            self._ended(r)
+            self._end(seg)
+            self.core.released(self.journal.now(), seg.trial)
         elif isinstance(ev, Failed):
-            self._failed(r, ev.info)
+            self._failed(seg, ev.info)
 
-    def _report(self, r: _Running, ev: Report) -> None:
-        tid = r.job.trial
-        trial = self.scheduler.trials[tid]
-        fresh = ev.epoch > trial.last_epoch
+    def _report(self, seg: Segment, ev: Report) -> None:
+        gid = seg.handle[0]
+        test = ev.extra.get("test_metric")
         try:
-            decision = self.scheduler.on_result(tid, ev.epoch, ev.metric)
+            told = self.core.result(self.journal.now(), seg.trial, ev.epoch, ev.metric,
+                                    test if isinstance(test, float) else None)
         except (ValueError, AssertionError) as exc:
-            self.backend.kill_group(r.gid, f"bad report: {exc}")
+            self.backend.kill_group(gid, f"bad report: {exc}")
             return
-        r.last_epoch = ev.epoch
-        if fresh:
-            test = ev.extra.get("test_metric")
-            self.journal.write("result", tid, epoch=ev.epoch, metric=ev.metric, devices=[s.device for s in r.slots],
-                               test_metric=test if isinstance(test, float) else None)
-            if self.stats.best is None or self.scheduler.score(ev.metric) > self.scheduler.score(self.stats.best):
-                self.stats.best, self.stats.best_trial = ev.metric, tid
-        self._drain()
-        sent = decision
-        if decision is Decision.CONTINUE and self.allocation.per_rung and self.share_for(ev.epoch + 1) != r.share:
-            sent = Decision.PAUSE  # move to the next rung's allocation via a checkpoint
-        r.decision, r.sent = decision, sent
-        completed = decision is Decision.STOP and trial.status is TrialStatus.COMPLETED  # keep the final model
-        save = completed or sent is Decision.PAUSE or (sent is Decision.CONTINUE and ev.epoch % self.opt.checkpoint_every == 0)
-        self.backend.decide(r.gid, sent.value, save)
+        self.backend.decide(gid, told.value, seg.save)
 
-    def _release(self, r: _Running) -> None:
-        del self.running[r.gid]
-        self.pool.release(r.slots)
+    def _end(self, seg: Segment) -> None:
+        gid, slots = seg.handle
+        del self.groups[gid]
+        self.slots.give_back(slots)
 
-    def _ended(self, r: _Running) -> None:
-        self._release(r)
-        tid, devices = r.job.trial, [s.device for s in r.slots]
-        if r.sent is Decision.PAUSE and r.decision is Decision.CONTINUE:
-            self.journal.write("pause", tid, epoch=r.last_epoch, devices=devices, info=REALLOCATE)
-            until = self.scheduler.trials[tid].until_epoch
-            self.queue.append((Job(tid, r.job.config, r.last_epoch, until, resume=True, attempt=r.job.attempt), REALLOCATE))
-        elif r.decision is Decision.PAUSE:
-            self.journal.write("pause", tid, epoch=r.last_epoch, devices=devices)
-        else:
-            done = self.scheduler.trials[tid].status is TrialStatus.COMPLETED
-            self.journal.write("complete" if done else "stop", tid, epoch=r.last_epoch, devices=devices)
-            self.stats.finished += 1
-
-    def _failed(self, r: _Running, info: str) -> None:
-        tid = r.job.trial
-        if r.decision in (Decision.STOP, Decision.PAUSE) and r.sent is r.decision:
+    def _failed(self, seg: Segment, info: str) -> None:
+        self._end(seg)
+        tid = seg.trial
+        resume = latest_checkpoint(self.checkpoint_dir(tid), at_most=seg.last_epoch)
+        ended_as_decided = seg.ending and seg.told is seg.decision
+        retried = self.core.failed(self.journal.now(), tid, resume, info)
+        if ended_as_decided:
             self.stats.messages.append(f"trial {tid}: {info} (after its last decision; ignored)")
-            self._ended(r)  # the scheduler already decided; a crash while ending changes nothing
             return
-        self._release(r)
-        resume = latest_checkpoint(self.checkpoint_dir(tid), at_most=r.last_epoch)
-        self.journal.write("fail", tid, epoch=r.last_epoch, devices=[s.device for s in r.slots], info=fail_info(info, resume))
-        retried = self.scheduler.on_failure(tid, resume)
-        self._drain()
         self.stats.failed += 1
         self.stats.messages.append(f"trial {tid} failed: {info} ({'retrying' if retried else 'dropped'})")
 
-    def _drain(self) -> None:
-        for tid in drain(self.scheduler):
-            self.journal.write("stop", tid, epoch=self.scheduler.trials[tid].last_epoch)
-            self.stats.finished += 1
-
     def _interrupt(self) -> None:
-        """Ctrl-C/SIGTERM: kill running groups, journal them as interrupted (resumable)."""
+        """Ctrl-C/SIGTERM: kill running groups; the core journals them as interrupted (resumable)."""
         self.interrupted = True
-        for gid, r in list(self.running.items()):
+        for gid, seg in list(self.groups.items()):
             self.backend.kill_group(gid, "interrupted")
-            if r.sent is not None and r.sent is r.decision and r.decision is not Decision.CONTINUE:
-                self._ended(r)  # the scheduler had already stopped or paused it: record that
-                continue
-            self._release(r)
-            self.journal.write("pause", r.job.trial, epoch=r.last_epoch, devices=[s.device for s in r.slots], info=INTERRUPTED)
+            self._end(seg)
+        self.core.interrupt(self.journal.now())
         self.backend.poll(0)  # swallow the Failed events of the killed groups
+
+
+__all__ = ["LoopOptions", "LoopStats", "SearchLoop", "Slot"]

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from nasalloc.execute.devices import Allocation
+from nasalloc.sim.cluster import Allocation, machine, parse_allocation
 from nasalloc.sim.config import require, to_typed
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.schedulers import scheduler_config
@@ -115,7 +115,7 @@ def settings_from(raw: dict[str, Any], resume: Path | None = None) -> RunSetting
     if len(set(ids)) != len(ids):
         raise UserError(f"devices.ids={ids}: an id appears twice")
     gpt = raw.get("gpus_per_trial", 1)
-    allocation = Allocation.parse(gpt, len(ids))
+    allocation = parse_allocation(gpt, machine(len(ids)))
     timeout = raw.get("trial_timeout_s", 120.0)
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise UserError(f"trial_timeout_s={timeout!r}: must be a number of seconds > 0")
@@ -138,7 +138,7 @@ def settings_from(raw: dict[str, Any], resume: Path | None = None) -> RunSetting
         load_profile(str(raw["profile"]))
     return RunSettings(
         scheduler=sched, space=space, train=train, devices=devices, device_ids=ids, allocation=allocation,
-        gpus_per_trial=allocation.describe(), trial_timeout_s=float(timeout), checkpoint_every=every,
+        gpus_per_trial=allocation.label, trial_timeout_s=float(timeout), checkpoint_every=every,
         target=None if target is None else float(target), seed=seed, progress=progress, resume=resume, raw=raw,
     )
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from nasalloc.execute.api import latest_checkpoint
 from nasalloc.execute.backend import LocalBackend
-from nasalloc.execute.devices import DevicePool
+from nasalloc.execute.devices import SlotMap
 from nasalloc.execute.journal import Journal, replay
 from nasalloc.execute.loop import LoopOptions, SearchLoop
 from nasalloc.execute.progress import Progress
@@ -30,18 +30,18 @@ def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
     trace_path = run_dir / "trace.jsonl"
     options = LoopOptions(entrypoint=settings.train.entrypoint, params=dict(settings.train.params), run_dir=run_dir,
                           checkpoint_every=settings.checkpoint_every, trial_timeout_s=settings.trial_timeout_s)
-    restart, offset, fixups = [], 0.0, []
+    restart, offset, fixups, calls, best = [], 0.0, [], 0, None
     if settings.resume is not None:
         old = read_trace(trace_path, tolerate_torn_tail=True)
         write_trace(trace_path, old)  # drop a torn last line before appending
         ckpt = run_dir / "checkpoints"
         rep = replay(old, scheduler, lambda tid, at_most: latest_checkpoint(ckpt / f"trial_{tid:04d}", at_most))
-        restart, offset, fixups = rep.restart, rep.makespan, rep.fixups
-    pool = DevicePool(settings.device_ids, settings.allocation.slots_per_device, settings.allocation.spreads_fractions)
+        restart, offset, fixups, calls, best = rep.restart, rep.makespan, rep.fixups, rep.calls, rep.best
     progress = Progress(len(settings.device_ids), settings.progress,
                         title=f"nasalloc run: {settings.scheduler.name}, {settings.train.name}, gpus_per_trial={settings.gpus_per_trial}")
     t0 = time.monotonic()
-    backend = LocalBackend(pool.all_slots(), settings.devices.kind, threads_per_worker=settings.devices.threads_per_slot or None,
+    slots = SlotMap(settings.device_ids, settings.allocation.slots_per_device).all_slots()
+    backend = LocalBackend(slots, settings.devices.kind, threads_per_worker=settings.devices.threads_per_slot or None,
                            worker_log_dir=run_dir / "logs" / "workers", preload=[settings.train.entrypoint])
     journal = None
     try:
@@ -50,8 +50,8 @@ def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
         journal = Journal(trace_path, time_offset=offset)
         for event, tid, epoch, devices, info in fixups:
             journal.write(event, tid, epoch=epoch, devices=devices, info=info, time_s=offset)
-        loop = SearchLoop(scheduler, backend, pool, settings.allocation, journal, options, restart=restart,
-                          on_change=progress.update)
+        loop = SearchLoop(scheduler, backend, settings.device_ids, settings.allocation, journal, options, restart=restart,
+                          calls=calls, best=best, on_change=progress.update)
         loop.run()
         progress.update(loop)
     finally:

@@ -19,7 +19,7 @@ fractions never meet floating-point rounding.
 - k < 1, when every k in use is a fraction: spread: the device with the most free capacity
   that holds k (lowest id on ties), so a sharing trial runs alone whenever a device is free
   (it then runs at full speed: the engine's sharing slow-down follows the device's current
-  occupancy). The executor places the same way (`execute/devices.py`, `spreads_fractions`).
+  occupancy). The executor runs this same placement (`sim/dispatch.py`).
 - k < 1, when the schedule mixes fractions with whole devices (``[1/2, 2]``): best fit: the
   device with the least free capacity that still holds k (partly used devices fill up
   first, whole devices stay whole for the later rungs), lowest id on ties.
@@ -113,30 +113,75 @@ def _allowed_text(cluster: ClusterSpec) -> str:
     return "1/m for m trials per device (0.5, 0.25, ...) or " + ", ".join(str(int(k)) for k in whole)
 
 
+def exact_k(k: Any) -> Fraction:
+    """An allocation value as an exact fraction (whole numbers, or 1/m), whatever its type.
+
+    Floats such as 0.25 or 1/3 come from YAML and the simulator's arithmetic; comparing and
+    adding them exactly (placement units, pool capacity) needs the fraction they stand for.
+    """
+    if isinstance(k, Fraction):
+        return k
+    if isinstance(k, int):
+        return Fraction(k)
+    f = Fraction(float(k)).limit_denominator(1024)
+    return Fraction(int(f)) if f >= 1 else Fraction(1, round(1 / f))
+
+
+def format_k(k: Any) -> str:
+    """One allocation entry as users write it: "2", "1/4"."""
+    k = exact_k(k)
+    return str(int(k)) if k >= 1 else f"1/{k.denominator}"
+
+
 @dataclass(frozen=True)
 class Allocation:
-    """Devices per trial: a static k, or one k per rung (epochs after the i-th milestone)."""
+    """Devices per trial: a static k, or one k per rung (epochs after the i-th milestone).
 
-    schedule: tuple[float, ...]
+    The one allocation type of simulator, executor, calibration and validation: entries are
+    exact fractions (k >= 1 whole, or 1/m), so placement never meets rounding. Build it with
+    `parse_allocation` (checks it against a cluster) or directly from numbers.
+    """
+
+    schedule: tuple[Fraction, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schedule", tuple(exact_k(k) for k in self.schedule))
 
     @property
     def is_static(self) -> bool:
         return len(self.schedule) == 1
 
-    def k_at(self, rung: int) -> float:
+    @property
+    def per_rung(self) -> bool:
+        return len(self.schedule) > 1
+
+    def k_at(self, rung: int) -> Fraction:
         return self.schedule[min(rung, len(self.schedule) - 1)]
 
     @property
+    def ks(self) -> tuple[Fraction, ...]:
+        """Every distinct k the allocation uses, ascending."""
+        return tuple(sorted(set(self.schedule)))
+
+    @property
+    def slots_per_device(self) -> int:
+        """Trials one device may hold at once: m for the smallest share 1/m, else 1 (the
+        executor keeps that many warm workers per device)."""
+        return max((k.denominator for k in self.schedule if k < 1), default=1)
+
+    @property
+    def spreads_fractions(self) -> bool:
+        """Placement of k < 1 (`spreads_fractions`)."""
+        return spreads_fractions(self.schedule)
+
+    @property
     def label(self) -> Any:
-        """JSON-friendly: the number for a static k, else the list."""
-        vals = [int(k) if k >= 1 else k for k in self.schedule]
+        """JSON-friendly: the number for a static k (int, or float for 1/m), else the list."""
+        vals = [int(k) if k >= 1 else float(k) for k in self.schedule]
         return vals[0] if self.is_static else vals
 
     def __str__(self) -> str:
-        def one(k: float) -> str:
-            return str(int(k)) if k >= 1 else f"1/{round(1 / k)}"
-
-        return one(self.schedule[0]) if self.is_static else "[" + ",".join(one(k) for k in self.schedule) + "]"
+        return format_k(self.schedule[0]) if self.is_static else "[" + ",".join(format_k(k) for k in self.schedule) + "]"
 
 
 def _parse_one(value: Any) -> float:
@@ -148,36 +193,42 @@ def _parse_one(value: Any) -> float:
             num, den = text.split("/", 1)
             return float(num) / float(den)
         return float(text)
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float, Fraction)):
         return float(value)
     raise ValueError
 
 
 def parse_allocation(value: Any, cluster: ClusterSpec, key: str = "gpus_per_trial") -> Allocation:
     """A k (number or "1/4") or a per-rung list, checked against the cluster; UserError if bad."""
+    if isinstance(value, Allocation):
+        value = list(value.schedule)
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     if not items:
         raise UserError(f"{key}=[]: give a number of devices per trial or a per-rung list such as [1,2,4]")
-    ks: list[float] = []
+    ks: list[Fraction] = []
     for item in items:
         try:
             k = _parse_one(item)
         except (ValueError, ZeroDivisionError):
             raise UserError(f"{key}={value}: not a number; allowed on {cluster.gpus} GPUs "
                             f"({cluster.gpus_per_node} per node): {_allowed_text(cluster)}") from None
+        shown = f"{item}:" if len(items) == 1 else f"{list(items)}: {item} is"
+        if math.isfinite(k) and k > cluster.gpus:
+            raise UserError(f"{key}={shown} not allowed: more devices per trial than the {cluster.gpus} of {cluster.name}; "
+                            f"allowed: {_allowed_text(cluster)}")
         if not is_allowed(cluster, k):
-            shown = f"{item}:" if len(items) == 1 else f"{list(items)}: {item} is"
             raise UserError(f"{key}={shown} not allowed on {cluster.gpus} GPUs ({cluster.gpus_per_node} per node); "
                             f"allowed: {_allowed_text(cluster)}; or a per-rung list of these")
-        if k >= 1:
-            k = float(int(k))
-        else:
-            k = 1.0 / round(1.0 / k)
-        ks.append(k)
+        ks.append(exact_k(k))
     return Allocation(tuple(ks))
 
 
-def spreads_fractions(ks: Iterable[float]) -> bool:
+def machine(n_devices: int) -> ClusterSpec:
+    """The executor's devices as the one-node cluster placement sees."""
+    return ClusterSpec(name="this machine", gpus=n_devices, gpus_per_node=n_devices)
+
+
+def spreads_fractions(ks: Iterable[Any]) -> bool:
     """Placement rule for k < 1 shared by the simulator and the executor: spread sharing
     trials over devices (True) unless the allocation also uses whole devices, where best fit
     keeps whole devices free for those rungs (module docstring)."""
@@ -261,6 +312,11 @@ class DevicePool:
             self.dev_free[d] = 0
         self.free_units -= k * L
         return tuple(devs)
+
+    @property
+    def busy_devices(self) -> int:
+        """Devices holding at least a share of some trial."""
+        return sum(1 for f in self.dev_free if f < self.L)
 
     def release(self, devices: tuple[int, ...], k: float) -> None:
         L = self.L

@@ -68,7 +68,7 @@ def test_hung_rank_and_silent_training_fail_by_timeout_not_hang(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("gpus_per_trial=4", "gpus_per_trial=4: more devices per trial than the 2 present"),
+        ("gpus_per_trial=4", "gpus_per_trial=4: not allowed: more devices per trial than the 2 of this machine"),
         ("train.entrypoint=no_such_module:train", "train.entrypoint='no_such_module:train': cannot load it"),
         ("devices=cuda", "devices=cuda: no CUDA GPU"),
         ("gpus_per_trial=0.3", "1/m"),

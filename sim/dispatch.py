@@ -1,0 +1,367 @@
+"""The dispatch core: one clock-free piece of code that every driver of a search runs.
+
+The simulator (`sim/engine.py`, simpy timeouts) and the executor (`execute/loop.py`, warm
+worker processes) differ only in how time passes and how an epoch gets done. Everything
+else — when the scheduler is asked, where a job is placed, what waits, when a trial moves to
+another allocation, which trace events are written — happens here, so a search predicted by
+the simulator is the search the executor runs. No simpy, no processes, no wall clock: the
+driver says what happened and when (``now``), the core decides and calls back.
+
+A driver
+- calls `start(now)` once, then, as things happen, `result(...)` (a trial reported an epoch),
+  `released(...)` (a trial's job ended after the decision it was given, its devices are
+  free), `failed(...)` (a trial's job crashed or hung) and, for Ctrl-C, `interrupt(now)`;
+- is called back through `launch(segment)` for every placement (start the job on those
+  devices) and `emit(event)` for every trace event (in the order they happen; the executor
+  journals each before acting on it);
+- is done when `done` is true (`stalled` says the scheduler waits with nothing running: a
+  scheduler bug).
+
+The rules (each in one place below):
+- **Asking.** The scheduler is asked at dispatch points only: at the start, after a result
+  answered PAUSE or STOP (a synchronous rung may be complete while the reporting trial still
+  holds its devices), and after devices are released or a failure is told. It is asked while
+  free capacity can hold the smallest allocation in use and no request waits. A pure
+  scheduler that answered WAIT answers WAIT again until a result or failure reaches it, so it
+  is not asked again before one has. A CONTINUE answer is no dispatch point: in every
+  scheduler here, work appears at rung decisions, and the next release asks anyway.
+- **Waiting.** A job whose devices are not free now waits, first in first out, and nothing
+  new is asked while one waits, so big requests are not starved and every job is placed in
+  the order it was asked. A job for a trial that is still saving the checkpoint of its last
+  PAUSE waits for that save (it must resume from it), and nothing new is asked meanwhile
+  either (a decision + save time, seconds in a search of hours), so that placement order is
+  ask order here too. A job that waited carries
+  ``asked_after=N`` in its start/resume event's ``info``: the number of scheduler calls
+  (asks that gave a job, results, failures) before it was asked, so a journal replay
+  can ask at the same point (`execute/journal.py`).
+- **Placement.** `cluster.DevicePool`: one rule for sharing 1/m, per-rung schedules and whole
+  nodes. The executor's devices are a one-node cluster to it.
+- **Moving a trial at a rung** (per-rung schedules, RASDA). When a trial the scheduler told
+  CONTINUE is about to train an epoch whose allocation differs, the ranks are told PAUSE
+  instead (save a checkpoint); on release a "pause" event with ``info="reallocate"`` is
+  written and a request to resume on the new allocation waits first in first out; its
+  "resume" carries ``info="reallocate"`` too. The scheduler never sees the move. Under the
+  ``rerun`` promotion semantics a promoted trial retrains its old epochs at the allocation of
+  its first new epoch (the budget decides the allocation of the whole job).
+- **Stops of paused trials** (`Scheduler.drain_stopped`) get a "stop" event at once, or, for
+  a trial still saving its PAUSE checkpoint, as its release event instead of "pause".
+- **Failures.** A crash after the trial's final decision (PAUSE or STOP) changes nothing: it
+  is ended as decided. Otherwise a "fail" event (its ``info`` ends with
+  ``resume_epoch=N``, the newest checkpoint) and the scheduler decides retry or drop.
+- **Checkpoints.** Ranks save on PAUSE, on a trial's completion, and every
+  ``checkpoint_every`` epochs while they continue (`Segment.save`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from nasalloc.sim.cluster import Allocation, DevicePool
+from nasalloc.sim.schedulers.base import FINISHED, Decision, Job, Scheduler, TrialStatus, rung_index
+from nasalloc.sim.trace import TraceEvent
+
+REALLOCATE = "reallocate"  # info of the pause/resume pair that moves a trial to another allocation
+INTERRUPTED = "interrupted"  # info of the pause (and later resume) of a trial cut off by Ctrl-C or a kill
+INTERNAL = (REALLOCATE, INTERRUPTED)  # resumes that are the driver's own, not the scheduler's jobs
+_ASKED_AFTER = re.compile(r"asked_after=(\d+)")
+_RESUME_EPOCH = re.compile(r"resume_epoch=(\d+)")
+
+_CONTINUE, _PAUSE, _STOP = Decision.CONTINUE, Decision.PAUSE, Decision.STOP
+
+
+def fail_info(reason: str, resume_epoch: int) -> str:
+    """The ``info`` of a "fail" event: why, and the checkpoint a retry starts from."""
+    return f"{reason}; resume_epoch={resume_epoch}"
+
+
+def resume_epoch_of(info: str | None) -> int:
+    """The checkpoint epoch recorded in a "fail" event's info (0 when none)."""
+    m = _RESUME_EPOCH.search(info or "")
+    return int(m.group(1)) if m else 0
+
+
+def asked_after(info: str | None) -> int | None:
+    """For a start/resume of a job that waited for devices: scheduler calls before its ask."""
+    m = _ASKED_AFTER.search(info or "")
+    return int(m.group(1)) if m else None
+
+
+@dataclass(eq=False)
+class Segment:
+    """One placement of one trial: a job (or part of one) on fixed devices.
+
+    The driver reads `trial`, `config`, `start_epoch` (the checkpoint it starts from; 0:
+    scratch), `until_epoch`, `k`, `devices`, `attempt` and, after `result`, `save`; it may
+    keep its own data in `handle` (a simpy process, a process group id).
+    """
+
+    job: Job
+    k: Fraction
+    devices: tuple[int, ...]
+    start_epoch: int
+    since: float
+    first_new: int  # first epoch the scheduler has not seen (earlier ones are replays)
+    last_epoch: int = 0  # newest epoch reported in this segment
+    decision: Decision | None = None  # the scheduler's answer to the last result
+    told: Decision | None = None  # what the ranks were told (PAUSE instead of CONTINUE to move)
+    move_to: Fraction | None = None  # the allocation it moves to after a REALLOCATE pause
+    save: bool = False  # whether the ranks save a checkpoint after the last result
+    stopped_while_saving: bool = False
+    handle: Any = None
+
+    @property
+    def trial(self) -> int:
+        return self.job.trial
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.job.config
+
+    @property
+    def until_epoch(self) -> int:
+        return self.job.until_epoch
+
+    @property
+    def attempt(self) -> int:
+        return self.job.attempt
+
+    @property
+    def ending(self) -> bool:
+        """Told to pause or stop: the job ends after its save; its devices are not free yet."""
+        return self.told is not None and self.told is not _CONTINUE
+
+
+@dataclass
+class _Request:
+    """A job waiting for devices."""
+
+    job: Job
+    k: Fraction
+    first_new: int
+    info: str | None = None  # REALLOCATE / INTERRUPTED for the driver's own resumes
+    asked_after: int | None = None  # set when an asked job waits (journal replay needs it)
+
+
+class Dispatcher:
+    """The clock-free dispatch core (module docstring). One instance per search."""
+
+    def __init__(self, scheduler: Scheduler, allocation: Allocation, pool: DevicePool, *,
+                 launch: Callable[[Segment], None], emit: Callable[[TraceEvent], None],
+                 device_ids: list[int] | tuple[int, ...] | None = None, checkpoint_every: int = 1,
+                 checkpoint_epoch: Callable[[int, int], int] | None = None, calls: int = 0):
+        self.sched = scheduler
+        self.allocation = allocation
+        self.pool = pool
+        self._launch = launch
+        self._emit = emit
+        self._ids = None if device_ids is None else tuple(device_ids)  # pool index -> the driver's device id
+        self.checkpoint_every = int(checkpoint_every)
+        self._checkpoint_epoch = checkpoint_epoch
+        self.max_epochs = scheduler.max_epochs
+        milestones = list(scheduler.milestones)
+        # the allocation of every epoch (index e), so the result path is one list lookup
+        self.k_of_epoch = [allocation.k_at(rung_index(milestones, max(e, 1))) for e in range(self.max_epochs + 2)]
+        self.min_units = min(pool.units(k) for k in allocation.ks)
+        self.running: dict[int, Segment] = {}  # trial -> its segment
+        self.waiting: deque[_Request] = deque()
+        self.after_save: dict[int, _Request] = {}  # promoted while still saving its PAUSE checkpoint
+        self.finished = False  # the scheduler answered FINISHED
+        self.closed = False  # interrupted: nothing more is placed or asked
+        self.calls = int(calls)  # journaled scheduler calls so far (asks with a job, results, failures)
+        self._changes = 0  # scheduler calls that may change what `ask` answers
+        self._waited_at = -1  # value of `_changes` when the scheduler last answered WAIT
+        self.busy_device_seconds = 0.0  # sum over segments of k x held time
+
+    # ----- state ------------------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        """Nothing runs, nothing waits."""
+        return not self.running and not self.waiting and not self.after_save
+
+    @property
+    def done(self) -> bool:
+        return self.finished and self.idle
+
+    @property
+    def stalled(self) -> bool:
+        """Nothing runs or waits, yet the scheduler has not finished: it answers WAIT forever."""
+        return self.idle and not self.finished
+
+    def k_for(self, job: Job, first_new: int) -> Fraction:
+        """The allocation a job is placed at: that of its first epoch the scheduler has not seen."""
+        return self.k_of_epoch[min(max(job.start_epoch + 1, first_new), self.max_epochs + 1)]
+
+    # ----- driver -> core ----------------------------------------------------------------
+    def start(self, now: float) -> None:
+        self._dispatch(now)
+
+    def requeue(self, job: Job, info: str = INTERRUPTED) -> None:
+        """A job the driver restarts on its own (a resumed run's cut-off trials); goes first."""
+        first_new = self.sched.trials[job.trial].last_epoch + 1
+        self.waiting.append(_Request(job, self.k_for(job, first_new), first_new, info))
+
+    def result(self, now: float, trial: int, epoch: int, metric: float, test_metric: float | None = None) -> Decision:
+        """A trial reported `epoch`; -> what its ranks are told (CONTINUE, PAUSE or STOP).
+
+        Raises ValueError when the scheduler refuses the result (the driver fails the job).
+        """
+        seg = self.running[trial]
+        decision = self.sched.on_result(trial, epoch, metric)
+        self._changes += 1
+        self.calls += 1
+        seg.last_epoch = epoch
+        self._emit(TraceEvent(now, "result", trial, epoch, metric, self._dev(seg), None, test_metric))
+        self._drain(now)
+        told = decision
+        if decision is _CONTINUE:
+            k_next = self.k_of_epoch[min(max(epoch + 1, seg.first_new), self.max_epochs + 1)]
+            if k_next != seg.k:
+                told, seg.move_to = _PAUSE, k_next
+            seg.save = epoch % self.checkpoint_every == 0 or told is _PAUSE
+        else:
+            seg.save = decision is _PAUSE or epoch >= self.max_epochs  # keep a completed trial's model
+        seg.decision, seg.told = decision, told
+        if decision is not _CONTINUE:
+            self._dispatch(now)  # a rung may be complete: idle devices start at once
+        return told
+
+    def released(self, now: float, trial: int) -> None:
+        """The trial's job ended as told (after its save): record it, free its devices."""
+        seg = self.running.pop(trial)
+        devices = self._dev(seg)
+        tid, epoch = seg.trial, seg.last_epoch
+        if seg.decision is _CONTINUE and seg.told is _PAUSE:
+            self._emit(TraceEvent(now, "pause", tid, epoch, None, devices, info=REALLOCATE))
+            until = self.sched.trials[tid].until_epoch
+            job = Job(tid, seg.config, epoch, until, resume=True, attempt=seg.attempt)
+            self.waiting.append(_Request(job, seg.move_to, seg.first_new, REALLOCATE))  # type: ignore[arg-type]
+        elif seg.decision is _PAUSE and not seg.stopped_while_saving:
+            self._emit(TraceEvent(now, "pause", tid, epoch, None, devices))
+        else:
+            done = self.sched.trials[tid].status is TrialStatus.COMPLETED
+            self._emit(TraceEvent(now, "complete" if done else "stop", tid, epoch, None, devices))
+        self._free(now, seg)
+        waiting = self.after_save.pop(tid, None)
+        if waiting is not None:
+            self.waiting.append(waiting)
+        self._dispatch(now)
+
+    def failed(self, now: float, trial: int, resume_epoch: int, info: str) -> bool:
+        """The trial's job crashed or hung; `resume_epoch`: its newest usable checkpoint.
+
+        -> False when the crash came after its final decision (ended as decided, nothing to
+        retry), else whether the scheduler retries it.
+        """
+        seg = self.running[trial]
+        if seg.decision is not None and seg.decision is not _CONTINUE and seg.told is seg.decision:
+            self.released(now, trial)
+            return False
+        del self.running[trial]
+        self._emit(TraceEvent(now, "fail", trial, seg.last_epoch, None, self._dev(seg), info=fail_info(info, resume_epoch)))
+        self._free(now, seg)
+        retried = self.sched.on_failure(trial, resume_epoch)
+        self.calls += 1
+        self._changes += 1
+        self._drain(now)
+        self._dispatch(now)
+        return retried
+
+    def interrupt(self, now: float) -> None:
+        """Ctrl-C / SIGTERM: every running trial ends now; resumable from the journal.
+
+        A trial whose final decision was already given ends as decided; the others get a
+        "pause" with ``info="interrupted"``. Nothing new is placed.
+        """
+        self.closed = True
+        self.waiting.clear()
+        self.after_save.clear()
+        for tid, seg in list(self.running.items()):
+            if seg.decision is not None and seg.decision is not _CONTINUE and seg.told is seg.decision:
+                self.released(now, tid)
+                continue
+            del self.running[tid]
+            self._emit(TraceEvent(now, "pause", tid, seg.last_epoch, None, self._dev(seg), info=INTERRUPTED))
+            self._free(now, seg)
+
+    # ----- the rules ----------------------------------------------------------------------
+    def _dev(self, seg: Segment) -> tuple[int, ...]:
+        ids = self._ids
+        return seg.devices if ids is None else tuple(ids[d] for d in seg.devices)
+
+    def _free(self, now: float, seg: Segment) -> None:
+        self.pool.release(seg.devices, seg.k)
+        self.busy_device_seconds += float(seg.k) * (now - seg.since)
+
+    def _drain(self, now: float) -> None:
+        """"stop" for PAUSED trials the scheduler stopped; a trial still saving its PAUSE
+        checkpoint ends with "stop" instead of "pause" when the save is done."""
+        stopped = self.sched.drain_stopped()
+        if stopped:
+            trials = self.sched.trials
+            for tid in stopped:
+                seg = self.running.get(tid)
+                if seg is not None and seg.ending:
+                    seg.stopped_while_saving = True
+                else:
+                    self._emit(TraceEvent(now, "stop", tid, trials[tid].last_epoch))
+
+    def _dispatch(self, now: float) -> None:
+        """Place waiting requests first in first out, then ask the scheduler for new work."""
+        if self.closed:
+            return
+        pool, waiting = self.pool, self.waiting
+        while waiting:
+            req = waiting[0]
+            devices = pool.place(req.k)
+            if devices is None:
+                return
+            waiting.popleft()
+            self._place(now, req, devices)
+        if self.finished or self.after_save:
+            return
+        sched = self.sched
+        while pool.free_units >= self.min_units:
+            if self._waited_at == self._changes:
+                return  # WAIT, and nothing told since: a pure state machine answers the same
+            job = sched.ask()
+            self._drain(now)
+            if not isinstance(job, Job):
+                self.finished = job is FINISHED
+                self._waited_at = self._changes
+                return
+            self._changes += 1
+            self.calls += 1
+            first_new = sched.trials[job.trial].last_epoch + 1
+            req = _Request(job, self.k_for(job, first_new), first_new)
+            saving = self.running.get(job.trial)
+            if saving is not None:  # promoted while still saving its checkpoint: resume after
+                req.asked_after = self.calls - 1
+                self.after_save[job.trial] = req
+                return
+            devices = pool.place(req.k)
+            if devices is None:
+                req.asked_after = self.calls - 1
+                waiting.append(req)
+                return
+            self._place(now, req, devices)
+
+    def _place(self, now: float, req: _Request, devices: tuple[int, ...]) -> None:
+        job = req.job
+        start = job.start_epoch
+        if start > 0 and self._checkpoint_epoch is not None:
+            start = self._checkpoint_epoch(job.trial, start)
+        seg = Segment(job, req.k, devices, start, now, req.first_new, last_epoch=start)
+        self.running[job.trial] = seg
+        info = req.info
+        if req.asked_after is not None:
+            info = f"waited for devices; asked_after={req.asked_after}"
+        if job.resume or req.info is not None:
+            self._emit(TraceEvent(now, "resume", job.trial, start, None, self._dev(seg), info=info))
+        else:
+            self._emit(TraceEvent(now, "start", job.trial, 0, None, self._dev(seg), job.config, info=info))
+        self._launch(seg)
