@@ -2,7 +2,7 @@
 
 import pytest
 
-from nasalloc.calibration.compare import compare, kendall_tau, relative_error, timings
+from nasalloc.validate.compare import compare, kendall_tau, relative_error, timings
 from nasalloc.sim.trace import TraceEvent
 
 
@@ -117,7 +117,7 @@ def test_start_up_is_read_per_trial_not_against_a_trace_wide_epoch():
 def test_ranking_pools_repeats_and_flags_pairs_inside_the_noise():
     from types import SimpleNamespace
 
-    from nasalloc.calibration.validate import ranking
+    from nasalloc.validate.validate import ranking
 
     def run(label):
         return SimpleNamespace(spec=SimpleNamespace(allocation=label))

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from nasalloc.calibration.compare import Comparison, Timings, compare, kendall_tau
+from nasalloc.validate.compare import Comparison, Timings, compare, kendall_tau
 from nasalloc.execute.run import RUN_CONFIG
 from nasalloc.sim.cluster import ClusterSpec, parse_allocation
 from nasalloc.sim.engine import SimulationSpec, simulate
