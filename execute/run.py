@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from nasalloc.execute.devices import Allocation
 from nasalloc.sim.config import require, to_typed
 from nasalloc.sim.errors import UserError
+from nasalloc.sim.formatting import format_allocation, format_duration
 from nasalloc.sim.schedulers import scheduler_config
 from nasalloc.sim.space import SearchSpace
 
@@ -252,12 +253,16 @@ def main(settings: RunSettings, out_dir: Path) -> None:
 
 
 def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
-    def fmt(v: Any) -> str:
+    def fmt(key: str, v: Any) -> str:
+        if key == "gpus_per_trial" and v is not None:
+            return format_allocation(v)
+        if key.endswith("_s") and v is not None:
+            return format_duration(v)
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     keys = ("scheduler", "gpus_per_trial", "devices", "trials", "completed", "stopped", "failed", "epochs_trained",
             "best_metric", "best_test_metric", "best_trial", "makespan_s", "time_to_target_s", "gpu_utilization")
-    lines = [f"  {k:<17} {fmt(summary.get(k))}" for k in keys]
+    lines = [f"  {k:<17} {fmt(k, summary.get(k))}" for k in keys]
     print("nasalloc run: done\n" + "\n".join(lines) + f"\n  output            {run_dir}", flush=True)
 
 

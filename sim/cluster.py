@@ -43,6 +43,7 @@ from typing import Any
 
 from nasalloc.sim.config import require
 from nasalloc.sim.errors import UserError
+from nasalloc.sim.formatting import format_allocation
 
 
 @dataclass(frozen=True)
@@ -133,10 +134,7 @@ class Allocation:
         return vals[0] if self.is_static else vals
 
     def __str__(self) -> str:
-        def one(k: float) -> str:
-            return str(int(k)) if k >= 1 else f"1/{round(1 / k)}"
-
-        return one(self.schedule[0]) if self.is_static else "[" + ",".join(one(k) for k in self.schedule) + "]"
+        return format_allocation(self.schedule[0] if self.is_static else self.schedule)
 
 
 def _parse_one(value: Any) -> float:

@@ -28,6 +28,7 @@ from nasalloc.sim.cluster import Allocation, ClusterSpec, parse_allocation
 from nasalloc.sim.config import to_typed
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
+from nasalloc.sim.formatting import duration_unit, format_duration, format_in_unit
 from nasalloc.sim.profile import Profile, load_profile
 from nasalloc.sim.ranking import OBJECTIVE_FIELD, GroupStats, Recommendation, recommend
 from nasalloc.sim.schedulers import make_scheduler, scheduler_config, scheduler_names
@@ -278,22 +279,8 @@ def _fmt_est(est: Any, fmt: Any) -> str:
     return f"{fmt(est.mean)} ±{fmt(half)}" if math.isfinite(half) else fmt(est.mean)
 
 
-def _time_formatter(seconds: float) -> tuple[Any, str]:
-    """A formatter and unit chosen once for a column, so means and intervals share a unit."""
-    if seconds >= 2 * 3600:
-        return (lambda x: f"{x / 3600:.2f}"), "h"
-    if seconds >= 120:
-        return (lambda x: f"{x / 60:.1f}"), "min"
-    return (lambda x: f"{x:.1f}"), "s"
-
-
 def _money(x: float) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
-
-
-def _hours(x: float) -> str:
-    fmt, unit = _time_formatter(x)
-    return f"{fmt(x)} {unit}"
 
 
 def render_table(settings: RecommendSettings, rec: Recommendation) -> Any:
@@ -302,7 +289,11 @@ def render_table(settings: RecommendSettings, rec: Recommendation) -> Any:
     metric = settings.workload.metric
     several_sizes = len(settings.clusters) > 1
     spans = [g.estimates["makespan_s"].mean for g in rec.groups if math.isfinite(g.estimates["makespan_s"].mean)]
-    t_fmt, t_unit = _time_formatter(min(spans) if spans else 0.0)
+    _, t_unit = duration_unit(min(spans) if spans else 0.0)  # one unit per column: means and intervals compare
+
+    def t_fmt(seconds: float) -> str:
+        return format_in_unit(seconds, t_unit)
+
     table = Table(title=f"objective: {rec.objective}; mean ±95% CI over {len(settings.seeds)} seeds; "
                         f"x slowest / x k=1: makespan speed-up", title_justify="left")
     columns = ["scheduler"] + (["GPUs"] if several_sizes else []) + ["k", f"makespan \\[{t_unit}]", "x slowest", "x k=1",
@@ -346,10 +337,10 @@ def verdict(settings: RecommendSettings, rec: Recommendation) -> str:
     e = g.estimates
     field_name = OBJECTIVE_FIELD[rec.objective]
     value = e[field_name]
-    shown = _hours(value.mean) if field_name.endswith("_s") else f"{value.mean:,.4g}"
+    shown = format_duration(value.mean) if field_name.endswith("_s") else f"{value.mean:,.4g}"
     same = [o for o in rec.groups if o.equivalent_overall and o is not g]
     half = value.half_width
-    interval = "" if not math.isfinite(half) else f" ±{_hours(half) if field_name.endswith('_s') else f'{half:,.4g}'}"
+    interval = "" if not math.isfinite(half) else f" ±{format_duration(half) if field_name.endswith('_s') else f'{half:,.4g}'}"
     lines = [f"recommended: {g.scheduler} with {g.allocation} GPU(s) per trial on {g.gpus} GPUs: "
              f"{rec.objective} {shown}{interval} (95% CI)"]
     if g.speedup_vs_slowest is not None:
@@ -363,7 +354,7 @@ def verdict(settings: RecommendSettings, rec: Recommendation) -> str:
             lines.append(f"  best for {key[0]}" + (f" on {key[1]} GPUs" if len(settings.clusters) > 1 else "") + f": k={best.allocation}")
     if len(settings.clusters) > 1:
         for size, best in rec.per_size.items():
-            lines.append(f"  {size:>5} GPUs: {best.scheduler} k={best.allocation}, makespan {_hours(best.estimates['makespan_s'].mean)}, "
+            lines.append(f"  {size:>5} GPUs: {best.scheduler} k={best.allocation}, makespan {format_duration(best.estimates['makespan_s'].mean)}, "
                          f"cost {_money(best.estimates['cost'].mean)}")
     return "\n".join(lines)
 
@@ -412,7 +403,7 @@ def main(settings: RecommendSettings, out_dir: Path) -> None:
     console = Console(width=max(120, Console().width))
     console.print(render_table(settings, rec))
     print(verdict(settings, rec))
-    print(f"{len(runs)} simulations in {wall:.1f} s; output: {out_dir.resolve()}")
+    print(f"{len(runs)} simulations in {format_duration(wall)}; output: {out_dir.resolve()}")
 
 
 def rerun(settings: RecommendSettings, group: GroupStats, seed_index: int = 0) -> Any:

@@ -27,6 +27,7 @@ from nasalloc.execute.run import RUN_CONFIG, RunConfig, read_run_config, require
 from nasalloc.sim.cluster import ClusterSpec, parse_allocation
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
+from nasalloc.sim.formatting import format_allocation, format_duration
 from nasalloc.sim.profile import Profile, dump_profile, load_profile
 from nasalloc.sim.trace import TraceEvent, read_trace, write_json, write_trace
 from nasalloc.sim.workload import MetricSpec, ReplayWorkload
@@ -125,10 +126,6 @@ def _by_allocation(run: RealRun, t: Timings) -> dict[float, dict[str, float | No
                 "resume_s": t.resume_s.get(devices), "pause_s": t.pause_s}}
 
 
-def _k_label(k: float) -> str:
-    return str(int(k)) if k >= 1 else f"1/{round(1 / k)}"
-
-
 def refit_profile(profile: Profile, measured: dict[float, dict[str, float | None]], backend: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The profile's mapping with step time, sharing and overheads refitted to what the runs
     measured; and a report of what changed. Parameters the runs cannot identify keep their
@@ -147,7 +144,7 @@ def refit_profile(profile: Profile, measured: dict[float, dict[str, float | None
     decision = ov.decision_latency_s
     whole = {k: v for k, v in measured.items() if k >= 1 and v["epoch_s"] is not None}
     step = profile.epoch.step
-    report: dict[str, Any] = {"measured_epoch_s": {_k_label(k): v["epoch_s"] for k, v in measured.items()}}
+    report: dict[str, Any] = {"measured_epoch_s": {format_allocation(k): v["epoch_s"] for k, v in measured.items()}}
     if whole:
         ks = sorted(int(k) for k in whole)
         implied = []
@@ -305,10 +302,11 @@ def main(settings: ValidateSettings, out_dir: Path) -> None:
         write_trace(out_dir / f"predicted_{stem}.jsonl", result.events)
         if settings.plots:
             _plot_timelines(result.events, run, out_dir / f"timeline_{stem}.png")
-        epoch_err = ", ".join(f"k={k}: {_pct(v['error'])}" for k, v in c.epoch_s.items()) or "n/a"
+        epoch_err = ", ".join(f"k={format_allocation(k)}: {_pct(v['error'])}" for k, v in c.epoch_s.items()) or "n/a"
         lines.append(
             f"  {run.folder.name}: {run.spec.scheduler.name}, k={run.spec.allocation} on {run.spec.cluster.gpus} devices\n"
-            f"    makespan   predicted {c.makespan_s['predicted']:.1f} s, measured {c.makespan_s['measured']:.1f} s, "
+            f"    makespan   predicted {format_duration(c.makespan_s['predicted'])}, "
+            f"measured {format_duration(c.makespan_s['measured'])}, "
             f"error {_pct(c.makespan_s['error'])}\n"
             f"    epoch time error {epoch_err}; start-up {_pct(next(iter(c.startup_s.values()), {}).get('error'))}; "
             f"utilisation {100 * c.gpu_utilization['predicted']:.0f}% vs {100 * c.gpu_utilization['measured']:.0f}%\n"
