@@ -8,7 +8,8 @@ from it. Writes `sweep.csv`, `recommendation.json` and plots; prints a table.
 
 Layout: `load` validates the whole sweep before any folder exists (one-line errors);
 `sweep.py` builds and runs the grid in worker processes; `ranking.py` aggregates and
-chooses; this module writes and prints.
+chooses; this module writes and prints, and hands `recommend_plots.py` the data it draws
+(never the other way round).
 """
 
 from __future__ import annotations
@@ -397,13 +398,23 @@ def main(settings: RecommendSettings, out_dir: Path) -> None:
     write_sweep_csv(out_dir / "sweep.csv", runs)
     write_json(out_dir / "recommendation.json", recommendation_json(settings, rec))
     if settings.plots:
-        from nasalloc.sim import recommend_plots
-
-        recommend_plots.write_all(settings, rec, out_dir)
+        write_plots(settings, rec, out_dir)
     console = Console(width=max(120, Console().width))
     console.print(render_table(settings, rec))
     print(verdict(settings, rec))
     print(f"{len(runs)} simulations in {format_duration(wall)}; output: {out_dir.resolve()}")
+
+
+def write_plots(settings: RecommendSettings, rec: Recommendation, out_dir: Path) -> None:
+    """The plots of `recommend_plots`. The two runs they show (the recommended allocation
+    and the worst of its family) are simulated again here and passed as traces, so data
+    flows one way: recommend -> recommend_plots. Imported here, not at the top, so that
+    `plots=false` never loads matplotlib."""
+    from nasalloc.sim.recommend_plots import ShownRun, write_all
+
+    best, worst = rec.overall, rec.worst_beside_overall()
+    shown = [None if g is None else ShownRun(g, rerun(settings, g).events) for g in (best, worst)]
+    write_all(rec, out_dir, shown[0], shown[1])
 
 
 def rerun(settings: RecommendSettings, group: GroupStats, seed_index: int = 0) -> Any:

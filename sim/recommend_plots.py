@@ -5,6 +5,7 @@ several cluster sizes were compared) time and cost against cluster size."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from nasalloc.sim.formatting import duration_unit  # noqa: E402
 from nasalloc.sim.plots import plot_gantt  # noqa: E402
-from nasalloc.sim.ranking import OBJECTIVE_FIELD, GroupStats, Recommendation, _better  # noqa: E402
+from nasalloc.sim.ranking import OBJECTIVE_FIELD, GroupStats, Recommendation  # noqa: E402
+from nasalloc.sim.trace import TraceEvent  # noqa: E402
 
 _LABELS = {"makespan_s": "makespan", "time_to_target_s": "time to target", "metric_at_deadline": "best metric",
            "cost": "cost"}
@@ -128,24 +130,27 @@ def plot_cluster_sizes(rec: Recommendation, path: Path) -> None:
     plt.close(fig)
 
 
-def write_all(settings: Any, rec: Recommendation, out_dir: Path) -> None:
-    from nasalloc.sim.recommend import rerun
+@dataclass(frozen=True)
+class ShownRun:
+    """One simulated run that a plot shows: its group (scheduler, cluster size, allocation)
+    and its trace. `recommend` simulates it and hands it over, so this module needs only
+    plain data and never imports `recommend` back."""
 
+    group: GroupStats
+    events: list[TraceEvent]
+
+
+def write_all(rec: Recommendation, out_dir: Path, recommended: ShownRun | None, worst: ShownRun | None) -> None:
+    """Every plot of a recommendation; the best-so-far and Gantt plots need the recommended
+    and the worst run of its family (both None when nothing was recommended)."""
     plot_objective(rec, out_dir / "objective_by_allocation.png")
     if len(rec.per_size) > 1:
         plot_cluster_sizes(rec, out_dir / "cluster_sizes.png")
-    best = rec.overall
-    if best is None:
+    if recommended is None or worst is None:
         return
-    field = OBJECTIVE_FIELD[rec.objective]
-    sign = _better(rec.objective, rec.mode)
-    family = [g for g in rec.groups if (g.scheduler, g.gpus) == (best.scheduler, best.gpus)
-              and math.isfinite(g.estimates[field].mean)]
-    worst = min(family, key=lambda g: sign * g.estimates[field].mean)
-    best_result = rerun(settings, best)
-    worst_result = rerun(settings, worst)
-    plot_recommended_vs_worst(best_result.events, worst_result.events,
-                              (f"recommended: k={best.allocation}", f"worst: k={worst.allocation}"),
+    best = recommended.group
+    plot_recommended_vs_worst(recommended.events, worst.events,
+                              (f"recommended: k={best.allocation}", f"worst: k={worst.group.allocation}"),
                               rec.mode, out_dir / "best_so_far.png")
-    plot_gantt(best_result.events, best.gpus, out_dir / "gantt_recommended.png",
+    plot_gantt(recommended.events, best.gpus, out_dir / "gantt_recommended.png",
                f"{best.scheduler}, k={best.allocation} on {best.gpus} GPUs (recommended, seed {best.runs[0].seed})")
