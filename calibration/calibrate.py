@@ -27,6 +27,7 @@ from nasalloc.calibration.profiling import ProfilingPlan, profile_workload
 from nasalloc.calibration.report import WorkloadFacts, build_profile, plot_speedup, summary_lines, summary_table
 from nasalloc.sim.config import require, to_typed
 from nasalloc.sim.errors import UserError
+from nasalloc.sim.formatting import format_duration
 from nasalloc.sim.profile import dump_profile
 
 
@@ -310,5 +311,5 @@ def main(settings: CalibrateSettings, out_dir: Path) -> None:
     console.print(summary_table(m, analysis, profile))
     for line in summary_lines(profile):
         console.print(line)
-    console.print(f"wrote {out_dir / 'profile.yaml'} and {out_dir / 'speedup.png'} ({time.perf_counter() - t0:.0f} s); "
+    console.print(f"wrote {out_dir / 'profile.yaml'} and {out_dir / 'speedup.png'} ({format_duration(time.perf_counter() - t0)}); "
                   f"use it: nasalloc simulate profile={out_dir / 'profile.yaml'}")

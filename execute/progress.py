@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from nasalloc.sim.formatting import format_duration
+
 
 class Progress:
     def __init__(self, n_devices: int, mode: str = "auto", stream: TextIO | None = None, title: str = "nasalloc run"):
@@ -49,7 +51,7 @@ class Progress:
         t.add_row("trials", f"{started} started, {running} running, {finished} finished, {failed} failures")
         t.add_row("best metric", best)
         t.add_row("devices busy", f"{busy}/{self.n_devices}")
-        t.add_row("elapsed", f"{time.monotonic() - self._t0:.1f} s")
+        t.add_row("elapsed", format_duration(time.monotonic() - self._t0))
         return t
 
     def update(self, loop: Any) -> None:

@@ -10,6 +10,10 @@
 imports) before any folder exists; `main` starts the warm workers, runs `SearchLoop` and
 writes trace.jsonl, summary.json, plots, logs/ into the run folder. A resumed run uses the
 saved `run_config.yaml` of that folder (other overrides are ignored) and appends to its trace.
+
+`read_run_config` is the one reader of that file (for `resume=` here, and for `nasalloc
+validate`, which may run on another machine): it checks values only (`parse_run_config`);
+`settings_here` adds what depends on this machine (devices, entrypoint, profile).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from nasalloc.sim.cluster import Allocation, machine, parse_allocation
 from nasalloc.sim.config import require, to_typed
 from nasalloc.sim.errors import UserError
+from nasalloc.sim.formatting import format_allocation, format_duration
 from nasalloc.sim.schedulers import scheduler_config
 from nasalloc.sim.space import SearchSpace
 
@@ -53,6 +58,38 @@ class TrainConfig:
 
 
 @dataclass
+class RunConfig:
+    """A run's configuration checked value by value, but not against this machine.
+
+    The composed config of a new run and the `run_config.yaml` saved in a run folder both
+    become one of these (`parse_run_config`, `read_run_config`). Reading stops here on
+    purpose: `nasalloc validate` re-simulates a run on another machine, where the training
+    entrypoint need not import and the run's GPUs need not exist. `settings_here` adds the
+    checks against this machine before anything runs.
+    """
+
+    scheduler: Any
+    space: SearchSpace
+    train: TrainConfig
+    devices: DevicesConfig
+    gpus_per_trial: Any  # as given (a number, "1/4", a per-rung list); checked against a device count by the user of it
+    trial_timeout_s: float
+    checkpoint_every: int
+    target: float | None
+    seed: int
+    progress: str
+    profile: str | None  # the profile the run was planned with (recorded for `nasalloc validate`)
+    raw: dict[str, Any]  # the mapping it was read from, saved as run_config.yaml for resume
+
+    def device_count(self) -> int | None:
+        """Devices the config itself names (its ids, else its count); None for `devices=cuda`
+        with count 0, which means every GPU present on the machine that ran it."""
+        if self.devices.ids:
+            return len(self.devices.ids)
+        return self.devices.count or None
+
+
+@dataclass
 class RunSettings:
     """Everything `main` needs, validated."""
 
@@ -74,10 +111,7 @@ class RunSettings:
 
 def _device_ids(dev: DevicesConfig) -> list[int]:
     if dev.kind == "cpu":
-        ids = list(dev.ids) if dev.ids else list(range(dev.count))
-        if not ids:
-            raise UserError("devices.count=0: need at least one CPU slot")
-        return ids
+        return list(dev.ids) if dev.ids else list(range(dev.count))
     import torch
 
     present = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -102,8 +136,9 @@ def _check_entrypoint(entrypoint: str) -> None:
         raise UserError(f"train.entrypoint={entrypoint!r}: not a function")
 
 
-def settings_from(raw: dict[str, Any], resume: Path | None = None) -> RunSettings:
-    """Validate a plain config mapping (composed Hydra config or saved run_config.yaml)."""
+def parse_run_config(raw: dict[str, Any]) -> RunConfig:
+    """Check a plain config mapping (composed Hydra config or saved run_config.yaml) value by
+    value; nothing here looks at this machine (see `RunConfig`)."""
     for key in ("scheduler", "train", "devices"):
         if not isinstance(raw.get(key), dict):
             raise UserError(f"{key}: missing; pick one, e.g. {key}=" + {"scheduler": "asha", "train": "digits", "devices": "cpu"}[key])
@@ -111,11 +146,10 @@ def settings_from(raw: dict[str, Any], resume: Path | None = None) -> RunSetting
     train = to_typed(TrainConfig, raw["train"], "train")
     space = SearchSpace.from_config(train.space, "train.space")
     devices = to_typed(DevicesConfig, raw["devices"], "devices")
-    ids = _device_ids(devices)
-    if len(set(ids)) != len(ids):
-        raise UserError(f"devices.ids={ids}: an id appears twice")
-    gpt = raw.get("gpus_per_trial", 1)
-    allocation = parse_allocation(gpt, machine(len(ids)))
+    if devices.kind == "cpu" and not devices.ids and devices.count == 0:
+        raise UserError("devices.count=0: need at least one CPU slot")
+    if devices.ids and len(set(devices.ids)) != len(devices.ids):
+        raise UserError(f"devices.ids={list(devices.ids)}: an id appears twice")
     timeout = raw.get("trial_timeout_s", 120.0)
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise UserError(f"trial_timeout_s={timeout!r}: must be a number of seconds > 0")
@@ -131,16 +165,61 @@ def settings_from(raw: dict[str, Any], resume: Path | None = None) -> RunSetting
     seed = raw.get("seed", 0)
     if not isinstance(seed, int):
         raise UserError(f"seed={seed!r}: must be an integer")
-    _check_entrypoint(train.entrypoint)
-    if raw.get("profile") is not None:  # only recorded (for `nasalloc validate`), but a typo should fail now
+    profile = raw.get("profile")
+    return RunConfig(
+        scheduler=sched, space=space, train=train, devices=devices, gpus_per_trial=raw.get("gpus_per_trial", 1),
+        trial_timeout_s=float(timeout), checkpoint_every=every, target=None if target is None else float(target),
+        seed=seed, progress=progress, profile=None if profile is None else str(profile), raw=raw,
+    )
+
+
+def require_run_folder(folder: str | Path, key: str) -> Path:
+    """`folder` as a Path if it holds a run of `nasalloc run` (`key` names the setting in the error)."""
+    path = Path(folder).expanduser()
+    if not (path / "trace.jsonl").is_file() or not (path / RUN_CONFIG).is_file():
+        raise UserError(f"{key}={folder}: not a run folder (needs trace.jsonl and {RUN_CONFIG} from `nasalloc run`)")
+    return path
+
+
+def read_run_config(folder: Path) -> RunConfig:
+    """The one reader of a run folder's run_config.yaml: `resume=` continues from it and
+    `nasalloc validate` re-simulates it. Errors are one line naming the file."""
+    path = Path(folder) / RUN_CONFIG
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror})") from None
+    except yaml.YAMLError:
+        raise UserError(f"{path}: not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: not a mapping of settings")
+    try:
+        return parse_run_config(raw)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+def settings_here(config: RunConfig, resume: Path | None = None) -> RunSettings:
+    """The settings to run `config` on this machine: its devices exist, the allocation fits
+    them, the training entrypoint imports and the recorded profile loads."""
+    ids = _device_ids(config.devices)
+    allocation = parse_allocation(config.gpus_per_trial, machine(len(ids)))
+    _check_entrypoint(config.train.entrypoint)
+    if config.profile is not None:  # only recorded (for `nasalloc validate`), but a typo should fail now
         from nasalloc.sim.profile import load_profile
 
-        load_profile(str(raw["profile"]))
+        load_profile(config.profile)
     return RunSettings(
-        scheduler=sched, space=space, train=train, devices=devices, device_ids=ids, allocation=allocation,
-        gpus_per_trial=allocation.label, trial_timeout_s=float(timeout), checkpoint_every=every,
-        target=None if target is None else float(target), seed=seed, progress=progress, resume=resume, raw=raw,
+        scheduler=config.scheduler, space=config.space, train=config.train, devices=config.devices, device_ids=ids,
+        allocation=allocation, gpus_per_trial=allocation.label, trial_timeout_s=config.trial_timeout_s,
+        checkpoint_every=config.checkpoint_every, target=config.target, seed=config.seed, progress=config.progress,
+        resume=resume, raw=config.raw,
     )
+
+
+def settings_from(raw: dict[str, Any], resume: Path | None = None) -> RunSettings:
+    """Validate a plain config mapping and check it against this machine."""
+    return settings_here(parse_run_config(raw), resume)
 
 
 def load(cfg: DictConfig) -> RunSettings:
@@ -149,13 +228,8 @@ def load(cfg: DictConfig) -> RunSettings:
     raw.pop("hydra", None)
     resume = raw.get("resume")
     if resume:
-        folder = Path(str(resume))
-        if not (folder / "trace.jsonl").is_file() or not (folder / RUN_CONFIG).is_file():
-            raise UserError(f"resume={resume}: not a run folder (needs trace.jsonl and {RUN_CONFIG} from `nasalloc run`)")
-        saved = yaml.safe_load((folder / RUN_CONFIG).read_text(encoding="utf-8"))
-        if not isinstance(saved, dict):
-            raise UserError(f"resume={resume}: {RUN_CONFIG} is not a mapping")
-        return settings_from(saved, resume=folder)
+        folder = require_run_folder(str(resume), "resume")
+        return settings_here(read_run_config(folder), resume=folder)
     out_dir = raw.get("out_dir")
     if out_dir and (Path(str(out_dir)) / "trace.jsonl").exists():
         raise UserError(f"out_dir={out_dir}: already holds a run (trace.jsonl); continue it with resume={out_dir} "
@@ -179,14 +253,19 @@ def main(settings: RunSettings, out_dir: Path) -> None:
 
 
 def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
-    def fmt(v: Any) -> str:
+    def fmt(key: str, v: Any) -> str:
+        if key == "gpus_per_trial" and v is not None:
+            return format_allocation(v)
+        if key.endswith("_s") and v is not None:
+            return format_duration(v)
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     keys = ("scheduler", "gpus_per_trial", "devices", "trials", "completed", "stopped", "failed", "epochs_trained",
             "best_metric", "best_test_metric", "best_trial", "makespan_s", "time_to_target_s", "gpu_utilization")
-    lines = [f"  {k:<17} {fmt(summary.get(k))}" for k in keys]
+    lines = [f"  {k:<17} {fmt(k, summary.get(k))}" for k in keys]
     print("nasalloc run: done\n" + "\n".join(lines) + f"\n  output            {run_dir}", flush=True)
 
 
 
-__all__ = ["RunSettings", "DevicesConfig", "TrainConfig", "load", "main", "settings_from"]
+__all__ = ["RunConfig", "RunSettings", "DevicesConfig", "TrainConfig", "load", "main", "parse_run_config",
+           "read_run_config", "require_run_folder", "settings_from", "settings_here"]

@@ -37,7 +37,7 @@ COMMANDS = {
         Command("recommend", "nasalloc.sim.recommend", "simulate every allocation over many seeds and recommend one"),
         Command("calibrate", "nasalloc.calibration.calibrate", "profile your training at a few allocations and fit profile.yaml"),
         Command("run", "nasalloc.execute.run", "run the search for real with one allocation (DDP, journaled)"),
-        Command("validate", "nasalloc.calibration.validate", "compare a real run with the simulator's prediction"),
+        Command("validate", "nasalloc.validate.validate", "compare a real run with the simulator's prediction"),
     )
 }
 

@@ -43,6 +43,7 @@ from typing import Any
 
 from nasalloc.sim.config import require
 from nasalloc.sim.errors import UserError
+from nasalloc.sim.formatting import format_allocation
 
 
 @dataclass(frozen=True)
@@ -127,12 +128,6 @@ def exact_k(k: Any) -> Fraction:
     return Fraction(int(f)) if f >= 1 else Fraction(1, round(1 / f))
 
 
-def format_k(k: Any) -> str:
-    """One allocation entry as users write it: "2", "1/4"."""
-    k = exact_k(k)
-    return str(int(k)) if k >= 1 else f"1/{k.denominator}"
-
-
 @dataclass(frozen=True)
 class Allocation:
     """Devices per trial: a static k, or one k per rung (epochs after the i-th milestone).
@@ -181,7 +176,7 @@ class Allocation:
         return vals[0] if self.is_static else vals
 
     def __str__(self) -> str:
-        return format_k(self.schedule[0]) if self.is_static else "[" + ",".join(format_k(k) for k in self.schedule) + "]"
+        return format_allocation(self.schedule[0] if self.is_static else self.schedule)
 
 
 def _parse_one(value: Any) -> float:

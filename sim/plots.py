@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 
+from nasalloc.sim.formatting import duration_unit  # noqa: E402
 from nasalloc.sim.trace import HOLDS, RELEASES, TraceEvent  # noqa: E402
 
 _END_STYLE = {  # how a hold ends: marker, colour, legend label
@@ -24,14 +25,6 @@ _END_STYLE = {  # how a hold ends: marker, colour, legend label
     "pause": ("|", "#24292f", "paused"),
     "fail": ("X", "#8250df", "failed"),
 }
-
-
-def _time_unit(span: float) -> tuple[float, str]:
-    if span >= 3 * 3600:
-        return 3600.0, "h"
-    if span >= 180:
-        return 60.0, "min"
-    return 1.0, "s"
 
 
 def _holds(events: list[TraceEvent]) -> list[tuple[int, float, float, tuple[int, ...], str]]:
@@ -70,7 +63,7 @@ def draw_gantt(ax: Any, events: list[TraceEvent], n_devices: int, title: str = "
     holds = _holds(events)
     if span is None:
         span = max((h[2] for h in holds), default=1.0) or 1.0
-    scale, unit = _time_unit(span)
+    scale, unit = duration_unit(span)
     cmap = plt.get_cmap("tab20")
     # lanes per device: greedy interval colouring so overlapping shares stack
     per_device: dict[int, list[tuple[float, float, int, str]]] = {}
@@ -125,7 +118,7 @@ def plot_best_so_far(events: list[TraceEvent], mode: str, path: Path, title: str
     results = [e for e in events if e.event == "result" and e.metric is not None and e.metric == e.metric]
     sign = 1.0 if mode == "max" else -1.0
     span = max((e.time for e in events), default=1.0) or 1.0
-    scale, unit = _time_unit(span)
+    scale, unit = duration_unit(span)
     xs, best_y, test_y = [], [], []
     best = None
     for e in sorted(results, key=lambda e: e.time):

@@ -153,6 +153,19 @@ class Recommendation:
     per_size: dict[int, GroupStats]  # best over schedulers per cluster size
     overall: GroupStats | None
 
+    def worst_beside_overall(self) -> GroupStats | None:
+        """The worst allocation (by mean objective, among those that reached it) of the
+        recommended group's scheduler and cluster size: what the recommendation is shown
+        against in the best-so-far plot."""
+        best = self.overall
+        if best is None:
+            return None
+        field_name = OBJECTIVE_FIELD[self.objective]
+        sign = _better(self.objective, self.mode)
+        family = [g for g in self.groups if (g.scheduler, g.gpus) == (best.scheduler, best.gpus)
+                  and math.isfinite(g.estimates[field_name].mean)]
+        return min(family, key=lambda g: sign * g.estimates[field_name].mean)
+
 
 def recommend(runs: Sequence[RunMetrics], objective: str, mode: str) -> Recommendation:
     """Aggregate the sweep and choose per scheduler, per cluster size and overall."""

@@ -8,7 +8,8 @@ from it. Writes `sweep.csv`, `recommendation.json` and plots; prints a table.
 
 Layout: `load` validates the whole sweep before any folder exists (one-line errors);
 `sweep.py` builds and runs the grid in worker processes; `ranking.py` aggregates and
-chooses; this module writes and prints.
+chooses; this module writes and prints, and hands `recommend_plots.py` the data it draws
+(never the other way round).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from nasalloc.sim.cluster import Allocation, ClusterSpec, parse_allocation
 from nasalloc.sim.config import to_typed
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
+from nasalloc.sim.formatting import duration_unit, format_duration, format_in_unit
 from nasalloc.sim.profile import Profile, load_profile
 from nasalloc.sim.ranking import OBJECTIVE_FIELD, GroupStats, Recommendation, recommend
 from nasalloc.sim.schedulers import make_scheduler, scheduler_config, scheduler_names
@@ -278,22 +280,8 @@ def _fmt_est(est: Any, fmt: Any) -> str:
     return f"{fmt(est.mean)} ±{fmt(half)}" if math.isfinite(half) else fmt(est.mean)
 
 
-def _time_formatter(seconds: float) -> tuple[Any, str]:
-    """A formatter and unit chosen once for a column, so means and intervals share a unit."""
-    if seconds >= 2 * 3600:
-        return (lambda x: f"{x / 3600:.2f}"), "h"
-    if seconds >= 120:
-        return (lambda x: f"{x / 60:.1f}"), "min"
-    return (lambda x: f"{x:.1f}"), "s"
-
-
 def _money(x: float) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
-
-
-def _hours(x: float) -> str:
-    fmt, unit = _time_formatter(x)
-    return f"{fmt(x)} {unit}"
 
 
 def render_table(settings: RecommendSettings, rec: Recommendation) -> Any:
@@ -302,7 +290,11 @@ def render_table(settings: RecommendSettings, rec: Recommendation) -> Any:
     metric = settings.workload.metric
     several_sizes = len(settings.clusters) > 1
     spans = [g.estimates["makespan_s"].mean for g in rec.groups if math.isfinite(g.estimates["makespan_s"].mean)]
-    t_fmt, t_unit = _time_formatter(min(spans) if spans else 0.0)
+    _, t_unit = duration_unit(min(spans) if spans else 0.0)  # one unit per column: means and intervals compare
+
+    def t_fmt(seconds: float) -> str:
+        return format_in_unit(seconds, t_unit)
+
     table = Table(title=f"objective: {rec.objective}; mean ±95% CI over {len(settings.seeds)} seeds; "
                         f"x slowest / x k=1: makespan speed-up", title_justify="left")
     columns = ["scheduler"] + (["GPUs"] if several_sizes else []) + ["k", f"makespan \\[{t_unit}]", "x slowest", "x k=1",
@@ -346,10 +338,10 @@ def verdict(settings: RecommendSettings, rec: Recommendation) -> str:
     e = g.estimates
     field_name = OBJECTIVE_FIELD[rec.objective]
     value = e[field_name]
-    shown = _hours(value.mean) if field_name.endswith("_s") else f"{value.mean:,.4g}"
+    shown = format_duration(value.mean) if field_name.endswith("_s") else f"{value.mean:,.4g}"
     same = [o for o in rec.groups if o.equivalent_overall and o is not g]
     half = value.half_width
-    interval = "" if not math.isfinite(half) else f" ±{_hours(half) if field_name.endswith('_s') else f'{half:,.4g}'}"
+    interval = "" if not math.isfinite(half) else f" ±{format_duration(half) if field_name.endswith('_s') else f'{half:,.4g}'}"
     lines = [f"recommended: {g.scheduler} with {g.allocation} GPU(s) per trial on {g.gpus} GPUs: "
              f"{rec.objective} {shown}{interval} (95% CI)"]
     if g.speedup_vs_slowest is not None:
@@ -363,7 +355,7 @@ def verdict(settings: RecommendSettings, rec: Recommendation) -> str:
             lines.append(f"  best for {key[0]}" + (f" on {key[1]} GPUs" if len(settings.clusters) > 1 else "") + f": k={best.allocation}")
     if len(settings.clusters) > 1:
         for size, best in rec.per_size.items():
-            lines.append(f"  {size:>5} GPUs: {best.scheduler} k={best.allocation}, makespan {_hours(best.estimates['makespan_s'].mean)}, "
+            lines.append(f"  {size:>5} GPUs: {best.scheduler} k={best.allocation}, makespan {format_duration(best.estimates['makespan_s'].mean)}, "
                          f"cost {_money(best.estimates['cost'].mean)}")
     return "\n".join(lines)
 
@@ -406,13 +398,23 @@ def main(settings: RecommendSettings, out_dir: Path) -> None:
     write_sweep_csv(out_dir / "sweep.csv", runs)
     write_json(out_dir / "recommendation.json", recommendation_json(settings, rec))
     if settings.plots:
-        from nasalloc.sim import recommend_plots
-
-        recommend_plots.write_all(settings, rec, out_dir)
+        write_plots(settings, rec, out_dir)
     console = Console(width=max(120, Console().width))
     console.print(render_table(settings, rec))
     print(verdict(settings, rec))
-    print(f"{len(runs)} simulations in {wall:.1f} s; output: {out_dir.resolve()}")
+    print(f"{len(runs)} simulations in {format_duration(wall)}; output: {out_dir.resolve()}")
+
+
+def write_plots(settings: RecommendSettings, rec: Recommendation, out_dir: Path) -> None:
+    """The plots of `recommend_plots`. The two runs they show (the recommended allocation
+    and the worst of its family) are simulated again here and passed as traces, so data
+    flows one way: recommend -> recommend_plots. Imported here, not at the top, so that
+    `plots=false` never loads matplotlib."""
+    from nasalloc.sim.recommend_plots import ShownRun, write_all
+
+    best, worst = rec.overall, rec.worst_beside_overall()
+    shown = [None if g is None else ShownRun(g, rerun(settings, g).events) for g in (best, worst)]
+    write_all(rec, out_dir, shown[0], shown[1])
 
 
 def rerun(settings: RecommendSettings, group: GroupStats, seed_index: int = 0) -> Any:

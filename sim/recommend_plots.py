@@ -5,6 +5,7 @@ several cluster sizes were compared) time and cost against cluster size."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +13,23 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from nasalloc.sim.formatting import duration_unit  # noqa: E402
 from nasalloc.sim.plots import plot_gantt  # noqa: E402
-from nasalloc.sim.ranking import OBJECTIVE_FIELD, GroupStats, Recommendation, _better  # noqa: E402
+from nasalloc.sim.ranking import OBJECTIVE_FIELD, GroupStats, Recommendation  # noqa: E402
+from nasalloc.sim.trace import TraceEvent  # noqa: E402
 
-_LABELS = {"makespan_s": "makespan [h]", "time_to_target_s": "time to target [h]",
-           "metric_at_deadline": "best metric", "cost": "cost"}
+_LABELS = {"makespan_s": "makespan", "time_to_target_s": "time to target", "metric_at_deadline": "best metric",
+           "cost": "cost"}
 
 
-def _scale(field: str) -> float:
-    return 3600.0 if field.endswith("_s") else 1.0
+def _axis(field: str, values: list[float]) -> tuple[float, str]:
+    """(divisor, axis label) for a field: durations in the unit of their smallest value, as the
+    recommend table's column (`sim.formatting.duration_unit`); other fields as they are."""
+    if not field.endswith("_s"):
+        return 1.0, _LABELS[field]
+    finite = [v for v in values if math.isfinite(v)]
+    scale, unit = duration_unit(min(finite) if finite else 0.0)
+    return scale, f"{_LABELS[field]} [{unit}]"
 
 
 def plot_objective(rec: Recommendation, path: Path) -> None:
@@ -34,7 +43,7 @@ def plot_objective(rec: Recommendation, path: Path) -> None:
         if g.allocation not in labels:
             labels.append(g.allocation)
     x_of = {label: i for i, label in enumerate(labels)}
-    scale = _scale(field)
+    scale, axis_label = _axis(field, [g.estimates[field].mean for g in rec.groups])
     n = len(families)
     offsets = {}
     for j, ((sched, gpus), groups) in enumerate(families.items()):
@@ -60,7 +69,7 @@ def plot_objective(rec: Recommendation, path: Path) -> None:
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=30 if len(labels) > 8 else 0)
     ax.set_xlabel("GPUs per trial (k; [..] = per-rung schedule)")
-    ax.set_ylabel(_LABELS[field])
+    ax.set_ylabel(axis_label)
     ax.set_title(f"{rec.objective} by allocation (mean and 95% CI over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -74,7 +83,7 @@ def _best_so_far(events: list[Any], sign: float) -> tuple[list[float], list[floa
     for e in sorted((e for e in events if e.event == "result" and e.metric is not None), key=lambda e: e.time):
         if best is None or sign * e.metric > sign * best:
             best = e.metric
-            xs.append(e.time / 3600.0)
+            xs.append(e.time)
             ys.append(best)
     return xs, ys
 
@@ -82,13 +91,14 @@ def _best_so_far(events: list[Any], sign: float) -> tuple[list[float], list[floa
 def plot_recommended_vs_worst(best_events: list[Any], worst_events: list[Any], labels: tuple[str, str],
                               mode: str, path: Path) -> None:
     sign = 1.0 if mode == "max" else -1.0
+    scale, unit = duration_unit(max((e.time for e in [*best_events, *worst_events]), default=0.0))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for events, label, colour in ((best_events, labels[0], "#1a7f37"), (worst_events, labels[1], "#cf222e")):
         xs, ys = _best_so_far(events, sign)
-        end = max((e.time for e in events), default=0.0) / 3600.0
-        ax.step(xs + [end], ys + [ys[-1]], where="post", lw=1.8, color=colour, label=label)
-        ax.axvline(end, color=colour, lw=0.8, ls=":")
-    ax.set_xlabel("time [h]")
+        end = max((e.time for e in events), default=0.0)
+        ax.step([x / scale for x in xs + [end]], ys + [ys[-1]], where="post", lw=1.8, color=colour, label=label)
+        ax.axvline(end / scale, color=colour, lw=0.8, ls=":")
+    ax.set_xlabel(f"time [{unit}]")
     ax.set_ylabel("best metric so far")
     ax.set_title("best metric over time: recommended vs worst allocation (seed of the first run)")
     ax.grid(alpha=0.3)
@@ -102,8 +112,8 @@ def plot_cluster_sizes(rec: Recommendation, path: Path) -> None:
     sizes = sorted(rec.per_size)
     best = [rec.per_size[s] for s in sizes]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
-    for ax, field, label in ((ax1, "makespan_s", "makespan [h]"), (ax2, "cost", "cost")):
-        scale = _scale(field)
+    for ax, field in ((ax1, "makespan_s"), (ax2, "cost")):
+        scale, label = _axis(field, [g.estimates[field].mean for g in best])
         ys = [g.estimates[field].mean / scale for g in best]
         ax.plot(sizes, ys, "o-")
         for s, y, g in zip(sizes, ys, best):
@@ -120,24 +130,27 @@ def plot_cluster_sizes(rec: Recommendation, path: Path) -> None:
     plt.close(fig)
 
 
-def write_all(settings: Any, rec: Recommendation, out_dir: Path) -> None:
-    from nasalloc.sim.recommend import rerun
+@dataclass(frozen=True)
+class ShownRun:
+    """One simulated run that a plot shows: its group (scheduler, cluster size, allocation)
+    and its trace. `recommend` simulates it and hands it over, so this module needs only
+    plain data and never imports `recommend` back."""
 
+    group: GroupStats
+    events: list[TraceEvent]
+
+
+def write_all(rec: Recommendation, out_dir: Path, recommended: ShownRun | None, worst: ShownRun | None) -> None:
+    """Every plot of a recommendation; the best-so-far and Gantt plots need the recommended
+    and the worst run of its family (both None when nothing was recommended)."""
     plot_objective(rec, out_dir / "objective_by_allocation.png")
     if len(rec.per_size) > 1:
         plot_cluster_sizes(rec, out_dir / "cluster_sizes.png")
-    best = rec.overall
-    if best is None:
+    if recommended is None or worst is None:
         return
-    field = OBJECTIVE_FIELD[rec.objective]
-    sign = _better(rec.objective, rec.mode)
-    family = [g for g in rec.groups if (g.scheduler, g.gpus) == (best.scheduler, best.gpus)
-              and math.isfinite(g.estimates[field].mean)]
-    worst = min(family, key=lambda g: sign * g.estimates[field].mean)
-    best_result = rerun(settings, best)
-    worst_result = rerun(settings, worst)
-    plot_recommended_vs_worst(best_result.events, worst_result.events,
-                              (f"recommended: k={best.allocation}", f"worst: k={worst.allocation}"),
+    best = recommended.group
+    plot_recommended_vs_worst(recommended.events, worst.events,
+                              (f"recommended: k={best.allocation}", f"worst: k={worst.group.allocation}"),
                               rec.mode, out_dir / "best_so_far.png")
-    plot_gantt(best_result.events, best.gpus, out_dir / "gantt_recommended.png",
+    plot_gantt(recommended.events, best.gpus, out_dir / "gantt_recommended.png",
                f"{best.scheduler}, k={best.allocation} on {best.gpus} GPUs (recommended, seed {best.runs[0].seed})")

@@ -19,6 +19,7 @@ from nasalloc.sim.cluster import ClusterSpec, parse_allocation
 from nasalloc.sim.config import to_typed
 from nasalloc.sim.engine import SimulationResult, SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
+from nasalloc.sim.formatting import format_duration
 from nasalloc.sim.profile import load_profile
 from nasalloc.sim.schedulers import scheduler_config
 from nasalloc.sim.trace import write_json, write_trace
@@ -81,16 +82,6 @@ def load(cfg: DictConfig) -> SimulateSettings:
     return SimulateSettings(spec=build_spec(cfg), plots=plots)
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "not reached"
-    if seconds >= 2 * 3600:
-        return f"{seconds / 3600:.2f} h"
-    if seconds >= 120:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds:.1f} s"
-
-
 def report(result: SimulationResult, out_dir: Path | None, wall_s: float) -> str:
     """The one-screen text summary (ends with the output folder)."""
     s, spec = result.summary, result.spec
@@ -99,7 +90,7 @@ def report(result: SimulationResult, out_dir: Path | None, wall_s: float) -> str
     best = "none" if s.best_metric is None else f"{s.best_metric:.4f} (trial {s.best_trial})"
     if s.best_test_metric is not None:
         best += f", test {s.best_test_metric:.4f}"
-    target = "" if s.target is None else f"  time to {metric} {'>=' if spec.workload.metric.mode == 'max' else '<='} {s.target:g}: {format_duration(s.time_to_target_s)}\n"
+    target = "" if s.target is None else f"  time to {metric} {'>=' if spec.workload.metric.mode == 'max' else '<='} {s.target:g}: {'not reached' if s.time_to_target_s is None else format_duration(s.time_to_target_s)}\n"
     lines = (
         f"nasalloc simulate: {s.scheduler} on {c.name} ({c.gpus} GPUs, {c.gpus_per_node} per node), "
         f"{spec.allocation} GPU(s) per trial, profile {spec.profile.name}, seed {spec.seed}\n"
@@ -139,4 +130,4 @@ def main(settings: SimulateSettings, out_dir: Path) -> None:
     print(report(result, out_dir.resolve(), wall))
 
 
-__all__ = ["SimulateSettings", "build_spec", "checked_target", "load", "main", "report", "format_duration"]
+__all__ = ["SimulateSettings", "build_spec", "checked_target", "load", "main", "report"]

@@ -24,3 +24,34 @@ def test_shipped_configs_are_package_data():
     for yaml_file in (ROOT / "conf").rglob("*.yaml"):
         depth = len(yaml_file.relative_to(ROOT / "conf").parts)
         assert any(p.count("/") + 1 == depth for p in patterns), f"{yaml_file} would not be shipped"
+
+
+def test_every_top_level_package_folder_is_mapped():
+    """A new top-level folder (like validate/) must be mapped into the namespace, or the
+    check above never looks inside it."""
+    mapped = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
+    folders = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "benchmarks", "scripts"}
+    assert folders <= mapped, f"not in [tool.setuptools] package-dir: {sorted(folders - mapped)}"
+
+
+# Which sub-packages each one may import: the pipeline's direction (README, "Architecture").
+_ALLOWED = {
+    "sim": {"sim"},
+    "execute": {"sim", "execute"},
+    "calibration": {"sim", "execute", "calibration"},
+    "validate": {"sim", "execute", "calibration", "validate"},
+}
+
+
+def test_dependencies_point_one_way():
+    import ast
+
+    for folder, allowed in _ALLOWED.items():
+        for source in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                for name in names:
+                    parts = name.split(".")
+                    if parts[0] == "nasalloc" and len(parts) > 1 and parts[1] in _ALLOWED:
+                        assert parts[1] in allowed, f"{source.relative_to(ROOT)} imports {name}"

@@ -57,6 +57,11 @@ def test_no_speedup_recommends_one_gpu_per_trial(tmp_path):
     r = recommend(run_grid(settings.points, workers=1), "makespan", "max")
     assert r.overall.allocation == "1"
     assert r.overall.speedup_vs_slowest > 1.5
+    # the best-so-far plot's counterpart: k=4 runs the 3 trials back to back at a step of
+    # 0.25 s compute + 2*(3/4)*1 GB / 1 GB/s = 1.75 s, i.e. 3 x 1.75 = 5.25 times k=1's makespan
+    worst = r.worst_beside_overall()
+    assert worst.allocation == "4"
+    assert worst.estimates["makespan_s"].mean == pytest.approx(5.25 * r.overall.estimates["makespan_s"].mean, rel=0.01)
 
 
 def test_same_seed_list_gives_the_same_recommendation_and_more_seeds_narrow_the_interval():
@@ -116,3 +121,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, override, message):
     assert code == 2
     assert message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_plots_take_plain_data_and_never_import_recommend():
+    """Data flows one way: recommend -> recommend_plots (no import loop, not even a lazy one)."""
+    import ast
+    from pathlib import Path
+
+    from nasalloc.sim import recommend_plots
+
+    tree = ast.parse(Path(recommend_plots.__file__).read_text(encoding="utf-8"))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    imported |= {f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module for a in n.names}
+    assert not {"nasalloc.sim.recommend", "nasalloc.sim.recommend.rerun"} & imported

@@ -1,9 +1,12 @@
-"""The error arithmetic of `nasalloc validate` on a constructed trace pair with known answers."""
+"""`nasalloc validate`: the error arithmetic on a constructed trace pair with known answers, and
+reading a run folder (its run_config.yaml is read by `execute.run.read_run_config`, as for resume)."""
+
+import json
 
 import pytest
 
-from nasalloc.calibration.compare import compare, kendall_tau, relative_error, timings
 from nasalloc.sim.trace import TraceEvent
+from nasalloc.validate.compare import compare, kendall_tau, relative_error, timings
 
 
 def ev(t, event, trial, epoch=None, metric=None, devices=(0,)):
@@ -94,7 +97,8 @@ def test_validate_needs_the_planning_profile(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "trace.jsonl").write_text('{"time": 0, "event": "start", "trial": 0, "epoch": 0, "devices": [0]}\n')
-    (run / "run_config.yaml").write_text("scheduler: {name: random}\ntrain: {space: {x: {type: float, low: 0, high: 1}}}\n")
+    (run / "run_config.yaml").write_text("scheduler: {name: random}\ntrain: {space: {x: {type: float, low: 0, high: 1}}}\n"
+                                       "devices: {kind: cpu, count: 1}\n")
     assert cli.main(["validate", f"run={run}", f"out_dir={tmp_path / 'never'}"]) == 2
     assert "profile: give the profile the run was planned with" in capsys.readouterr().err
     assert cli.main(["validate", f"run={run}", "profile=digits_cpu", f"out_dir={tmp_path / 'never'}"]) == 2
@@ -117,7 +121,7 @@ def test_start_up_is_read_per_trial_not_against_a_trace_wide_epoch():
 def test_ranking_pools_repeats_and_flags_pairs_inside_the_noise():
     from types import SimpleNamespace
 
-    from nasalloc.calibration.validate import ranking
+    from nasalloc.validate.validate import ranking
 
     def run(label):
         return SimpleNamespace(spec=SimpleNamespace(allocation=label))
@@ -140,3 +144,72 @@ def test_ranking_pools_repeats_and_flags_pairs_inside_the_noise():
     single = ranking([run(lab) for lab, _, _ in data[:3]], [comp(p, m) for _, p, m in data[:3]])
     assert single["measured_order_ties"] == [] and single["repeats"] == {"1/2": 1, "1": 1, "2": 1}
     assert ranking([run("1")], [comp(1.0, 1.0)]) is None
+
+
+# ----- reading a run folder's run_config.yaml (execute.run.read_run_config) ----------------
+
+GPU_RUN_CONFIG = """\
+seed: 3
+scheduler: {name: random, n_trials: 2, max_epochs: 2}
+train: {name: mine, entrypoint: "no_such_module_here:train", space: {x: {type: float, low: 0, high: 1}}}
+devices: {kind: cuda, ids: [0, 1]}
+gpus_per_trial: "1/2"
+profile: /a/path/on/the/gpu/machine.yaml
+"""
+
+
+def _gpu_run(folder):
+    """A finished run made elsewhere on 2 GPUs at k=1/2, with an entrypoint that does not import here."""
+    folder.mkdir()
+    (folder / "run_config.yaml").write_text(GPU_RUN_CONFIG)
+    lines = []
+    for trial, device in ((0, 0), (1, 1)):
+        lines.append(f'{{"time": 0, "event": "start", "trial": {trial}, "epoch": 0, "devices": [{device}]}}')
+        for epoch in (1, 2):
+            lines.append(f'{{"time": {10 * epoch}, "event": "result", "trial": {trial}, "epoch": {epoch}, '
+                         f'"metric": {0.1 * epoch + trial}, "devices": [{device}]}}')
+        lines.append(f'{{"time": 20, "event": "complete", "trial": {trial}, "epoch": 2, "devices": [{device}]}}')
+    (folder / "trace.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_a_gpu_runs_config_is_read_without_its_entrypoint_or_a_gpu(tmp_path):
+    from nasalloc.execute.run import read_run_config
+
+    config = read_run_config(_gpu_run(tmp_path / "run"))
+    assert config.devices.kind == "cuda" and config.device_count() == 2
+    assert config.gpus_per_trial == "1/2" and config.seed == 3 and config.scheduler.n_trials == 2
+    assert config.profile == "/a/path/on/the/gpu/machine.yaml"
+
+
+def test_validate_re_simulates_a_gpu_run_on_a_cpu_machine(tmp_path, capsys):
+    from nasalloc import cli
+
+    run = _gpu_run(tmp_path / "run")
+    out = tmp_path / "validate"
+    assert cli.main(["validate", f"run={run}", "profile=digits_cpu", "plots=false", f"out_dir={out}"]) == 0
+    assert "k=1/2 on 2 devices" in capsys.readouterr().out
+    report = json.loads((out / "validation.json").read_text())["runs"][0]
+    assert report["gpus_per_trial"] == "1/2" and report["devices"] == 2 and report["seed"] == 3
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("scheduler: [unclosed\n", "not valid YAML"),
+        ("- a list\n", "not a mapping of settings"),
+        (GPU_RUN_CONFIG.replace("seed: 3", "seed: three"), "seed='three': must be an integer"),
+        (GPU_RUN_CONFIG.replace("name: random, ", "name: nope, "), "scheduler"),
+    ],
+)
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_bad_run_config_is_one_line_naming_the_file(tmp_path, capsys, text, problem, command):
+    from nasalloc import cli
+
+    run = _gpu_run(tmp_path / "run")
+    (run / "run_config.yaml").write_text(text)
+    setting = "run" if command == "validate" else "resume"
+    assert cli.main([command, f"{setting}={run}", "profile=digits_cpu", f"out_dir={tmp_path / 'never'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"nasalloc {command}: {run / 'run_config.yaml'}: ") and problem in err and err.count("\n") == 1
+    assert not (tmp_path / "never").exists()

@@ -23,19 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
-from nasalloc.calibration.compare import Comparison, Timings, compare, kendall_tau
-from nasalloc.execute.run import RUN_CONFIG
+from nasalloc.execute.run import RUN_CONFIG, RunConfig, read_run_config, require_run_folder
 from nasalloc.sim.cluster import ClusterSpec, parse_allocation
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
+from nasalloc.sim.formatting import format_allocation, format_duration
 from nasalloc.sim.profile import Profile, dump_profile, load_profile
-from nasalloc.sim.schedulers import scheduler_config
-from nasalloc.sim.space import SearchSpace
 from nasalloc.sim.trace import TraceEvent, read_trace, write_json, write_trace
 from nasalloc.sim.workload import MetricSpec, ReplayWorkload
+from nasalloc.validate.compare import Comparison, Timings, compare, kendall_tau
 from omegaconf import DictConfig, ListConfig, OmegaConf
-
 
 
 @dataclass(frozen=True)
@@ -56,12 +53,8 @@ class ValidateSettings:
     plots: bool
 
 
-def _device_count(raw: dict[str, Any], events: tuple[TraceEvent, ...], folder: Path) -> int:
-    devices = raw.get("devices") or {}
-    if devices.get("ids"):
-        return len(devices["ids"])
-    if devices.get("count"):
-        return int(devices["count"])
+def _devices_in_trace(events: tuple[TraceEvent, ...], folder: Path) -> int:
+    """Device count of a run whose config says "every GPU present" (devices=cuda, count 0)."""
     used = [d for ev in events for d in ev.devices]
     if not used:
         raise UserError(f"run={folder}: cannot tell how many devices it had (no devices in its config or trace)")
@@ -78,56 +71,37 @@ def _curves(events: tuple[TraceEvent, ...]) -> tuple[dict[int, tuple[float, floa
     return tuple(per_trial.get(t) or {1: (math.nan, None)} for t in range(n))
 
 
-def _require_run_folder(folder: str | Path) -> Path:
-    folder = Path(folder).expanduser()
-    if not (folder / "trace.jsonl").is_file() or not (folder / RUN_CONFIG).is_file():
-        raise UserError(f"run={folder}: not a run folder (needs trace.jsonl and {RUN_CONFIG} from `nasalloc run`)")
-    return folder
+def read_run(folder: Path, config: RunConfig, profile: Profile) -> RealRun:
+    """The run's trace and the simulation spec of the same search (UserError if unusable).
 
-
-def read_run(folder: Path, profile: Profile) -> RealRun:
-    """The run's trace and the simulation spec of the same search (UserError if unusable)."""
-    folder = _require_run_folder(folder)
-    trace_path, config_path = folder / "trace.jsonl", folder / RUN_CONFIG
-    try:
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        raise UserError(f"{config_path}: not valid YAML") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("scheduler"), dict) or not isinstance(raw.get("train"), dict):
-        raise UserError(f"{config_path}: not a run config (needs scheduler and train)")
+    `config` is the folder's run_config.yaml as `execute.run.read_run_config` reads it: values
+    only, so a run made on a GPU machine validates anywhere. The run's devices become a
+    one-node cluster of the same size, and its `gpus_per_trial` is parsed against that.
+    """
+    trace_path = folder / "trace.jsonl"
     events = tuple(read_trace(trace_path, tolerate_torn_tail=True))
     if not any(ev.event == "result" for ev in events):
         raise UserError(f"{trace_path}: no results recorded; nothing to validate")
-    sched = scheduler_config(raw["scheduler"], key=f"{config_path}: scheduler")
-    space = SearchSpace.from_config(raw["train"].get("space"), f"{config_path}: train.space")
-    n = _device_count(raw, events, folder)
-    cluster = ClusterSpec(name=f"{n} {raw.get('devices', {}).get('kind', 'cpu')} devices", gpus=n, gpus_per_node=n)
-    allocation = parse_allocation(raw.get("gpus_per_trial", 1), cluster, key=f"{config_path}: gpus_per_trial")
-    metric = MetricSpec(name="metric", mode=sched.mode, low=-math.inf, high=math.inf)
-    workload = ReplayWorkload(_curves(events), metric, space, source=str(trace_path))
-    target = raw.get("target")
-    spec = SimulationSpec(scheduler=sched, workload=workload, profile=profile, cluster=cluster, allocation=allocation,
-                          seed=int(raw.get("seed", 0)), target=None if target is None else float(target))
-    return RealRun(folder, events, spec, str(raw.get("devices", {}).get("kind", "cpu")))
-
-
-def _run_profile_name(folder: Path) -> str | None:
-    try:
-        raw = yaml.safe_load((Path(folder) / RUN_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return None
-    return raw.get("profile") if isinstance(raw, dict) else None
+    n = config.device_count() or _devices_in_trace(events, folder)
+    kind = config.devices.kind
+    cluster = ClusterSpec(name=f"{n} {kind} devices", gpus=n, gpus_per_node=n)
+    allocation = parse_allocation(config.gpus_per_trial, cluster, key=f"{folder / RUN_CONFIG}: gpus_per_trial")
+    metric = MetricSpec(name="metric", mode=config.scheduler.mode, low=-math.inf, high=math.inf)
+    workload = ReplayWorkload(_curves(events), metric, config.space, source=str(trace_path))
+    spec = SimulationSpec(scheduler=config.scheduler, workload=workload, profile=profile, cluster=cluster,
+                          allocation=allocation, seed=config.seed, target=config.target)
+    return RealRun(folder, events, spec, kind)
 
 
 def load(cfg: DictConfig) -> ValidateSettings:
     runs = cfg.get("run")
     runs = OmegaConf.to_container(runs) if isinstance(runs, ListConfig) else runs
-    folders = [str(r) for r in (runs if isinstance(runs, list) else [runs])] if runs else []
-    if not folders:
+    given = [str(r) for r in (runs if isinstance(runs, list) else [runs])] if runs else []
+    if not given:
         raise UserError("run: required; give a run folder of `nasalloc run` (run=PATH) or a list of them (run=[A,B])")
-    for folder in folders:  # every folder before the profile, so a typo in run= is named first
-        _require_run_folder(folder)
-    name = cfg.get("profile") or _run_profile_name(Path(folders[0]))
+    folders = [require_run_folder(f, "run") for f in given]  # every folder first, so a typo in run= is named first
+    configs = [read_run_config(f) for f in folders]
+    name = cfg.get("profile") or configs[0].profile
     if not name:
         raise UserError("profile: give the profile the run was planned with (profile=NAME or profile=PATH); "
                         "the run's config does not name one")
@@ -135,7 +109,7 @@ def load(cfg: DictConfig) -> ValidateSettings:
     for flag in ("update_profile", "plots"):
         if not isinstance(cfg.get(flag), bool):
             raise UserError(f"{flag}={cfg.get(flag)!r}: must be true or false")
-    return ValidateSettings(tuple(read_run(Path(f), profile) for f in folders), profile,
+    return ValidateSettings(tuple(read_run(f, c, profile) for f, c in zip(folders, configs)), profile,
                             bool(cfg.update_profile), bool(cfg.plots))
 
 
@@ -150,10 +124,6 @@ def _by_allocation(run: RealRun, t: Timings) -> dict[float, dict[str, float | No
     devices = max(1, int(k))
     return {k: {"epoch_s": t.epoch_s.get(devices), "startup_s": t.startup_s.get(devices),
                 "resume_s": t.resume_s.get(devices), "pause_s": t.pause_s}}
-
-
-def _k_label(k: float) -> str:
-    return str(int(k)) if k >= 1 else f"1/{round(1 / k)}"
 
 
 def refit_profile(profile: Profile, measured: dict[float, dict[str, float | None]], backend: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -174,7 +144,7 @@ def refit_profile(profile: Profile, measured: dict[float, dict[str, float | None
     decision = ov.decision_latency_s
     whole = {k: v for k, v in measured.items() if k >= 1 and v["epoch_s"] is not None}
     step = profile.epoch.step
-    report: dict[str, Any] = {"measured_epoch_s": {_k_label(k): v["epoch_s"] for k, v in measured.items()}}
+    report: dict[str, Any] = {"measured_epoch_s": {format_allocation(k): v["epoch_s"] for k, v in measured.items()}}
     if whole:
         ks = sorted(int(k) for k in whole)
         implied = []
@@ -332,10 +302,11 @@ def main(settings: ValidateSettings, out_dir: Path) -> None:
         write_trace(out_dir / f"predicted_{stem}.jsonl", result.events)
         if settings.plots:
             _plot_timelines(result.events, run, out_dir / f"timeline_{stem}.png")
-        epoch_err = ", ".join(f"k={k}: {_pct(v['error'])}" for k, v in c.epoch_s.items()) or "n/a"
+        epoch_err = ", ".join(f"k={format_allocation(k)}: {_pct(v['error'])}" for k, v in c.epoch_s.items()) or "n/a"
         lines.append(
             f"  {run.folder.name}: {run.spec.scheduler.name}, k={run.spec.allocation} on {run.spec.cluster.gpus} devices\n"
-            f"    makespan   predicted {c.makespan_s['predicted']:.1f} s, measured {c.makespan_s['measured']:.1f} s, "
+            f"    makespan   predicted {format_duration(c.makespan_s['predicted'])}, "
+            f"measured {format_duration(c.makespan_s['measured'])}, "
             f"error {_pct(c.makespan_s['error'])}\n"
             f"    epoch time error {epoch_err}; start-up {_pct(next(iter(c.startup_s.values()), {}).get('error'))}; "
             f"utilisation {100 * c.gpu_utilization['predicted']:.0f}% vs {100 * c.gpu_utilization['measured']:.0f}%\n"
