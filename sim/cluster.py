@@ -35,6 +35,7 @@ nodes free for the large requests as long as possible.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -153,7 +154,20 @@ class Allocation:
     def k_at(self, rung: int) -> Fraction:
         return self.schedule[min(rung, len(self.schedule) - 1)]
 
-    @property
+    def k_of_epochs(self, milestones: Iterable[int], max_epochs: int) -> list[float]:
+        """The allocation of epochs 0 .. max_epochs + 1 (epoch e trains at the k of rung
+        `rung_index(milestones, e)`; epoch 0 as epoch 1), as float(Fraction): the same float
+        for the same fraction, a cheap key for per-k tables in the simulator's hot path."""
+        floats = [float(k) for k in self.schedule]
+        ms = sorted(milestones)
+        out, rung = [], 0
+        for e in range(max_epochs + 2):
+            while rung < len(ms) and ms[rung] < max(e, 1):
+                rung += 1
+            out.append(floats[min(rung, len(floats) - 1)])
+        return out
+
+    @functools.cached_property
     def ks(self) -> tuple[Fraction, ...]:
         """Every distinct k the allocation uses, ascending."""
         return tuple(sorted(set(self.schedule)))

@@ -62,7 +62,7 @@ from fractions import Fraction
 from typing import Any
 
 from nasalloc.sim.cluster import Allocation, DevicePool
-from nasalloc.sim.schedulers.base import FINISHED, Decision, Job, Scheduler, TrialStatus, rung_index
+from nasalloc.sim.schedulers.base import FINISHED, Decision, Job, Scheduler
 from nasalloc.sim.trace import TraceEvent
 
 REALLOCATE = "reallocate"  # info of the pause/resume pair that moves a trial to another allocation
@@ -91,44 +91,40 @@ def asked_after(info: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
-@dataclass(eq=False)
 class Segment:
     """One placement of one trial: a job (or part of one) on fixed devices.
 
     The driver reads `trial`, `config`, `start_epoch` (the checkpoint it starts from; 0:
     scratch), `until_epoch`, `k`, `devices`, `attempt` and, after `result`, `save`; it may
-    keep its own data in `handle` (a simpy process, a process group id).
+    keep its own data in `handle` (a simpy process, a process group id). Plain slots, no
+    properties: the simulator reads them once per epoch.
     """
 
-    job: Job
-    k: Fraction
-    devices: tuple[int, ...]
-    start_epoch: int
-    since: float
-    first_new: int  # first epoch the scheduler has not seen (earlier ones are replays)
-    last_epoch: int = 0  # newest epoch reported in this segment
-    decision: Decision | None = None  # the scheduler's answer to the last result
-    told: Decision | None = None  # what the ranks were told (PAUSE instead of CONTINUE to move)
-    move_to: Fraction | None = None  # the allocation it moves to after a REALLOCATE pause
-    save: bool = False  # whether the ranks save a checkpoint after the last result
-    stopped_while_saving: bool = False
-    handle: Any = None
+    __slots__ = ("job", "trial", "config", "until_epoch", "attempt", "k", "devices", "labels", "start_epoch",
+                 "since", "first_new", "move_at", "last_epoch", "decision", "told", "move_to", "save",
+                 "stopped_while_saving", "handle")
 
-    @property
-    def trial(self) -> int:
-        return self.job.trial
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.job.config
-
-    @property
-    def until_epoch(self) -> int:
-        return self.job.until_epoch
-
-    @property
-    def attempt(self) -> int:
-        return self.job.attempt
+    def __init__(self, job: Job, k: float, devices: tuple[int, ...], labels: tuple[int, ...], start_epoch: int,
+                 since: float, first_new: int, move_at: int):
+        self.job = job
+        self.trial = job.trial
+        self.config = job.config
+        self.until_epoch = job.until_epoch
+        self.attempt = job.attempt
+        self.k = k  # devices per trial, float(Fraction) (see Dispatcher.k_of_epoch)
+        self.devices = devices  # placement indices (the pool's)
+        self.labels = labels  # the driver's device ids, as the trace shows them
+        self.start_epoch = start_epoch
+        self.since = since
+        self.first_new = first_new  # first epoch the scheduler has not seen (earlier ones are replays)
+        self.move_at = move_at  # first epoch of this job at another allocation (past until_epoch: none)
+        self.last_epoch = start_epoch  # newest epoch reported in this segment
+        self.decision: Decision | None = None  # the scheduler's answer to the last result
+        self.told: Decision | None = None  # what the ranks were told (PAUSE instead of CONTINUE to move)
+        self.move_to: float | None = None  # the allocation it moves to after a REALLOCATE pause
+        self.save = False  # whether the ranks save a checkpoint after the last result
+        self.stopped_while_saving = False
+        self.handle: Any = None
 
     @property
     def ending(self) -> bool:
@@ -141,7 +137,7 @@ class _Request:
     """A job waiting for devices."""
 
     job: Job
-    k: Fraction
+    k: float
     first_new: int
     info: str | None = None  # REALLOCATE / INTERRUPTED for the driver's own resumes
     asked_after: int | None = None  # set when an asked job waits (journal replay needs it)
@@ -163,10 +159,17 @@ class Dispatcher:
         self.checkpoint_every = int(checkpoint_every)
         self._checkpoint_epoch = checkpoint_epoch
         self.max_epochs = scheduler.max_epochs
-        milestones = list(scheduler.milestones)
-        # the allocation of every epoch (index e), so the result path is one list lookup
-        self.k_of_epoch = [allocation.k_at(rung_index(milestones, max(e, 1))) for e in range(self.max_epochs + 2)]
-        self.min_units = min(pool.units(k) for k in allocation.ks)
+        # The allocation of every epoch (index e), so the result path is one list lookup. As
+        # float(Fraction): the same value for the same fraction (a cheap dictionary key for the
+        # drivers' tables), and the pool turns it into whole capacity units exactly.
+        self.k_of_epoch = allocation.k_of_epochs(scheduler.milestones, self.max_epochs)
+        # change_after[e]: the first epoch after e whose allocation differs from epoch e's
+        top = self.max_epochs + 1
+        self.change_after = [top + 1] * (top + 1)
+        for e in range(top - 1, -1, -1):
+            same = self.k_of_epoch[e + 1] == self.k_of_epoch[e]
+            self.change_after[e] = self.change_after[e + 1] if same else e + 1
+        self.min_units = min(pool.units(float(k)) for k in allocation.ks)
         self.running: dict[int, Segment] = {}  # trial -> its segment
         self.waiting: deque[_Request] = deque()
         self.after_save: dict[int, _Request] = {}  # promoted while still saving its PAUSE checkpoint
@@ -192,10 +195,6 @@ class Dispatcher:
         """Nothing runs or waits, yet the scheduler has not finished: it answers WAIT forever."""
         return self.idle and not self.finished
 
-    def k_for(self, job: Job, first_new: int) -> Fraction:
-        """The allocation a job is placed at: that of its first epoch the scheduler has not seen."""
-        return self.k_of_epoch[min(max(job.start_epoch + 1, first_new), self.max_epochs + 1)]
-
     # ----- driver -> core ----------------------------------------------------------------
     def start(self, now: float) -> None:
         self._dispatch(now)
@@ -203,7 +202,8 @@ class Dispatcher:
     def requeue(self, job: Job, info: str = INTERRUPTED) -> None:
         """A job the driver restarts on its own (a resumed run's cut-off trials); goes first."""
         first_new = self.sched.trials[job.trial].last_epoch + 1
-        self.waiting.append(_Request(job, self.k_for(job, first_new), first_new, info))
+        k = self.k_of_epoch[min(max(job.start_epoch + 1, first_new), self.max_epochs + 1)]
+        self.waiting.append(_Request(job, k, first_new, info))
 
     def result(self, now: float, trial: int, epoch: int, metric: float, test_metric: float | None = None) -> Decision:
         """A trial reported `epoch`; -> what its ranks are told (CONTINUE, PAUSE or STOP).
@@ -215,13 +215,14 @@ class Dispatcher:
         self._changes += 1
         self.calls += 1
         seg.last_epoch = epoch
-        self._emit(TraceEvent(now, "result", trial, epoch, metric, self._dev(seg), None, test_metric))
-        self._drain(now)
+        self._emit(TraceEvent(now, "result", trial, epoch, metric, seg.labels, None, test_metric))
+        stopped = self.sched.drain_stopped()
+        if stopped:
+            self._stopped(now, stopped)
         told = decision
         if decision is _CONTINUE:
-            k_next = self.k_of_epoch[min(max(epoch + 1, seg.first_new), self.max_epochs + 1)]
-            if k_next != seg.k:
-                told, seg.move_to = _PAUSE, k_next
+            if epoch + 1 >= seg.move_at:
+                told, seg.move_to = _PAUSE, self.k_of_epoch[min(max(epoch + 1, seg.first_new), self.max_epochs + 1)]
             seg.save = epoch % self.checkpoint_every == 0 or told is _PAUSE
         else:
             seg.save = decision is _PAUSE or epoch >= self.max_epochs  # keep a completed trial's model
@@ -233,7 +234,7 @@ class Dispatcher:
     def released(self, now: float, trial: int) -> None:
         """The trial's job ended as told (after its save): record it, free its devices."""
         seg = self.running.pop(trial)
-        devices = self._dev(seg)
+        devices = seg.labels
         tid, epoch = seg.trial, seg.last_epoch
         if seg.decision is _CONTINUE and seg.told is _PAUSE:
             self._emit(TraceEvent(now, "pause", tid, epoch, None, devices, info=REALLOCATE))
@@ -242,13 +243,14 @@ class Dispatcher:
             self.waiting.append(_Request(job, seg.move_to, seg.first_new, REALLOCATE))  # type: ignore[arg-type]
         elif seg.decision is _PAUSE and not seg.stopped_while_saving:
             self._emit(TraceEvent(now, "pause", tid, epoch, None, devices))
-        else:
-            done = self.sched.trials[tid].status is TrialStatus.COMPLETED
-            self._emit(TraceEvent(now, "complete" if done else "stop", tid, epoch, None, devices))
-        self._free(now, seg)
-        waiting = self.after_save.pop(tid, None)
-        if waiting is not None:
-            self.waiting.append(waiting)
+        else:  # a STOP at max_epochs is a completed trial (`Scheduler.on_result`)
+            self._emit(TraceEvent(now, "complete" if epoch >= self.max_epochs else "stop", tid, epoch, None, devices))
+        self.pool.release(seg.devices, seg.k)
+        self.busy_device_seconds += seg.k * (now - seg.since)
+        if self.after_save:
+            waiting = self.after_save.pop(tid, None)
+            if waiting is not None:
+                self.waiting.append(waiting)
         self._dispatch(now)
 
     def failed(self, now: float, trial: int, resume_epoch: int, info: str) -> bool:
@@ -262,7 +264,7 @@ class Dispatcher:
             self.released(now, trial)
             return False
         del self.running[trial]
-        self._emit(TraceEvent(now, "fail", trial, seg.last_epoch, None, self._dev(seg), info=fail_info(info, resume_epoch)))
+        self._emit(TraceEvent(now, "fail", trial, seg.last_epoch, None, seg.labels, info=fail_info(info, resume_epoch)))
         self._free(now, seg)
         retried = self.sched.on_failure(trial, resume_epoch)
         self.calls += 1
@@ -285,30 +287,29 @@ class Dispatcher:
                 self.released(now, tid)
                 continue
             del self.running[tid]
-            self._emit(TraceEvent(now, "pause", tid, seg.last_epoch, None, self._dev(seg), info=INTERRUPTED))
+            self._emit(TraceEvent(now, "pause", tid, seg.last_epoch, None, seg.labels, info=INTERRUPTED))
             self._free(now, seg)
 
     # ----- the rules ----------------------------------------------------------------------
-    def _dev(self, seg: Segment) -> tuple[int, ...]:
-        ids = self._ids
-        return seg.devices if ids is None else tuple(ids[d] for d in seg.devices)
-
     def _free(self, now: float, seg: Segment) -> None:
         self.pool.release(seg.devices, seg.k)
-        self.busy_device_seconds += float(seg.k) * (now - seg.since)
+        self.busy_device_seconds += seg.k * (now - seg.since)
 
     def _drain(self, now: float) -> None:
-        """"stop" for PAUSED trials the scheduler stopped; a trial still saving its PAUSE
-        checkpoint ends with "stop" instead of "pause" when the save is done."""
         stopped = self.sched.drain_stopped()
         if stopped:
-            trials = self.sched.trials
-            for tid in stopped:
-                seg = self.running.get(tid)
-                if seg is not None and seg.ending:
-                    seg.stopped_while_saving = True
-                else:
-                    self._emit(TraceEvent(now, "stop", tid, trials[tid].last_epoch))
+            self._stopped(now, stopped)
+
+    def _stopped(self, now: float, stopped: list[int]) -> None:
+        """"stop" for PAUSED trials the scheduler stopped; a trial still saving its PAUSE
+        checkpoint ends with "stop" instead of "pause" when the save is done."""
+        trials = self.sched.trials
+        for tid in stopped:
+            seg = self.running.get(tid)
+            if seg is not None and seg.ending:
+                seg.stopped_while_saving = True
+            else:
+                self._emit(TraceEvent(now, "stop", tid, trials[tid].last_epoch))
 
     def _dispatch(self, now: float) -> None:
         """Place waiting requests first in first out, then ask the scheduler for new work."""
@@ -321,15 +322,17 @@ class Dispatcher:
             if devices is None:
                 return
             waiting.popleft()
-            self._place(now, req, devices)
+            self._place(now, req.job, req.k, req.first_new, devices, req.info, req.asked_after)
         if self.finished or self.after_save:
             return
-        sched = self.sched
+        sched, k_of_epoch, top = self.sched, self.k_of_epoch, self.max_epochs + 1
         while pool.free_units >= self.min_units:
             if self._waited_at == self._changes:
                 return  # WAIT, and nothing told since: a pure state machine answers the same
             job = sched.ask()
-            self._drain(now)
+            stopped = sched.drain_stopped()
+            if stopped:
+                self._stopped(now, stopped)
             if not isinstance(job, Job):
                 self.finished = job is FINISHED
                 self._waited_at = self._changes
@@ -337,31 +340,29 @@ class Dispatcher:
             self._changes += 1
             self.calls += 1
             first_new = sched.trials[job.trial].last_epoch + 1
-            req = _Request(job, self.k_for(job, first_new), first_new)
-            saving = self.running.get(job.trial)
-            if saving is not None:  # promoted while still saving its checkpoint: resume after
-                req.asked_after = self.calls - 1
-                self.after_save[job.trial] = req
+            k = k_of_epoch[min(max(job.start_epoch + 1, first_new), top)]  # its first epoch new to the scheduler
+            if job.trial in self.running:  # promoted while still saving its checkpoint: resume after
+                self.after_save[job.trial] = _Request(job, k, first_new, asked_after=self.calls - 1)
                 return
-            devices = pool.place(req.k)
+            devices = pool.place(k)
             if devices is None:
-                req.asked_after = self.calls - 1
-                waiting.append(req)
+                waiting.append(_Request(job, k, first_new, asked_after=self.calls - 1))
                 return
-            self._place(now, req, devices)
+            self._place(now, job, k, first_new, devices, None, None)
 
-    def _place(self, now: float, req: _Request, devices: tuple[int, ...]) -> None:
-        job = req.job
+    def _place(self, now: float, job: Job, k: float, first_new: int, devices: tuple[int, ...], info: str | None,
+               asked_after: int | None) -> None:
         start = job.start_epoch
         if start > 0 and self._checkpoint_epoch is not None:
             start = self._checkpoint_epoch(job.trial, start)
-        seg = Segment(job, req.k, devices, start, now, req.first_new, last_epoch=start)
+        ids = self._ids
+        labels = devices if ids is None else tuple(ids[d] for d in devices)
+        move_at = self.change_after[min(max(start + 1, first_new), self.max_epochs + 1)]
+        seg = Segment(job, k, devices, labels, start, now, first_new, move_at)
         self.running[job.trial] = seg
-        info = req.info
-        if req.asked_after is not None:
-            info = f"waited for devices; asked_after={req.asked_after}"
-        if job.resume or req.info is not None:
-            self._emit(TraceEvent(now, "resume", job.trial, start, None, self._dev(seg), info=info))
+        note = info if asked_after is None else f"waited for devices; asked_after={asked_after}"
+        if job.resume or info is not None:
+            self._emit(TraceEvent(now, "resume", job.trial, start, None, labels, None, None, note))
         else:
-            self._emit(TraceEvent(now, "start", job.trial, 0, None, self._dev(seg), job.config, info=info))
+            self._emit(TraceEvent(now, "start", job.trial, 0, None, labels, job.config, None, note))
         self._launch(seg)

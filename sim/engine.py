@@ -107,14 +107,14 @@ class _Engine:
         self.sched = sched
         alloc = spec.allocation
         ks = alloc.ks
-        self.epoch_s = {k: profile.epoch_time(float(k)) for k in ks}
+        self.epoch_s = {float(k): profile.epoch_time(float(k)) for k in ks}
         self.alone_s = profile.epoch_time(1)  # k < 1: the epoch's work, in seconds alone on a device
         most = max((k.denominator for k in ks if k < 1), default=1)  # trials one device can hold
         self.slowdown = [profile.epoch.sharing_slowdown(j) for j in range(most + 1)]  # j trainers -> factor
         self.training: dict[int, list[Any]] = {}  # device -> processes in a shared epoch on it
         self.config_factor = profile.config_factor if profile.config_cost is not None else None
         self.factors: dict[int, float] = {}  # trial -> its epoch-time factor (config_cost)
-        self.startup_s = {k: profile.startup_time(float(k)) for k in ks}
+        self.startup_s = {float(k): profile.startup_time(float(k)) for k in ks}
         self.restore_s = ov.checkpoint_restore_s
         self.save_s = ov.checkpoint_save_s
         self.decision_s = ov.decision_latency_s
@@ -126,7 +126,7 @@ class _Engine:
         self.timeouts = 0
 
     def _launch(self, seg: Segment) -> None:
-        seg.handle = self.env.process(self._segment(seg))
+        self.env.process(self._segment(seg))
 
     # ----- one epoch on a shared device (processor sharing) --------------------------------
     def _shared_epoch(self, device: int, work: float):  # noqa: ANN202 (generator)
@@ -171,7 +171,6 @@ class _Engine:
         fixed = self.startup_s[k] + (self.restore_s if epoch > 0 else 0.0)
         shared = k < 1
         work = self.alone_s * factor
-        kf = float(k)
         crash_at = self.failures.get(tid) if seg.attempt == 0 else None
         result = core.result
         while True:
@@ -187,7 +186,7 @@ class _Engine:
             if epoch == crash_at:
                 core.failed(env.now, tid, checkpoint, "simulated crash")
                 return
-            metric, test = wl.result(tid, config, epoch, kf)
+            metric, test = wl.result(tid, config, epoch, k)
             told = result(env.now, tid, epoch, metric, test)
             if told is not _CONTINUE:
                 break

@@ -328,7 +328,10 @@ class Scheduler(abc.ABC):
         self._stopped_while_paused.append(trial.id)
 
     def _has_live_trials(self) -> bool:
-        return any(t.status in (TrialStatus.RUNNING, TrialStatus.PENDING) for t in self.trials.values()) or bool(self._retry_queue)
+        # newest first: the trials still running are mostly the recent ones, so the scan
+        # (asked after every result once the trial budget is spent) usually stops early
+        live = (TrialStatus.RUNNING, TrialStatus.PENDING)
+        return bool(self._retry_queue) or any(t.status in live for t in reversed(self.trials.values()))
 
     def state(self) -> dict[str, Any]:
         """A small, JSON-friendly snapshot for progress displays and tests."""
