@@ -181,7 +181,7 @@ def test_asha_bracket_assignment() -> None:
     rr = build({"name": "asha", "n_trials": 6, "brackets": 3, "bracket_assignment": "round_robin"})
     assert [j.trial for j in jobs(rr, 6)] == list(range(6))
     assert [rr.trials[i].bracket for i in range(6)] == [0, 1, 2, 0, 1, 2]
-    assert [b.milestones for b in rr.brackets] == [[1, 3, 9], [3, 9], [9]]
+    assert [list(b.milestones) for b in rr.brackets] == [[1, 3, 9], [3, 9], [9]]
     soft = build({"name": "asha", "n_trials": 300, "brackets": 3}, seed=1)
     jobs(soft, 300)
     counts = np.bincount([t.bracket for t in soft.trials.values()], minlength=3)

@@ -161,7 +161,7 @@ class AshaBracket:
         self.max_epochs = max_epochs
         self.rule = rule
         self.rungs = [Rung(m) for m in geometric_rungs(min_epochs, max_epochs, eta, s)]
-        self.milestones: tuple[int, ...] = tuple(r.milestone for r in self.rungs)  # fixed; read on every result
+        self.milestones: list[int] = [r.milestone for r in self.rungs]  # fixed; read on every result
         self._level: dict[int, int] = {}  # trial id -> index of the highest rung it is recorded at
 
     def next_stop(self, epoch: int) -> int:
