@@ -32,7 +32,7 @@ from nasalloc.sim.profile import dump_profile
 
 @dataclass
 class WorkloadConf:
-    entrypoint: str = "nasalloc.execute.workloads.digits:train"
+    entrypoint: str = "nasalloc.execute.trainers.digits:train"
     config: dict[str, Any] = field(default_factory=dict)
     batch_per_device: int = 32
     scaling: str = "strong"

@@ -167,7 +167,7 @@ class LocalBackend:
         if self.device_kind == "cpu" and self._slots_share_cores:
             # Several workers pinned to the same cores (trials sharing a CPU slot): libgomp's
             # spin-waiting then burns the cores the others need. A 16-trial search at k=1/2 on one
-            # 2-core slot (synthetic workload, 2 threads per worker) took 33.8 s spinning and 1.12 s
+            # 2-core slot (synthetic trainer, 2 threads per worker) took 33.8 s spinning and 1.12 s
             # passive. Not for one worker per slot: the same search at k=1 took 1.17 s spinning and
             # 3.2-3.6 s passive (its small parallel regions pay the sleep/wake-up).
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -1,12 +1,12 @@
-"""Run k ranks of a workload outside a search: the launcher calibration reuses.
+"""Run k ranks of a training function outside a search: the launcher calibration reuses.
 
 `Launcher` keeps warm workers on a set of devices (so repeated measurements do not pay the
-~1.7 s Python + torch start-up each time); `Launcher.run` runs one workload as a DDP group
+~1.7 s Python + torch start-up each time); `Launcher.run` runs one training function as a DDP group
 on some of those devices for a number of epochs (or steps) and returns what happened,
 including each rank's per-step timestamps. `run_ranks` is the one-shot form.
 
     with Launcher("cpu", [0, 1]) as launcher:
-        r = launcher.run("nasalloc.execute.workloads.digits:train", {"lr": 0.05, "width": 16},
+        r = launcher.run("nasalloc.execute.trainers.digits:train", {"lr": 0.05, "width": 16},
                          devices=[0, 1], epochs=2, record_steps=True)
         r.step_times[0]      # rank 0's perf_counter() at each ctx.step()
 """

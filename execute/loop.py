@@ -36,7 +36,7 @@ from nasalloc.sim.schedulers.base import FINISHED, WAIT, Decision, Job, Schedule
 @dataclass
 class LoopOptions:
     entrypoint: str
-    params: dict[str, Any]  # fixed workload settings merged under each trial's config
+    params: dict[str, Any]  # fixed training settings (train.params) merged under each trial's config
     run_dir: Path
     checkpoint_every: int = 1
     trial_timeout_s: float = 120.0

@@ -47,7 +47,7 @@ class DevicesConfig:
 @dataclass
 class TrainConfig:
     name: str = "digits"
-    entrypoint: str = "nasalloc.execute.workloads.digits:train"
+    entrypoint: str = "nasalloc.execute.trainers.digits:train"
     space: dict[str, Any] = field(default_factory=dict)  # searched (SearchSpace syntax)
     params: dict[str, Any] = field(default_factory=dict)  # fixed, passed to every trial
 

@@ -35,7 +35,7 @@ for p in "${PARAMS[@]}"; do CAL+=("++workload.config.${p}"); RUN+=("++train.para
 SEARCH=(scheduler=asha scheduler.n_trials=16 scheduler.max_epochs=9 seed=0)
 
 log "calibrate (k=1, sharing m=2 and m=4)"
-timeout 240 "$PY" -m nasalloc calibrate workload.entrypoint=nasalloc.execute.workloads.synthetic:train \
+timeout 240 "$PY" -m nasalloc calibrate workload.entrypoint=nasalloc.execute.trainers.synthetic:train \
   "${CAL[@]}" workload.batch_per_device="$BATCH" calibration.device="$DEVICE" calibration.gpus_per_trial=[1] \
   "calibration.share=[2,4]" calibration.time_limit_s=15 name=synthetic_gpu out_dir="$WORK/calibrate" | tee -a "$OUT/summary.txt"
 PROFILE="$WORK/calibrate/profile.yaml"

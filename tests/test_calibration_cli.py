@@ -54,7 +54,7 @@ def test_csv_import_builds_a_profile_without_running_anything(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, needle", [
     (["workload.entrypoint=no_such_module.sub:train"], "workload.entrypoint='no_such_module.sub:train': cannot load it"),
-    (["workload.entrypoint=nasalloc.execute.workloads.digits:nope"], "workload.entrypoint="),
+    (["workload.entrypoint=nasalloc.execute.trainers.digits:nope"], "workload.entrypoint="),
     (["calibration.gpus_per_trial=[1,512]", "calibration.device=cpu"], "k=512 is more than the"),
     (["calibration.assume.gamma=20"], "calibration.assume.gamma=20"),
     (["calibration.share=[1]"], "calibration.share"),

@@ -99,7 +99,7 @@ def test_csv_batch_fraction_follows_the_workloads_scaling_unless_given(tmp_path)
 
 # ----------------------------------------------------------------------------- start-up and configurations
 
-DIGITS = "nasalloc.execute.workloads.digits:train"
+DIGITS = "nasalloc.execute.trainers.digits:train"
 
 
 def job(step_s, steps_per_epoch, epochs, *, first_step_at, evals, report_lag=0.0):

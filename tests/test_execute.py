@@ -18,13 +18,13 @@ from nasalloc.execute.devices import Allocation, DevicePool, Slot
 from nasalloc.execute.journal import Journal, replay
 from nasalloc.execute.run import settings_from
 from nasalloc.execute.search import run_search
-from nasalloc.execute.workloads.toy import curve
+from nasalloc.execute.trainers.toy import curve
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.schedulers import Decision, Job, make_scheduler, scheduler_config
 from nasalloc.sim.space import SearchSpace
 from nasalloc.sim.trace import read_trace
 
-TOY = "nasalloc.execute.workloads.toy:train"
+TOY = "nasalloc.execute.trainers.toy:train"
 
 
 # ----- helpers shared by the test_execute*.py files ---------------------------------------
