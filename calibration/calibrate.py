@@ -237,7 +237,7 @@ def load(cfg: DictConfig) -> CalibrateSettings:
         gpn = calib.gpus_per_node or len(ids)
         plan = ProfilingPlan(
             entrypoint=workload.entrypoint, config=dict(workload.config), device_kind=kind, device_ids=ids,
-            gpus_per_trial=ks, share=list(calib.share), threads_per_worker=calib.threads_per_rank,
+            gpus_per_trial=ks, share=list(calib.share), threads_per_rank=calib.threads_per_rank,
             batch_fraction={k: batch_fraction_at(k, workload) for k in ks}, warmup_steps=calib.warmup_steps,
             pilot_steps=calib.pilot_steps, max_steps=calib.max_steps, rounds=calib.rounds,
             time_limit_s=calib.time_limit_s, checkpoints=calib.checkpoints, space=search_space(workload),

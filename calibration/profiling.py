@@ -91,7 +91,7 @@ class ProfilingPlan:
     device_ids: list[int]  # devices present; k ranks use the first k
     gpus_per_trial: list[int]  # the k to measure (1 must be among them)
     share: list[int] = field(default_factory=list)  # m values for the sharing slow-down
-    threads_per_worker: int | None = None  # CPU: torch threads per rank (None: cores / slots)
+    threads_per_rank: int | None = None  # CPU: torch threads per rank (None: cores / slots)
     batch_fraction: dict[int, float] = field(default_factory=dict)  # b(k)/b, from the workload's scaling
     warmup_steps: int = 5
     pilot_steps: int = 30
@@ -452,7 +452,7 @@ class Profiler:
         used = p.device_ids if p.fill_devices else p.device_ids[: max(p.gpus_per_trial)]
         t0 = time.perf_counter()
         self.progress(f"starting {len(used) * slots_per_device} warm workers ({p.device_kind}, devices {used})")
-        with Launcher(p.device_kind, used, slots_per_device=slots_per_device, threads_per_worker=p.threads_per_worker,
+        with Launcher(p.device_kind, used, slots_per_device=slots_per_device, threads_per_rank=p.threads_per_rank,
                       workdir=self.workdir / "launcher", preload=[p.entrypoint]) as launcher:
             m.hardware["worker_start_s"] = round(time.perf_counter() - t0, 4)
             # Every worker's first job pays one-off costs (CUDA context, data loading, lazy
@@ -495,7 +495,7 @@ def hardware_facts(plan: ProfilingPlan) -> dict[str, Any]:
     else:
         facts["device"] = f"CPU slot ({cpu_model()})"
         facts["cores"] = os.cpu_count()
-        facts["threads_per_rank"] = plan.threads_per_worker or max(1, (os.cpu_count() or 1) // len(plan.device_ids))
+        facts["threads_per_rank"] = plan.threads_per_rank or max(1, (os.cpu_count() or 1) // len(plan.device_ids))
     return facts
 
 

@@ -45,13 +45,13 @@ class Launcher:
     """Warm workers on `device_ids` (CPU slots or GPU indices); run DDP groups on them."""
 
     def __init__(self, device_kind: str, device_ids: list[int], *, slots_per_device: int = 1,
-                 threads_per_worker: int | None = None, workdir: Path | None = None, preload: list[str] | None = None):
+                 threads_per_rank: int | None = None, workdir: Path | None = None, preload: list[str] | None = None):
         self.device_kind = device_kind
         self._slots = [Slot(d, s) for d in device_ids for s in range(slots_per_device)]
         self._own_workdir = workdir is None  # a temporary one is removed on close unless a run failed
         self._workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="nasalloc-launch-"))
         self._failed = False
-        self.backend = LocalBackend(self._slots, device_kind, threads_per_worker=threads_per_worker,
+        self.backend = LocalBackend(self._slots, device_kind, threads_per_rank=threads_per_rank,
                                     worker_log_dir=self._workdir / "logs", preload=preload)
         self.backend.wait_ready()
         self._runs = 0

@@ -36,12 +36,12 @@ class DevicesConfig:
     kind: str = "cpu"  # cpu: CPU slots with gloo | cuda: GPUs with nccl
     count: int = 2  # cpu: number of slots; cuda: used when ids is null (first `count` GPUs, 0 = all)
     ids: list[int] | None = None  # cuda: GPU indices; cpu: slot ids (default 0..count-1)
-    threads_per_slot: int = 0  # torch threads per rank; 0 = cores / slots (at least 1)
+    threads_per_rank: int = 0  # torch threads per rank; 0 = cores / slots (at least 1)
 
     def __post_init__(self) -> None:
         require(self.kind in ("cpu", "cuda"), f"kind={self.kind}: allowed: cpu, cuda")
         require(self.count >= 0, f"count={self.count}: must be >= 0")
-        require(self.threads_per_slot >= 0, f"threads_per_slot={self.threads_per_slot}: must be >= 0")
+        require(self.threads_per_rank >= 0, f"threads_per_rank={self.threads_per_rank}: must be >= 0")
 
 
 @dataclass

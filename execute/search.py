@@ -41,7 +41,7 @@ def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
     progress = Progress(len(settings.device_ids), settings.progress,
                         title=f"nasalloc run: {settings.scheduler.name}, {settings.train.name}, gpus_per_trial={settings.gpus_per_trial}")
     t0 = time.monotonic()
-    backend = LocalBackend(pool.all_slots(), settings.devices.kind, threads_per_worker=settings.devices.threads_per_slot or None,
+    backend = LocalBackend(pool.all_slots(), settings.devices.kind, threads_per_rank=settings.devices.threads_per_rank or None,
                            worker_log_dir=run_dir / "logs" / "workers", preload=[settings.train.entrypoint])
     journal = None
     try:
