@@ -7,7 +7,7 @@ which calls the user's function with a thin proxy of the real `TrainingContext`:
 - `step()`: on a GPU, `torch.cuda.synchronize` first, so the timestamp marks the end of the
   step's kernels and not of their launch (CUDA is asynchronous); then the real `step()`,
   which records the timestamp and raises `StopTraining` at the launcher's `max_steps`.
-- `report()`: evaluation time = from the epoch's last step to `report` (the workload
+- `report()`: evaluation time = from the epoch's last step to `report` (the training function
   evaluates in between); on rank 0, for the first `checkpoints` epochs, the checkpoint
   `state` is built and written with `torch.save` (the executor's save) and read back with
   `torch.load` (its restore), timed, and deleted. The figures travel to the launcher as the

@@ -1,7 +1,7 @@
 """Profiling runs: real DDP process groups of the user's training at each k -> `Measurements`.
 
 Protocol (HyperSched's, interleaved): the executor's warm-worker `Launcher` runs the
-workload as k ranks (gloo on CPU slots, nccl on GPUs) through `probe.train`, for every k in
+training function as k ranks (gloo on CPU slots, nccl on GPUs) through `probe.train`, for every k in
 `rounds` rounds of `time_limit_s / rounds` seconds each, the order of the k reversed every
 round (1, 2, 4, 4, 2, 1, ...). A host's speed drifts: on the 2-core build machine the same
 configuration's step time differed by 25-50% between calibrations 30 s apart, and measuring
@@ -92,7 +92,7 @@ class ProfilingPlan:
     gpus_per_trial: list[int]  # the k to measure (1 must be among them)
     share: list[int] = field(default_factory=list)  # m values for the sharing slow-down
     threads_per_rank: int | None = None  # CPU: torch threads per rank (None: cores / slots)
-    batch_fraction: dict[int, float] = field(default_factory=dict)  # b(k)/b, from the workload's scaling
+    batch_fraction: dict[int, float] = field(default_factory=dict)  # b(k)/b, from train.scaling
     warmup_steps: int = 5
     pilot_steps: int = 30
     max_steps: int = 3000
@@ -207,7 +207,7 @@ def sample_configs(space: dict[str, Any], n: int, seed: int, base: dict[str, Any
     """
     from nasalloc.sim.space import SearchSpace
 
-    sp = SearchSpace.from_config(space, "workload.space")
+    sp = SearchSpace.from_config(space, "train.space")
     rng = np.random.default_rng([seed, 1000 + stream])
     u = np.column_stack([(rng.permutation(n) + rng.random(n)) / n for _ in sp.domains]) if n else np.empty((0, 0))
     out = []
@@ -250,7 +250,7 @@ class Profiler:
         self.fresh_drawn = 0  # configurations drawn for start-up jobs so far
 
     def _fail(self, where: str, r: RanksResult, log: Path) -> ProfilingFailed:
-        return ProfilingFailed(f"workload.entrypoint={self.plan.entrypoint}: the training function failed at {where}: "
+        return ProfilingFailed(f"train.entrypoint={self.plan.entrypoint}: the training function failed at {where}: "
                                f"{r.info or 'no reason given'} (log: {log})")
 
     def _run(self, launcher: Launcher, k: int, steps: int, epochs: int = 1_000_000,
@@ -313,7 +313,7 @@ class Profiler:
                 self._collect(*self._run(launcher, k, steps), k, m, samples[k])
                 x = np.concatenate(samples[k])
                 if len(x) < 2:
-                    raise ProfilingFailed(f"workload.entrypoint={p.entrypoint}: at k={k} it made {len(x) + 1} timed "
+                    raise ProfilingFailed(f"train.entrypoint={p.entrypoint}: at k={k} it made {len(x) + 1} timed "
                                           "steps; does it call ctx.step() once per optimizer step?")
                 step_s[k] = float(np.mean(x))
         for k in ks:
@@ -509,6 +509,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def profile_workload(plan: ProfilingPlan, workdir: Path, progress: Progress = print) -> Measurements:
-    """Run the profiling plan on this machine; raise ProfilingFailed (a UserError) if the workload fails."""
+def profile_training(plan: ProfilingPlan, workdir: Path, progress: Progress = print) -> Measurements:
+    """Run the profiling plan on this machine; raise ProfilingFailed (a UserError) if the training function fails."""
     return Profiler(plan, workdir, progress).run()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nasalloc.calibration.analysis import analyse
-from nasalloc.calibration.calibrate import WorkloadConf, builtin_space, search_space
+from nasalloc.calibration.calibrate import TrainConf, builtin_space, search_space
 from nasalloc.calibration.fit import FitSettings
 from nasalloc.calibration.import_csv import read_timings
 from nasalloc.calibration.measurements import Measurements
@@ -89,7 +89,7 @@ def test_probe_context_hides_its_options_and_adds_timings_to_reports(tmp_path):
     assert not list(tmp_path.glob("probe_*.pt"))  # the timed checkpoint is removed
 
 
-def test_csv_batch_fraction_follows_the_workloads_scaling_unless_given(tmp_path):
+def test_csv_batch_fraction_follows_train_scaling_unless_given(tmp_path):
     csv = tmp_path / "t.csv"
     csv.write_text("k,step_time_s,batch_fraction\n1,0.1,\n2,0.06,\n4,0.04,0.3\n")
     m = read_timings(csv, lambda k: 1.0 / k)
@@ -161,14 +161,14 @@ def test_reference_is_the_configuration_closest_to_the_mean():
     assert i == 3 and scale == pytest.approx(0.003875 / 0.004)
 
 
-def test_space_defaults_to_the_built_in_workloads_and_can_be_given_or_turned_off():
-    assert search_space(WorkloadConf())["width"]["high"] == 32
-    assert search_space(WorkloadConf(space={})) is None
-    assert search_space(WorkloadConf(entrypoint="my.pkg:train")) is None
+def test_space_defaults_to_the_built_in_trainers_and_can_be_given_or_turned_off():
+    assert search_space(TrainConf())["width"]["high"] == 32
+    assert search_space(TrainConf(space={})) is None
+    assert search_space(TrainConf(entrypoint="my.pkg:train")) is None
     given = {"width": {"type": "int", "low": 8, "high": 8}}
-    assert search_space(WorkloadConf(entrypoint="my.pkg:train", space=given)) == given
-    with pytest.raises(Exception, match="workload.space.width"):
-        search_space(WorkloadConf(space={"width": {"type": "integer"}}))
+    assert search_space(TrainConf(entrypoint="my.pkg:train", space=given)) == given
+    with pytest.raises(Exception, match="train.space.width"):
+        search_space(TrainConf(space={"width": {"type": "integer"}}))
 
 
 def test_the_fit_describes_the_mean_configuration_and_keeps_the_raw_samples():
