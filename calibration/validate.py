@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from nasalloc.calibration.compare import Comparison, Timings, compare, kendall_tau
-from nasalloc.execute.run import RUN_CONFIG
+from nasalloc.execute.run import RUN_CONFIG, read_run_config
 from nasalloc.sim.cluster import ClusterSpec, parse_allocation
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
@@ -89,11 +88,8 @@ def read_run(folder: Path, profile: Profile) -> RealRun:
     """The run's trace and the simulation spec of the same search (UserError if unusable)."""
     folder = _require_run_folder(folder)
     trace_path, config_path = folder / "trace.jsonl", folder / RUN_CONFIG
-    try:
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        raise UserError(f"{config_path}: not valid YAML") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("scheduler"), dict) or not isinstance(raw.get("train"), dict):
+    raw = read_run_config(folder)
+    if not isinstance(raw.get("scheduler"), dict) or not isinstance(raw.get("train"), dict):
         raise UserError(f"{config_path}: not a run config (needs scheduler and train)")
     events = tuple(read_trace(trace_path, tolerate_torn_tail=True))
     if not any(ev.event == "result" for ev in events):
@@ -113,10 +109,9 @@ def read_run(folder: Path, profile: Profile) -> RealRun:
 
 def _run_profile_name(folder: Path) -> str | None:
     try:
-        raw = yaml.safe_load((Path(folder) / RUN_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        return read_run_config(folder).get("profile")
+    except (OSError, UserError):
         return None
-    return raw.get("profile") if isinstance(raw, dict) else None
 
 
 def load(cfg: DictConfig) -> ValidateSettings:

@@ -23,7 +23,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from nasalloc.execute.devices import Allocation
-from nasalloc.sim.config import require, to_typed
+from nasalloc.sim.config import require, to_typed, upgrade_saved
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.schedulers import scheduler_config
 from nasalloc.sim.space import SearchSpace
@@ -143,6 +143,19 @@ def settings_from(raw: dict[str, Any], resume: Path | None = None) -> RunSetting
     )
 
 
+def read_run_config(folder: Path) -> dict[str, Any]:
+    """The saved config of a run folder, with settings renamed since it was written moved to
+    their current names (`upgrade_saved`), so runs of an older version can be resumed and validated."""
+    path = Path(folder) / RUN_CONFIG
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        raise UserError(f"{path}: not valid YAML") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: not a mapping")
+    return upgrade_saved("run", saved)
+
+
 def load(cfg: DictConfig) -> RunSettings:
     raw = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(raw, dict)
@@ -152,10 +165,7 @@ def load(cfg: DictConfig) -> RunSettings:
         folder = Path(str(resume))
         if not (folder / "trace.jsonl").is_file() or not (folder / RUN_CONFIG).is_file():
             raise UserError(f"resume={resume}: not a run folder (needs trace.jsonl and {RUN_CONFIG} from `nasalloc run`)")
-        saved = yaml.safe_load((folder / RUN_CONFIG).read_text(encoding="utf-8"))
-        if not isinstance(saved, dict):
-            raise UserError(f"resume={resume}: {RUN_CONFIG} is not a mapping")
-        return settings_from(saved, resume=folder)
+        return settings_from(read_run_config(folder), resume=folder)
     out_dir = raw.get("out_dir")
     if out_dir and (Path(str(out_dir)) / "trace.jsonl").exists():
         raise UserError(f"out_dir={out_dir}: already holds a run (trace.jsonl); continue it with resume={out_dir} "
@@ -189,4 +199,4 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
 
 
 
-__all__ = ["RunSettings", "DevicesConfig", "TrainConfig", "load", "main", "settings_from"]
+__all__ = ["RunSettings", "DevicesConfig", "TrainConfig", "load", "main", "read_run_config", "settings_from"]

@@ -3,10 +3,15 @@
 OmegaConf does the structural work (unknown keys, type conversion); each dataclass checks its
 own ranges in `__post_init__` by raising `ValueError`. Both kinds of failure come out as one
 `UserError` line that names the full key, e.g. ``scheduler.eta=1: must be an integer >= 2``.
+
+Also the one table of renamed settings (`RENAMED_KEYS`, `RENAMED_MODULES`): the CLI refuses an
+old name on the command line, naming the new one, and a saved config of an older version is
+translated (`upgrade_saved`), so old runs stay resumable.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, TypeVar
 
@@ -53,3 +58,57 @@ def require(condition: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless `condition`; used in dataclass `__post_init__`."""
     if not condition:
         raise ValueError(message)
+
+
+# Settings renamed so that one concept has one name, per command: old key (or old group) ->
+# new key. Hydra would only say "Could not override" for an old name; the CLI looks here first.
+RENAMED_KEYS: dict[str, dict[str, str]] = {
+    "calibrate": {"workload": "train"},  # the training function; `workload` is the simulator's curve model
+    "run": {"devices.threads_per_slot": "devices.threads_per_rank"},
+}
+# Modules renamed: an entrypoint naming the old module ("module:function") is refused on the
+# command line and translated in a saved config.
+RENAMED_MODULES: dict[str, str] = {"nasalloc.execute.workloads": "nasalloc.execute.trainers"}
+
+
+def renamed_key(command: str, key: str) -> str | None:
+    """The current name of setting `key` of `command` if it (or a group above it) was renamed."""
+    for old, new in RENAMED_KEYS.get(command, {}).items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old):]
+    return None
+
+
+def renamed_module(entrypoint: str) -> str | None:
+    """`entrypoint` with a renamed module replaced by its current name; None if not renamed."""
+    for old, new in RENAMED_MODULES.items():
+        if entrypoint.startswith((old + ".", old + ":")):
+            return new + entrypoint[len(old):]
+    return None
+
+
+def upgrade_saved(command: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a saved config of `command` with renamed keys moved to their current names
+    and renamed entrypoint modules replaced; a key present under both names keeps the new one."""
+    out = copy.deepcopy(raw)
+    for old, new in RENAMED_KEYS.get(command, {}).items():
+        *old_path, old_leaf = old.split(".")
+        parent = _node_at(out, old_path)
+        if parent is None or old_leaf not in parent:
+            continue
+        value = parent.pop(old_leaf)
+        *new_path, new_leaf = new.split(".")
+        target = _node_at(out, new_path)
+        if target is not None:
+            target.setdefault(new_leaf, value)
+    train = out.get("train")
+    if isinstance(train, dict) and isinstance(train.get("entrypoint"), str):
+        train["entrypoint"] = renamed_module(train["entrypoint"]) or train["entrypoint"]
+    return out
+
+
+def _node_at(root: dict[str, Any], path: list[str]) -> dict[str, Any] | None:
+    node: Any = root
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else None

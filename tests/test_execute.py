@@ -164,6 +164,32 @@ def test_replay_reaches_the_same_state(tmp_path: Path) -> None:
         replay(mismatched, c, lambda tid, at: at)
 
 
+def test_a_saved_run_config_with_old_names_is_translated_on_resume(tmp_path: Path) -> None:
+    """A run folder of an older version (devices.threads_per_slot, the built-in trainer under
+    nasalloc.execute.workloads) stays resumable and validatable: old names are translated."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from nasalloc.calibration.validate import read_run
+    from nasalloc.cli import COMMANDS, _compose
+    from nasalloc.execute.run import RUN_CONFIG, load
+    from nasalloc.sim.profile import load_profile
+
+    saved = OmegaConf.to_container(_compose(COMMANDS["run"], ["devices.threads_per_rank=1"]), resolve=True)
+    saved.pop("resume")  # as `nasalloc run` saves it
+    saved["devices"]["threads_per_slot"] = saved["devices"].pop("threads_per_rank")
+    saved["train"]["entrypoint"] = "nasalloc.execute.workloads.digits:train"
+    (tmp_path / RUN_CONFIG).write_text(yaml.safe_dump(saved), encoding="utf-8")
+    (tmp_path / "trace.jsonl").write_text('{"time": 0.0, "event": "start", "trial": 0, "epoch": 0, "metric": null, '
+                                          '"devices": [0], "config": {"lr": 0.1, "width": 8, "momentum": 0.5}}\n'
+                                          '{"time": 1.0, "event": "result", "trial": 0, "epoch": 1, "metric": 0.5, '
+                                          '"devices": [0]}\n', encoding="utf-8")
+    settings = load(OmegaConf.create({"resume": str(tmp_path)}))
+    assert settings.devices.threads_per_rank == 1
+    assert settings.train.entrypoint == "nasalloc.execute.trainers.digits:train"
+    assert read_run(tmp_path, load_profile("digits_cpu")).spec.cluster.gpus == 2
+
+
 # ----- real searches -----------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(120)
