@@ -42,18 +42,26 @@ def train_params(args: argparse.Namespace) -> dict[str, Any]:
             "scaling": "strong", "seed": 0}
 
 
+def run_config(args: argparse.Namespace, scheduler: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    """A complete `nasalloc run` config: the shipped random scheduler and CPU devices (the one
+    place their defaults are written) with this benchmark's settings over them."""
+    from nasalloc.sim.config import shipped
+
+    return {
+        "seed": 0, "scheduler": {**shipped("scheduler", "random"), **scheduler}, "train": train,
+        "devices": {**shipped("devices", "cpu"), "count": args.slots},
+        "gpus_per_trial": 1, "trial_timeout_s": 600, "checkpoint_every": args.checkpoint_every, "progress": "none",
+        "target": None, "profile": None, "resume": None,
+    }
+
+
 def run_executor(args: argparse.Namespace, out: Path) -> float:
     from nasalloc.execute.run import settings_from
     from nasalloc.execute.search import run_search
 
-    raw = {
-        "seed": 0,
-        "scheduler": {"name": "random", "n_trials": args.trials, "max_epochs": args.epochs},
-        "train": {"name": "synthetic", "entrypoint": ENTRY, "space": {"lr": {"type": "float", "low": 0.01, "high": 0.02}},
-                  "params": train_params(args)},
-        "devices": {"kind": "cpu", "count": args.slots},
-        "gpus_per_trial": 1, "trial_timeout_s": 600, "checkpoint_every": args.checkpoint_every, "progress": "none",
-    }
+    raw = run_config(args, {"n_trials": args.trials, "max_epochs": args.epochs},
+                     {"name": "synthetic", "entrypoint": ENTRY, "space": {"lr": {"type": "float", "low": 0.01, "high": 0.02}},
+                      "params": train_params(args)})
     summary = run_search(settings_from(raw), out)
     return float(summary["makespan_s"])
 
@@ -66,15 +74,10 @@ def fixed_cost(args: argparse.Namespace, out: Path) -> tuple[float, float]:
     spans = {}
     n = 20
     for epochs in (1, 11):
-        raw = {
-            "seed": 0,
-            "scheduler": {"name": "random", "n_trials": n, "max_epochs": epochs},
-            "train": {"name": "toy", "entrypoint": "nasalloc.execute.trainers.toy:train",
-                      "space": {"quality": {"type": "float", "low": 0.1, "high": 1.0}},
-                      "params": {"epoch_s": 0.0, "steps_per_epoch": 1}},
-            "devices": {"kind": "cpu", "count": args.slots},
-            "gpus_per_trial": 1, "trial_timeout_s": 600, "checkpoint_every": args.checkpoint_every, "progress": "none",
-        }
+        raw = run_config(args, {"n_trials": n, "max_epochs": epochs},
+                         {"name": "toy", "entrypoint": "nasalloc.execute.trainers.toy:train",
+                          "space": {"quality": {"type": "float", "low": 0.1, "high": 1.0}},
+                          "params": {"epoch_s": 0.0, "steps_per_epoch": 1}})
         spans[epochs] = float(run_search(settings_from(raw), out / f"fixed_{epochs}")["makespan_s"])
     jobs_per_slot = n / args.slots
     per_epoch = (spans[11] - spans[1]) / (10 * jobs_per_slot)

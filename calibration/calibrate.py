@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,21 +25,24 @@ from nasalloc.calibration.import_csv import read_timings
 from nasalloc.calibration.measurements import Measurements
 from nasalloc.calibration.profiling import ProfilingPlan, profile_training
 from nasalloc.calibration.report import WorkloadFacts, build_profile, plot_speedup, summary_lines, summary_table
-from nasalloc.sim.config import require, to_typed
+from nasalloc.sim.config import require, required, to_typed
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.profile import dump_profile
 
 
 @dataclass
 class TrainConf:
-    entrypoint: str = "nasalloc.execute.trainers.digits:train"
-    config: dict[str, Any] = field(default_factory=dict)
-    batch_per_device: int = 32
-    scaling: str = "strong"
-    samples_per_epoch: Optional[int] = None
-    grad_bytes: Optional[float] = None
-    eval_scales: bool = False
-    space: Optional[dict[str, Any]] = None  # search space; None: the built-in trainer's (conf/train), else none
+    """`train` of conf/calibrate.yaml: the training function to profile. No field has a
+    default; the YAML is the one place they are written (and what each means)."""
+
+    entrypoint: str
+    config: dict[str, Any]
+    batch_per_device: int
+    scaling: str
+    samples_per_epoch: Optional[int]
+    grad_bytes: Optional[float]
+    eval_scales: bool
+    space: Optional[dict[str, Any]]  # search space; None: the built-in trainer's (conf/train), else none
 
     def __post_init__(self) -> None:
         require(self.batch_per_device >= 1, f"batch_per_device={self.batch_per_device}: must be an integer >= 1")
@@ -54,25 +57,28 @@ _ASSUMABLE = sorted(set(FITTABLE) - {"t_compute_s"} | {"straggler_cv"})
 
 @dataclass
 class CalibrationConf:
-    gpus_per_trial: Optional[list[int]] = None
-    share: list[int] = field(default_factory=lambda: [2])
-    device: str = "auto"
-    cpu_slots: Optional[int] = None
-    threads_per_rank: Optional[int] = None
-    gpus_per_node: Optional[int] = None
-    backend: str = "auto"
-    warmup_steps: int = 5
-    pilot_steps: int = 30
-    rounds: int = 4
-    time_limit_s: float = 12.0
-    max_steps: int = 3000
-    checkpoints: int = 2
-    configs: int = 8
-    config_time_limit_s: float = 1.0
-    startup_jobs: int = 3
-    fill_devices: bool = True
-    bootstrap: int = 200
-    assume: dict[str, Optional[float]] = field(default_factory=dict)
+    """`calibration` of conf/calibrate.yaml: what to measure and how long. No field has a
+    default; the YAML is the one place they are written (and what each means)."""
+
+    gpus_per_trial: Optional[list[int]]
+    share: list[int]
+    device: str
+    cpu_slots: Optional[int]
+    threads_per_rank: Optional[int]
+    gpus_per_node: Optional[int]
+    backend: str
+    warmup_steps: int
+    pilot_steps: int
+    rounds: int
+    time_limit_s: float
+    max_steps: int
+    checkpoints: int
+    configs: int
+    config_time_limit_s: float
+    startup_jobs: int
+    fill_devices: bool
+    bootstrap: int
+    assume: dict[str, Optional[float]]
 
     def __post_init__(self) -> None:
         require(self.device in ("auto", "cpu", "cuda"), f"device={self.device!r}: allowed: auto, cpu, cuda")
@@ -208,15 +214,15 @@ def batch_fraction_at(k: int, w: TrainConf) -> float:
 def load(cfg: DictConfig) -> CalibrateSettings:
     raw = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(raw, dict)
-    train = to_typed(TrainConf, raw.get("train"), "train")
-    calib = to_typed(CalibrationConf, raw.get("calibration"), "calibration")
-    seed = raw.get("seed", 0)
+    train = to_typed(TrainConf, required(raw, "train"), "train")
+    calib = to_typed(CalibrationConf, required(raw, "calibration"), "calibration")
+    seed = required(raw, "seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UserError(f"seed={seed!r}: must be an integer >= 0")
     for key in ("name", "description", "timings"):
-        if raw.get(key) is not None and not isinstance(raw.get(key), str):
-            raise UserError(f"{key}={raw.get(key)!r}: must be a string or null")
-    timings = Path(raw["timings"]).expanduser() if raw.get("timings") else None
+        if required(raw, key) is not None and not isinstance(raw[key], str):
+            raise UserError(f"{key}={raw[key]!r}: must be a string or null")
+    timings = Path(raw["timings"]).expanduser() if raw["timings"] else None
     imported = plan = None
     if timings is not None:
         imported = read_timings(timings, lambda k: batch_fraction_at(k, train))
@@ -225,7 +231,7 @@ def load(cfg: DictConfig) -> CalibrateSettings:
         backend = "cuda" if calib.backend == "auto" else calib.backend
         gpn = calib.gpus_per_node or max(imported.step_samples)
         imported.hardware.update({"device_kind": backend, "gpus_per_node": gpn, "source": f"timings CSV {timings}"})
-        name = raw.get("name") or timings.stem
+        name = raw["name"] or timings.stem
     else:
         kind = _device_kind(calib)
         ids = devices_present(kind, calib.cpu_slots)
@@ -245,9 +251,9 @@ def load(cfg: DictConfig) -> CalibrateSettings:
             seed=int(seed), fill_devices=bool(calib.fill_devices),
         )
         short = train.entrypoint.split(":")[0].rsplit(".", 1)[-1]
-        name = raw.get("name") or f"{short}-{kind}"
+        name = raw["name"] or f"{short}-{kind}"
     fit = FitSettings(gpus_per_node=gpn, grad_bytes=train.grad_bytes, backend=backend, given=dict(calib.assume))
-    return CalibrateSettings(name=str(name), description=raw.get("description"), train=train, calibration=calib,
+    return CalibrateSettings(name=str(name), description=raw["description"], train=train, calibration=calib,
                              seed=int(seed), timings=timings, imported=imported, plan=plan, fit=fit)
 
 

@@ -35,7 +35,7 @@ ENTRYPOINT = "nasalloc.calibration.probe:train"
 OPTIONS_KEY = "_calibration_probe"  # config key carrying the wrapped entrypoint and options
 
 
-def wrap_config(entrypoint: str, config: dict[str, Any], *, checkpoints: int = 2) -> dict[str, Any]:
+def wrap_config(entrypoint: str, config: dict[str, Any], *, checkpoints: int) -> dict[str, Any]:
     """The config to launch `ENTRYPOINT` with, so that it runs `entrypoint` with `config`."""
     return {**config, OPTIONS_KEY: {"entrypoint": entrypoint, "checkpoints": int(checkpoints)}}
 
@@ -145,4 +145,4 @@ def train(config: dict[str, Any], ctx: Any) -> None:
     user_config = {k: v for k, v in config.items() if k != OPTIONS_KEY}
     fn = resolve_entrypoint(options["entrypoint"])
     with _count_ddp_bytes(ctx) as grad_bytes:
-        fn(user_config, _ProbeContext(ctx, user_config, int(options.get("checkpoints", 2)), grad_bytes))
+        fn(user_config, _ProbeContext(ctx, user_config, int(options["checkpoints"]), grad_bytes))

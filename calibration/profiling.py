@@ -83,29 +83,33 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ProfilingPlan:
-    """What to run and how long to measure it."""
+    """What to run and how long to measure it.
+
+    The settings come from `calibration.*` and `train.*` of conf/calibrate.yaml, the one place
+    their defaults are written, so they have none here (`calibrate.load` fills every one).
+    """
 
     entrypoint: str  # "module:function", the training API of nasalloc.execute.api
     config: dict[str, Any]  # passed to the training function
     device_kind: str  # "cpu" (gloo on CPU slots) or "cuda" (nccl)
     device_ids: list[int]  # devices present; k ranks use the first k
     gpus_per_trial: list[int]  # the k to measure (1 must be among them)
-    share: list[int] = field(default_factory=list)  # m values for the sharing slow-down
-    threads_per_rank: int | None = None  # CPU: torch threads per rank (None: cores / slots)
-    batch_fraction: dict[int, float] = field(default_factory=dict)  # b(k)/b, from train.scaling
-    warmup_steps: int = 5
-    pilot_steps: int = 30
-    max_steps: int = 3000
-    rounds: int = 4  # interleaved rounds over the k (each k gets time_limit_s / rounds per round)
-    time_limit_s: float = 15.0  # per k over all rounds (and per m)
-    checkpoints: int = 2  # checkpoints timed per run (rank 0, first epochs)
-    timeout_s: float = 300.0  # silence after which the launcher declares a group hung
-    space: dict[str, Any] | None = None  # search space (SearchSpace syntax) the search samples; None: config only
-    configs: int = 8  # configurations sampled from `space` and timed at k = 1 (0: none)
-    config_time_limit_s: float = 1.0  # per sampled configuration
-    startup_jobs: int = 3  # fresh jobs per k timed for start-up (k = 1 with a space: the configuration runs)
-    seed: int = 0  # seeds the configurations sampled from `space`
-    fill_devices: bool = True  # measure with every other device busy (load groups), as a search runs
+    share: list[int]  # m values for the sharing slow-down
+    threads_per_rank: int | None  # CPU: torch threads per rank (None: cores / slots)
+    batch_fraction: dict[int, float]  # b(k)/b, from train.scaling
+    warmup_steps: int
+    pilot_steps: int
+    max_steps: int
+    rounds: int  # interleaved rounds over the k (each k gets time_limit_s / rounds per round)
+    time_limit_s: float  # per k over all rounds (and per m)
+    checkpoints: int  # checkpoints timed per run (rank 0, first epochs)
+    space: dict[str, Any] | None  # search space (SearchSpace syntax) the search samples; None: config only
+    configs: int  # configurations sampled from `space` and timed at k = 1 (0: none)
+    config_time_limit_s: float  # per sampled configuration
+    startup_jobs: int  # fresh jobs per k timed for start-up (k = 1 with a space: the configuration runs)
+    seed: int  # seeds the configurations sampled from `space`
+    fill_devices: bool  # measure with every other device busy (load groups), as a search runs
+    timeout_s: float = 300.0  # not a setting: silence after which the launcher declares a group hung
 
 
 class ProfilingFailed(UserError):

@@ -26,6 +26,7 @@ import numpy as np
 from nasalloc.calibration.compare import Comparison, Timings, compare, kendall_tau
 from nasalloc.execute.run import RUN_CONFIG, read_run_config
 from nasalloc.sim.cluster import ClusterSpec, parse_allocation
+from nasalloc.sim.config import required
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.profile import Profile, dump_profile, load_profile
@@ -95,16 +96,18 @@ def read_run(folder: Path, profile: Profile) -> RealRun:
     if not any(ev.event == "result" for ev in events):
         raise UserError(f"{trace_path}: no results recorded; nothing to validate")
     sched = scheduler_config(raw["scheduler"], key=f"{config_path}: scheduler")
-    space = SearchSpace.from_config(raw["train"].get("space"), f"{config_path}: train.space")
+    where = f"{config_path}: "
+    space = SearchSpace.from_config(required(raw["train"], "space", where + "train."), f"{config_path}: train.space")
+    kind = str(required(required(raw, "devices", where), "kind", where + "devices."))
     n = _device_count(raw, events, folder)
-    cluster = ClusterSpec(name=f"{n} {raw.get('devices', {}).get('kind', 'cpu')} devices", gpus=n, gpus_per_node=n)
-    allocation = parse_allocation(raw.get("gpus_per_trial", 1), cluster, key=f"{config_path}: gpus_per_trial")
+    cluster = ClusterSpec(name=f"{n} {kind} devices", gpus=n, gpus_per_node=n)
+    allocation = parse_allocation(required(raw, "gpus_per_trial", where), cluster, key=f"{config_path}: gpus_per_trial")
     metric = MetricSpec(name="metric", mode=sched.mode, low=-math.inf, high=math.inf)
     workload = ReplayWorkload(_curves(events), metric, space, source=str(trace_path))
-    target = raw.get("target")
+    target = required(raw, "target", where)
     spec = SimulationSpec(scheduler=sched, workload=workload, profile=profile, cluster=cluster, allocation=allocation,
-                          seed=int(raw.get("seed", 0)), target=None if target is None else float(target))
-    return RealRun(folder, events, spec, str(raw.get("devices", {}).get("kind", "cpu")))
+                          seed=int(required(raw, "seed", where)), target=None if target is None else float(target))
+    return RealRun(folder, events, spec, kind)
 
 
 def _run_profile_name(folder: Path) -> str | None:
@@ -115,21 +118,21 @@ def _run_profile_name(folder: Path) -> str | None:
 
 
 def load(cfg: DictConfig) -> ValidateSettings:
-    runs = cfg.get("run")
+    runs = cfg.get("run")  # `???` in the YAML (no default): None here until given
     runs = OmegaConf.to_container(runs) if isinstance(runs, ListConfig) else runs
     folders = [str(r) for r in (runs if isinstance(runs, list) else [runs])] if runs else []
     if not folders:
         raise UserError("run: required; give a run folder of `nasalloc run` (run=PATH) or a list of them (run=[A,B])")
     for folder in folders:  # every folder before the profile, so a typo in run= is named first
         _require_run_folder(folder)
-    name = cfg.get("profile") or _run_profile_name(Path(folders[0]))
+    name = required(cfg, "profile") or _run_profile_name(Path(folders[0]))
     if not name:
         raise UserError("profile: give the profile the run was planned with (profile=NAME or profile=PATH); "
                         "the run's config does not name one")
     profile = load_profile(str(name))
     for flag in ("update_profile", "plots"):
-        if not isinstance(cfg.get(flag), bool):
-            raise UserError(f"{flag}={cfg.get(flag)!r}: must be true or false")
+        if not isinstance(required(cfg, flag), bool):
+            raise UserError(f"{flag}={cfg[flag]!r}: must be true or false")
     return ValidateSettings(tuple(read_run(Path(f), profile) for f in folders), profile,
                             bool(cfg.update_profile), bool(cfg.plots))
 

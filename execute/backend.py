@@ -113,7 +113,7 @@ def _free_port() -> int:
 class LocalBackend:
     """Warm workers on this machine's device slots; gloo on CPU slots, nccl on GPUs."""
 
-    def __init__(self, slots: list[Slot], device_kind: str = "cpu", *, threads_per_rank: int | None = None,
+    def __init__(self, slots: list[Slot], device_kind: str, *, threads_per_rank: int | None = None,
                  worker_log_dir: Path | None = None, pin_cpus: bool = True, preload: list[str] | None = None):
         if device_kind not in ("cpu", "cuda"):
             raise ValueError(f"device_kind={device_kind!r}: allowed: cpu, cuda")

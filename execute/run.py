@@ -15,7 +15,7 @@ saved `run_config.yaml` of that folder (other overrides are ignored) and appends
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from nasalloc.execute.devices import Allocation
-from nasalloc.sim.config import require, to_typed, upgrade_saved
+from nasalloc.sim.config import require, required, to_typed, upgrade_saved
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.schedulers import scheduler_config
 from nasalloc.sim.space import SearchSpace
@@ -33,10 +33,12 @@ RUN_CONFIG = "run_config.yaml"
 
 @dataclass
 class DevicesConfig:
-    kind: str = "cpu"  # cpu: CPU slots with gloo | cuda: GPUs with nccl
-    count: int = 2  # cpu: number of slots; cuda: used when ids is null (first `count` GPUs, 0 = all)
-    ids: list[int] | None = None  # cuda: GPU indices; cpu: slot ids (default 0..count-1)
-    threads_per_rank: int = 0  # torch threads per rank; 0 = cores / slots (at least 1)
+    """One of conf/devices/*.yaml, the one place the defaults are written (none here)."""
+
+    kind: str  # cpu: CPU slots with gloo | cuda: GPUs with nccl
+    count: int  # cpu: number of slots; cuda: used when ids is null (first `count` GPUs, 0 = all)
+    ids: list[int] | None  # cuda: GPU indices; cpu: slot ids (null: 0..count-1)
+    threads_per_rank: int  # torch threads per rank; 0 = cores / slots (at least 1)
 
     def __post_init__(self) -> None:
         require(self.kind in ("cpu", "cuda"), f"kind={self.kind}: allowed: cpu, cuda")
@@ -46,10 +48,12 @@ class DevicesConfig:
 
 @dataclass
 class TrainConfig:
-    name: str = "digits"
-    entrypoint: str = "nasalloc.execute.trainers.digits:train"
-    space: dict[str, Any] = field(default_factory=dict)  # searched (SearchSpace syntax)
-    params: dict[str, Any] = field(default_factory=dict)  # fixed, passed to every trial
+    """One of conf/train/*.yaml (or the user's own), the one place the defaults are written."""
+
+    name: str
+    entrypoint: str  # "module:function" (nasalloc.execute.api)
+    space: dict[str, Any]  # searched (SearchSpace syntax)
+    params: dict[str, Any]  # fixed, passed to every trial
 
 
 @dataclass
@@ -105,7 +109,7 @@ def _check_entrypoint(entrypoint: str) -> None:
 def settings_from(raw: dict[str, Any], resume: Path | None = None) -> RunSettings:
     """Validate a plain config mapping (composed Hydra config or saved run_config.yaml)."""
     for key in ("scheduler", "train", "devices"):
-        if not isinstance(raw.get(key), dict):
+        if not isinstance(raw.get(key), dict):  # a group left out (`~train`) or set to null
             raise UserError(f"{key}: missing; pick one, e.g. {key}=" + {"scheduler": "asha", "train": "digits", "devices": "cpu"}[key])
     sched = scheduler_config(raw["scheduler"])
     train = to_typed(TrainConfig, raw["train"], "train")
@@ -114,25 +118,25 @@ def settings_from(raw: dict[str, Any], resume: Path | None = None) -> RunSetting
     ids = _device_ids(devices)
     if len(set(ids)) != len(ids):
         raise UserError(f"devices.ids={ids}: an id appears twice")
-    gpt = raw.get("gpus_per_trial", 1)
+    gpt = required(raw, "gpus_per_trial")
     allocation = Allocation.parse(gpt, len(ids))
-    timeout = raw.get("trial_timeout_s", 120.0)
+    timeout = required(raw, "trial_timeout_s")
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise UserError(f"trial_timeout_s={timeout!r}: must be a number of seconds > 0")
-    every = raw.get("checkpoint_every", 1)
+    every = required(raw, "checkpoint_every")
     if not isinstance(every, int) or every < 1:
         raise UserError(f"checkpoint_every={every!r}: must be an integer >= 1")
-    target = raw.get("target")
+    target = required(raw, "target")
     if target is not None and not isinstance(target, (int, float)):
         raise UserError(f"target={target!r}: must be a number or null")
-    progress = raw.get("progress", "auto")
+    progress = required(raw, "progress")
     if progress not in ("auto", "rich", "plain", "none"):
         raise UserError(f"progress={progress!r}: allowed: auto, rich, plain, none")
-    seed = raw.get("seed", 0)
+    seed = required(raw, "seed")
     if not isinstance(seed, int):
         raise UserError(f"seed={seed!r}: must be an integer")
     _check_entrypoint(train.entrypoint)
-    if raw.get("profile") is not None:  # only recorded (for `nasalloc validate`), but a typo should fail now
+    if required(raw, "profile") is not None:  # only recorded (for `nasalloc validate`), but a typo should fail now
         from nasalloc.sim.profile import load_profile
 
         load_profile(str(raw["profile"]))
@@ -160,7 +164,7 @@ def load(cfg: DictConfig) -> RunSettings:
     raw = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(raw, dict)
     raw.pop("hydra", None)
-    resume = raw.get("resume")
+    resume = required(raw, "resume")
     if resume:
         folder = Path(str(resume))
         if not (folder / "trace.jsonl").is_file() or not (folder / RUN_CONFIG).is_file():
