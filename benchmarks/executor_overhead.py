@@ -1,6 +1,6 @@
 """Executor overhead: a fixed search run by `nasalloc run` vs the same training run bare.
 
-Both sides train the same trials (the `synthetic` workload, one rank per trial, identical
+Both sides train the same trials (the `synthetic` training function, one rank per trial, identical
 configs, fixed epochs, no early stopping) on the same CPU slots:
 
 - executor: `run_search` with the random scheduler (every trial to max_epochs), warm workers,
@@ -18,7 +18,7 @@ journal writes and scheduling gaps. Target: under 5% for ~1 s epochs.
 
 On a shared, loaded machine the ratio is noisy (other processes steal the same cores from
 either side). The second figure is load-robust: the executor's fixed cost measured with
-the zero-work `toy` workload (searches of 1 and 11 epochs per trial), as milliseconds per
+the zero-work `toy` training function (searches of 1 and 11 epochs per trial), as milliseconds per
 trial job and per epoch; for ~1 s epochs the overhead is about (job + E x epoch) / E seconds.
 """
 
@@ -34,26 +34,34 @@ import time
 from pathlib import Path
 from typing import Any
 
-ENTRY = "nasalloc.execute.workloads.synthetic:train"
+ENTRY = "nasalloc.execute.trainers.synthetic:train"
 
 
-def workload(args: argparse.Namespace) -> dict[str, Any]:
+def train_params(args: argparse.Namespace) -> dict[str, Any]:
     return {"n_samples": args.samples, "dim": 64, "width": args.width, "depth": 3, "batch_size": 128,
             "scaling": "strong", "seed": 0}
+
+
+def run_config(args: argparse.Namespace, scheduler: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    """A complete `nasalloc run` config: the shipped random scheduler and CPU devices (the one
+    place their defaults are written) with this benchmark's settings over them."""
+    from nasalloc.sim.config import shipped
+
+    return {
+        "seed": 0, "scheduler": {**shipped("scheduler", "random"), **scheduler}, "train": train,
+        "devices": {**shipped("devices", "cpu"), "count": args.slots},
+        "gpus_per_trial": 1, "trial_timeout_s": 600, "checkpoint_every": args.checkpoint_every, "progress": "none",
+        "target": None, "profile": None, "resume": None,
+    }
 
 
 def run_executor(args: argparse.Namespace, out: Path) -> float:
     from nasalloc.execute.run import settings_from
     from nasalloc.execute.search import run_search
 
-    raw = {
-        "seed": 0,
-        "scheduler": {"name": "random", "n_trials": args.trials, "max_epochs": args.epochs},
-        "train": {"name": "synthetic", "entrypoint": ENTRY, "space": {"lr": {"type": "float", "low": 0.01, "high": 0.02}},
-                  "params": workload(args)},
-        "devices": {"kind": "cpu", "count": args.slots},
-        "gpus_per_trial": 1, "trial_timeout_s": 600, "checkpoint_every": args.checkpoint_every, "progress": "none",
-    }
+    raw = run_config(args, {"n_trials": args.trials, "max_epochs": args.epochs},
+                     {"name": "synthetic", "entrypoint": ENTRY, "space": {"lr": {"type": "float", "low": 0.01, "high": 0.02}},
+                      "params": train_params(args)})
     summary = run_search(settings_from(raw), out)
     return float(summary["makespan_s"])
 
@@ -66,15 +74,10 @@ def fixed_cost(args: argparse.Namespace, out: Path) -> tuple[float, float]:
     spans = {}
     n = 20
     for epochs in (1, 11):
-        raw = {
-            "seed": 0,
-            "scheduler": {"name": "random", "n_trials": n, "max_epochs": epochs},
-            "train": {"name": "toy", "entrypoint": "nasalloc.execute.workloads.toy:train",
-                      "space": {"quality": {"type": "float", "low": 0.1, "high": 1.0}},
-                      "params": {"epoch_s": 0.0, "steps_per_epoch": 1}},
-            "devices": {"kind": "cpu", "count": args.slots},
-            "gpus_per_trial": 1, "trial_timeout_s": 600, "checkpoint_every": args.checkpoint_every, "progress": "none",
-        }
+        raw = run_config(args, {"n_trials": n, "max_epochs": epochs},
+                         {"name": "toy", "entrypoint": "nasalloc.execute.trainers.toy:train",
+                          "space": {"quality": {"type": "float", "low": 0.1, "high": 1.0}},
+                          "params": {"epoch_s": 0.0, "steps_per_epoch": 1}})
         spans[epochs] = float(run_search(settings_from(raw), out / f"fixed_{epochs}")["makespan_s"])
     jobs_per_slot = n / args.slots
     per_epoch = (spans[11] - spans[1]) / (10 * jobs_per_slot)
@@ -123,7 +126,7 @@ def run_bare(args: argparse.Namespace, out: Path) -> float:
     for slot in range(args.slots):
         trials = list(range(slot, args.trials, args.slots))
         spec = json.dumps({"slot": slot, "n_slots": args.slots, "trials": trials, "epochs": args.epochs,
-                           "params": workload(args), "result": str(out / f"bare_{slot}.json")})
+                           "params": train_params(args), "result": str(out / f"bare_{slot}.json")})
         env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // args.slots)))
         procs.append(subprocess.Popen([sys.executable, __file__, "--bare-worker", spec], env=env))
     for p in procs:

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/prediction_error.py [--work DIR] [--trials 12] [--epochs 9]
 
-1. `nasalloc calibrate` profiles the digits workload on this machine's CPU slots (k = 1, 2
+1. `nasalloc calibrate` profiles the digits CNN (train.entrypoint) on this machine's CPU slots (k = 1, 2
    and 2 trials sharing one slot);
 2. `nasalloc recommend` on a 2-slot "cluster" with that profile, for the allocations
    k = 1/2, 1 and 2 (what the recommender considers there);

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,24 +23,27 @@ from nasalloc.calibration.analysis import analyse
 from nasalloc.calibration.fit import FITTABLE, FitSettings
 from nasalloc.calibration.import_csv import read_timings
 from nasalloc.calibration.measurements import Measurements
-from nasalloc.calibration.profiling import ProfilingPlan, profile_workload
+from nasalloc.calibration.profiling import ProfilingPlan, profile_training
 from nasalloc.calibration.report import WorkloadFacts, build_profile, plot_speedup, summary_lines, summary_table
-from nasalloc.sim.config import require, to_typed
+from nasalloc.sim.config import require, required, to_typed
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_duration
 from nasalloc.sim.profile import dump_profile
 
 
 @dataclass
-class WorkloadConf:
-    entrypoint: str = "nasalloc.execute.workloads.digits:train"
-    config: dict[str, Any] = field(default_factory=dict)
-    batch_per_device: int = 32
-    scaling: str = "strong"
-    samples_per_epoch: Optional[int] = None
-    grad_bytes: Optional[float] = None
-    eval_scales: bool = False
-    space: Optional[dict[str, Any]] = None  # search space; None: the built-in workload's (conf/train), else none
+class TrainConf:
+    """`train` of conf/calibrate.yaml: the training function to profile. No field has a
+    default; the YAML is the one place they are written (and what each means)."""
+
+    entrypoint: str
+    config: dict[str, Any]
+    batch_per_device: int
+    scaling: str
+    samples_per_epoch: Optional[int]
+    grad_bytes: Optional[float]
+    eval_scales: bool
+    space: Optional[dict[str, Any]]  # search space; None: the built-in trainer's (conf/train), else none
 
     def __post_init__(self) -> None:
         require(self.batch_per_device >= 1, f"batch_per_device={self.batch_per_device}: must be an integer >= 1")
@@ -55,25 +58,28 @@ _ASSUMABLE = sorted(set(FITTABLE) - {"t_compute_s"} | {"straggler_cv"})
 
 @dataclass
 class CalibrationConf:
-    gpus_per_trial: Optional[list[int]] = None
-    share: list[int] = field(default_factory=lambda: [2])
-    device: str = "auto"
-    cpu_slots: Optional[int] = None
-    threads_per_rank: Optional[int] = None
-    gpus_per_node: Optional[int] = None
-    backend: str = "auto"
-    warmup_steps: int = 5
-    pilot_steps: int = 30
-    rounds: int = 4
-    time_limit_s: float = 12.0
-    max_steps: int = 3000
-    checkpoints: int = 2
-    configs: int = 8
-    config_time_limit_s: float = 1.0
-    startup_jobs: int = 3
-    fill_devices: bool = True
-    bootstrap: int = 200
-    assume: dict[str, Optional[float]] = field(default_factory=dict)
+    """`calibration` of conf/calibrate.yaml: what to measure and how long. No field has a
+    default; the YAML is the one place they are written (and what each means)."""
+
+    gpus_per_trial: Optional[list[int]]
+    share: list[int]
+    device: str
+    cpu_slots: Optional[int]
+    threads_per_rank: Optional[int]
+    gpus_per_node: Optional[int]
+    backend: str
+    warmup_steps: int
+    pilot_steps: int
+    rounds: int
+    time_limit_s: float
+    max_steps: int
+    checkpoints: int
+    configs: int
+    config_time_limit_s: float
+    startup_jobs: int
+    fill_devices: bool
+    bootstrap: int
+    assume: dict[str, Optional[float]]
 
     def __post_init__(self) -> None:
         require(self.device in ("auto", "cpu", "cuda"), f"device={self.device!r}: allowed: auto, cpu, cuda")
@@ -89,7 +95,7 @@ class CalibrationConf:
         require(self.time_limit_s > 0, f"time_limit_s={self.time_limit_s}: must be > 0")
         require(self.max_steps >= self.pilot_steps, f"max_steps={self.max_steps}: must be >= pilot_steps")
         require(self.checkpoints >= 0, f"checkpoints={self.checkpoints}: must be >= 0")
-        require(self.configs >= 0, f"configs={self.configs}: must be an integer >= 0 (0: profile workload.config only)")
+        require(self.configs >= 0, f"configs={self.configs}: must be an integer >= 0 (0: profile train.config only)")
         require(self.config_time_limit_s > 0, f"config_time_limit_s={self.config_time_limit_s}: must be > 0")
         require(self.startup_jobs >= 1, f"startup_jobs={self.startup_jobs}: must be an integer >= 1")
         require(self.bootstrap >= 0, f"bootstrap={self.bootstrap}: must be >= 0")
@@ -106,7 +112,7 @@ class CalibrateSettings:
 
     name: str
     description: str | None
-    workload: WorkloadConf
+    train: TrainConf
     calibration: CalibrationConf
     seed: int
     timings: Path | None
@@ -148,10 +154,10 @@ def _check_entrypoint(entrypoint: str) -> None:
     try:
         fn = resolve_entrypoint(entrypoint)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise UserError(f"workload.entrypoint={entrypoint!r}: cannot load it ({type(exc).__name__}: "
+        raise UserError(f"train.entrypoint={entrypoint!r}: cannot load it ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}); expected 'module:function' importable here") from None
     if not callable(fn):
-        raise UserError(f"workload.entrypoint={entrypoint!r}: not a function")
+        raise UserError(f"train.entrypoint={entrypoint!r}: not a function")
 
 
 def _ks(c: CalibrationConf, n: int, kind: str) -> list[int]:
@@ -174,7 +180,7 @@ def _ks(c: CalibrationConf, n: int, kind: str) -> list[int]:
 
 
 def builtin_space(entrypoint: str) -> dict[str, Any] | None:
-    """The search space of the built-in workload (conf/train/<name>.yaml) whose entrypoint
+    """The search space of the built-in training function (conf/train/<name>.yaml) whose entrypoint
     this is; None for any other entrypoint."""
     from importlib import resources
 
@@ -190,18 +196,18 @@ def builtin_space(entrypoint: str) -> dict[str, Any] | None:
     return None
 
 
-def search_space(w: WorkloadConf) -> dict[str, Any] | None:
-    """workload.space if given ({} turns sampling off), else the built-in workload's; validated."""
+def search_space(w: TrainConf) -> dict[str, Any] | None:
+    """train.space if given ({} turns sampling off), else the built-in training function's; validated."""
     space = builtin_space(w.entrypoint) if w.space is None else dict(w.space)
     if not space:
         return None
     from nasalloc.sim.space import SearchSpace
 
-    SearchSpace.from_config(space, "workload.space")  # a bad entry is a UserError naming it
+    SearchSpace.from_config(space, "train.space")  # a bad entry is a UserError naming it
     return space
 
 
-def batch_fraction_at(k: int, w: WorkloadConf) -> float:
+def batch_fraction_at(k: int, w: TrainConf) -> float:
     """Per-rank batch at k over batch_per_device: 1 (weak) or (b // k) / b (strong, as the built-ins shard)."""
     return 1.0 if w.scaling == "weak" else max(1, w.batch_per_device // k) / w.batch_per_device
 
@@ -209,56 +215,56 @@ def batch_fraction_at(k: int, w: WorkloadConf) -> float:
 def load(cfg: DictConfig) -> CalibrateSettings:
     raw = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(raw, dict)
-    workload = to_typed(WorkloadConf, raw.get("workload"), "workload")
-    calib = to_typed(CalibrationConf, raw.get("calibration"), "calibration")
-    seed = raw.get("seed", 0)
+    train = to_typed(TrainConf, required(raw, "train"), "train")
+    calib = to_typed(CalibrationConf, required(raw, "calibration"), "calibration")
+    seed = required(raw, "seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UserError(f"seed={seed!r}: must be an integer >= 0")
     for key in ("name", "description", "timings"):
-        if raw.get(key) is not None and not isinstance(raw.get(key), str):
-            raise UserError(f"{key}={raw.get(key)!r}: must be a string or null")
-    timings = Path(raw["timings"]).expanduser() if raw.get("timings") else None
+        if required(raw, key) is not None and not isinstance(raw[key], str):
+            raise UserError(f"{key}={raw[key]!r}: must be a string or null")
+    timings = Path(raw["timings"]).expanduser() if raw["timings"] else None
     imported = plan = None
     if timings is not None:
-        imported = read_timings(timings, lambda k: batch_fraction_at(k, workload))
-        if workload.samples_per_epoch is None:
-            raise UserError(f"workload.samples_per_epoch: required with timings={timings} (training samples per epoch)")
+        imported = read_timings(timings, lambda k: batch_fraction_at(k, train))
+        if train.samples_per_epoch is None:
+            raise UserError(f"train.samples_per_epoch: required with timings={timings} (training samples per epoch)")
         backend = "cuda" if calib.backend == "auto" else calib.backend
         gpn = calib.gpus_per_node or max(imported.step_samples)
         imported.hardware.update({"device_kind": backend, "gpus_per_node": gpn, "source": f"timings CSV {timings}"})
-        name = raw.get("name") or timings.stem
+        name = raw["name"] or timings.stem
     else:
         kind = _device_kind(calib)
         ids = devices_present(kind, calib.cpu_slots)
         if not ids:
             raise UserError(f"calibration.device={calib.device}: no devices found")
-        _check_entrypoint(workload.entrypoint)
+        _check_entrypoint(train.entrypoint)
         ks = _ks(calib, len(ids), kind)
         backend = kind if calib.backend == "auto" else calib.backend
         gpn = calib.gpus_per_node or len(ids)
         plan = ProfilingPlan(
-            entrypoint=workload.entrypoint, config=dict(workload.config), device_kind=kind, device_ids=ids,
-            gpus_per_trial=ks, share=list(calib.share), threads_per_worker=calib.threads_per_rank,
-            batch_fraction={k: batch_fraction_at(k, workload) for k in ks}, warmup_steps=calib.warmup_steps,
+            entrypoint=train.entrypoint, config=dict(train.config), device_kind=kind, device_ids=ids,
+            gpus_per_trial=ks, share=list(calib.share), threads_per_rank=calib.threads_per_rank,
+            batch_fraction={k: batch_fraction_at(k, train) for k in ks}, warmup_steps=calib.warmup_steps,
             pilot_steps=calib.pilot_steps, max_steps=calib.max_steps, rounds=calib.rounds,
-            time_limit_s=calib.time_limit_s, checkpoints=calib.checkpoints, space=search_space(workload),
+            time_limit_s=calib.time_limit_s, checkpoints=calib.checkpoints, space=search_space(train),
             configs=calib.configs, config_time_limit_s=calib.config_time_limit_s, startup_jobs=calib.startup_jobs,
             seed=int(seed), fill_devices=bool(calib.fill_devices),
         )
-        short = workload.entrypoint.split(":")[0].rsplit(".", 1)[-1]
-        name = raw.get("name") or f"{short}-{kind}"
-    fit = FitSettings(gpus_per_node=gpn, grad_bytes=workload.grad_bytes, backend=backend, given=dict(calib.assume))
-    return CalibrateSettings(name=str(name), description=raw.get("description"), workload=workload, calibration=calib,
+        short = train.entrypoint.split(":")[0].rsplit(".", 1)[-1]
+        name = raw["name"] or f"{short}-{kind}"
+    fit = FitSettings(gpus_per_node=gpn, grad_bytes=train.grad_bytes, backend=backend, given=dict(calib.assume))
+    return CalibrateSettings(name=str(name), description=raw["description"], train=train, calibration=calib,
                              seed=int(seed), timings=timings, imported=imported, plan=plan, fit=fit)
 
 
 def _workload_facts(s: CalibrateSettings, m: Measurements, steps_first_epoch: int | None) -> WorkloadFacts:
-    w = s.workload
+    w = s.train
     samples = w.samples_per_epoch
     if samples is None:
         if not steps_first_epoch:
-            raise UserError("workload.samples_per_epoch: could not be measured (no epoch ended while profiling); "
-                            "give it, e.g. workload.samples_per_epoch=50000")
+            raise UserError("train.samples_per_epoch: could not be measured (no epoch ended while profiling); "
+                            "give it, e.g. train.samples_per_epoch=50000")
         samples = steps_first_epoch * w.batch_per_device
         m.notes.append(f"samples_per_epoch = {steps_first_epoch} steps in the first epoch at k=1 x batch {w.batch_per_device}")
     return WorkloadFacts(entrypoint=w.entrypoint if s.timings is None else "", samples_per_epoch=int(samples),
@@ -288,7 +294,7 @@ def main(settings: CalibrateSettings, out_dir: Path) -> None:
                       + (f", {plan.configs} configurations from its search space" if plan.space and plan.configs else "")
                       + (f", sharing m = {', '.join(map(str, plan.share))}" if plan.share else "")
                       + f" (up to {plan.time_limit_s:g} s each)")
-        m = profile_workload(plan, out_dir / "profiling", progress=lambda line: console.print(f"  {line}"))
+        m = profile_training(plan, out_dir / "profiling", progress=lambda line: console.print(f"  {line}"))
         steps_first = m.steps_per_epoch.get(1)
         if fit.grad_bytes is None and m.hardware.get("grad_bytes"):
             fit = FitSettings(gpus_per_node=fit.gpus_per_node, grad_bytes=float(m.hardware["grad_bytes"]),
@@ -296,8 +302,8 @@ def main(settings: CalibrateSettings, out_dir: Path) -> None:
         device = m.hardware.get("device", plan.device_kind)
         sources = [f"measured by nasalloc calibrate on {time.strftime('%Y-%m-%d', time.gmtime())}: {plan.entrypoint}, "
                    f"k = {', '.join(map(str, plan.gpus_per_trial))} on {device}, {m.hardware.get('backend')}"]
-        knobs = ", ".join(f"{k}={v}" for k, v in settings.workload.config.items())
-        desc = settings.description or (f"{plan.entrypoint} ({knobs}), {settings.workload.scaling} scaling, measured at "
+        knobs = ", ".join(f"{k}={v}" for k, v in settings.train.config.items())
+        desc = settings.description or (f"{plan.entrypoint} ({knobs}), {settings.train.scaling} scaling, measured at "
                                         f"k = {', '.join(map(str, plan.gpus_per_trial))} on {device} "
                                         f"({m.hardware.get('backend')})")
     w = _workload_facts(settings, m, steps_first)

@@ -243,7 +243,7 @@ def fit_config_cost(configs: Sequence[Mapping[str, Any]], space: Mapping[str, An
         return ConfigCostFit(None, f"{n} configuration{'s' if n != 1 else ''} timed (needs >= {MIN_CONFIGS})", n=n)
     if not space:
         return ConfigCostFit(None, "no search space given", n=n)
-    domains = [d for d in SearchSpace.from_config(space, "workload.space").domains if not d.is_categorical]
+    domains = [d for d in SearchSpace.from_config(space, "train.space").domains if not d.is_categorical]
     if not domains:
         return ConfigCostFit(None, "no numeric parameters in the search space", n=n)
     u_all = np.array([[d.to_unit(c["config"][d.name]) for d in domains] for c in configs], dtype=float)

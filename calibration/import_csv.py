@@ -12,7 +12,7 @@ with `#` and blank lines are skipped. Columns (only `k` and `step_time_s` are re
     checkpoint_save_s    seconds to write one checkpoint (k = 1 rows)
     checkpoint_restore_s seconds to read one back (k = 1 rows)
     batch_fraction       per-rank batch at k over the batch at k = 1 (default: from
-                         workload.scaling, 1 for weak, 1/k for strong scaling)
+                         train.scaling, 1 for weak, 1/k for strong scaling)
 
     k,step_time_s,startup_s
     1,0.1052,1.9
@@ -68,7 +68,7 @@ def read_timings(path: str | Path, default_batch_fraction: Callable[[int], float
     """Parse a timings CSV into `Measurements` (source "csv:PATH"); UserError on any bad input.
 
     `default_batch_fraction(k)` fills b(k)/b where the CSV has no batch_fraction for k (the
-    caller derives it from the workload's scaling).
+    caller derives it from train.scaling).
     """
     path = Path(path).expanduser()
     if not path.is_file():

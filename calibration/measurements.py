@@ -1,7 +1,7 @@
 """What one calibration measured, as raw samples: the input of every fit and of the report.
 
 Both producers fill the same record, so fitting, reporting and the profile never care where
-the numbers came from: `profiling.profile_workload` (real DDP runs) and
+the numbers came from: `profiling.profile_training` (real DDP runs) and
 `import_csv.read_timings` (timings the user already has).
 
 Raw samples are kept (not only means): the bootstrap resamples them, and the profile's
@@ -23,7 +23,7 @@ def _rounded(values: Any, digits: int = 6) -> list[float]:
 
 @dataclass
 class Measurements:
-    """Raw timings of one workload on one machine.
+    """Raw timings of one training function on one machine.
 
     step_samples[k]       seconds per optimizer step on k ranks (k >= 1), warm-up dropped;
                           for k > 1 the slowest rank's view is what a synchronous step costs,

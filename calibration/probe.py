@@ -7,7 +7,7 @@ which calls the user's function with a thin proxy of the real `TrainingContext`:
 - `step()`: on a GPU, `torch.cuda.synchronize` first, so the timestamp marks the end of the
   step's kernels and not of their launch (CUDA is asynchronous); then the real `step()`,
   which records the timestamp and raises `StopTraining` at the launcher's `max_steps`.
-- `report()`: evaluation time = from the epoch's last step to `report` (the workload
+- `report()`: evaluation time = from the epoch's last step to `report` (the training function
   evaluates in between); on rank 0, for the first `checkpoints` epochs, the checkpoint
   `state` is built and written with `torch.save` (the executor's save) and read back with
   `torch.load` (its restore), timed, and deleted. The figures travel to the launcher as the
@@ -35,7 +35,7 @@ ENTRYPOINT = "nasalloc.calibration.probe:train"
 OPTIONS_KEY = "_calibration_probe"  # config key carrying the wrapped entrypoint and options
 
 
-def wrap_config(entrypoint: str, config: dict[str, Any], *, checkpoints: int = 2) -> dict[str, Any]:
+def wrap_config(entrypoint: str, config: dict[str, Any], *, checkpoints: int) -> dict[str, Any]:
     """The config to launch `ENTRYPOINT` with, so that it runs `entrypoint` with `config`."""
     return {**config, OPTIONS_KEY: {"entrypoint": entrypoint, "checkpoints": int(checkpoints)}}
 
@@ -145,4 +145,4 @@ def train(config: dict[str, Any], ctx: Any) -> None:
     user_config = {k: v for k, v in config.items() if k != OPTIONS_KEY}
     fn = resolve_entrypoint(options["entrypoint"])
     with _count_ddp_bytes(ctx) as grad_bytes:
-        fn(user_config, _ProbeContext(ctx, user_config, int(options.get("checkpoints", 2)), grad_bytes))
+        fn(user_config, _ProbeContext(ctx, user_config, int(options["checkpoints"]), grad_bytes))

@@ -1,7 +1,7 @@
 """Profiling runs: real DDP process groups of the user's training at each k -> `Measurements`.
 
 Protocol (HyperSched's, interleaved): the executor's warm-worker `Launcher` runs the
-workload as k ranks (gloo on CPU slots, nccl on GPUs) through `probe.train`, for every k in
+training function as k ranks (gloo on CPU slots, nccl on GPUs) through `probe.train`, for every k in
 `rounds` rounds of `time_limit_s / rounds` seconds each, the order of the k reversed every
 round (1, 2, 4, 4, 2, 1, ...). A host's speed drifts: on the 2-core build machine the same
 configuration's step time differed by 25-50% between calibrations 30 s apart, and measuring
@@ -83,29 +83,33 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ProfilingPlan:
-    """What to run and how long to measure it."""
+    """What to run and how long to measure it.
+
+    The settings come from `calibration.*` and `train.*` of conf/calibrate.yaml, the one place
+    their defaults are written, so they have none here (`calibrate.load` fills every one).
+    """
 
     entrypoint: str  # "module:function", the training API of nasalloc.execute.api
     config: dict[str, Any]  # passed to the training function
     device_kind: str  # "cpu" (gloo on CPU slots) or "cuda" (nccl)
     device_ids: list[int]  # devices present; k ranks use the first k
     gpus_per_trial: list[int]  # the k to measure (1 must be among them)
-    share: list[int] = field(default_factory=list)  # m values for the sharing slow-down
-    threads_per_worker: int | None = None  # CPU: torch threads per rank (None: cores / slots)
-    batch_fraction: dict[int, float] = field(default_factory=dict)  # b(k)/b, from the workload's scaling
-    warmup_steps: int = 5
-    pilot_steps: int = 30
-    max_steps: int = 3000
-    rounds: int = 4  # interleaved rounds over the k (each k gets time_limit_s / rounds per round)
-    time_limit_s: float = 15.0  # per k over all rounds (and per m)
-    checkpoints: int = 2  # checkpoints timed per run (rank 0, first epochs)
-    timeout_s: float = 300.0  # silence after which the launcher declares a group hung
-    space: dict[str, Any] | None = None  # search space (SearchSpace syntax) the search samples; None: config only
-    configs: int = 8  # configurations sampled from `space` and timed at k = 1 (0: none)
-    config_time_limit_s: float = 1.0  # per sampled configuration
-    startup_jobs: int = 3  # fresh jobs per k timed for start-up (k = 1 with a space: the configuration runs)
-    seed: int = 0  # seeds the configurations sampled from `space`
-    fill_devices: bool = True  # measure with every other device busy (load groups), as a search runs
+    share: list[int]  # m values for the sharing slow-down
+    threads_per_rank: int | None  # CPU: torch threads per rank (None: cores / slots)
+    batch_fraction: dict[int, float]  # b(k)/b, from train.scaling
+    warmup_steps: int
+    pilot_steps: int
+    max_steps: int
+    rounds: int  # interleaved rounds over the k (each k gets time_limit_s / rounds per round)
+    time_limit_s: float  # per k over all rounds (and per m)
+    checkpoints: int  # checkpoints timed per run (rank 0, first epochs)
+    space: dict[str, Any] | None  # search space (SearchSpace syntax) the search samples; None: config only
+    configs: int  # configurations sampled from `space` and timed at k = 1 (0: none)
+    config_time_limit_s: float  # per sampled configuration
+    startup_jobs: int  # fresh jobs per k timed for start-up (k = 1 with a space: the configuration runs)
+    seed: int  # seeds the configurations sampled from `space`
+    fill_devices: bool  # measure with every other device busy (load groups), as a search runs
+    timeout_s: float = 300.0  # not a setting: silence after which the launcher declares a group hung
 
 
 class ProfilingFailed(UserError):
@@ -207,7 +211,7 @@ def sample_configs(space: dict[str, Any], n: int, seed: int, base: dict[str, Any
     """
     from nasalloc.sim.space import SearchSpace
 
-    sp = SearchSpace.from_config(space, "workload.space")
+    sp = SearchSpace.from_config(space, "train.space")
     rng = np.random.default_rng([seed, 1000 + stream])
     u = np.column_stack([(rng.permutation(n) + rng.random(n)) / n for _ in sp.domains]) if n else np.empty((0, 0))
     out = []
@@ -250,7 +254,7 @@ class Profiler:
         self.fresh_drawn = 0  # configurations drawn for start-up jobs so far
 
     def _fail(self, where: str, r: RanksResult, log: Path) -> ProfilingFailed:
-        return ProfilingFailed(f"workload.entrypoint={self.plan.entrypoint}: the training function failed at {where}: "
+        return ProfilingFailed(f"train.entrypoint={self.plan.entrypoint}: the training function failed at {where}: "
                                f"{r.info or 'no reason given'} (log: {log})")
 
     def _run(self, launcher: Launcher, k: int, steps: int, epochs: int = 1_000_000,
@@ -313,7 +317,7 @@ class Profiler:
                 self._collect(*self._run(launcher, k, steps), k, m, samples[k])
                 x = np.concatenate(samples[k])
                 if len(x) < 2:
-                    raise ProfilingFailed(f"workload.entrypoint={p.entrypoint}: at k={k} it made {len(x) + 1} timed "
+                    raise ProfilingFailed(f"train.entrypoint={p.entrypoint}: at k={k} it made {len(x) + 1} timed "
                                           "steps; does it call ctx.step() once per optimizer step?")
                 step_s[k] = float(np.mean(x))
         for k in ks:
@@ -452,7 +456,7 @@ class Profiler:
         used = p.device_ids if p.fill_devices else p.device_ids[: max(p.gpus_per_trial)]
         t0 = time.perf_counter()
         self.progress(f"starting {len(used) * slots_per_device} warm workers ({p.device_kind}, devices {used})")
-        with Launcher(p.device_kind, used, slots_per_device=slots_per_device, threads_per_worker=p.threads_per_worker,
+        with Launcher(p.device_kind, used, slots_per_device=slots_per_device, threads_per_rank=p.threads_per_rank,
                       workdir=self.workdir / "launcher", preload=[p.entrypoint]) as launcher:
             m.hardware["worker_start_s"] = round(time.perf_counter() - t0, 4)
             # Every worker's first job pays one-off costs (CUDA context, data loading, lazy
@@ -495,7 +499,7 @@ def hardware_facts(plan: ProfilingPlan) -> dict[str, Any]:
     else:
         facts["device"] = f"CPU slot ({cpu_model()})"
         facts["cores"] = os.cpu_count()
-        facts["threads_per_rank"] = plan.threads_per_worker or max(1, (os.cpu_count() or 1) // len(plan.device_ids))
+        facts["threads_per_rank"] = plan.threads_per_rank or max(1, (os.cpu_count() or 1) // len(plan.device_ids))
     return facts
 
 
@@ -509,6 +513,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def profile_workload(plan: ProfilingPlan, workdir: Path, progress: Progress = print) -> Measurements:
-    """Run the profiling plan on this machine; raise ProfilingFailed (a UserError) if the workload fails."""
+def profile_training(plan: ProfilingPlan, workdir: Path, progress: Progress = print) -> Measurements:
+    """Run the profiling plan on this machine; raise ProfilingFailed (a UserError) if the training function fails."""
     return Profiler(plan, workdir, progress).run()

@@ -1,6 +1,6 @@
 """The training API: what a user's training function sees, and the only thing it must call.
 
-A workload is a function ``train(config: dict, ctx: TrainingContext) -> None`` named as
+A training function is ``train(config: dict, ctx: TrainingContext) -> None`` named as
 ``"module:function"``. The executor runs it on every rank of a trial's process group (the
 group is already initialised: gloo on CPU slots, nccl on GPUs, torchrun's environment
 variables set, so existing DDP code works unchanged)::

@@ -113,7 +113,7 @@ def _free_port() -> int:
 class LocalBackend:
     """Warm workers on this machine's device slots; gloo on CPU slots, nccl on GPUs."""
 
-    def __init__(self, slots: list[Slot], device_kind: str = "cpu", *, threads_per_worker: int | None = None,
+    def __init__(self, slots: list[Slot], device_kind: str, *, threads_per_rank: int | None = None,
                  worker_log_dir: Path | None = None, pin_cpus: bool = True, preload: list[str] | None = None):
         if device_kind not in ("cpu", "cuda"):
             raise ValueError(f"device_kind={device_kind!r}: allowed: cpu, cuda")
@@ -127,7 +127,7 @@ class LocalBackend:
         threading.Thread(target=self._accept_loop, daemon=True).start()
         ncpu = os.cpu_count() or 1
         devices = sorted({s.device for s in self.slots})
-        self._threads = threads_per_worker or max(1, ncpu // (len(devices) if device_kind == "cpu" else len(self.slots)))
+        self._threads = threads_per_rank or max(1, ncpu // (len(devices) if device_kind == "cpu" else len(self.slots)))
         self._pin = pin_cpus and device_kind == "cpu" and len(devices) * self._threads <= ncpu
         self._slots_share_cores = len(self.slots) > len(devices)  # some device has several worker slots
         self._log_dir = worker_log_dir
@@ -167,7 +167,7 @@ class LocalBackend:
         if self.device_kind == "cpu" and self._slots_share_cores:
             # Several workers pinned to the same cores (trials sharing a CPU slot): libgomp's
             # spin-waiting then burns the cores the others need. A 16-trial search at k=1/2 on one
-            # 2-core slot (synthetic workload, 2 threads per worker) took 33.8 s spinning and 1.12 s
+            # 2-core slot (synthetic trainer, 2 threads per worker) took 33.8 s spinning and 1.12 s
             # passive. Not for one worker per slot: the same search at k=1 took 1.17 s spinning and
             # 3.2-3.6 s passive (its small parallel regions pay the sleep/wake-up).
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")

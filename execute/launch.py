@@ -1,12 +1,12 @@
-"""Run k ranks of a workload outside a search: the launcher calibration reuses.
+"""Run k ranks of a training function outside a search: the launcher calibration reuses.
 
 `Launcher` keeps warm workers on a set of devices (so repeated measurements do not pay the
-~1.7 s Python + torch start-up each time); `Launcher.run` runs one workload as a DDP group
+~1.7 s Python + torch start-up each time); `Launcher.run` runs one training function as a DDP group
 on some of those devices for a number of epochs (or steps) and returns what happened,
 including each rank's per-step timestamps. `run_ranks` is the one-shot form.
 
     with Launcher("cpu", [0, 1]) as launcher:
-        r = launcher.run("nasalloc.execute.workloads.digits:train", {"lr": 0.05, "width": 16},
+        r = launcher.run("nasalloc.execute.trainers.digits:train", {"lr": 0.05, "width": 16},
                          devices=[0, 1], epochs=2, record_steps=True)
         r.step_times[0]      # rank 0's perf_counter() at each ctx.step()
 """
@@ -45,13 +45,13 @@ class Launcher:
     """Warm workers on `device_ids` (CPU slots or GPU indices); run DDP groups on them."""
 
     def __init__(self, device_kind: str, device_ids: list[int], *, slots_per_device: int = 1,
-                 threads_per_worker: int | None = None, workdir: Path | None = None, preload: list[str] | None = None):
+                 threads_per_rank: int | None = None, workdir: Path | None = None, preload: list[str] | None = None):
         self.device_kind = device_kind
         self._slots = [Slot(d, s) for d in device_ids for s in range(slots_per_device)]
         self._own_workdir = workdir is None  # a temporary one is removed on close unless a run failed
         self._workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="nasalloc-launch-"))
         self._failed = False
-        self.backend = LocalBackend(self._slots, device_kind, threads_per_worker=threads_per_worker,
+        self.backend = LocalBackend(self._slots, device_kind, threads_per_rank=threads_per_rank,
                                     worker_log_dir=self._workdir / "logs", preload=preload)
         self.backend.wait_ready()
         self._runs = 0

@@ -32,7 +32,7 @@ from nasalloc.sim.trace import TraceEvent
 @dataclass
 class LoopOptions:
     entrypoint: str
-    params: dict[str, Any]  # fixed training settings merged under each trial's config
+    params: dict[str, Any]  # fixed training settings (train.params) merged under each trial's config
     run_dir: Path
     checkpoint_every: int = 1
     trial_timeout_s: float = 120.0

@@ -19,7 +19,7 @@ validate`, which may run on another machine): it checks values only (`parse_run_
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from nasalloc.sim.cluster import Allocation, machine, parse_allocation
-from nasalloc.sim.config import require, to_typed
+from nasalloc.sim.config import require, required, to_typed, upgrade_saved
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_allocation, format_duration
 from nasalloc.sim.schedulers import scheduler_config
@@ -38,23 +38,27 @@ RUN_CONFIG = "run_config.yaml"
 
 @dataclass
 class DevicesConfig:
-    kind: str = "cpu"  # cpu: CPU slots with gloo | cuda: GPUs with nccl
-    count: int = 2  # cpu: number of slots; cuda: used when ids is null (first `count` GPUs, 0 = all)
-    ids: list[int] | None = None  # cuda: GPU indices; cpu: slot ids (default 0..count-1)
-    threads_per_slot: int = 0  # torch threads per rank; 0 = cores / slots (at least 1)
+    """One of conf/devices/*.yaml, the one place the defaults are written (none here)."""
+
+    kind: str  # cpu: CPU slots with gloo | cuda: GPUs with nccl
+    count: int  # cpu: number of slots; cuda: used when ids is null (first `count` GPUs, 0 = all)
+    ids: list[int] | None  # cuda: GPU indices; cpu: slot ids (null: 0..count-1)
+    threads_per_rank: int  # torch threads per rank; 0 = cores / slots (at least 1)
 
     def __post_init__(self) -> None:
         require(self.kind in ("cpu", "cuda"), f"kind={self.kind}: allowed: cpu, cuda")
         require(self.count >= 0, f"count={self.count}: must be >= 0")
-        require(self.threads_per_slot >= 0, f"threads_per_slot={self.threads_per_slot}: must be >= 0")
+        require(self.threads_per_rank >= 0, f"threads_per_rank={self.threads_per_rank}: must be >= 0")
 
 
 @dataclass
 class TrainConfig:
-    name: str = "digits"
-    entrypoint: str = "nasalloc.execute.workloads.digits:train"
-    space: dict[str, Any] = field(default_factory=dict)  # searched (SearchSpace syntax)
-    params: dict[str, Any] = field(default_factory=dict)  # fixed, passed to every trial
+    """One of conf/train/*.yaml (or the user's own), the one place the defaults are written."""
+
+    name: str
+    entrypoint: str  # "module:function" (nasalloc.execute.api)
+    space: dict[str, Any]  # searched (SearchSpace syntax)
+    params: dict[str, Any]  # fixed, passed to every trial
 
 
 @dataclass
@@ -140,7 +144,7 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
     """Check a plain config mapping (composed Hydra config or saved run_config.yaml) value by
     value; nothing here looks at this machine (see `RunConfig`)."""
     for key in ("scheduler", "train", "devices"):
-        if not isinstance(raw.get(key), dict):
+        if not isinstance(raw.get(key), dict):  # a group left out (`~train`) or set to null
             raise UserError(f"{key}: missing; pick one, e.g. {key}=" + {"scheduler": "asha", "train": "digits", "devices": "cpu"}[key])
     sched = scheduler_config(raw["scheduler"])
     train = to_typed(TrainConfig, raw["train"], "train")
@@ -150,24 +154,24 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         raise UserError("devices.count=0: need at least one CPU slot")
     if devices.ids and len(set(devices.ids)) != len(devices.ids):
         raise UserError(f"devices.ids={list(devices.ids)}: an id appears twice")
-    timeout = raw.get("trial_timeout_s", 120.0)
+    timeout = required(raw, "trial_timeout_s")
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise UserError(f"trial_timeout_s={timeout!r}: must be a number of seconds > 0")
-    every = raw.get("checkpoint_every", 1)
+    every = required(raw, "checkpoint_every")
     if not isinstance(every, int) or every < 1:
         raise UserError(f"checkpoint_every={every!r}: must be an integer >= 1")
-    target = raw.get("target")
+    target = required(raw, "target")
     if target is not None and not isinstance(target, (int, float)):
         raise UserError(f"target={target!r}: must be a number or null")
-    progress = raw.get("progress", "auto")
+    progress = required(raw, "progress")
     if progress not in ("auto", "rich", "plain", "none"):
         raise UserError(f"progress={progress!r}: allowed: auto, rich, plain, none")
-    seed = raw.get("seed", 0)
+    seed = required(raw, "seed")
     if not isinstance(seed, int):
         raise UserError(f"seed={seed!r}: must be an integer")
-    profile = raw.get("profile")
+    profile = required(raw, "profile")
     return RunConfig(
-        scheduler=sched, space=space, train=train, devices=devices, gpus_per_trial=raw.get("gpus_per_trial", 1),
+        scheduler=sched, space=space, train=train, devices=devices, gpus_per_trial=required(raw, "gpus_per_trial"),
         trial_timeout_s=float(timeout), checkpoint_every=every, target=None if target is None else float(target),
         seed=seed, progress=progress, profile=None if profile is None else str(profile), raw=raw,
     )
@@ -183,7 +187,8 @@ def require_run_folder(folder: str | Path, key: str) -> Path:
 
 def read_run_config(folder: Path) -> RunConfig:
     """The one reader of a run folder's run_config.yaml: `resume=` continues from it and
-    `nasalloc validate` re-simulates it. Errors are one line naming the file."""
+    `nasalloc validate` re-simulates it; runs of an older version (renamed settings) still
+    read. Errors are one line naming the file."""
     path = Path(folder) / RUN_CONFIG
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -193,6 +198,7 @@ def read_run_config(folder: Path) -> RunConfig:
         raise UserError(f"{path}: not valid YAML") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: not a mapping of settings")
+    raw = upgrade_saved("run", raw)  # settings renamed since it was written get their current names
     try:
         return parse_run_config(raw)
     except UserError as exc:
@@ -226,7 +232,7 @@ def load(cfg: DictConfig) -> RunSettings:
     raw = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(raw, dict)
     raw.pop("hydra", None)
-    resume = raw.get("resume")
+    resume = required(raw, "resume")
     if resume:
         folder = require_run_folder(str(resume), "resume")
         return settings_here(read_run_config(folder), resume=folder)

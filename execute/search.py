@@ -41,7 +41,7 @@ def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
                         title=f"nasalloc run: {settings.scheduler.name}, {settings.train.name}, gpus_per_trial={settings.gpus_per_trial}")
     t0 = time.monotonic()
     slots = SlotMap(settings.device_ids, settings.allocation.slots_per_device).all_slots()
-    backend = LocalBackend(slots, settings.devices.kind, threads_per_worker=settings.devices.threads_per_slot or None,
+    backend = LocalBackend(slots, settings.devices.kind, threads_per_rank=settings.devices.threads_per_rank or None,
                            worker_log_dir=run_dir / "logs" / "workers", preload=[settings.train.entrypoint])
     journal = None
     try:

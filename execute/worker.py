@@ -183,7 +183,7 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(max(1, threads))
     for entry in filter(None, os.environ.get(PRELOAD_ENV, "").split(";")):
         try:
-            resolve_entrypoint(entry)  # warm the workload's imports too; errors surface per job
+            resolve_entrypoint(entry)  # warm the training function's imports too; errors surface per job
         except Exception:  # noqa: BLE001
             pass
     conn.send({"op": "ready", "pid": os.getpid()})

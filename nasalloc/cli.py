@@ -150,12 +150,32 @@ def _load_module(command: Command) -> Any:
     return importlib.import_module(command.module)
 
 
+def _refuse_renamed(command: Command, overrides: list[str]) -> None:
+    """An override that uses an old setting or module name: one line naming the new one.
+
+    Checked before composing (also for --cfg and -m), because Hydra would only report the
+    old key as unknown. The table of renamed names is `nasalloc.sim.config.RENAMED_KEYS`.
+    """
+    from nasalloc.sim.config import renamed_key, renamed_module
+
+    for text in overrides:
+        key, _, value = text.partition("=")
+        key = key.lstrip("+~")
+        new = renamed_key(command.name, key)
+        if new is not None:
+            raise UsageError(f"{key}: renamed; use {new}")
+        module = renamed_module(value) if key.endswith("entrypoint") else None
+        if module is not None:
+            raise UsageError(f"{key}={value}: module renamed; use {key}={module}")
+
+
 def validate(command: Command, module: Any, args: list[str]) -> None:
     """Compose and load every job of the command line; raise UserError/UsageError if bad."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     overrides, multirun, info = _split_args(args)
+    _refuse_renamed(command, overrides)
     if info:
         return
     try:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU check (about 8 minutes on one H100/H200) for a session that is lent a
 # GPU machine (see the device tool's README). It runs the whole loop on the GPU:
-#   calibrate the synthetic GPU workload at k = 1 and with 2 and 4 trials sharing the GPU,
+#   calibrate the synthetic GPU trainer at k = 1 and with 2 and 4 trials sharing the GPU,
 #   recommend for one GPU (k = 1/4, 1/2, 1), run the search for real at each allocation,
 #   validate each, and pack everything under $OUT.
 # The device machine has no network: carry a virtual environment that has CUDA torch and
@@ -22,7 +22,7 @@ log() { echo "[$(date +%T)] $*" | tee -a "$OUT/summary.txt"; }
 if [ "$DEVICE" = cuda ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/nvidia-smi.csv"
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" | tee -a "$OUT/summary.txt"
-  # GPU-sized synthetic workload: big enough that one trial keeps the GPU busy for a while.
+  # GPU-sized synthetic trainer: big enough that one trial keeps the GPU busy for a while.
   PARAMS=(n_samples=65536 dim=1024 width=4096 batch_size=512 scaling=strong seed=0)
   DEVICES=(devices=cuda 'devices.ids=[0]')
 else
@@ -31,12 +31,12 @@ else
 fi
 BATCH=$(printf '%s\n' "${PARAMS[@]}" | sed -n 's/^batch_size=//p')
 CAL=(); RUN=()
-for p in "${PARAMS[@]}"; do CAL+=("++workload.config.${p}"); RUN+=("++train.params.${p}"); done
+for p in "${PARAMS[@]}"; do CAL+=("++train.config.${p}"); RUN+=("++train.params.${p}"); done
 SEARCH=(scheduler=asha scheduler.n_trials=16 scheduler.max_epochs=9 seed=0)
 
 log "calibrate (k=1, sharing m=2 and m=4)"
-timeout 240 "$PY" -m nasalloc calibrate workload.entrypoint=nasalloc.execute.workloads.synthetic:train \
-  "${CAL[@]}" workload.batch_per_device="$BATCH" calibration.device="$DEVICE" calibration.gpus_per_trial=[1] \
+timeout 240 "$PY" -m nasalloc calibrate train.entrypoint=nasalloc.execute.trainers.synthetic:train \
+  "${CAL[@]}" train.batch_per_device="$BATCH" calibration.device="$DEVICE" calibration.gpus_per_trial=[1] \
   "calibration.share=[2,4]" calibration.time_limit_s=15 name=synthetic_gpu out_dir="$WORK/calibrate" | tee -a "$OUT/summary.txt"
 PROFILE="$WORK/calibrate/profile.yaml"
 cp "$PROFILE" "$OUT/profile.yaml"

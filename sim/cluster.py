@@ -49,11 +49,13 @@ from nasalloc.sim.formatting import format_allocation
 
 @dataclass(frozen=True)
 class ClusterSpec:
-    """N devices in nodes of `gpus_per_node` (N a multiple of it, or N <= gpus_per_node)."""
+    """N devices in nodes of `gpus_per_node` (N a multiple of it, or N <= gpus_per_node).
 
-    name: str = "cluster"
-    gpus: int = 16
-    gpus_per_node: int = 4
+    No defaults: a cluster is one of conf/cluster/*.yaml or built from what a run had."""
+
+    name: str
+    gpus: int
+    gpus_per_node: int
 
     def __post_init__(self) -> None:
         require(self.gpus >= 1, f"gpus={self.gpus}: must be >= 1")
@@ -93,7 +95,7 @@ def is_allowed(cluster: ClusterSpec, k: float) -> bool:
     return k % gpn == 0 and cluster.gpus % k == 0
 
 
-def allowed_allocations(cluster: ClusterSpec, min_k: float = 0.25) -> list[float]:
+def allowed_allocations(cluster: ClusterSpec, min_k: float) -> list[float]:
     """Every static allocation from `min_k` up to the whole cluster, ascending.
 
     Fractions are enumerated as 1/2, 1/4, 1/8, ... (powers of two, the sizes sharing curves

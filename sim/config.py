@@ -3,10 +3,21 @@
 OmegaConf does the structural work (unknown keys, type conversion); each dataclass checks its
 own ranges in `__post_init__` by raising `ValueError`. Both kinds of failure come out as one
 `UserError` line that names the full key, e.g. ``scheduler.eta=1: must be an integer >= 2``.
+
+One source for every default: the shipped YAML in conf/. The dataclasses that settings fill
+declare types and checks but no defaults, and code reads settings with `required`, never
+`cfg.get(key, default)`; a value written in two places drifts apart (a calibration time
+limit of 12 s in the YAML and 15 s in code once). Code that builds a config without Hydra
+(recommend's list of schedulers, tests, benchmarks) starts from `shipped(group, name)`.
+
+Also the one table of renamed settings (`RENAMED_KEYS`, `RENAMED_MODULES`): the CLI refuses an
+old name on the command line, naming the new one, and a saved config of an older version is
+translated (`upgrade_saved`), so old runs stay resumable.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, TypeVar
 
@@ -31,10 +42,15 @@ def to_typed(schema: type[T], node: Any, key: str) -> T:
         node = OmegaConf.to_container(node, resolve=True)
     if not isinstance(node, dict):
         raise UserError(f"{key}: expected a mapping of settings, got {node!r}")
-    allowed = [f.name for f in dataclasses.fields(schema)]  # type: ignore[arg-type]
+    fields = dataclasses.fields(schema)  # type: ignore[arg-type]
+    allowed = [f.name for f in fields]
     unknown = sorted(set(node) - set(allowed))
     if unknown:
         raise UserError(f"{key}.{unknown[0]}: unknown setting; allowed: {', '.join(allowed)}")
+    missing = [f.name for f in fields if f.name not in node
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"{key}.{missing[0]}: {MISSING_MESSAGE}")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), node)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
@@ -49,7 +65,83 @@ def to_typed(schema: type[T], node: Any, key: str) -> T:
         raise UserError(f"{key}.{text}" if text and not text.startswith(key) else text) from None
 
 
+MISSING_MESSAGE = "missing; every setting is required (the shipped YAML holds the defaults; see --cfg job)"
+
+
+def required(node: Any, key: str, where: str = "") -> Any:
+    """The value of setting `key` of a composed config (or saved run config) `node`.
+
+    A missing key is a one-line UserError instead of a fallback written in code: the
+    defaults live in the shipped YAML only. `where` prefixes the key in the message."""
+    if node is None or key not in node:
+        raise UserError(f"{where}{key}: {MISSING_MESSAGE}")
+    return node[key]
+
+
+def shipped(group: str, name: str) -> dict[str, Any]:
+    """The shipped option conf/<group>/<name>.yaml as a plain mapping: every setting of that
+    option with its default, for code that builds a config without composing one."""
+    from importlib import resources
+
+    text = (resources.files("nasalloc.conf") / group / f"{name}.yaml").read_text(encoding="utf-8")
+    return OmegaConf.to_container(OmegaConf.create(text), resolve=True)  # type: ignore[return-value]
+
+
 def require(condition: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless `condition`; used in dataclass `__post_init__`."""
     if not condition:
         raise ValueError(message)
+
+
+# Settings renamed so that one concept has one name, per command: old key (or old group) ->
+# new key. Hydra would only say "Could not override" for an old name; the CLI looks here first.
+RENAMED_KEYS: dict[str, dict[str, str]] = {
+    "calibrate": {"workload": "train"},  # the training function; `workload` is the simulator's curve model
+    "run": {"devices.threads_per_slot": "devices.threads_per_rank"},
+}
+# Modules renamed: an entrypoint naming the old module ("module:function") is refused on the
+# command line and translated in a saved config.
+RENAMED_MODULES: dict[str, str] = {"nasalloc.execute.workloads": "nasalloc.execute.trainers"}
+
+
+def renamed_key(command: str, key: str) -> str | None:
+    """The current name of setting `key` of `command` if it (or a group above it) was renamed."""
+    for old, new in RENAMED_KEYS.get(command, {}).items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old):]
+    return None
+
+
+def renamed_module(entrypoint: str) -> str | None:
+    """`entrypoint` with a renamed module replaced by its current name; None if not renamed."""
+    for old, new in RENAMED_MODULES.items():
+        if entrypoint.startswith((old + ".", old + ":")):
+            return new + entrypoint[len(old):]
+    return None
+
+
+def upgrade_saved(command: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a saved config of `command` with renamed keys moved to their current names
+    and renamed entrypoint modules replaced; a key present under both names keeps the new one."""
+    out = copy.deepcopy(raw)
+    for old, new in RENAMED_KEYS.get(command, {}).items():
+        *old_path, old_leaf = old.split(".")
+        parent = _node_at(out, old_path)
+        if parent is None or old_leaf not in parent:
+            continue
+        value = parent.pop(old_leaf)
+        *new_path, new_leaf = new.split(".")
+        target = _node_at(out, new_path)
+        if target is not None:
+            target.setdefault(new_leaf, value)
+    train = out.get("train")
+    if isinstance(train, dict) and isinstance(train.get("entrypoint"), str):
+        train["entrypoint"] = renamed_module(train["entrypoint"]) or train["entrypoint"]
+    return out
+
+
+def _node_at(root: dict[str, Any], path: list[str]) -> dict[str, Any] | None:
+    node: Any = root
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else None

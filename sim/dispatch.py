@@ -58,7 +58,6 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 from nasalloc.sim.cluster import Allocation, DevicePool

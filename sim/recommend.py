@@ -20,13 +20,12 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from nasalloc.sim.cluster import Allocation, ClusterSpec, parse_allocation
-from nasalloc.sim.config import to_typed
+from nasalloc.sim.config import required, shipped, to_typed
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import duration_unit, format_duration, format_in_unit
@@ -74,16 +73,16 @@ def _schedulers(cfg: DictConfig, mode: str) -> list[Any]:
     `n_trials` (when set) sizes every compared search alike, so schedulers are compared on
     the same number of configurations (null: each scheduler config's own n_trials).
     """
-    n_trials = cfg.get("n_trials")
+    n_trials = required(cfg, "n_trials")
     if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
         raise UserError(f"n_trials={n_trials!r}: must be an integer >= 1 or null (each scheduler's own default)")
-    if cfg.get("scheduler") is not None:
+    if cfg.get("scheduler") is not None:  # the group is empty (no key) unless scheduler=NAME is given
         node = _plain(cfg.scheduler)
         node["mode"] = mode
         if n_trials is not None:
             node["n_trials"] = n_trials
         return [scheduler_config(node)]
-    names = _plain(cfg.get("schedulers"))
+    names = _plain(required(cfg, "schedulers"))
     if isinstance(names, str):
         names = [names]
     if not isinstance(names, list) or not names:
@@ -92,8 +91,7 @@ def _schedulers(cfg: DictConfig, mode: str) -> list[Any]:
     for name in names:
         if name not in scheduler_names():
             raise UserError(f"schedulers: {name!r} is not a scheduler; allowed: {', '.join(scheduler_names())}")
-        text = (resources.files("nasalloc.conf") / "scheduler" / f"{name}.yaml").read_text(encoding="utf-8")
-        node = _plain(OmegaConf.create(text))
+        node = shipped("scheduler", name)
         node["mode"] = mode
         if n_trials is not None:
             node["n_trials"] = n_trials
@@ -102,8 +100,8 @@ def _schedulers(cfg: DictConfig, mode: str) -> list[Any]:
 
 
 def _clusters(cfg: DictConfig) -> list[ClusterSpec]:
-    node = _plain(cfg.cluster)
-    sizes = node.get("gpus")
+    node = _plain(required(cfg, "cluster"))
+    sizes = required(node, "gpus", "cluster.")
     if isinstance(sizes, list):
         if not sizes:
             raise UserError("cluster.gpus=[]: give a number of GPUs or a non-empty list of cluster sizes")
@@ -130,7 +128,7 @@ def _seeds(value: Any) -> list[int]:
 
 
 def _number(cfg: DictConfig, key: str, *, minimum: float | None = None, allow_none: bool = True) -> float | None:
-    value = cfg.get(key)
+    value = required(cfg, key)
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -141,14 +139,14 @@ def _number(cfg: DictConfig, key: str, *, minimum: float | None = None, allow_no
 
 
 def _allocations(cfg: DictConfig, cluster: ClusterSpec, n_segments: int) -> list[Allocation]:
-    raw = _plain(cfg.get("allocations"))
+    raw = _plain(required(cfg, "allocations"))
     min_k = _number(cfg, "min_k", minimum=0.0, allow_none=False)
     assert min_k is not None
     if min_k <= 0:
         raise UserError(f"min_k={min_k}: must be > 0 (e.g. 0.25: four trials share one GPU)")
     max_k = _number(cfg, "max_k", minimum=min_k)
     max_k = float(cluster.gpus) if max_k is None else max_k
-    adaptive = cfg.get("adaptive", True)
+    adaptive = required(cfg, "adaptive")
     if not isinstance(adaptive, bool):
         raise UserError(f"adaptive={adaptive!r}: must be true or false")
     if raw == "auto":
@@ -173,37 +171,39 @@ def _allocations(cfg: DictConfig, cluster: ClusterSpec, n_segments: int) -> list
 
 
 def load(cfg: DictConfig) -> RecommendSettings:
-    objective = cfg.get("objective")
+    objective = required(cfg, "objective")
     if objective not in OBJECTIVES:
         raise UserError(f"objective={objective!r}: allowed: {', '.join(OBJECTIVES)}")
-    workload = workload_from_config(cfg.workload)
+    workload = workload_from_config(required(cfg, "workload"))
     metric = workload.metric
-    profile = load_profile(str(cfg.profile))
-    target = checked_target(cfg.get("target"), metric)
+    profile = load_profile(str(required(cfg, "profile")))
+    target = checked_target(required(cfg, "target"), metric)
     if objective == "time_to_target" and target is None:
         raise UserError("objective=time_to_target: needs target=VALUE (a metric value to reach)")
     deadline = _number(cfg, "deadline_s", minimum=0.0)
-    cost_node = _plain(cfg.get("cost")) or {}
+    cost_node = _plain(required(cfg, "cost"))
+    if not isinstance(cost_node, dict):
+        raise UserError(f"cost={cost_node!r}: expected a mapping of settings (per_gpu_hour, billing)")
     unknown = sorted(set(cost_node) - {"per_gpu_hour", "billing"})
     if unknown:
         raise UserError(f"cost.{unknown[0]}: unknown setting; allowed: per_gpu_hour, billing")
-    price = cost_node.get("per_gpu_hour", 1.0)
+    price = required(cost_node, "per_gpu_hour", "cost.")
     if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price) or price < 0:
         raise UserError(f"cost.per_gpu_hour={price!r}: must be a number >= 0")
-    billing = cost_node.get("billing", "cluster")
+    billing = required(cost_node, "billing", "cost.")
     if billing not in ("cluster", "busy"):
         raise UserError(f"cost.billing={billing!r}: allowed: cluster, busy")
     pricing = Pricing(float(price), billing)
-    workers = cfg.get("workers", 0)
+    workers = required(cfg, "workers")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise UserError(f"workers={workers!r}: must be an integer >= 0 (0: one per core)")
-    plots = cfg.get("plots", True)
+    plots = required(cfg, "plots")
     if not isinstance(plots, bool):
         raise UserError(f"plots={plots!r}: must be true or false")
-    propagate = cfg.get("propagate_uncertainty", True)
+    propagate = required(cfg, "propagate_uncertainty")
     if not isinstance(propagate, bool):
         raise UserError(f"propagate_uncertainty={propagate!r}: must be true or false")
-    seeds = _seeds(cfg.get("seeds"))
+    seeds = _seeds(required(cfg, "seeds"))
     schedulers = _schedulers(cfg, metric.mode)
     clusters = _clusters(cfg)
     points: list[GridPoint] = []

@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nasalloc.sim.cluster import ClusterSpec, parse_allocation
-from nasalloc.sim.config import to_typed
+from nasalloc.sim.config import required, to_typed
 from nasalloc.sim.engine import SimulationResult, SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_duration
@@ -33,7 +33,7 @@ class SimulateSettings:
 
 
 def _int(cfg: DictConfig, key: str, *, allow_none: bool = False) -> int | None:
-    value = cfg.get(key)
+    value = required(cfg, key)
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -54,29 +54,29 @@ def checked_target(target: object, metric: MetricSpec) -> float | None:
 
 def build_spec(cfg: DictConfig) -> SimulationSpec:
     """A validated spec from a composed simulate-style config (UserError on bad input)."""
-    sched = scheduler_config(cfg.scheduler)
-    cluster = to_typed(ClusterSpec, cfg.cluster, "cluster")
-    raw_k = cfg.gpus_per_trial
+    sched = scheduler_config(required(cfg, "scheduler"))
+    cluster = to_typed(ClusterSpec, required(cfg, "cluster"), "cluster")
+    raw_k = required(cfg, "gpus_per_trial")
     if isinstance(raw_k, ListConfig):
         raw_k = OmegaConf.to_container(raw_k, resolve=True)
     allocation = parse_allocation(raw_k, cluster)
-    workload = workload_from_config(cfg.workload)
+    workload = workload_from_config(required(cfg, "workload"))
     metric = workload.metric
     if sched.mode != metric.mode:
         raise UserError(f"scheduler.mode={sched.mode}: the workload's metric {metric.name} is mode={metric.mode}; "
                         f"set both (workload.metric.mode=...) or leave scheduler.mode to follow the workload")
-    profile = load_profile(str(cfg.profile))
+    profile = load_profile(str(required(cfg, "profile")))
     sample = _int(cfg, "profile_sample", allow_none=True)
     if sample is not None and not profile.step_time_samples:
         raise UserError(f"profile_sample={sample}: profile {profile.name} has no uncertainty.step_time_samples; use null")
-    target = checked_target(cfg.get("target"), metric)
+    target = checked_target(required(cfg, "target"), metric)
     seed = _int(cfg, "seed")
     return SimulationSpec(scheduler=sched, workload=workload, profile=profile, cluster=cluster,
-                          allocation=allocation, seed=int(seed or 0), target=target, profile_sample=sample)
+                          allocation=allocation, seed=int(seed), target=target, profile_sample=sample)
 
 
 def load(cfg: DictConfig) -> SimulateSettings:
-    plots = cfg.get("plots", True)
+    plots = required(cfg, "plots")
     if not isinstance(plots, bool):
         raise UserError(f"plots={plots!r}: must be true or false")
     return SimulateSettings(spec=build_spec(cfg), plots=plots)

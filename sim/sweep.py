@@ -38,8 +38,8 @@ class Pricing:
     busy:    only the device-hours trials held devices (a shared allocation billed by use).
     """
 
-    per_gpu_hour: float = 1.0
-    billing: str = "cluster"
+    per_gpu_hour: float  # `cost.per_gpu_hour` of conf/recommend.yaml, the one place its default is written
+    billing: str  # cluster | busy
 
     def cost(self, gpus: int, makespan_s: float, device_hours: float) -> float:
         hours = gpus * makespan_s / 3600.0 if self.billing == "cluster" else device_hours
@@ -144,7 +144,7 @@ def run_point(point: GridPoint) -> RunMetrics:
     )
 
 
-def run_grid(points: Sequence[GridPoint], workers: int = 0,
+def run_grid(points: Sequence[GridPoint], workers: int,
              progress: Callable[[int, int], None] | None = None) -> list[RunMetrics]:
     """Simulate every point, in `workers` processes (0: one per core; 1: in this process).
 

@@ -59,12 +59,13 @@ _N_FEATURES = 16
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """The metric the scheduler optimises: its direction and the range it lives in."""
+    """The metric the scheduler optimises: its direction and the range it lives in
+    (`workload.metric` in conf/workload/*.yaml, the one place its defaults are written)."""
 
-    name: str = "val_accuracy"
-    mode: str = "max"
-    low: float = 0.0
-    high: float = 1.0
+    name: str
+    mode: str  # max | min
+    low: float
+    high: float
 
     def __post_init__(self) -> None:
         require(self.mode in ("max", "min"), f"mode={self.mode}: allowed: max, min")
@@ -76,23 +77,25 @@ class MetricSpec:
 
 @dataclass
 class SyntheticConfig:
-    """`conf/workload/synthetic.yaml` without `metric` and `space` (see module docstring)."""
+    """`conf/workload/synthetic.yaml` without `metric` and `space` (see module docstring).
 
-    name: str = "synthetic"
-    seed: int = 0
-    shape: str = "power"
-    initial: float = 0.001
-    worst_final: float = 0.30
-    best_final: float = 0.77
-    epochs_scale: float = 3.0
-    alpha: float = 1.0
-    rank_fidelity: float = 0.5
-    rate_spread: float = 0.3
-    landscape_frequency: float = 1.5
-    noise: float = 0.005
-    test_gap: float = 0.01
-    test_noise: float = 0.005
-    b_noise: float | None = None
+    No field has a default: that file is the one place the values are written."""
+
+    name: str
+    seed: int
+    shape: str
+    initial: float
+    worst_final: float
+    best_final: float
+    epochs_scale: float
+    alpha: float
+    rank_fidelity: float
+    rate_spread: float
+    landscape_frequency: float
+    noise: float
+    test_gap: float
+    test_noise: float
+    b_noise: float | None
 
     def __post_init__(self) -> None:
         require(self.shape in ("power", "exp"), f"shape={self.shape}: allowed: power, exp")

@@ -1,5 +1,5 @@
 """`nasalloc calibrate` end to end: CSV import, bad input (one line, exit 2, nothing written),
-and a real 2-rank gloo calibration of the digits workload whose profile the simulator reads."""
+and a real 2-rank gloo calibration of the digits CNN whose profile the simulator reads."""
 
 from pathlib import Path
 
@@ -32,7 +32,7 @@ def test_csv_import_builds_a_profile_without_running_anything(tmp_path, capsys):
     csv = tmp_path / "t.csv"
     csv.write_text(CSV)
     out_dir = tmp_path / "out"
-    rc, out, err = run(capsys, f"timings={csv}", "workload.samples_per_epoch=50000", "calibration.gpus_per_node=4",
+    rc, out, err = run(capsys, f"timings={csv}", "train.samples_per_epoch=50000", "calibration.gpus_per_node=4",
                        "calibration.assume.inter_bandwidth_Bps=2.2e10", f"out_dir={out_dir}", "calibration.bootstrap=30")
     assert rc == 0, err
     profile = load_profile(out_dir / "profile.yaml")
@@ -53,13 +53,13 @@ def test_csv_import_builds_a_profile_without_running_anything(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["workload.entrypoint=no_such_module.sub:train"], "workload.entrypoint='no_such_module.sub:train': cannot load it"),
-    (["workload.entrypoint=nasalloc.execute.workloads.digits:nope"], "workload.entrypoint="),
+    (["train.entrypoint=no_such_module.sub:train"], "train.entrypoint='no_such_module.sub:train': cannot load it"),
+    (["train.entrypoint=nasalloc.execute.trainers.digits:nope"], "train.entrypoint="),
     (["calibration.gpus_per_trial=[1,512]", "calibration.device=cpu"], "k=512 is more than the"),
     (["calibration.assume.gamma=20"], "calibration.assume.gamma=20"),
     (["calibration.share=[1]"], "calibration.share"),
     (["calibration.configs=-1"], "calibration.configs=-1"),
-    (["workload.space={width:{type:integer}}"], "workload.space.width.type='integer'"),
+    (["train.space={width:{type:integer}}"], "train.space.width.type='integer'"),
 ])
 def test_bad_settings_give_one_line_and_exit_2(tmp_path, capsys, args, needle):
     rc, out, err = run(capsys, *args, f"out_dir={tmp_path / 'out'}")
@@ -78,14 +78,14 @@ def test_bad_settings_give_one_line_and_exit_2(tmp_path, capsys, args, needle):
 def test_bad_timings_csv_gives_one_line_and_exit_2(tmp_path, capsys, text, needle):
     csv = tmp_path / "t.csv"
     csv.write_text(text)
-    rc, out, err = run(capsys, f"timings={csv}", "workload.samples_per_epoch=100", f"out_dir={tmp_path / 'out'}")
+    rc, out, err = run(capsys, f"timings={csv}", "train.samples_per_epoch=100", f"out_dir={tmp_path / 'out'}")
     assert rc == 2
     assert needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_timings_file_is_named(tmp_path, capsys):
-    rc, _, err = run(capsys, f"timings={tmp_path / 'none.csv'}", "workload.samples_per_epoch=100", f"out_dir={tmp_path / 'o'}")
+    rc, _, err = run(capsys, f"timings={tmp_path / 'none.csv'}", "train.samples_per_epoch=100", f"out_dir={tmp_path / 'o'}")
     assert rc == 2 and "none.csv: no such file" in err
 
 
@@ -106,7 +106,7 @@ def test_real_two_rank_gloo_calibration_of_digits_feeds_the_simulator(tmp_path, 
     assert len(measured["startup_s"][1]) == 2 and len(measured["startup_s"][2]) == 2
     configs = measured["configs"]
     assert configs["n"] == 2 and configs["reference_config"] in [c["config"] for c in configs["sampled"]]
-    assert set(configs["reference_config"]) == {"lr", "width", "momentum"}  # the digits workload's search space
+    assert set(configs["reference_config"]) == {"lr", "width", "momentum"}  # the digits trainer's search space
     # t_compute_s describes the mean configuration: the reference's k=1 samples x the scale
     assert profile.epoch.step.t_compute_s == pytest.approx(
         configs["scale"] * measured["step_time_summary"][1]["mean_s"], rel=1e-3)

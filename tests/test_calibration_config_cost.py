@@ -56,7 +56,7 @@ def test_fit_recovers_known_slopes_from_noisy_step_times():
 
 
 def test_eight_configurations_of_the_digits_space_stay_stable():
-    space = builtin_space("nasalloc.execute.workloads.digits:train")
+    space = builtin_space("nasalloc.execute.trainers.digits:train")
     rng = np.random.default_rng(0)
     sp = SearchSpace.from_config(space)
     doms = {d.name: d for d in sp.domains}
@@ -105,7 +105,7 @@ def _floor_ms(width):
 
 @pytest.mark.parametrize("n", [8, 16])
 def test_floor_model_is_chosen_for_floor_shaped_step_times_and_fixes_the_small_widths(n):
-    space = builtin_space("nasalloc.execute.workloads.digits:train")
+    space = builtin_space("nasalloc.execute.trainers.digits:train")
     rng = np.random.default_rng(0)
     timed = [{"config": c, "mean_step_s": _floor_ms(c["width"]) / 1000 * math.exp(0.03 * rng.standard_normal())}
              for c in sample_configs(space, n, seed=0, base={})]
@@ -145,7 +145,7 @@ REAL_SAMPLES = {
 
 @pytest.mark.parametrize("name", sorted(REAL_SAMPLES))
 def test_real_calibration_samples_choose_no_worse_than_log_linear(name):
-    space = builtin_space("nasalloc.execute.workloads.digits:train")
+    space = builtin_space("nasalloc.execute.trainers.digits:train")
     configs = sample_configs(space, 8, seed=0, base={})
     assert [c["width"] for c in configs] == [w for w, _ in REAL_SAMPLES[name]]
     timed = [{"config": c, "mean_step_s": ms / 1000} for c, (_, ms) in zip(configs, REAL_SAMPLES[name])]

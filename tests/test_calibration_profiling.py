@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nasalloc.calibration.analysis import analyse
-from nasalloc.calibration.calibrate import WorkloadConf, builtin_space, search_space
+from nasalloc.calibration.calibrate import TrainConf, builtin_space, search_space
 from nasalloc.calibration.fit import FitSettings
 from nasalloc.calibration.import_csv import read_timings
 from nasalloc.calibration.measurements import Measurements
@@ -89,7 +89,7 @@ def test_probe_context_hides_its_options_and_adds_timings_to_reports(tmp_path):
     assert not list(tmp_path.glob("probe_*.pt"))  # the timed checkpoint is removed
 
 
-def test_csv_batch_fraction_follows_the_workloads_scaling_unless_given(tmp_path):
+def test_csv_batch_fraction_follows_train_scaling_unless_given(tmp_path):
     csv = tmp_path / "t.csv"
     csv.write_text("k,step_time_s,batch_fraction\n1,0.1,\n2,0.06,\n4,0.04,0.3\n")
     m = read_timings(csv, lambda k: 1.0 / k)
@@ -99,7 +99,7 @@ def test_csv_batch_fraction_follows_the_workloads_scaling_unless_given(tmp_path)
 
 # ----------------------------------------------------------------------------- start-up and configurations
 
-DIGITS = "nasalloc.execute.workloads.digits:train"
+DIGITS = "nasalloc.execute.trainers.digits:train"
 
 
 def job(step_s, steps_per_epoch, epochs, *, first_step_at, evals, report_lag=0.0):
@@ -161,14 +161,24 @@ def test_reference_is_the_configuration_closest_to_the_mean():
     assert i == 3 and scale == pytest.approx(0.003875 / 0.004)
 
 
-def test_space_defaults_to_the_built_in_workloads_and_can_be_given_or_turned_off():
-    assert search_space(WorkloadConf())["width"]["high"] == 32
-    assert search_space(WorkloadConf(space={})) is None
-    assert search_space(WorkloadConf(entrypoint="my.pkg:train")) is None
+def shipped_train(**over) -> TrainConf:
+    """`train` of the composed default calibrate config, with `over` replacing settings."""
+    from omegaconf import OmegaConf
+
+    from nasalloc.cli import COMMANDS, _compose
+
+    node = OmegaConf.to_container(_compose(COMMANDS["calibrate"], []).train, resolve=True)
+    return TrainConf(**{**node, **over})
+
+
+def test_space_defaults_to_the_built_in_trainers_and_can_be_given_or_turned_off():
+    assert search_space(shipped_train())["width"]["high"] == 32
+    assert search_space(shipped_train(space={})) is None
+    assert search_space(shipped_train(entrypoint="my.pkg:train")) is None
     given = {"width": {"type": "int", "low": 8, "high": 8}}
-    assert search_space(WorkloadConf(entrypoint="my.pkg:train", space=given)) == given
-    with pytest.raises(Exception, match="workload.space.width"):
-        search_space(WorkloadConf(space={"width": {"type": "integer"}}))
+    assert search_space(shipped_train(entrypoint="my.pkg:train", space=given)) == given
+    with pytest.raises(Exception, match="train.space.width"):
+        search_space(shipped_train(space={"width": {"type": "integer"}}))
 
 
 def test_the_fit_describes_the_mean_configuration_and_keeps_the_raw_samples():
@@ -207,8 +217,9 @@ class FakeLauncher:
 def test_sampled_configurations_set_the_reference_startup_and_evaluation(tmp_path):
     space = {"width": {"type": "int", "low": 4, "high": 32, "log": True}}
     plan = ProfilingPlan(entrypoint=DIGITS, config={"width": 16, "lr": 0.1}, device_kind="cpu", device_ids=[0, 1],
-                         gpus_per_trial=[1, 2], space=space, configs=6, warmup_steps=2, pilot_steps=40,
-                         fill_devices=False)
+                         gpus_per_trial=[1, 2], share=[], threads_per_rank=None, batch_fraction={}, warmup_steps=2,
+                         pilot_steps=40, max_steps=3000, rounds=4, time_limit_s=12.0, checkpoints=2, space=space,
+                         configs=6, config_time_limit_s=1.0, startup_jobs=3, seed=0, fill_devices=False)
     profiler = Profiler(plan, tmp_path, progress=lambda line: None)
     m = Measurements(step_samples={})
     profiler.measure_configs(FakeLauncher(), m)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from nasalloc.cli import COMMANDS, main
 
 
@@ -53,3 +55,37 @@ def test_console_script_end_to_end(tmp_path):
     assert proc.stderr.count("\n") == 1 and "gpus_per_trial=7: not allowed" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+# ----- renamed settings: one line naming the new name, exit 2, nothing written ---------------
+@pytest.mark.parametrize("command, override, new", [
+    ("calibrate", "workload.entrypoint=x:train", "train.entrypoint"),
+    ("calibrate", "workload.batch_per_device=8", "train.batch_per_device"),
+    ("calibrate", "++workload.config.lr=0.1", "train.config.lr"),
+    ("calibrate", "workload={}", "train"),
+    ("run", "devices.threads_per_slot=2", "devices.threads_per_rank"),
+    ("run", "train.entrypoint=nasalloc.execute.workloads.digits:train",
+     "train.entrypoint=nasalloc.execute.trainers.digits:train"),
+])
+def test_an_old_setting_name_is_refused_naming_the_new_one(command, override, new, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main([command, f"out_dir={out}", override]) == 2
+    err = capsys.readouterr().err
+    old = override.lstrip("+").split("=")[0]
+    assert err.count("\n") == 1 and err.startswith(f"nasalloc {command}: {old}")
+    assert "renamed; use " + new in err
+    assert not out.exists()
+
+
+def test_an_old_setting_name_is_refused_in_sweeps_and_with_cfg(capsys):
+    assert main(["run", "-m", "devices.threads_per_slot=1,2"]) == 2
+    assert main(["calibrate", "workload.entrypoint=x:train", "--cfg", "job"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["nasalloc run: devices.threads_per_slot: renamed; use devices.threads_per_rank",
+                   "nasalloc calibrate: workload.entrypoint: renamed; use train.entrypoint"]
+
+
+def test_the_old_names_still_mean_something_where_they_were_not_renamed(tmp_path, capsys):
+    """`workload` is the simulator's learning-curve model: simulate and recommend keep it."""
+    assert main(["simulate", "workload.rank_fidelity=0.9", "plots=false", f"out_dir={tmp_path / 'o'}"]) == 0
+    assert (tmp_path / "o" / "summary.json").is_file()

@@ -25,8 +25,9 @@ import pytest
 
 from nasalloc.execute.run import settings_from
 from nasalloc.execute.search import run_search
-from nasalloc.execute.workloads.toy import curve
+from nasalloc.execute.trainers.toy import curve
 from nasalloc.sim.cluster import machine, parse_allocation
+from nasalloc.sim.config import shipped
 from nasalloc.sim.dispatch import resume_epoch_of
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.profile import parse_profile
@@ -34,8 +35,9 @@ from nasalloc.sim.schedulers import scheduler_config
 from nasalloc.sim.space import SearchSpace
 from nasalloc.sim.trace import TraceEvent, read_trace
 from nasalloc.sim.workload import MetricSpec, WorkloadRun
+from test_sim_support import scheduler_node
 
-TOY = "nasalloc.execute.workloads.toy:train"
+TOY = "nasalloc.execute.trainers.toy:train"
 EPOCH_LOW, EPOCH_HIGH = 0.4, 1.6  # seconds per epoch on one device, per trial
 MARGIN_S = 0.15  # least time between two trials' epoch ends in the simulated trace
 SPACE = {"quality": {"type": "float", "low": 0.1, "high": 1.0},
@@ -69,7 +71,7 @@ class ToyCurves:
     """The toy trainer's learning curve, as the simulator's workload."""
 
     space: SearchSpace
-    metric: MetricSpec = MetricSpec(name="metric", mode="max")
+    metric: MetricSpec = MetricSpec(name="metric", mode="max", low=0.0, high=1.0)
 
     def run(self, max_epochs: int, batch_at: Any = None) -> WorkloadRun:
         return _ToyRun()
@@ -100,7 +102,7 @@ CASES = [
 
 def simulated(case: Case) -> list[TraceEvent]:
     space = SearchSpace.from_config(SPACE)
-    spec = SimulationSpec(scheduler=scheduler_config({**case.scheduler, "mode": "max"}), workload=ToyCurves(space),
+    spec = SimulationSpec(scheduler=scheduler_config(scheduler_node(case.scheduler)), workload=ToyCurves(space),
                           profile=toy_profile(case.devices), cluster=machine(case.devices),
                           allocation=parse_allocation(case.gpus_per_trial, machine(case.devices)), seed=case.seed,
                           failures=case.faults)
@@ -111,11 +113,12 @@ def executed(case: Case, run_dir: Path) -> list[TraceEvent]:
     faults = [{"trial": t, "epoch": e, "mode": "raise"} for t, e in case.faults]
     raw = {
         "seed": case.seed,
-        "scheduler": dict(case.scheduler),
+        "scheduler": scheduler_node(case.scheduler),
         "train": {"name": "toy", "entrypoint": TOY, "space": SPACE,
                   "params": {"steps_per_epoch": 4, "scaling": "strong", "faults": faults}},
-        "devices": {"kind": "cpu", "count": case.devices},
+        "devices": {**shipped("devices", "cpu"), "count": case.devices},
         "gpus_per_trial": case.gpus_per_trial, "trial_timeout_s": 60, "checkpoint_every": 1, "progress": "none",
+        "target": None, "profile": None, "resume": None,
     }
     run_search(settings_from(raw), run_dir)
     return read_trace(run_dir / "trace.jsonl")

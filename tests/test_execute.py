@@ -19,15 +19,17 @@ from nasalloc.execute.devices import Slot, SlotMap
 from nasalloc.execute.journal import Journal, replay
 from nasalloc.execute.run import settings_from
 from nasalloc.execute.search import run_search
-from nasalloc.execute.workloads.toy import curve
+from nasalloc.execute.trainers.toy import curve
 from nasalloc.sim.cluster import DevicePool, machine, parse_allocation
 from nasalloc.sim.dispatch import asked_after
+from nasalloc.sim.config import shipped
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.schedulers import Decision, Job, make_scheduler, scheduler_config
 from nasalloc.sim.space import SearchSpace
 from nasalloc.sim.trace import read_trace
+from test_sim_support import scheduler_node
 
-TOY = "nasalloc.execute.workloads.toy:train"
+TOY = "nasalloc.execute.trainers.toy:train"
 
 
 # ----- helpers shared by the test_execute*.py files ---------------------------------------
@@ -35,11 +37,12 @@ def toy_raw(scheduler: dict[str, Any] | None = None, **top: Any) -> dict[str, An
     params = {"epoch_s": 0.02, "steps_per_epoch": 2, "faults": top.pop("faults", [])}
     raw = {
         "seed": 0,
-        "scheduler": {"name": "random", "n_trials": 4, "max_epochs": 3, **(scheduler or {})},
+        "scheduler": scheduler_node({"name": "random", "n_trials": 4, "max_epochs": 3, **(scheduler or {})}),
         "train": {"name": "toy", "entrypoint": TOY, "space": {"quality": {"type": "float", "low": 0.1, "high": 1.0}},
                   "params": params},
-        "devices": {"kind": "cpu", "count": 2},
+        "devices": {**shipped("devices", "cpu"), "count": 2},
         "gpus_per_trial": 1, "trial_timeout_s": 30, "checkpoint_every": 1, "progress": "none",
+        "target": None, "profile": None, "resume": None,
     }
     raw.update(top)
     return raw
@@ -156,7 +159,7 @@ def test_slots_pick_a_free_worker_on_each_placed_device() -> None:
 
 
 def test_replay_reaches_the_same_state(tmp_path: Path) -> None:
-    cfg = scheduler_config({"name": "asha", "n_trials": 6, "max_epochs": 9, "min_epochs": 1, "eta": 3})
+    cfg = scheduler_config(scheduler_node({"name": "asha", "n_trials": 6, "max_epochs": 9, "min_epochs": 1, "eta": 3}))
     space = SearchSpace.from_config({"quality": {"type": "float", "low": 0.1, "high": 1.0}})
     a = make_scheduler(cfg, space, np.random.default_rng(1))
     # Drive `a` by hand (one job at a time), journaling as the loop does.
@@ -185,6 +188,32 @@ def test_replay_reaches_the_same_state(tmp_path: Path) -> None:
         replay(mismatched, c, lambda tid, at: at)
 
 
+def test_a_saved_run_config_with_old_names_is_translated_on_resume(tmp_path: Path) -> None:
+    """A run folder of an older version (devices.threads_per_slot, the built-in trainer under
+    nasalloc.execute.workloads) stays resumable and validatable: old names are translated."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from nasalloc.validate.validate import read_run
+    from nasalloc.cli import COMMANDS, _compose
+    from nasalloc.execute.run import RUN_CONFIG, load, read_run_config
+    from nasalloc.sim.profile import load_profile
+
+    saved = OmegaConf.to_container(_compose(COMMANDS["run"], ["devices.threads_per_rank=1"]), resolve=True)
+    saved.pop("resume")  # as `nasalloc run` saves it
+    saved["devices"]["threads_per_slot"] = saved["devices"].pop("threads_per_rank")
+    saved["train"]["entrypoint"] = "nasalloc.execute.workloads.digits:train"
+    (tmp_path / RUN_CONFIG).write_text(yaml.safe_dump(saved), encoding="utf-8")
+    (tmp_path / "trace.jsonl").write_text('{"time": 0.0, "event": "start", "trial": 0, "epoch": 0, "metric": null, '
+                                          '"devices": [0], "config": {"lr": 0.1, "width": 8, "momentum": 0.5}}\n'
+                                          '{"time": 1.0, "event": "result", "trial": 0, "epoch": 1, "metric": 0.5, '
+                                          '"devices": [0]}\n', encoding="utf-8")
+    settings = load(OmegaConf.create({"resume": str(tmp_path)}))
+    assert settings.devices.threads_per_rank == 1
+    assert settings.train.entrypoint == "nasalloc.execute.trainers.digits:train"
+    assert read_run(tmp_path, read_run_config(tmp_path), load_profile("digits_cpu")).spec.cluster.gpus == 2
+
+
 # ----- real searches -----------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(120)
@@ -197,7 +226,7 @@ def test_two_rank_ddp_trials_and_sharing(tmp_path: Path) -> None:
         if ev.event == "result":
             q = next(e.config for e in events if e.event == "start" and e.trial == ev.trial)["quality"]
             assert ev.metric == pytest.approx(curve(q, ev.epoch))
-    summary, events = run_toy(tmp_path / "half", gpus_per_trial=0.5, devices={"kind": "cpu", "count": 1})
+    summary, events = run_toy(tmp_path / "half", gpus_per_trial=0.5, devices={**shipped("devices", "cpu"), "count": 1})
     check_history(events)
     assert summary["completed"] == 4
     assert max(sum(1 for e in events[: i + 1] if e.event == "start") - sum(1 for e in events[: i + 1] if e.event == "complete")
@@ -238,7 +267,7 @@ def test_paused_trials_resume_from_checkpoints_on_more_devices(tmp_path: Path, n
 
 def test_replay_closes_trials_whose_release_event_was_lost(tmp_path: Path) -> None:
     """Killed after journaling a final result but before "complete": resume writes it."""
-    cfg = scheduler_config({"name": "random", "n_trials": 2, "max_epochs": 2})
+    cfg = scheduler_config(scheduler_node({"name": "random", "n_trials": 2, "max_epochs": 2}))
     space = SearchSpace.from_config({"quality": {"type": "float", "low": 0.1, "high": 1.0}})
     a = make_scheduler(cfg, space, np.random.default_rng(0))
     j = Journal(tmp_path / "trace.jsonl")

@@ -18,7 +18,7 @@ import pytest
 from test_execute import check_history, child_pids, run_toy, worker_pids
 
 from nasalloc.cli import main as cli_main
-from nasalloc.execute.workloads.toy import curve
+from nasalloc.execute.trainers.toy import curve
 from nasalloc.sim.trace import read_trace
 
 

@@ -23,12 +23,13 @@ from nasalloc.sim.schedulers.asha import AshaBracket, geometric_rungs, rank_cont
 from nasalloc.sim.schedulers.bohb import KDESearcher, ProductKDE
 from nasalloc.sim.schedulers.hyperband import SyncBracket, hyperband_plan, s_max_for
 from nasalloc.sim.space import SearchSpace
+from test_sim_support import scheduler_node
 
 SPACE = SearchSpace.from_config({"x": {"type": "float", "low": 0.0, "high": 1.0}})
 
 
 def build(node: dict[str, Any], seed: int = 0) -> Scheduler:
-    return make_scheduler(scheduler_config(node), SPACE, np.random.default_rng(seed))
+    return make_scheduler(scheduler_config(scheduler_node(node)), SPACE, np.random.default_rng(seed))
 
 
 def jobs(sched: Scheduler, n: int) -> list[Job]:
@@ -427,7 +428,7 @@ def test_kde_searcher_is_deterministic_for_a_seed() -> None:
 )
 def test_bad_configs_name_the_key(node: dict[str, Any], key: str) -> None:
     with pytest.raises(UserError) as err:
-        scheduler_config(node)
+        scheduler_config(scheduler_node(node))
     message = str(err.value)
     assert message.startswith(key), message
     assert "\n" not in message

@@ -30,6 +30,7 @@ from nasalloc.sim.schedulers import (
 )
 from nasalloc.sim.schedulers.asha import geometric_rungs
 from nasalloc.sim.space import SearchSpace
+from test_sim_support import scheduler_node
 
 SPACE = SearchSpace.from_config(
     {
@@ -197,7 +198,7 @@ def drive(
 
 
 def build(overrides: dict[str, Any], seed: int = 0) -> Scheduler:
-    cfg = scheduler_config(overrides)
+    cfg = scheduler_config(scheduler_node(overrides))
     return make_scheduler(cfg, SPACE, np.random.default_rng(seed))
 
 

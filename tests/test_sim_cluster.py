@@ -11,7 +11,7 @@ from nasalloc.sim.errors import UserError
 
 def test_allowed_allocations_on_juwels_like_clusters():
     c = ClusterSpec("j", 16, 4)
-    assert allowed_allocations(c) == [0.25, 0.5, 1, 2, 4, 8, 16]
+    assert allowed_allocations(c, min_k=0.25) == [0.25, 0.5, 1, 2, 4, 8, 16]
     assert allowed_allocations(ClusterSpec("j", 64, 4), min_k=1) == [1, 2, 4, 8, 16, 32, 64]
     assert allowed_allocations(ClusterSpec("j", 12, 4), min_k=1) == [1, 2, 4, 12]  # 8 does not divide 12
     assert allowed_allocations(ClusterSpec("s", 2, 4), min_k=0.5) == [0.5, 1, 2]  # smaller than a node
@@ -38,7 +38,7 @@ def test_parse_allocation_forms_and_errors():
 
 def test_cluster_spec_validation():
     with pytest.raises(UserError, match="cluster.gpus=6: must be a multiple of gpus_per_node=4"):
-        to_typed(ClusterSpec, {"gpus": 6, "gpus_per_node": 4}, "cluster")
+        to_typed(ClusterSpec, {"name": "c", "gpus": 6, "gpus_per_node": 4}, "cluster")
 
 
 def test_placement_best_fit_and_whole_nodes():

@@ -10,7 +10,8 @@ import pytest
 from nasalloc.sim.cluster import Allocation, ClusterSpec, parse_allocation
 from nasalloc.sim.engine import SimulationResult, SimulationSpec, effective_profile
 from nasalloc.sim.profile import Profile, parse_profile
-from nasalloc.sim.schedulers import make_scheduler, rung_index, scheduler_config
+from nasalloc.sim.config import shipped
+from nasalloc.sim.schedulers import make_scheduler, rung_index, scheduler_config, scheduler_names
 from nasalloc.sim.trace import HOLDS, RELEASES, TraceEvent
 from nasalloc.sim.workload import workload_from_config
 
@@ -37,15 +38,23 @@ def make_profile(*, t_compute=1.0, samples=400, batch=10, startup=5.0, per_doubl
     })
 
 
+def scheduler_node(node: dict) -> dict:
+    """A scheduler config: the shipped conf/scheduler/<name>.yaml with `node`'s settings over it
+    (the configs have no defaults in code); an unknown name is passed through for its error."""
+    name = node.get("name")
+    return {**shipped("scheduler", name), **node} if name in scheduler_names() else dict(node)
+
+
 def make_workload(**over):
-    node = {"name": "synthetic", "metric": {"name": "acc", "mode": "max", "low": 0.0, "high": 1.0}, "space": SPACE}
+    node = {**shipped("workload", "synthetic"), "metric": {"name": "acc", "mode": "max", "low": 0.0, "high": 1.0},
+            "space": SPACE}
     node.update(over)
     return workload_from_config(node)
 
 
 def make_spec(*, scheduler=None, gpus=4, gpn=4, k=1, profile=None, seed=0, target=None, workload=None) -> SimulationSpec:
     cluster = ClusterSpec("test", gpus, gpn)
-    sched = scheduler_config(scheduler or {"name": "random", "n_trials": 8, "max_epochs": 3})
+    sched = scheduler_config(scheduler_node(scheduler or {"name": "random", "n_trials": 8, "max_epochs": 3}))
     alloc = k if isinstance(k, Allocation) else parse_allocation(k, cluster)
     return SimulationSpec(scheduler=sched, workload=workload or make_workload(), profile=profile or make_profile(gpn=gpn),
                           cluster=cluster, allocation=alloc, seed=seed, target=target)

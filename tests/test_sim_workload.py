@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import stats
 
+from nasalloc.sim.config import shipped
 from nasalloc.sim.engine import simulate
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.space import SearchSpace
@@ -114,14 +117,14 @@ def test_malformed_replay_csv(tmp_path, text, message):
 
 
 def test_replay_needs_an_existing_file(tmp_path):
-    node = {"name": "replay", "path": str(tmp_path / "none.jsonl"), "metric": {}, "space": SPACE}
+    node = {"name": "replay", "path": str(tmp_path / "none.jsonl"), "metric": dataclasses.asdict(_metric()), "space": SPACE}
     with pytest.raises(UserError, match=r"workload.path=.*none.jsonl: no such file"):
         workload_from_config(node)
     with pytest.raises(UserError, match=r"workload.path: required"):
-        workload_from_config({"name": "replay", "space": SPACE})
+        workload_from_config({"name": "replay", "metric": dataclasses.asdict(_metric()), "space": SPACE})
 
 
 def test_space_is_required():
     with pytest.raises(UserError, match="workload.space: the search space is empty"):
-        workload_from_config({"name": "synthetic"})
+        workload_from_config({**shipped("workload", "synthetic"), "space": None})
     assert isinstance(make_workload().space, SearchSpace)

@@ -97,8 +97,12 @@ def test_validate_needs_the_planning_profile(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "trace.jsonl").write_text('{"time": 0, "event": "start", "trial": 0, "epoch": 0, "devices": [0]}\n')
-    (run / "run_config.yaml").write_text("scheduler: {name: random}\ntrain: {space: {x: {type: float, low: 0, high: 1}}}\n"
-                                       "devices: {kind: cpu, count: 1}\n")
+    import yaml
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.to_container(cli._compose(cli.COMMANDS["run"], ["devices.count=1"]), resolve=True)
+    saved.pop("resume")  # as `nasalloc run` saves it; its `profile` is null
+    (run / "run_config.yaml").write_text(yaml.safe_dump(saved))
     assert cli.main(["validate", f"run={run}", f"out_dir={tmp_path / 'never'}"]) == 2
     assert "profile: give the profile the run was planned with" in capsys.readouterr().err
     assert cli.main(["validate", f"run={run}", "profile=digits_cpu", f"out_dir={tmp_path / 'never'}"]) == 2
@@ -150,10 +154,14 @@ def test_ranking_pools_repeats_and_flags_pairs_inside_the_noise():
 
 GPU_RUN_CONFIG = """\
 seed: 3
-scheduler: {name: random, n_trials: 2, max_epochs: 2}
-train: {name: mine, entrypoint: "no_such_module_here:train", space: {x: {type: float, low: 0, high: 1}}}
-devices: {kind: cuda, ids: [0, 1]}
+scheduler: {name: random, n_trials: 2, max_epochs: 2, mode: max, max_retries: 1, promotion: continue}
+train: {name: mine, entrypoint: "no_such_module_here:train", space: {x: {type: float, low: 0, high: 1}}, params: {}}
+devices: {kind: cuda, count: 0, ids: [0, 1], threads_per_rank: 0}
 gpus_per_trial: "1/2"
+trial_timeout_s: 120
+checkpoint_every: 1
+target: null
+progress: auto
 profile: /a/path/on/the/gpu/machine.yaml
 """
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from nasalloc.execute.run import RUN_CONFIG, RunConfig, read_run_config, require_run_folder
 from nasalloc.sim.cluster import ClusterSpec, parse_allocation
+from nasalloc.sim.config import required
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_allocation, format_duration
@@ -94,21 +95,21 @@ def read_run(folder: Path, config: RunConfig, profile: Profile) -> RealRun:
 
 
 def load(cfg: DictConfig) -> ValidateSettings:
-    runs = cfg.get("run")
+    runs = cfg.get("run")  # `???` in the YAML (no default): None here until given
     runs = OmegaConf.to_container(runs) if isinstance(runs, ListConfig) else runs
     given = [str(r) for r in (runs if isinstance(runs, list) else [runs])] if runs else []
     if not given:
         raise UserError("run: required; give a run folder of `nasalloc run` (run=PATH) or a list of them (run=[A,B])")
     folders = [require_run_folder(f, "run") for f in given]  # every folder first, so a typo in run= is named first
     configs = [read_run_config(f) for f in folders]
-    name = cfg.get("profile") or configs[0].profile
+    name = required(cfg, "profile") or configs[0].profile
     if not name:
         raise UserError("profile: give the profile the run was planned with (profile=NAME or profile=PATH); "
                         "the run's config does not name one")
     profile = load_profile(str(name))
     for flag in ("update_profile", "plots"):
-        if not isinstance(cfg.get(flag), bool):
-            raise UserError(f"{flag}={cfg.get(flag)!r}: must be true or false")
+        if not isinstance(required(cfg, flag), bool):
+            raise UserError(f"{flag}={cfg[flag]!r}: must be true or false")
     return ValidateSettings(tuple(read_run(f, c, profile) for f, c in zip(folders, configs)), profile,
                             bool(cfg.update_profile), bool(cfg.plots))
 

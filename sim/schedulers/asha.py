@@ -198,12 +198,12 @@ class AshaBracket:
 
 @dataclass
 class AshaConfig(LadderConfig):
-    name: str = "asha"
-    n_trials: int = 81
-    variant: str = "stopping"  # stopping | promotion
-    rule: str = "ray"  # stopping variant only: ray | rank
-    brackets: int = 1
-    bracket_assignment: str = "softmax"  # softmax (Ray/Syne Tune) | round_robin
+    """conf/scheduler/asha.yaml (the values and what each means)."""
+
+    variant: str  # stopping | promotion
+    rule: str  # stopping variant only: ray | rank
+    brackets: int
+    bracket_assignment: str  # softmax (Ray/Syne Tune) | round_robin
 
     def __post_init__(self) -> None:
         super().__post_init__()

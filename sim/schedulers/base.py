@@ -53,14 +53,18 @@ from nasalloc.sim.space import Config, SearchSpace
 
 @dataclass
 class SchedulerConfig:
-    """Settings every scheduler has; a scheduler's config extends it (see conf/scheduler/)."""
+    """Settings every scheduler has; a scheduler's config extends it.
 
-    name: str = "base"
-    n_trials: int = 32  # trials started in all (the search's budget)
-    max_epochs: int = 27  # a trial that survives every rung trains this many epochs
-    mode: str = "max"  # metric direction
-    max_retries: int = 1  # a failed trial is retried this often, then dropped
-    promotion: str = "continue"  # continue (resume from checkpoint) | rerun (retrain from scratch)
+    No field has a default: the values live in one place, the shipped conf/scheduler/<name>.yaml
+    (`nasalloc.sim.config.shipped("scheduler", name)` for code that builds a config itself).
+    """
+
+    name: str  # the registry key: asha | hyperband | bohb | random
+    n_trials: int  # trials started in all (the search's budget)
+    max_epochs: int  # a trial that survives every rung trains this many epochs
+    mode: str  # metric direction: max | min
+    max_retries: int  # a failed trial is retried this often, then dropped
+    promotion: str  # continue (resume from checkpoint) | rerun (retrain from scratch)
 
     def __post_init__(self) -> None:
         require(self.n_trials >= 1, f"n_trials={self.n_trials}: must be >= 1")
@@ -74,8 +78,8 @@ class SchedulerConfig:
 class LadderConfig(SchedulerConfig):
     """Schedulers with rungs at min_epochs * eta^i (ASHA, HyperBand, BOHB)."""
 
-    min_epochs: int = 1  # first rung (Ray: grace_period)
-    eta: int = 3  # reduction factor: the top 1/eta go on
+    min_epochs: int  # first rung (Ray: grace_period)
+    eta: int  # reduction factor: the top 1/eta go on
 
     def __post_init__(self) -> None:
         super().__post_init__()

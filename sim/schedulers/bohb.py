@@ -173,13 +173,14 @@ class KDESearcher(Searcher):
 
 @dataclass
 class BohbConfig(HyperBandConfig):
-    name: str = "bohb"
-    min_points_in_model: int = 0  # 0: d + 1 (HpBandSter's default and minimum)
-    top_n_percent: int = 15
-    num_samples: int = 64
-    random_fraction: float = 1 / 3
-    bandwidth_factor: float = 3.0
-    min_bandwidth: float = 1e-3
+    """conf/scheduler/bohb.yaml (the values and what each means)."""
+
+    min_points_in_model: int  # 0: d + 1 (HpBandSter's default and minimum)
+    top_n_percent: int
+    num_samples: int
+    random_fraction: float
+    bandwidth_factor: float
+    min_bandwidth: float
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -193,11 +193,11 @@ def _nan_worst(score: float) -> float:
 
 @dataclass
 class HyperBandConfig(LadderConfig):
-    name: str = "hyperband"
-    n_trials: int = 49  # 49 = one full iteration for the defaults (27+12+6+4)
-    bracket_sizes: str = "algorithm"  # algorithm (Algorithm 1) | table (Table 1)
-    keep: str = "floor"  # floor (paper) | ceil (Ray, Syne Tune)
-    overlap_brackets: bool = True  # open the next bracket on idle workers (HpBandSter); False: the paper
+    """conf/scheduler/hyperband.yaml (the values and what each means)."""
+
+    bracket_sizes: str  # algorithm (Algorithm 1) | table (Table 1)
+    keep: str  # floor (paper) | ceil (Ray, Syne Tune)
+    overlap_brackets: bool  # open the next bracket on idle workers (HpBandSter); False: the paper
 
     def __post_init__(self) -> None:
         super().__post_init__()

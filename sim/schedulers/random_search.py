@@ -13,8 +13,7 @@ from nasalloc.sim.schedulers.base import FINISHED, WAIT, Ask, Decision, Job, Sch
 
 @dataclass
 class RandomConfig(SchedulerConfig):
-    name: str = "random"
-    n_trials: int = 32
+    """conf/scheduler/random.yaml: the settings every scheduler has, nothing more."""
 
 
 class RandomSearch(Scheduler):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from nasalloc.execute.api import TrainingContext
-from nasalloc.execute.workloads._common import fit, split
+from nasalloc.execute.trainers._common import fit, split
 
 
 @lru_cache(maxsize=2)

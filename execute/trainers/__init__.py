@@ -1,4 +1,4 @@
-"""Built-in workloads (training functions for `train.entrypoint`), shared with calibration.
+"""Built-in training functions (for `train.entrypoint`), shared with calibration.
 
 - `digits`: a small CNN on scikit-learn's 8x8 digits (shipped as execute/data/digits.npz).
 - `mnist1d`: an MLP on MNIST-1D-style sequences generated deterministically in code.

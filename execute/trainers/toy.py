@@ -1,4 +1,4 @@
-"""A workload without learning: a known curve, a fixed epoch time, and faults on demand.
+"""A training function without learning: a known curve, a fixed epoch time, and faults on demand.
 
 The metric after epoch e is ``quality * (1 - exp(-e / 3))`` (``quality`` from the search
 space), so tests can check the scheduler's decisions and that resumed trials continue the

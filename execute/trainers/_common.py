@@ -1,4 +1,4 @@
-"""The training loop the built-in workloads share: DDP wrapping, sharding, report, resume.
+"""The training loop the built-in training functions share: DDP wrapping, sharding, report, resume.
 
 Sharding is manual and deterministic: each epoch's permutation comes from (seed, epoch), so
 every rank agrees on it without communication and a resumed trial sees exactly the batches

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nasalloc.execute.api import TrainingContext
-from nasalloc.execute.workloads._common import fit, split
+from nasalloc.execute.trainers._common import fit, split
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "digits.npz"
 
