@@ -131,23 +131,35 @@ def exact_k(k: Any) -> Fraction:
     return Fraction(int(f)) if f >= 1 else Fraction(1, round(1 / f))
 
 
+ELASTIC = "elastic"
+
+
 @dataclass(frozen=True)
 class Allocation:
-    """Devices per trial: a static k, or one k per rung (epochs after the i-th milestone).
+    """Devices per trial: a static k, one k per rung (epochs after the i-th milestone), or
+    elastic: every job starts at ``schedule[0]`` and a running trial may move to any k in
+    `grow` while devices would otherwise idle (`sim/elastic.py`).
 
     The one allocation type of simulator, executor, calibration and validation: entries are
     exact fractions (k >= 1 whole, or 1/m), so placement never meets rounding. Build it with
-    `parse_allocation` (checks it against a cluster) or directly from numbers.
+    `parse_allocation` (checks it against a cluster), `sim.elastic.elastic_allocation`, or
+    directly from numbers.
     """
 
     schedule: tuple[Fraction, ...]
+    grow: tuple[Fraction, ...] = ()  # elastic only: the larger k a running trial may move to, ascending
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "schedule", tuple(exact_k(k) for k in self.schedule))
+        object.__setattr__(self, "grow", tuple(sorted(exact_k(k) for k in self.grow)))
+
+    @property
+    def is_elastic(self) -> bool:
+        return bool(self.grow)
 
     @property
     def is_static(self) -> bool:
-        return len(self.schedule) == 1
+        return len(self.schedule) == 1 and not self.grow
 
     @property
     def per_rung(self) -> bool:
@@ -172,26 +184,31 @@ class Allocation:
     @functools.cached_property
     def ks(self) -> tuple[Fraction, ...]:
         """Every distinct k the allocation uses, ascending."""
-        return tuple(sorted(set(self.schedule)))
+        return tuple(sorted(set(self.schedule) | set(self.grow)))
 
     @property
     def slots_per_device(self) -> int:
         """Trials one device may hold at once: m for the smallest share 1/m, else 1 (the
         executor keeps that many warm workers per device)."""
-        return max((k.denominator for k in self.schedule if k < 1), default=1)
+        return max((k.denominator for k in self.ks if k < 1), default=1)
 
     @property
     def spreads_fractions(self) -> bool:
         """Placement of k < 1 (`spreads_fractions`)."""
-        return spreads_fractions(self.schedule)
+        return spreads_fractions(self.ks)
 
     @property
     def label(self) -> Any:
-        """JSON-friendly: the number for a static k (int, or float for 1/m), else the list."""
+        """JSON-friendly: the number for a static k (int, or float for 1/m), else the list;
+        "elastic" for the elastic policy."""
+        if self.is_elastic:
+            return ELASTIC
         vals = [int(k) if k >= 1 else float(k) for k in self.schedule]
         return vals[0] if self.is_static else vals
 
     def __str__(self) -> str:
+        if self.is_elastic:
+            return ELASTIC
         return format_allocation(self.schedule[0] if self.is_static else self.schedule)
 
 
@@ -323,6 +340,35 @@ class DevicePool:
             self.dev_free[d] = 0
         self.free_units -= k * L
         return tuple(devs)
+
+    def occupy(self, devices: tuple[int, ...], k: float) -> None:
+        """Hold exactly `devices` for k (the inverse of `release`)."""
+        L = self.L
+        if k < 1:
+            d, u = devices[0], round(k * L)
+            if self.dev_free[d] == L:
+                self.node_whole[d // self.gpn] -= 1
+            self.dev_free[d] -= u
+            self.free_units -= u
+            return
+        for d in devices:
+            self.dev_free[d] = 0
+            self.node_whole[d // self.gpn] -= 1
+        self.free_units -= len(devices) * L
+
+    def can_move(self, devices: tuple[int, ...], k_old: float, k_new: float) -> bool:
+        """Whether a trial holding `devices` at k_old could be placed at k_new once it lets
+        them go (nothing changes)."""
+        self.release(devices, k_old)
+        placed = self.place(k_new)
+        if placed is not None:
+            self.release(placed, k_new)
+        self.occupy(devices, k_old)
+        return placed is not None
+
+    def sharers(self, device: int, k: float) -> int:
+        """Trials of share k that fit in what is held on `device` (its trials, when all hold k)."""
+        return max(1, round((self.L - self.dev_free[device]) / (k * self.L)))
 
     @property
     def busy_devices(self) -> int:

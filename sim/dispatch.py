@@ -43,6 +43,11 @@ The rules (each in one place below):
   "resume" carries ``info="reallocate"`` too. The scheduler never sees the move. Under the
   ``rerun`` promotion semantics a promoted trial retrains its old epochs at the allocation of
   its first new epoch (the budget decides the allocation of the whole job).
+- **Elastic allocation** (``gpus_per_trial=elastic``, `sim/elastic.py`). At a trial's epoch
+  boundary, when the scheduler has no work for the free devices, the policy may move it to a
+  larger k the same way (a "reallocate" pause and resume); the capacity it will take is
+  promised until then, and if the larger k cannot be placed when it resumes it resumes at its
+  old k.
 - **Stops of paused trials** (`Scheduler.drain_stopped`) get a "stop" event at once, or, for
   a trial still saving its PAUSE checkpoint, as its release event instead of "pause".
 - **Failures.** A crash after the trial's final decision (PAUSE or STOP) changes nothing: it
@@ -58,11 +63,14 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nasalloc.sim.cluster import Allocation, DevicePool
 from nasalloc.sim.schedulers.base import FINISHED, Decision, Job, Scheduler
 from nasalloc.sim.trace import TraceEvent
+
+if TYPE_CHECKING:
+    from nasalloc.sim.elastic import ElasticPolicy
 
 REALLOCATE = "reallocate"  # info of the pause/resume pair that moves a trial to another allocation
 INTERRUPTED = "interrupted"  # info of the pause (and later resume) of a trial cut off by Ctrl-C or a kill
@@ -140,6 +148,7 @@ class _Request:
     first_new: int
     info: str | None = None  # REALLOCATE / INTERRUPTED for the driver's own resumes
     asked_after: int | None = None  # set when an asked job waits (journal replay needs it)
+    fallback: float | None = None  # an elastic move: the k it had, if the larger one cannot be placed
 
 
 class Dispatcher:
@@ -148,7 +157,8 @@ class Dispatcher:
     def __init__(self, scheduler: Scheduler, allocation: Allocation, pool: DevicePool, *,
                  launch: Callable[[Segment], None], emit: Callable[[TraceEvent], None],
                  device_ids: list[int] | tuple[int, ...] | None = None, checkpoint_every: int = 1,
-                 checkpoint_epoch: Callable[[int, int], int] | None = None, calls: int = 0):
+                 checkpoint_epoch: Callable[[int, int], int] | None = None, calls: int = 0,
+                 elastic: ElasticPolicy | None = None):
         self.sched = scheduler
         self.allocation = allocation
         self.pool = pool
@@ -178,6 +188,8 @@ class Dispatcher:
         self._changes = 0  # scheduler calls that may change what `ask` answers
         self._waited_at = -1  # value of `_changes` when the scheduler last answered WAIT
         self.busy_device_seconds = 0.0  # sum over segments of k x held time
+        self.elastic = elastic  # the growth decision under gpus_per_trial=elastic (sim/elastic.py)
+        self.promised_units = 0  # capacity that trials told to grow will take once their save is done
 
     # ----- state ------------------------------------------------------------------------
     @property
@@ -222,6 +234,11 @@ class Dispatcher:
         if decision is _CONTINUE:
             if epoch + 1 >= seg.move_at:
                 told, seg.move_to = _PAUSE, self.k_of_epoch[min(max(epoch + 1, seg.first_new), self.max_epochs + 1)]
+            elif self.elastic is not None and self.pool.free_units > self.promised_units:
+                k = self._grow(now, seg, epoch)
+                if k is not None:
+                    told, seg.move_to = _PAUSE, k
+                    self.promised_units += self.pool.units(k) - self.pool.units(seg.k)
             seg.save = epoch % self.checkpoint_every == 0 or told is _PAUSE
         else:
             seg.save = decision is _PAUSE or epoch >= self.max_epochs  # keep a completed trial's model
@@ -239,7 +256,11 @@ class Dispatcher:
             self._emit(TraceEvent(now, "pause", tid, epoch, None, devices, info=REALLOCATE))
             until = self.sched.trials[tid].until_epoch
             job = Job(tid, seg.config, epoch, until, resume=True, attempt=seg.attempt)
-            self.waiting.append(_Request(job, seg.move_to, seg.first_new, REALLOCATE))  # type: ignore[arg-type]
+            grows = self.elastic is not None  # its allocation has no rungs: every move is a growth
+            if grows:  # an elastic move: it resumes where it was if the larger k cannot be placed
+                self.promised_units -= self.pool.units(seg.move_to) - self.pool.units(seg.k)  # type: ignore[arg-type]
+            self.waiting.append(_Request(job, seg.move_to, seg.first_new, REALLOCATE,  # type: ignore[arg-type]
+                                         fallback=seg.k if grows else None))
         elif seg.decision is _PAUSE and not seg.stopped_while_saving:
             self._emit(TraceEvent(now, "pause", tid, epoch, None, devices))
         else:  # a STOP at max_epochs is a completed trial (`Scheduler.on_result`)
@@ -263,6 +284,7 @@ class Dispatcher:
             self.released(now, trial)
             return False
         del self.running[trial]
+        self._forget_promise(seg)
         self._emit(TraceEvent(now, "fail", trial, seg.last_epoch, None, seg.labels, info=fail_info(info, resume_epoch)))
         self._free(now, seg)
         retried = self.sched.on_failure(trial, resume_epoch)
@@ -286,6 +308,7 @@ class Dispatcher:
                 self.released(now, tid)
                 continue
             del self.running[tid]
+            self._forget_promise(seg)
             self._emit(TraceEvent(now, "pause", tid, seg.last_epoch, None, seg.labels, info=INTERRUPTED))
             self._free(now, seg)
 
@@ -293,6 +316,19 @@ class Dispatcher:
     def _free(self, now: float, seg: Segment) -> None:
         self.pool.release(seg.devices, seg.k)
         self.busy_device_seconds += seg.k * (now - seg.since)
+
+    def _grow(self, now: float, seg: Segment, epoch: int) -> float | None:
+        """Elastic: the k `seg` moves to, when the free devices would otherwise idle."""
+        self._dispatch(now)  # the result may have made work: it goes first
+        if self.waiting or self.after_save or self.pool.free_units <= self.promised_units:
+            return None
+        if not self.finished and self._waited_at != self._changes:
+            return None  # not asked since the last change (no capacity for the smallest job): no idle devices
+        return self.elastic.grow_to(self, seg, epoch)  # type: ignore[union-attr]
+
+    def _forget_promise(self, seg: Segment) -> None:
+        if self.elastic is not None and seg.told is _PAUSE and seg.decision is _CONTINUE and seg.move_to is not None:
+            self.promised_units -= self.pool.units(seg.move_to) - self.pool.units(seg.k)
 
     def _drain(self, now: float) -> None:
         stopped = self.sched.drain_stopped()
@@ -317,11 +353,15 @@ class Dispatcher:
         pool, waiting = self.pool, self.waiting
         while waiting:
             req = waiting[0]
-            devices = pool.place(req.k)
+            k = req.k
+            devices = pool.place(k)
+            if devices is None and req.fallback is not None:
+                k = req.fallback
+                devices = pool.place(k)
             if devices is None:
                 return
             waiting.popleft()
-            self._place(now, req.job, req.k, req.first_new, devices, req.info, req.asked_after)
+            self._place(now, req.job, k, req.first_new, devices, req.info, req.asked_after)
         if self.finished or self.after_save:
             return
         sched, k_of_epoch, top = self.sched, self.k_of_epoch, self.max_epochs + 1

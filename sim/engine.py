@@ -30,7 +30,6 @@ This module only says how long things take, in simulated time, from the profile:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +38,7 @@ import simpy
 
 from nasalloc.sim.cluster import Allocation, ClusterSpec, DevicePool
 from nasalloc.sim.dispatch import Dispatcher, Segment
+from nasalloc.sim.elastic import ElasticPolicy
 from nasalloc.sim.profile import Profile
 from nasalloc.sim.schedulers import Decision, make_scheduler
 from nasalloc.sim.trace import Summary, TraceEvent, summarize
@@ -92,10 +92,7 @@ def effective_profile(spec: SimulationSpec) -> Profile:
     profile = spec.profile
     if spec.profile_sample is not None:
         profile = profile.with_step_sample(spec.profile_sample)
-    gpn = spec.cluster.node_size
-    if profile.epoch.gpus_per_node != gpn:
-        profile = dataclasses.replace(profile, epoch=dataclasses.replace(profile.epoch, gpus_per_node=gpn))
-    return profile
+    return profile.with_node_size(spec.cluster.node_size)
 
 
 class _Engine:
@@ -122,7 +119,9 @@ class _Engine:
         self.env = simpy.Environment(initial_time=0.0)
         self.workload = spec.workload.run(sched.max_epochs, profile.epoch.global_batch_at)
         self.events: list[TraceEvent] = []
-        self.core = Dispatcher(sched, alloc, DevicePool(spec.cluster, ks), launch=self._launch, emit=self.events.append)
+        elastic = ElasticPolicy(alloc, profile, sched.milestones) if alloc.is_elastic else None
+        self.core = Dispatcher(sched, alloc, DevicePool(spec.cluster, ks), launch=self._launch, emit=self.events.append,
+                               elastic=elastic)
         self.timeouts = 0
 
     def _launch(self, seg: Segment) -> None:

@@ -117,6 +117,12 @@ class Profile:
     def startup_time(self, k: float) -> float:
         return self.overheads.startup(k)
 
+    def with_node_size(self, gpus_per_node: int) -> Profile:
+        """The same profile on nodes of `gpus_per_node` (where inter-node terms start)."""
+        if self.epoch.gpus_per_node == gpus_per_node:
+            return self
+        return dataclasses.replace(self, epoch=dataclasses.replace(self.epoch, gpus_per_node=gpus_per_node))
+
     def with_step_sample(self, index: int) -> Profile:
         """The same profile with step-time parameters from uncertainty sample `index`."""
         if not self.step_time_samples:

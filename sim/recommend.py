@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nasalloc.sim.cluster import Allocation, ClusterSpec, parse_allocation
+from nasalloc.sim.cluster import ELASTIC, Allocation, ClusterSpec
+from nasalloc.sim.elastic import resolve_allocation
 from nasalloc.sim.config import required, shipped, to_typed
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
@@ -138,8 +139,12 @@ def _number(cfg: DictConfig, key: str, *, minimum: float | None = None, allow_no
     return float(value)
 
 
-def _allocations(cfg: DictConfig, cluster: ClusterSpec, n_segments: int) -> list[Allocation]:
+def _allocations(cfg: DictConfig, cluster: ClusterSpec, n_segments: int, profile: Profile) -> list[Allocation]:
     raw = _plain(required(cfg, "allocations"))
+    elastic = _plain(required(cfg, "elastic"))
+    compare_elastic = required(elastic, "compare", "elastic.")
+    if not isinstance(compare_elastic, bool):
+        raise UserError(f"elastic.compare={compare_elastic!r}: must be true or false")
     min_k = _number(cfg, "min_k", minimum=0.0, allow_none=False)
     assert min_k is not None
     if min_k <= 0:
@@ -156,6 +161,8 @@ def _allocations(cfg: DictConfig, cluster: ClusterSpec, n_segments: int) -> list
         if adaptive:
             starts = [k for k in (0.25, 1.0) if k >= min_k]
             out += [a for a in adaptive_schedules(cluster, n_segments, starts, max_k) if a not in out]
+        if compare_elastic:
+            out.append(resolve_allocation(ELASTIC, cluster, profile, elastic))
         return out
     if not isinstance(raw, list) or not raw:
         raise UserError(f"allocations={raw!r}: give auto or a non-empty list of allocations, e.g. [1, 2, 4, \"1/2\", [1,2,4]]")
@@ -164,7 +171,7 @@ def _allocations(cfg: DictConfig, cluster: ClusterSpec, n_segments: int) -> list
         for k in item if isinstance(item, list) else [item]:
             if isinstance(k, (int, float)) and not isinstance(k, bool) and k > cluster.gpus:
                 raise UserError(f"allocations: {k} GPUs per trial does not fit the cluster of {cluster.gpus} GPUs")
-        alloc = parse_allocation(item, cluster, key="allocations")
+        alloc = resolve_allocation(item, cluster, profile, elastic, key="allocations")
         if alloc not in out:
             out.append(alloc)
     return out
@@ -210,7 +217,7 @@ def load(cfg: DictConfig) -> RecommendSettings:
     for sched in schedulers:
         n_segments = len(make_scheduler(sched, workload.space, np.random.default_rng(0)).milestones) + 1
         for cluster in clusters:
-            for alloc in _allocations(cfg, cluster, n_segments):
+            for alloc in _allocations(cfg, cluster, n_segments, profile):
                 base = SimulationSpec(scheduler=sched, workload=workload, profile=profile, cluster=cluster,
                                       allocation=alloc, target=target)
                 for seed in seeds:

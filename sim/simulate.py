@@ -15,8 +15,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nasalloc.sim.cluster import ClusterSpec, parse_allocation
+from nasalloc.sim.cluster import ClusterSpec
 from nasalloc.sim.config import required, to_typed
+from nasalloc.sim.elastic import resolve_allocation
 from nasalloc.sim.engine import SimulationResult, SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_duration
@@ -59,13 +60,13 @@ def build_spec(cfg: DictConfig) -> SimulationSpec:
     raw_k = required(cfg, "gpus_per_trial")
     if isinstance(raw_k, ListConfig):
         raw_k = OmegaConf.to_container(raw_k, resolve=True)
-    allocation = parse_allocation(raw_k, cluster)
+    profile = load_profile(str(required(cfg, "profile")))
+    allocation = resolve_allocation(raw_k, cluster, profile, required(cfg, "elastic"))
     workload = workload_from_config(required(cfg, "workload"))
     metric = workload.metric
     if sched.mode != metric.mode:
         raise UserError(f"scheduler.mode={sched.mode}: the workload's metric {metric.name} is mode={metric.mode}; "
                         f"set both (workload.metric.mode=...) or leave scheduler.mode to follow the workload")
-    profile = load_profile(str(required(cfg, "profile")))
     sample = _int(cfg, "profile_sample", allow_none=True)
     if sample is not None and not profile.step_time_samples:
         raise UserError(f"profile_sample={sample}: profile {profile.name} has no uncertainty.step_time_samples; use null")

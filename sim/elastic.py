@@ -1,0 +1,172 @@
+"""Elastic allocation: hand devices that would otherwise idle to the trials still running.
+
+Every fixed allocation trades one loss for another: a small k trains most efficiently but
+leaves the cluster idle in the search's tail (and while a synchronous rung waits), a large k
+keeps the cluster busy but pays scaling losses on every epoch. The elastic policy
+(``gpus_per_trial=elastic``) has both, and because it is a plug-in of the dispatch core
+(`sim/dispatch.py`), the policy the simulator predicts is the policy the executor runs.
+
+- **Start.** Every job starts at the most efficient k in [elastic.min, elastic.max]: the one
+  with the highest throughput per device in the profile (`efficiency`): usually 1, or 1/m
+  where m trials sharing a device get more done than one alone.
+- **Grow.** At a running trial's epoch boundary (the scheduler said CONTINUE), when the
+  scheduler has no work for the free devices (it answers WAIT or FINISHED and nothing waits),
+  the trial may move to a larger k: checkpoint, then resume on more devices, paying the save,
+  the start-up at the new k and the restore. Who grows and by how much is chosen by expected
+  gain: for every running trial, the epochs left until its next scheduler decision (its next
+  rung, or its job's end) times the time saved per epoch at the larger k, less the cost of the
+  move. The free devices are shared out greedily by gain per extra device among all running
+  trials (those between boundaries included, so one trial does not take devices another would
+  use better); the trial at its boundary takes its share now, the others at theirs. Nothing
+  moves when the model predicts no gain.
+- **No shrinking.** A grown trial keeps its devices until its job ends (its next PAUSE or STOP)
+  and its next job starts at the efficient k again. Shrinking a trial when new work arrives
+  would pay a second move (save, start-up, restore) to start work the scheduler only hands out
+  at rung decisions — and the grown trial reaches its own decision sooner for having grown.
+  New work that arrives meanwhile waits first in first out, as every job does.
+
+The policy reads the profile only: epoch times per k (with the trial's configuration factor),
+the sharing curve for trials at 1/m of a device, start-up, save and restore. It never looks at
+a clock, so it decides the same in both drivers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from nasalloc.sim.cluster import ELASTIC, Allocation, ClusterSpec, allowed_allocations, exact_k, parse_allocation
+from nasalloc.sim.config import required
+from nasalloc.sim.errors import UserError
+from nasalloc.sim.profile import Profile
+
+if TYPE_CHECKING:
+    from nasalloc.sim.dispatch import Dispatcher, Segment
+
+
+def efficiency(profile: Profile, k: float) -> float:
+    """Throughput per device at k relative to one trial alone on one device: speed-up(k) / k
+    for k >= 1; for k = 1/m, m trials each at 1 / sharing(m) of their alone speed."""
+    if k < 1:
+        m = round(1 / k)
+        return m / profile.epoch.sharing_slowdown(m)
+    return profile.epoch_time(1) / profile.epoch_time(k) / k
+
+
+def elastic_allocation(cluster: ClusterSpec, profile: Profile, low: Any, high: Any, key: str = "elastic") -> Allocation:
+    """The elastic policy's allocation: it starts at the most efficient allowed k in [low, high]
+    (the smallest of equally efficient ones) and may grow to every allowed k above it up to
+    `high` (None: the whole cluster). UserError names the bad bound."""
+    profile = profile.with_node_size(cluster.node_size)
+    lo = parse_allocation(low, cluster, key=f"{key}.min").schedule[0]
+    hi = exact_k(cluster.gpus) if high is None else parse_allocation(high, cluster, key=f"{key}.max").schedule[0]
+    if lo > hi:
+        raise UserError(f"{key}.min={low} is above {key}.max={high}; allowed: min <= max")
+    ks = [exact_k(k) for k in allowed_allocations(cluster, min_k=float(lo)) if lo <= exact_k(k) <= hi]
+    if lo < 1 and lo not in ks:  # 1/3 and other 1/m that the power-of-two enumeration leaves out
+        ks.insert(0, lo)
+    best = max(ks, key=lambda k: (round(efficiency(profile, float(k)), 12), -k))
+    return Allocation((best,), grow=tuple(k for k in ks if k > best) or (best,))
+
+
+def resolve_allocation(value: Any, cluster: ClusterSpec, profile: Profile | None, elastic: Any,
+                       key: str = "gpus_per_trial") -> Allocation:
+    """`gpus_per_trial` as an Allocation: `parse_allocation`, or for ``elastic`` the policy's
+    allocation with bounds from the `elastic` settings node (min, max); it decides with the
+    profile, so it needs one."""
+    if not (isinstance(value, str) and value.strip() == ELASTIC):
+        return parse_allocation(value, cluster, key=key)
+    if profile is None:
+        raise UserError(f"{key}=elastic: needs profile=NAME|PATH (the policy decides with its epoch times)")
+    return elastic_allocation(cluster, profile, required(elastic, "min", "elastic."), required(elastic, "max", "elastic."))
+
+
+class ElasticPolicy:
+    """The growth decision of the dispatch core under ``gpus_per_trial=elastic`` (module
+    docstring). `grow_to` is asked at a running trial's epoch boundary."""
+
+    def __init__(self, allocation: Allocation, profile: Profile, milestones: list[int],
+                 config_factor: Callable[[dict[str, Any]], float] | None = None):
+        self.targets = [float(k) for k in allocation.grow if k > allocation.schedule[0]]
+        self.profile = profile
+        self.milestones = sorted(milestones)
+        self.factor = config_factor or profile.config_factor
+        self._factors: dict[int, float] = {}
+        ov = profile.overheads
+        self._epoch = {k: profile.epoch_time(k) for k in [float(allocation.schedule[0]), *self.targets] if k >= 1}
+        self._move = {k: ov.checkpoint_save_s + profile.startup_time(k) + ov.checkpoint_restore_s for k in self.targets}
+
+    # ----- the model ------------------------------------------------------------------------
+    def _epoch_time(self, k: float, sharers: int = 0) -> float:
+        """Seconds per epoch (configuration factor 1) at k; a share trains at the speed the
+        sharing curve gives for `sharers` trials on its device (0: the device full)."""
+        if k >= 1:
+            t = self._epoch.get(k)
+            if t is None:
+                t = self._epoch[k] = self.profile.epoch_time(k)
+            return t
+        m = sharers or round(1 / k)
+        return self.profile.epoch_time(1) * self.profile.epoch.sharing_slowdown(m)
+
+    def _epochs_left(self, seg: Segment, boundary: int) -> int:
+        """Epochs from `boundary` until the trial's next scheduler decision."""
+        nxt = next((m for m in self.milestones if m > boundary), seg.until_epoch)
+        return max(0, min(nxt, seg.until_epoch) - boundary)
+
+    def _config_factor(self, seg: Segment) -> float:
+        f = self._factors.get(seg.trial)
+        if f is None:
+            f = self._factors[seg.trial] = self.factor(seg.config)
+        return f
+
+    # ----- the decision ---------------------------------------------------------------------
+    def grow_to(self, core: Dispatcher, seg: Segment, epoch: int) -> float | None:
+        """The k `seg` should move to after `epoch` (None: stay). The core has checked that the
+        scheduler has no work for the free devices."""
+        pool = core.pool
+        idle = pool.free_units - core.promised_units
+        if idle <= 0 or not self.targets:
+            return None
+        planned: dict[int, float] = {}
+        cands = []
+        for r in core.running.values():
+            if r.ending or r.k >= self.targets[-1]:
+                continue
+            boundary = epoch if r is seg else r.last_epoch + 1
+            left = self._epochs_left(r, boundary)
+            if left <= 0:
+                continue
+            sharers = pool.sharers(r.devices[0], r.k) if r.k < 1 else 0
+            cands.append((r, left * self._config_factor(r), self._epoch_time(r.k, sharers)))
+            planned[r.trial] = r.k
+        while True:
+            best = None  # (gain per extra unit, gain, trial, k)
+            for r, weight, t_now in cands:
+                k_from = planned[r.trial]
+                t_from = t_now if k_from == r.k else self._epoch_time(k_from)
+                for k in self.targets:
+                    if k <= k_from:
+                        continue
+                    extra = pool.units(k) - pool.units(k_from)
+                    if extra > idle:
+                        break
+                    gain = weight * (t_from - self._epoch_time(k)) - (self._move[k] if k_from == r.k else 0.0)
+                    if gain > 0 and (best is None or gain / extra > best[0]):
+                        best = (gain / extra, gain, r.trial, k, extra)
+            if best is None:
+                break
+            _, _, trial, k, extra = best
+            planned[trial] = k
+            idle -= extra
+        k = planned.get(seg.trial, seg.k)
+        t_now = next((t for r, _, t in cands if r is seg), 0.0)
+        weight = next((w for r, w, _ in cands if r is seg), 0.0)
+        while k > seg.k and not pool.can_move(seg.devices, seg.k, k):  # placement may be fragmented
+            smaller = [x for x in self.targets if seg.k < x < k]
+            k = smaller[-1] if smaller else seg.k
+            if k > seg.k and weight * (t_now - self._epoch_time(k)) <= self._move[k]:
+                k = seg.k  # the smaller move that fits does not pay
+        return k if k > seg.k else None
+
+
+__all__ = ["ElasticPolicy", "efficiency", "elastic_allocation", "resolve_allocation"]
