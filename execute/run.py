@@ -26,7 +26,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from nasalloc.sim.cluster import Allocation, machine, parse_allocation
+from nasalloc.sim.cluster import ELASTIC, Allocation, machine
+from nasalloc.sim.profile import Profile
 from nasalloc.sim.config import require, required, to_typed, upgrade_saved
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_allocation, format_duration
@@ -111,6 +112,7 @@ class RunSettings:
     progress: str
     resume: Path | None
     raw: dict[str, Any]  # the composed config, saved for resume
+    profile: Profile | None = None  # the planning profile (the elastic policy decides with it)
 
 
 def _device_ids(dev: DevicesConfig) -> list[int]:
@@ -208,18 +210,21 @@ def read_run_config(folder: Path) -> RunConfig:
 def settings_here(config: RunConfig, resume: Path | None = None) -> RunSettings:
     """The settings to run `config` on this machine: its devices exist, the allocation fits
     them, the training entrypoint imports and the recorded profile loads."""
-    ids = _device_ids(config.devices)
-    allocation = parse_allocation(config.gpus_per_trial, machine(len(ids)))
-    _check_entrypoint(config.train.entrypoint)
-    if config.profile is not None:  # only recorded (for `nasalloc validate`), but a typo should fail now
-        from nasalloc.sim.profile import load_profile
+    from nasalloc.sim.elastic import resolve_allocation
+    from nasalloc.sim.profile import load_profile
 
-        load_profile(config.profile)
+    ids = _device_ids(config.devices)
+    # the profile is recorded for `nasalloc validate` (a typo should fail now), and the
+    # elastic policy decides with it
+    profile = None if config.profile is None else load_profile(config.profile)
+    elastic = required(config.raw, "elastic") if config.gpus_per_trial == ELASTIC else None
+    allocation = resolve_allocation(config.gpus_per_trial, machine(len(ids)), profile, elastic)
+    _check_entrypoint(config.train.entrypoint)
     return RunSettings(
         scheduler=config.scheduler, space=config.space, train=config.train, devices=config.devices, device_ids=ids,
         allocation=allocation, gpus_per_trial=allocation.label, trial_timeout_s=config.trial_timeout_s,
         checkpoint_every=config.checkpoint_every, target=config.target, seed=config.seed, progress=config.progress,
-        resume=resume, raw=config.raw,
+        resume=resume, raw=config.raw, profile=profile,
     )
 
 

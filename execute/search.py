@@ -19,6 +19,7 @@ from nasalloc.execute.devices import SlotMap
 from nasalloc.execute.journal import Journal, replay
 from nasalloc.execute.loop import LoopOptions, SearchLoop
 from nasalloc.execute.progress import Progress
+from nasalloc.sim.elastic import ElasticPolicy
 from nasalloc.sim.schedulers import make_scheduler
 from nasalloc.sim.trace import read_trace, summarize, write_json, write_trace
 
@@ -50,8 +51,12 @@ def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
         journal = Journal(trace_path, time_offset=offset)
         for event, tid, epoch, devices, info in fixups:
             journal.write(event, tid, epoch=epoch, devices=devices, info=info, time_s=offset)
+        elastic = None
+        if settings.allocation.is_elastic:  # the simulator's policy, on this machine's devices
+            profile = settings.profile.with_node_size(len(settings.device_ids))
+            elastic = ElasticPolicy(settings.allocation, profile, scheduler.milestones)
         loop = SearchLoop(scheduler, backend, settings.device_ids, settings.allocation, journal, options, restart=restart,
-                          calls=calls, best=best, on_change=progress.update)
+                          calls=calls, best=best, elastic=elastic, on_change=progress.update)
         loop.run()
         progress.update(loop)
     finally:

@@ -109,7 +109,7 @@ class Segment:
 
     __slots__ = ("job", "trial", "config", "until_epoch", "attempt", "k", "devices", "labels", "start_epoch",
                  "since", "first_new", "move_at", "last_epoch", "decision", "told", "move_to", "save",
-                 "stopped_while_saving", "handle")
+                 "stopped_while_saving", "reserved", "handle")
 
     def __init__(self, job: Job, k: float, devices: tuple[int, ...], labels: tuple[int, ...], start_epoch: int,
                  since: float, first_new: int, move_at: int):
@@ -131,6 +131,7 @@ class Segment:
         self.move_to: float | None = None  # the allocation it moves to after a REALLOCATE pause
         self.save = False  # whether the ranks save a checkpoint after the last result
         self.stopped_while_saving = False
+        self.reserved: tuple[int, ...] = ()  # free devices held for an elastic move until it resumes
         self.handle: Any = None
 
     @property
@@ -189,7 +190,6 @@ class Dispatcher:
         self._waited_at = -1  # value of `_changes` when the scheduler last answered WAIT
         self.busy_device_seconds = 0.0  # sum over segments of k x held time
         self.elastic = elastic  # the growth decision under gpus_per_trial=elastic (sim/elastic.py)
-        self.promised_units = 0  # capacity that trials told to grow will take once their save is done
 
     # ----- state ------------------------------------------------------------------------
     @property
@@ -234,11 +234,10 @@ class Dispatcher:
         if decision is _CONTINUE:
             if epoch + 1 >= seg.move_at:
                 told, seg.move_to = _PAUSE, self.k_of_epoch[min(max(epoch + 1, seg.first_new), self.max_epochs + 1)]
-            elif self.elastic is not None and self.pool.free_units > self.promised_units:
+            elif self.elastic is not None and self.pool.free_units > 0:
                 k = self._grow(now, seg, epoch)
                 if k is not None:
                     told, seg.move_to = _PAUSE, k
-                    self.promised_units += self.pool.units(k) - self.pool.units(seg.k)
             seg.save = epoch % self.checkpoint_every == 0 or told is _PAUSE
         else:
             seg.save = decision is _PAUSE or epoch >= self.max_epochs  # keep a completed trial's model
@@ -257,10 +256,13 @@ class Dispatcher:
             until = self.sched.trials[tid].until_epoch
             job = Job(tid, seg.config, epoch, until, resume=True, attempt=seg.attempt)
             grows = self.elastic is not None  # its allocation has no rungs: every move is a growth
-            if grows:  # an elastic move: it resumes where it was if the larger k cannot be placed
-                self.promised_units -= self.pool.units(seg.move_to) - self.pool.units(seg.k)  # type: ignore[arg-type]
-            self.waiting.append(_Request(job, seg.move_to, seg.first_new, REALLOCATE,  # type: ignore[arg-type]
-                                         fallback=seg.k if grows else None))
+            self._unreserve(seg)  # with its own devices (freed below), its new placement is free
+            request = _Request(job, seg.move_to, seg.first_new, REALLOCATE,  # type: ignore[arg-type]
+                               fallback=seg.k if grows else None)
+            if grows:  # its devices were reserved for it: it goes before anything that came since
+                self.waiting.appendleft(request)
+            else:
+                self.waiting.append(request)
         elif seg.decision is _PAUSE and not seg.stopped_while_saving:
             self._emit(TraceEvent(now, "pause", tid, epoch, None, devices))
         else:  # a STOP at max_epochs is a completed trial (`Scheduler.on_result`)
@@ -284,7 +286,7 @@ class Dispatcher:
             self.released(now, trial)
             return False
         del self.running[trial]
-        self._forget_promise(seg)
+        self._unreserve(seg)
         self._emit(TraceEvent(now, "fail", trial, seg.last_epoch, None, seg.labels, info=fail_info(info, resume_epoch)))
         self._free(now, seg)
         retried = self.sched.on_failure(trial, resume_epoch)
@@ -308,7 +310,7 @@ class Dispatcher:
                 self.released(now, tid)
                 continue
             del self.running[tid]
-            self._forget_promise(seg)
+            self._unreserve(seg)
             self._emit(TraceEvent(now, "pause", tid, seg.last_epoch, None, seg.labels, info=INTERRUPTED))
             self._free(now, seg)
 
@@ -320,15 +322,29 @@ class Dispatcher:
     def _grow(self, now: float, seg: Segment, epoch: int) -> float | None:
         """Elastic: the k `seg` moves to, when the free devices would otherwise idle."""
         self._dispatch(now)  # the result may have made work: it goes first
-        if self.waiting or self.after_save or self.pool.free_units <= self.promised_units:
+        pool = self.pool
+        if self.waiting or self.after_save or pool.free_units <= 0:
             return None
         if not self.finished and self._waited_at != self._changes:
             return None  # not asked since the last change (no capacity for the smallest job): no idle devices
-        return self.elastic.grow_to(self, seg, epoch)  # type: ignore[union-attr]
+        k = self.elastic.grow_to(self, seg, epoch)  # type: ignore[union-attr]
+        if k is None:
+            return None
+        # Reserve now the free devices its new placement adds to its own, so that no other
+        # decision counts on them; they join it when its save is done (`released`).
+        pool.release(seg.devices, seg.k)
+        target = pool.place(k)
+        pool.release(target, k)  # type: ignore[arg-type]
+        pool.occupy(seg.devices, seg.k)
+        seg.reserved = tuple(d for d in target if d not in seg.devices)  # type: ignore[union-attr]
+        for d in seg.reserved:
+            pool.occupy((d,), 1.0)
+        return k
 
-    def _forget_promise(self, seg: Segment) -> None:
-        if self.elastic is not None and seg.told is _PAUSE and seg.decision is _CONTINUE and seg.move_to is not None:
-            self.promised_units -= self.pool.units(seg.move_to) - self.pool.units(seg.k)
+    def _unreserve(self, seg: Segment) -> None:
+        for d in seg.reserved:
+            self.pool.release((d,), 1.0)
+        seg.reserved = ()
 
     def _drain(self, now: float) -> None:
         stopped = self.sched.drain_stopped()

@@ -66,7 +66,8 @@ def elastic_allocation(cluster: ClusterSpec, profile: Profile, low: Any, high: A
     if lo < 1 and lo not in ks:  # 1/3 and other 1/m that the power-of-two enumeration leaves out
         ks.insert(0, lo)
     best = max(ks, key=lambda k: (round(efficiency(profile, float(k)), 12), -k))
-    return Allocation((best,), grow=tuple(k for k in ks if k > best) or (best,))
+    # growth goes to whole devices (a share growing to a larger share would still share)
+    return Allocation((best,), grow=tuple(k for k in ks if k > best and k >= 1) or (best,))
 
 
 def resolve_allocation(value: Any, cluster: ClusterSpec, profile: Profile | None, elastic: Any,
@@ -124,7 +125,7 @@ class ElasticPolicy:
         """The k `seg` should move to after `epoch` (None: stay). The core has checked that the
         scheduler has no work for the free devices."""
         pool = core.pool
-        idle = pool.free_units - core.promised_units
+        idle = pool.free_units
         if idle <= 0 or not self.targets:
             return None
         planned: dict[int, float] = {}

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from nasalloc.sim.cluster import ELASTIC
 from nasalloc.sim.stats import Estimate, mean_ci, paired_indistinguishable
 from nasalloc.sim.sweep import RunMetrics
 
@@ -113,8 +114,10 @@ OBJECTIVE_FIELD = {"makespan": "makespan_s", "time_to_target": "time_to_target_s
 
 def _plainness(allocation: str) -> tuple[int, float]:
     """Tie-break between allocations whose means are equal: a static k before a per-rung
-    schedule, then the k nearest one whole device (no sharing, fewest ranks); e.g. when
+    schedule before the elastic policy, then the k nearest one whole device (no sharing, fewest ranks); e.g. when
     every trial runs alone anyway, 1/4 and 1 give the same makespan and 1 is recommended."""
+    if allocation == ELASTIC:  # recommended only where it wins outright
+        return 2, 0.0
     items = allocation.strip("[]").split(",")
     if len(items) > 1:
         return 1, 0.0

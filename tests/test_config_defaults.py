@@ -114,7 +114,9 @@ def run_folder(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("command, overrides, not_read", [
-    ("simulate", [], set()),
+    # the elastic block is read for gpus_per_trial=elastic only (and then checked here too)
+    ("simulate", [], {"elastic", "elastic.min", "elastic.max"}),
+    ("simulate", ["gpus_per_trial=elastic"], set()),
     # a small grid (removal, not size, is tested); the seeds are `seeds`, not `seed`
     ("recommend", ["schedulers=[asha]", "seeds=1"], {"seed"}),
     # scheduler=NAME replaces the `schedulers` list (without it the list is used), and the
@@ -122,7 +124,8 @@ def run_folder(tmp_path_factory) -> Path:
     ("recommend", ["scheduler=hyperband", "seeds=1", "cluster.gpus=8"],
      {"seed", "scheduler", "schedulers", "scheduler.n_trials", "scheduler.mode"}),
     ("calibrate", ["calibration.device=cpu"], set()),
-    ("run", [], set()),
+    ("run", [], {"elastic", "elastic.min", "elastic.max"}),
+    ("run", ["gpus_per_trial=elastic", "profile=digits_cpu"], set()),
     ("validate", ["profile=digits_cpu"], {"seed"}),  # each run is re-simulated with its own seed
 ])
 def test_every_setting_is_required_no_command_falls_back_to_a_default_of_its_own(command, overrides, not_read,

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 from nasalloc.execute.run import RUN_CONFIG, RunConfig, read_run_config, require_run_folder
-from nasalloc.sim.cluster import ClusterSpec, parse_allocation
+from nasalloc.sim.cluster import ELASTIC, ClusterSpec
 from nasalloc.sim.config import required
+from nasalloc.sim.elastic import resolve_allocation
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_allocation, format_duration
@@ -86,7 +87,9 @@ def read_run(folder: Path, config: RunConfig, profile: Profile) -> RealRun:
     n = config.device_count() or _devices_in_trace(events, folder)
     kind = config.devices.kind
     cluster = ClusterSpec(name=f"{n} {kind} devices", gpus=n, gpus_per_node=n)
-    allocation = parse_allocation(config.gpus_per_trial, cluster, key=f"{folder / RUN_CONFIG}: gpus_per_trial")
+    elastic = required(config.raw, "elastic", f"{folder / RUN_CONFIG}: ") if config.gpus_per_trial == ELASTIC else None
+    allocation = resolve_allocation(config.gpus_per_trial, cluster, profile, elastic,
+                                    key=f"{folder / RUN_CONFIG}: gpus_per_trial")
     metric = MetricSpec(name="metric", mode=config.scheduler.mode, low=-math.inf, high=math.inf)
     workload = ReplayWorkload(_curves(events), metric, config.space, source=str(trace_path))
     spec = SimulationSpec(scheduler=config.scheduler, workload=workload, profile=profile, cluster=cluster,
