@@ -91,6 +91,9 @@ class ElasticPolicy:
         self.targets = [float(k) for k in allocation.grow if k > allocation.schedule[0]]
         self.profile = profile
         self.milestones = sorted(milestones)
+        # the share of trials a rung lets through, 1/eta, read off the rung spacing
+        ratio = self.milestones[1] / self.milestones[0] if len(self.milestones) > 1 else 3.0
+        self.survive = 1.0 / ratio
         self.factor = config_factor or profile.config_factor
         self._factors: dict[int, float] = {}
         ov = profile.overheads
@@ -109,10 +112,18 @@ class ElasticPolicy:
         m = sharers or round(1 / k)
         return self.profile.epoch_time(1) * self.profile.epoch.sharing_slowdown(m)
 
-    def _epochs_left(self, seg: Segment, boundary: int) -> int:
-        """Epochs from `boundary` until the trial's next scheduler decision."""
-        nxt = next((m for m in self.milestones if m > boundary), seg.until_epoch)
-        return max(0, min(nxt, seg.until_epoch) - boundary)
+    def _epochs_left(self, seg: Segment, boundary: int) -> float:
+        """Epochs the trial is expected to train from `boundary` on in this job: all of them
+        up to its next rung, and past each further rung with the chance 1/eta of surviving it
+        (a job that ends at its next rung, as HyperBand's do, counts only the first part)."""
+        until = seg.until_epoch
+        rungs = [m for m in self.milestones if boundary < m < until] + [until]
+        left, weight, at = 0.0, 1.0, boundary
+        for m in rungs:
+            left += weight * (m - at)
+            weight *= self.survive
+            at = m
+        return left
 
     def _config_factor(self, seg: Segment) -> float:
         f = self._factors.get(seg.trial)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from nasalloc.execute.run import settings_from
 from nasalloc.execute.search import run_search
@@ -29,6 +30,7 @@ from nasalloc.execute.trainers.toy import curve
 from nasalloc.sim.cluster import machine, parse_allocation
 from nasalloc.sim.config import shipped
 from nasalloc.sim.dispatch import resume_epoch_of
+from nasalloc.sim.elastic import elastic_allocation
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.profile import parse_profile
 from nasalloc.sim.schedulers import scheduler_config
@@ -46,8 +48,12 @@ SPACE = {"quality": {"type": "float", "low": 0.1, "high": 1.0},
 
 def toy_profile(devices: int) -> Any:
     """Epoch time = the trial's epoch_s at k = 1, epoch_s / k at k > 1, no other cost."""
+    return parse_profile(toy_profile_data(devices), "toy profile")
+
+
+def toy_profile_data(devices: int) -> dict[str, Any]:
     steps = 4
-    return parse_profile({
+    return {
         "name": "toy_sleep",
         "workload": {"samples_per_epoch": steps * 8, "batch_per_device": 8, "scaling": "strong", "global_batch": 8},
         "step_time": {"t_compute_s": EPOCH_LOW / steps},
@@ -57,7 +63,7 @@ def toy_profile(devices: int) -> Any:
         "sharing": {1: 1.0, 2: 1.0},
         "config_cost": {"params": {"epoch_s": {"type": "float", "low": EPOCH_LOW, "high": EPOCH_HIGH, "log": True,
                                                "slope": math.log(EPOCH_HIGH / EPOCH_LOW), "center": 0.0}}, "norm": 1.0},
-    }, "toy profile")
+    }
 
 
 class _ToyRun(WorkloadRun):
@@ -85,6 +91,7 @@ class Case:
     devices: int = 2
     seed: int = 0
     faults: tuple[tuple[int, int], ...] = ()  # (trial, epoch): its first attempt raises there
+    elastic: tuple[int, int] | None = None  # gpus_per_trial=elastic with these (min, max)
 
 
 CASES = [
@@ -95,6 +102,8 @@ CASES = [
     Case("per-rung-[1,2]", {"name": "asha", "n_trials": 8, "max_epochs": 9, "eta": 3}, gpus_per_trial=[1, 2], seed=5),
     Case("k=1/2", {"name": "asha", "n_trials": 8, "max_epochs": 9, "eta": 3, "variant": "promotion"},
          gpus_per_trial="1/2", seed=47),
+    Case("elastic", {"name": "hyperband", "n_trials": 6, "max_epochs": 9, "eta": 3}, gpus_per_trial="elastic", seed=35,
+         elastic=(1, 2)),
     Case("fail-and-retry", {"name": "asha", "n_trials": 8, "max_epochs": 9, "eta": 3, "variant": "promotion",
                             "max_retries": 1}, seed=8, faults=((2, 2),)),
 ]
@@ -102,9 +111,13 @@ CASES = [
 
 def simulated(case: Case) -> list[TraceEvent]:
     space = SearchSpace.from_config(SPACE)
+    profile = toy_profile(case.devices)
+    if case.elastic is not None:
+        allocation = elastic_allocation(machine(case.devices), profile, *case.elastic)
+    else:
+        allocation = parse_allocation(case.gpus_per_trial, machine(case.devices))
     spec = SimulationSpec(scheduler=scheduler_config(scheduler_node(case.scheduler)), workload=ToyCurves(space),
-                          profile=toy_profile(case.devices), cluster=machine(case.devices),
-                          allocation=parse_allocation(case.gpus_per_trial, machine(case.devices)), seed=case.seed,
+                          profile=profile, cluster=machine(case.devices), allocation=allocation, seed=case.seed,
                           failures=case.faults)
     return simulate(spec).events
 
@@ -120,6 +133,10 @@ def executed(case: Case, run_dir: Path) -> list[TraceEvent]:
         "gpus_per_trial": case.gpus_per_trial, "trial_timeout_s": 60, "checkpoint_every": 1, "progress": "none",
         "target": None, "profile": None, "resume": None,
     }
+    if case.elastic is not None:  # the policy decides with the profile the simulator is given
+        path = run_dir.parent / f"{run_dir.name}_profile.yaml"
+        path.write_text(yaml.safe_dump(toy_profile_data(case.devices)), encoding="utf-8")
+        raw.update(profile=str(path), elastic={"min": case.elastic[0], "max": case.elastic[1]})
     run_search(settings_from(raw), run_dir)
     return read_trace(run_dir / "trace.jsonl")
 
@@ -155,5 +172,5 @@ def test_simulator_and_executor_make_the_same_decisions(case: Case, tmp_path: Pa
     kinds = {ev.event for ev in sim}
     if case.faults:
         assert "fail" in kinds and any(ev.event == "resume" and ev.trial == case.faults[0][0] for ev in sim)
-    if isinstance(case.gpus_per_trial, list):  # a rung move looks the same in both traces
+    if isinstance(case.gpus_per_trial, list) or case.elastic:  # a move looks the same in both traces
         assert any(ev.info == "reallocate" for ev in sim if ev.event == "pause")
