@@ -43,6 +43,8 @@ def format_duration(seconds: float) -> str:
 
 
 def _share(k: float | int | str | Fraction) -> str:
+    if isinstance(k, str) and k.strip() == "elastic":  # the policy (sim/elastic.py), not a number
+        return "elastic"
     if isinstance(k, str):
         value = Fraction(k.strip())
     else:

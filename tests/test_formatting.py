@@ -57,6 +57,7 @@ def test_a_column_shares_one_unit():
         ([0.25, 0.5, 1, 2], "[1/4,1/2,1,2]"),
         (("1/2", 1), "[1/2,1]"),
         ([4], "[4]"),
+        ("elastic", "elastic"),  # the policy's label, as a run's summary and validate show it
     ],
 )
 def test_format_allocation_writes_what_gpus_per_trial_accepts(k, text):
