@@ -128,8 +128,9 @@ def _plainness(allocation: str) -> tuple[int, float]:
 
 def choose(groups: list[GroupStats], objective: str, mode: str) -> tuple[GroupStats | None, list[GroupStats]]:
     """The best group by mean objective (means within a relative 1e-9 are equal: then the
-    plainest allocation, `_plainness`, then grid order), and the groups a paired test over the
-    same seeds cannot tell apart from it (the best included)."""
+    plainest allocation, `_plainness`, then grid order; elastic only if no other allocation is
+    indistinguishable from it), and the groups a paired test over the same seeds cannot tell
+    apart from it (the best included)."""
     sign = _better(objective, mode)
     field_name = OBJECTIVE_FIELD[objective]
     candidates = [g for g in groups if math.isfinite(g.estimates[field_name].mean)]
@@ -138,13 +139,25 @@ def choose(groups: list[GroupStats], objective: str, mode: str) -> tuple[GroupSt
     top = max(sign * g.estimates[field_name].mean for g in candidates)
     tied = [g for g in candidates if math.isclose(sign * g.estimates[field_name].mean, top, rel_tol=1e-9, abs_tol=1e-12)]
     best = min(tied, key=lambda g: _plainness(g.allocation))
+    equivalent = _indistinguishable(groups, best, objective)
+    if best.allocation == ELASTIC:
+        # The elastic policy is recommended only where it wins over the seeds: when a fixed
+        # or per-rung allocation cannot be told apart from it, the best of those is.
+        plain = [g for g in equivalent if g.allocation != ELASTIC]
+        if plain:
+            best = max(plain, key=lambda g: (sign * g.estimates[field_name].mean, -_plainness(g.allocation)[0]))
+            equivalent = _indistinguishable(groups, best, objective)
+    return best, equivalent
+
+
+def _indistinguishable(groups: list[GroupStats], best: GroupStats, objective: str) -> list[GroupStats]:
+    """The groups a paired test over the same seeds cannot tell apart from `best` (it included)."""
     best_seeds = [r.seed for r in best.runs]
-    equivalent = [
+    return [
         g for g in groups
         if g is best or ([r.seed for r in g.runs] == best_seeds
                          and paired_indistinguishable(g.values(objective), best.values(objective)))
     ]
-    return best, equivalent
 
 
 @dataclass

@@ -29,7 +29,7 @@ from nasalloc.sim.elastic import resolve_allocation
 from nasalloc.sim.config import required, shipped, to_typed
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
-from nasalloc.sim.formatting import duration_unit, format_duration, format_in_unit
+from nasalloc.sim.formatting import format_allocation, duration_unit, format_duration, format_in_unit
 from nasalloc.sim.profile import Profile, load_profile
 from nasalloc.sim.ranking import OBJECTIVE_FIELD, GroupStats, Recommendation, recommend
 from nasalloc.sim.schedulers import make_scheduler, scheduler_config, scheduler_names
@@ -338,6 +338,21 @@ def render_table(settings: RecommendSettings, rec: Recommendation) -> Any:
     return table
 
 
+def _k(allocation: str) -> str:
+    return allocation if allocation == ELASTIC else f"k={allocation}"
+
+
+def _allocation_words(settings: RecommendSettings, g: Any) -> str:
+    """How the recommended allocation reads in a sentence."""
+    if g.allocation != ELASTIC:
+        return f"{g.allocation} GPU(s) per trial"
+    point = next(p for p in settings.points if p.scheduler == g.scheduler and p.spec.cluster.gpus == g.gpus
+                 and p.allocation.is_elastic)
+    alloc = point.allocation
+    return (f"elastic allocation (every job starts at {format_allocation(alloc.schedule[0])} GPU(s); trials grow "
+            f"onto idle GPUs up to {format_allocation(alloc.grow[-1])} per trial)")
+
+
 def verdict(settings: RecommendSettings, rec: Recommendation) -> str:
     g = rec.overall
     if g is None:
@@ -349,20 +364,21 @@ def verdict(settings: RecommendSettings, rec: Recommendation) -> str:
     same = [o for o in rec.groups if o.equivalent_overall and o is not g]
     half = value.half_width
     interval = "" if not math.isfinite(half) else f" ±{format_duration(half) if field_name.endswith('_s') else f'{half:,.4g}'}"
-    lines = [f"recommended: {g.scheduler} with {g.allocation} GPU(s) per trial on {g.gpus} GPUs: "
+    lines = [f"recommended: {g.scheduler} with {_allocation_words(settings, g)} on {g.gpus} GPUs: "
              f"{rec.objective} {shown}{interval} (95% CI)"]
     if g.speedup_vs_slowest is not None:
         lines.append(f"  {g.speedup_vs_slowest:.2f}x faster than the slowest allocation of {g.scheduler}"
                      + ("" if g.speedup_vs_one_gpu is None else f", {g.speedup_vs_one_gpu:.2f}x vs 1 GPU per trial")
                      + f"; best {settings.workload.metric.name} {e['best_metric'].mean:.4f}")
     if same:
-        lines.append("  indistinguishable over these seeds: " + ", ".join(f"{o.scheduler} k={o.allocation}" + (f" ({o.gpus} GPUs)" if len(settings.clusters) > 1 else "") for o in same))
+        lines.append("  indistinguishable over these seeds: " + ", ".join(f"{o.scheduler} {_k(o.allocation)}" + (f" ({o.gpus} GPUs)" if len(settings.clusters) > 1 else "") for o in same))
     for key, best in rec.per_scheduler.items():
         if best is not g:
-            lines.append(f"  best for {key[0]}" + (f" on {key[1]} GPUs" if len(settings.clusters) > 1 else "") + f": k={best.allocation}")
+            lines.append(f"  best for {key[0]}" + (f" on {key[1]} GPUs" if len(settings.clusters) > 1 else "")
+                         + f": {_k(best.allocation)}")
     if len(settings.clusters) > 1:
         for size, best in rec.per_size.items():
-            lines.append(f"  {size:>5} GPUs: {best.scheduler} k={best.allocation}, makespan {format_duration(best.estimates['makespan_s'].mean)}, "
+            lines.append(f"  {size:>5} GPUs: {best.scheduler} {_k(best.allocation)}, makespan {format_duration(best.estimates['makespan_s'].mean)}, "
                          f"cost {_money(best.estimates['cost'].mean)}")
     return "\n".join(lines)
 
