@@ -19,11 +19,17 @@ def test_every_python_package_folder_is_listed_in_pyproject():
 
 
 def test_shipped_configs_are_package_data():
+    """Every YAML under conf/ is matched by the package-data of the package its folder is
+    (conf/ itself, or a data-only sub-package such as nasalloc.conf.profiles, listed in
+    `packages` so setuptools neither warns nor drops it)."""
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    patterns = tool["package-data"]["nasalloc.conf"]
-    for yaml_file in (ROOT / "conf").rglob("*.yaml"):
-        depth = len(yaml_file.relative_to(ROOT / "conf").parts)
-        assert any(p.count("/") + 1 == depth for p in patterns), f"{yaml_file} would not be shipped"
+    for data_file in [*(ROOT / "conf").rglob("*.yaml"), *(ROOT / "execute" / "data").iterdir()]:
+        top = "conf" if data_file.is_relative_to(ROOT / "conf") else "execute"
+        rel = data_file.parent.relative_to(ROOT / top)
+        package = ".".join(["nasalloc", top, *rel.parts])
+        assert package in tool["packages"], f"{package} ({data_file.parent}) is not in [tool.setuptools] packages"
+        patterns = tool["package-data"].get(package, [])
+        assert any(data_file.match(p) for p in patterns), f"{data_file} is matched by no package-data of {package}"
 
 
 def test_every_top_level_package_folder_is_mapped():
