@@ -15,8 +15,8 @@ the records hold times, each epoch's measured seconds with the k it ran at
 
 The metric is the column named by `workload.metric.name` (a trace's and the CSV's own
 `metric`). Where k is not recorded, `workload.recorded_k` is assumed and the report says so.
-Configurations come from the trace's start events, Ray Tune's `params.json` (else the results'
-`config`) and Syne Tune's `config_*` columns; the scheduler of a simulation still samples its
+Configurations come from the trace's start events, Ray Tune's `params.json` (else
+result.json's `config`) and Syne Tune's `config_*` columns; the scheduler of a simulation still samples its
 own from `workload.space` (a simulated trial replays recorded trial i mod n whatever its
 configuration), the recorded ones say what the replayed trials were.
 
@@ -37,7 +37,7 @@ import json
 import math
 import pickletools
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -122,10 +122,6 @@ def _folder(folder: Path, metric_name: str, recorded_k: Fraction, key: str, give
         raise UserError(f"{folder}: a Ray Tune experiment with no trials (no trial folder holds {' or '.join(RAY_RESULTS)})")
     raise UserError(f"{key}={given}: no trials in this folder (no Ray Tune trial folders, Syne Tune "
                     f"{' or '.join(SYNE_RESULTS)} or trace.jsonl)")
-
-
-def _k_note(ks: Iterable[Fraction]) -> str:
-    return ", ".join(format_allocation(k) for k in sorted(set(ks)))
 
 
 def _assumed(recorded_k: Fraction) -> str:
@@ -338,7 +334,7 @@ def _ray_rows(trial: Path) -> tuple[list[tuple[str, dict[str, Any]]], Path]:
 
 
 def _ray_config(trial: Path, rows: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    """params.json, else the results' `config`, else progress.csv's `config/...` columns."""
+    """params.json, else result.json's `config` (Ray 2.60's progress.csv has no configuration)."""
     params = trial / "params.json"
     if params.is_file():
         try:
@@ -348,10 +344,8 @@ def _ray_config(trial: Path, rows: list[tuple[str, dict[str, Any]]]) -> dict[str
         if not isinstance(config, dict):
             raise UserError(f"{params}: not a JSON object (the trial's configuration)")
         return config
-    first = rows[0][1]
-    if isinstance(first.get("config"), dict):
-        return dict(first["config"])
-    return {k.split("/", 1)[1]: _scalar(str(v)) for k, v in first.items() if k.startswith("config/")}
+    config = rows[0][1].get("config")
+    return dict(config) if isinstance(config, dict) else {}
 
 
 def _ray_gpus(folder: Path) -> dict[str, Fraction]:

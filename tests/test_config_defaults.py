@@ -115,6 +115,7 @@ def run_folder(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("command, overrides, not_read", [
     ("simulate", [], set()),
+    ("simulate", ["workload=replay", f"workload.path={Path(__file__).resolve().parent / 'fixtures' / 'ray_tune' / 'asha_2gpu'}"], set()),
     # a small grid (removal, not size, is tested); the seeds are `seeds`, not `seed`
     ("recommend", ["schedulers=[asha]", "seeds=1"], {"seed"}),
     # scheduler=NAME replaces the `schedulers` list (without it the list is used), and the
