@@ -125,7 +125,7 @@ class _Engine:
         self.failures = {trial: epoch for trial, epoch in spec.failures}
         self.env = simpy.Environment(initial_time=0.0)
         self.workload = spec.workload.run(sched.max_epochs, profile.epoch.global_batch_at)
-        self.times = spec.workload.epoch_times(profile)  # recorded epoch times; None: the profile's
+        self.times = self.workload.epoch_times(profile)  # recorded epoch times; None: the profile's
         self.events: list[TraceEvent] = []
         self.core = Dispatcher(sched, alloc, DevicePool(spec.cluster, ks), launch=self._launch, emit=self.events.append)
         self.timeouts = 0

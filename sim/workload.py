@@ -128,6 +128,11 @@ class WorkloadRun:
     def stats(self) -> dict[str, Any]:
         return {}
 
+    def epoch_times(self, profile: Profile) -> EpochTimes | None:
+        """Recorded epoch times scaled by `profile` (`sim/timings.py`); None: the curves carry
+        no times and every epoch's time is the profile's (only a replay overrides this)."""
+        return None
+
 
 def _unit_vector(space: SearchSpace, config: Mapping[str, Any]) -> list[float]:
     """The configuration in [0, 1]^d (a categorical's index scaled to [0, 1])."""
@@ -180,10 +185,6 @@ class SyntheticWorkload:
 
     def run(self, max_epochs: int, batch_at: BatchAt | None = None) -> WorkloadRun:
         return _SyntheticRun(self, max_epochs, batch_at)
-
-    def epoch_times(self, profile: Profile) -> EpochTimes | None:
-        """None: synthetic curves carry no times; every epoch's time is the profile's."""
-        return None
 
 
 @functools.lru_cache(maxsize=4)
@@ -314,6 +315,7 @@ class ReplayWorkload:
 
 class _ReplayRun(WorkloadRun):
     def __init__(self, wl: ReplayWorkload):
+        self.wl = wl
         self.times_note = wl.times_note
         self.curves = wl.curves
         self.sorted = [sorted(c) for c in wl.curves]
@@ -347,6 +349,9 @@ class _ReplayRun(WorkloadRun):
             "replay_policy": "hold the last recorded value; trial i replays recorded curve i mod n",
             **({"epoch_times": self.times_note} if self.times_note else {}),
         }
+
+    def epoch_times(self, profile: Profile) -> EpochTimes | None:
+        return self.wl.epoch_times(profile)
 
 
 Workload = SyntheticWorkload | ReplayWorkload
