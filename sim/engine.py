@@ -15,6 +15,10 @@ This module only says how long things take, in simulated time, from the profile:
   with a result, then the scheduler's decision takes `decision_latency_s` with the devices
   held. PAUSE (the scheduler's, or a move to another allocation) adds a checkpoint save
   before the devices are released.
+- Measured epoch times (`sim/timings.py`): when the workload replays a recorded search whose
+  records hold epoch times, epoch e of a trial takes the recorded time of that (trial, epoch)
+  scaled by epoch_time(k) / epoch_time(k recorded) instead of epoch_time(k) x config_factor;
+  everything else below is the same.
 - Sharing (k = 1/m): the trials training on one device share it as a processor: while j of
   them are in an epoch there, each progresses at 1 / sharing(j) of its alone speed (the
   profile's sharing curve, `EpochTimeModel.sharing_slowdown`), and their rates change the
@@ -118,6 +122,7 @@ class _Engine:
         self.failures = {trial: epoch for trial, epoch in spec.failures}
         self.env = simpy.Environment(initial_time=0.0)
         self.workload = spec.workload.run(sched.max_epochs, profile.epoch.global_batch_at)
+        self.times = self.workload.epoch_times(profile)  # recorded epoch times; None: the profile's
         self.events: list[TraceEvent] = []
         elastic = ElasticPolicy(alloc, profile, sched.milestones) if alloc.is_elastic else None
         self.core = Dispatcher(sched, alloc, DevicePool(spec.cluster, ks), launch=self._launch, emit=self.events.append,
@@ -172,7 +177,10 @@ class _Engine:
         work = self.alone_s * factor
         crash_at = self.failures.get(tid) if seg.attempt == 0 else None
         result = core.result
+        times = self.times
         while True:
+            if times is not None:
+                epoch_s, work = times.at(tid, epoch + 1, float(k))
             if shared:
                 if fixed > 0:
                     self.timeouts += 1
@@ -215,7 +223,7 @@ class _Engine:
             gpus_per_trial=spec.allocation.label,
             target=spec.target,
         )
-        stats = self.workload.stats()
+        stats = {**self.workload.stats(), **(self.times.stats() if self.times is not None else {})}
         summary.extra.update({
             "seed": spec.seed,
             "profile": spec.profile.name,

@@ -31,7 +31,7 @@ from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_allocation, duration_unit, format_duration, format_in_unit
 from nasalloc.sim.profile import Profile, load_profile
-from nasalloc.sim.ranking import OBJECTIVE_FIELD, GroupStats, Recommendation, recommend
+from nasalloc.sim.ranking import OBJECTIVE_FIELD, GroupStats, Recommendation, choose, recommend
 from nasalloc.sim.schedulers import make_scheduler, scheduler_config, scheduler_names
 from nasalloc.sim.simulate import checked_target
 from nasalloc.sim.sweep import (
@@ -45,7 +45,8 @@ from nasalloc.sim.sweep import (
     with_seed,
 )
 from nasalloc.sim.trace import write_json
-from nasalloc.sim.workload import Workload, workload_from_config
+from nasalloc.sim.tune_export import ray_tune_snippet, syne_tune_settings
+from nasalloc.sim.workload import ReplayWorkload, Workload, workload_from_config
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
@@ -419,13 +420,56 @@ def main(settings: RecommendSettings, out_dir: Path) -> None:
     wall = time.perf_counter() - t0
     rec = recommend(runs, settings.objective, settings.workload.metric.mode)
     write_sweep_csv(out_dir / "sweep.csv", runs)
-    write_json(out_dir / "recommendation.json", recommendation_json(settings, rec))
+    syne = write_ray_tune(settings, rec, out_dir)
+    write_json(out_dir / "recommendation.json", {**recommendation_json(settings, rec), "syne_tune": syne})
     if settings.plots:
         write_plots(settings, rec, out_dir)
     console = Console(width=max(120, Console().width))
     console.print(render_table(settings, rec))
     print(verdict(settings, rec))
+    if isinstance(settings.workload, ReplayWorkload):
+        times = settings.workload.epoch_times(settings.profile)
+        print(f"epoch times: {settings.workload.times_note if times is None else times.describe()}")
+    if syne is not None:
+        workers = "cannot run it (see ray_tune.py)" if syne["n_workers"] is None else f"n_workers={syne['n_workers']} ({syne['note']})"
+        print(f"Ray Tune: ray_tune.py; Syne Tune: {workers}")
     print(f"{len(runs)} simulations in {format_duration(wall)}; output: {out_dir.resolve()}")
+
+
+def _point(settings: RecommendSettings, group: GroupStats) -> GridPoint:
+    """The first grid point of a group (its allocation, scheduler config and cluster)."""
+    return next(p for p in settings.points if p.scheduler == group.scheduler and p.spec.cluster.gpus == group.gpus
+                and str(p.allocation) == group.allocation)
+
+
+def write_ray_tune(settings: RecommendSettings, rec: Recommendation, out_dir: Path) -> dict[str, Any] | None:
+    """`ray_tune.py` for the recommended allocation (`tune_export`); -> Syne Tune's settings
+    for it (None when nothing was recommended). An allocation that changes during a trial
+    comes with the best fixed allocation of the same scheduler and cluster size."""
+    g = rec.overall
+    if g is None:
+        return None
+    point = _point(settings, g)
+    field_name = OBJECTIVE_FIELD[rec.objective]
+
+    def shown(group: GroupStats) -> str:
+        value = group.estimates[field_name].mean
+        return f"{rec.objective} {format_duration(value) if field_name.endswith('_s') else f'{value:,.4g}'}"
+
+    fixed, fixed_note = None, ""
+    if not point.allocation.is_static:
+        family = [o for o in rec.groups if (o.scheduler, o.gpus) == (g.scheduler, g.gpus)
+                  and _point(settings, o).allocation.is_static]
+        best, _ = choose(family, rec.objective, rec.mode)
+        if best is not None:
+            fixed, fixed_note = _point(settings, best).allocation, f" ({shown(best)} predicted)"
+    metric = settings.workload.metric
+    text = ray_tune_snippet(alloc=point.allocation, scheduler=point.spec.scheduler, cluster=point.spec.cluster,
+                            space=settings.workload.space, metric=metric.name, mode=metric.mode,
+                            headline=f"{g.scheduler}, {g.allocation} GPU(s) per trial on {g.gpus} GPUs ({shown(g)} predicted)",
+                            fixed=fixed, fixed_note=fixed_note)
+    (out_dir / "ray_tune.py").write_text(text, encoding="utf-8")
+    return syne_tune_settings(point.allocation, point.spec.cluster)
 
 
 def write_plots(settings: RecommendSettings, rec: Recommendation, out_dir: Path) -> None:

@@ -102,13 +102,31 @@ def report(result: SimulationResult, out_dir: Path | None, wall_s: float) -> str
         f"  trials            {s.trials}: {s.completed} completed, {s.stopped} stopped; {s.epochs_trained} epochs trained\n"
         f"  simulated         {result.sim_events:,} events in {wall_s:.2f} s wall time\n"
     )
-    beyond = result.workload_stats.get("replay_results_beyond_recorded")
+    stats = result.workload_stats
+    beyond = stats.get("replay_results_beyond_recorded")
     if beyond is not None:
-        lines += (f"  replay            {result.workload_stats['replay_recorded_trials']} recorded curves; {beyond} results beyond "
-                  f"the recorded epochs held the last value; {result.workload_stats['replay_trials_wrapped']} trials reused a curve\n")
+        lines += (f"  replay            {stats['replay_recorded_trials']} recorded curves; {beyond} results beyond "
+                  f"the recorded epochs held the last value; {stats['replay_trials_wrapped']} trials reused a curve\n")
+    lines += f"  epoch times       {epoch_times_source(result)}\n"
     if out_dir is not None:
         lines += f"output: {out_dir}"
     return lines.rstrip("\n")
+
+
+def epoch_times_source(result: SimulationResult) -> str:
+    """Where the simulation took each epoch's time from: recorded times (which, scaled how),
+    or the profile (and, for a replay, why not the records)."""
+    stats = result.workload_stats
+    text = stats.get("epoch_times")
+    if text is None:
+        return f"profile {result.spec.profile.name}"
+    if text.startswith("profile"):
+        return f"profile {result.spec.profile.name}{text[len('profile'):]}"
+    held = stats.get("epoch_times_held", 0)
+    below = stats.get("epoch_times_below_overheads", 0)
+    extra = "".join([f"; {held} epochs not recorded took their trial's last recorded time" if held else "",
+                     f"; {below} recorded times shorter than the profile's overheads counted as 0 s" if below else ""])
+    return text + extra
 
 
 def main(settings: SimulateSettings, out_dir: Path) -> None:
@@ -131,4 +149,4 @@ def main(settings: SimulateSettings, out_dir: Path) -> None:
     print(report(result, out_dir.resolve(), wall))
 
 
-__all__ = ["SimulateSettings", "build_spec", "checked_target", "load", "main", "report"]
+__all__ = ["SimulateSettings", "build_spec", "checked_target", "epoch_times_source", "load", "main", "report"]

@@ -27,17 +27,20 @@ Two workloads, both picklable specs whose `run()` gives a fresh per-simulation s
     (McCandlish et al.'s critical batch; FACTS.md fits b_noise ~ 4.6e4 for ResNet-50).
     Under per-rung schedules each epoch contributes at its own k.
 
-`ReplayWorkload` — recorded curves (a `trace.jsonl` of `nasalloc run`, or a CSV with
-    config_id, epoch, metric[, test_metric]): simulated trial i replays recorded curve
-    i mod n (CSV curves in order of first appearance). An epoch that was not recorded gets
-    the last recorded value before it (a trial stopped early in the real run and continued
-    in the simulation "stays where it was"); such results and the wrapped trials are counted
-    in `stats()` and reach summary.json.
+`ReplayWorkload` — recorded curves (a `trace.jsonl` of `nasalloc run`, a CSV with
+    config_id, epoch, metric[, test_metric], a Ray Tune experiment folder or Syne Tune
+    results; `sim/records.py` reads them): simulated trial i replays recorded curve
+    i mod n (CSV curves in order of first appearance, Ray Tune and Syne Tune trials in the
+    order they were created). An epoch that was not recorded gets the last recorded value
+    before it (a trial stopped early in the real run and continued in the simulation "stays
+    where it was"); such results and the wrapped trials are counted in `stats()` and reach
+    summary.json. When the records hold epoch times (and `workload.timings` is true) the
+    workload also carries them, and the engine takes each epoch's time from them
+    (`epoch_times`, `sim/timings.py`); otherwise every epoch's time is the profile's.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import hashlib
@@ -45,14 +48,19 @@ import math
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nasalloc.sim.config import require, to_typed
+from nasalloc.sim.cluster import exact_k
+from nasalloc.sim.config import require, required, to_typed
 from nasalloc.sim.errors import UserError
+from nasalloc.sim.profile import Profile
+from nasalloc.sim.records import Curve, Recording, read_recording
 from nasalloc.sim.space import Config, SearchSpace
+from nasalloc.sim.timings import EpochTimes, RecordedTimes
 
 _N_FEATURES = 16
 
@@ -119,6 +127,11 @@ class WorkloadRun:
 
     def stats(self) -> dict[str, Any]:
         return {}
+
+    def epoch_times(self, profile: Profile) -> EpochTimes | None:
+        """Recorded epoch times scaled by `profile` (`sim/timings.py`); None: the curves carry
+        no times and every epoch's time is the profile's (only a replay overrides this)."""
+        return None
 
 
 def _unit_vector(space: SearchSpace, config: Mapping[str, Any]) -> list[float]:
@@ -273,28 +286,37 @@ class _SyntheticRun(WorkloadRun):
         return metric, test
 
 
-Curve = dict[int, tuple[float, float | None]]  # epoch -> (metric, test_metric)
-
-
 @dataclass(frozen=True)
 class ReplayWorkload:
-    """Recorded curves (loaded by `load_replay` at the entry point; no file I/O here)."""
+    """Recorded curves, and their epoch times when replayed (loaded by `load_recording` at
+    the entry point; no file I/O here). `times` None: every epoch's time is the profile's,
+    and `times_note` says why (the records hold none, or `workload.timings=false`)."""
 
     curves: tuple[Curve, ...]
     metric: MetricSpec
     space: SearchSpace
     source: str = ""
+    times: RecordedTimes | None = None
+    times_note: str = ""
 
     def __post_init__(self) -> None:
         if not self.curves:
             raise UserError(f"{self.source or 'replay'}: no recorded results to replay")
+        if self.times is not None and len(self.times.epochs) != len(self.curves):
+            raise ValueError("recorded times must cover the recorded curves one to one")
 
     def run(self, max_epochs: int, batch_at: BatchAt | None = None) -> WorkloadRun:
         return _ReplayRun(self)
 
+    def epoch_times(self, profile: Profile) -> EpochTimes | None:
+        """The recorded epoch times scaled by `profile` (None: the profile's own times)."""
+        return None if self.times is None else self.times.for_profile(profile)
+
 
 class _ReplayRun(WorkloadRun):
     def __init__(self, wl: ReplayWorkload):
+        self.wl = wl
+        self.times_note = wl.times_note
         self.curves = wl.curves
         self.sorted = [sorted(c) for c in wl.curves]
         self.beyond = 0
@@ -325,7 +347,11 @@ class _ReplayRun(WorkloadRun):
             "replay_results_missing_epoch": self.missing,
             "replay_trials_wrapped": len(self.wrapped),
             "replay_policy": "hold the last recorded value; trial i replays recorded curve i mod n",
+            **({"epoch_times": self.times_note} if self.times_note else {}),
         }
+
+    def epoch_times(self, profile: Profile) -> EpochTimes | None:
+        return self.wl.epoch_times(profile)
 
 
 Workload = SyntheticWorkload | ReplayWorkload
@@ -337,51 +363,33 @@ def _metric_spec(node: Any, key: str) -> MetricSpec:
     return to_typed(MetricSpec, node, key)
 
 
-def load_replay(path: str | Path, metric: MetricSpec, key: str = "workload.path") -> tuple[Curve, ...]:
-    """Curves from a trace.jsonl or a CSV; UserError naming the file (and line) when malformed."""
-    p = Path(str(path)).expanduser()
-    if not p.is_file():
-        raise UserError(f"{key}={path}: no such file (a trace.jsonl from `nasalloc run` or a CSV)")
-    if p.suffix == ".csv":
-        curves = _curves_from_csv(p)
-    else:
-        from nasalloc.sim.trace import read_trace
-
-        per_trial: dict[int, Curve] = {}
-        for ev in read_trace(p, tolerate_torn_tail=True):
-            if ev.event == "result" and ev.epoch is not None and ev.metric is not None:
-                per_trial.setdefault(ev.trial, {}).setdefault(ev.epoch, (ev.metric, ev.test_metric))
-        curves = tuple(per_trial[t] for t in sorted(per_trial))
-    if not curves:
-        raise UserError(f"{p}: no result events/rows to replay")
-    for curve in curves:
+def load_recording(path: str | Path, metric: MetricSpec, recorded_k: Fraction,
+                   key: str = "workload.path") -> Recording:
+    """The recorded search at `path` (`records.read_recording`) with its curves checked against
+    the metric: epochs counted from 1, values inside the metric's range. UserError naming the
+    file otherwise."""
+    rec = read_recording(path, metric.name, recorded_k, key)
+    if not rec.curves:
+        raise UserError(f"{rec.path}: no result events/rows to replay")
+    for trial, curve in zip(rec.trial_ids, rec.curves):
         for epoch, (m, _t) in curve.items():
             if epoch < 1:
-                raise UserError(f"{p}: epoch {epoch}: epochs are counted from 1")
+                raise UserError(f"{rec.path}: trial {trial} epoch {epoch}: epochs are counted from 1")
             if not (math.isnan(m) or metric.contains(m)):
-                raise UserError(f"{p}: metric {m} at epoch {epoch} outside workload.metric's range [{metric.low}, {metric.high}]")
-    return curves
+                raise UserError(f"{rec.path}: trial {trial}: metric {m} at epoch {epoch} outside "
+                                f"workload.metric's range [{metric.low}, {metric.high}]")
+    return rec
 
 
-def _curves_from_csv(p: Path) -> tuple[Curve, ...]:
-    with open(p, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        fields = [f.strip() for f in (reader.fieldnames or [])]
-        id_col = next((c for c in ("config_id", "config", "trial") if c in fields), None)
-        if id_col is None or "epoch" not in fields or "metric" not in fields:
-            raise UserError(f"{p}:1: header must name config_id, epoch, metric[, test_metric]; got {', '.join(fields) or 'nothing'}")
-        order: dict[str, Curve] = {}
-        for line, row in enumerate(reader, start=2):
-            row = {(k or "").strip(): v for k, v in row.items()}
-            try:
-                epoch = int(str(row["epoch"]).strip())
-                metric = float(str(row["metric"]).strip())
-                test_text = str(row.get("test_metric") or "").strip()
-                test = float(test_text) if test_text else None
-            except (TypeError, ValueError):
-                raise UserError(f"{p}:{line}: epoch must be an integer and metric a number") from None
-            order.setdefault(str(row[id_col]).strip(), {}).setdefault(epoch, (metric, test))
-    return tuple(order.values())
+def _recorded_k(value: Any, key: str) -> Fraction:
+    """`workload.recorded_k`: devices per trial (a whole number, or 1/m as "1/2" or 0.5)."""
+    try:
+        k = float(Fraction(str(value).strip())) if not isinstance(value, bool) else math.nan
+    except (ValueError, ZeroDivisionError):
+        k = math.nan
+    if not math.isfinite(k) or k <= 0 or abs(float(exact_k(k)) - k) > 1e-9:
+        raise UserError(f"{key}={value!r}: devices per trial the records ran at: a whole number or 1/m (e.g. 1, 4, \"1/2\")")
+    return exact_k(k)
 
 
 def workload_from_config(node: Any, key: str = "workload") -> Workload:
@@ -399,15 +407,26 @@ def workload_from_config(node: Any, key: str = "workload") -> Workload:
     if name == "synthetic":
         return SyntheticWorkload(to_typed(SyntheticConfig, node, key), metric, space)
     if name == "replay":
-        unknown = sorted(set(node) - {"name", "path"})
+        unknown = sorted(set(node) - {"name", "path", "timings", "recorded_k"})
         if unknown:
-            raise UserError(f"{key}.{unknown[0]}: unknown setting; allowed: name, path, metric, space")
+            raise UserError(f"{key}.{unknown[0]}: unknown setting; allowed: name, path, timings, recorded_k, metric, space")
+        timings = required(node, "timings", f"{key}.")
+        if not isinstance(timings, bool):
+            raise UserError(f"{key}.timings={timings!r}: must be true (replay recorded epoch times) or false (the profile's)")
+        recorded_k = _recorded_k(required(node, "recorded_k", f"{key}."), f"{key}.recorded_k")
         path = node.get("path")
         if not path:
-            raise UserError(f"{key}.path: required (a trace.jsonl from `nasalloc run` or a CSV config_id,epoch,metric[,test_metric])")
-        return ReplayWorkload(load_replay(path, metric, f"{key}.path"), metric, space, source=str(path))
+            raise UserError(f"{key}.path: required (a trace.jsonl from `nasalloc run`, a CSV config_id,epoch,metric[,test_metric], "
+                            f"a Ray Tune experiment folder or Syne Tune results.csv.zip)")
+        rec = load_recording(path, metric, recorded_k, f"{key}.path")
+        times, note = rec.times, ""
+        if times is None:
+            note = f"profile (the {rec.kind} holds no epoch times)"
+        elif not timings:
+            times, note = None, f"profile ({key}.timings=false; the {rec.kind} holds epoch times)"
+        return ReplayWorkload(rec.curves, metric, space, source=str(path), times=times, times_note=note)
     raise UserError(f"{key}.name={name!r}: unknown workload; allowed: synthetic, replay")
 
 
 __all__ = ["MetricSpec", "SyntheticConfig", "SyntheticWorkload", "ReplayWorkload", "Workload", "WorkloadRun",
-           "load_replay", "workload_from_config"]
+           "load_recording", "workload_from_config"]

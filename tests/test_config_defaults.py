@@ -117,6 +117,8 @@ def run_folder(tmp_path_factory) -> Path:
     # the elastic block is read for gpus_per_trial=elastic only (and then checked here too)
     ("simulate", [], {"elastic", "elastic.min", "elastic.max"}),
     ("simulate", ["gpus_per_trial=elastic"], set()),
+    ("simulate", ["workload=replay", f"workload.path={Path(__file__).resolve().parent / 'fixtures' / 'ray_tune' / 'asha_2gpu'}"],
+     {"elastic", "elastic.min", "elastic.max"}),
     # a small grid (removal, not size, is tested); the seeds are `seeds`, not `seed`
     ("recommend", ["schedulers=[asha]", "seeds=1"], {"seed"}),
     # scheduler=NAME replaces the `schedulers` list (without it the list is used), and the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from nasalloc.sim.engine import simulate
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.space import SearchSpace
 from nasalloc.sim.trace import TraceEvent, write_trace
-from nasalloc.sim.workload import MetricSpec, load_replay, workload_from_config
+from nasalloc.sim.workload import MetricSpec, load_recording, workload_from_config
 from test_sim_support import SPACE, make_spec, make_workload
 
 
@@ -79,7 +80,8 @@ def test_replay_from_a_trace_counts_epochs_beyond_the_recording(tmp_path):
     events += [TraceEvent(4.0, "result", 1, 1, 0.05, (0,))]
     path = tmp_path / "trace.jsonl"
     write_trace(path, events)
-    node = {"name": "replay", "path": str(path), "metric": {"name": "acc", "mode": "max", "low": 0, "high": 1}, "space": SPACE}
+    node = {**shipped("workload", "replay"), "path": str(path), "metric": {"name": "acc", "mode": "max", "low": 0, "high": 1},
+            "space": SPACE}
     wl = workload_from_config(node)
     assert len(wl.curves) == 2
     spec = make_spec(workload=wl, scheduler={"name": "random", "n_trials": 3, "max_epochs": 4})
@@ -99,7 +101,7 @@ def test_replay_from_a_trace_counts_epochs_beyond_the_recording(tmp_path):
 def test_replay_from_csv(tmp_path):
     path = tmp_path / "curves.csv"
     path.write_text("config_id,epoch,metric,test_metric\na,1,0.2,0.19\na,2,0.4,\nb,1,0.3,0.28\n")
-    curves = load_replay(path, _metric())
+    curves = load_recording(path, _metric(), Fraction(1)).curves
     assert curves == ({1: (0.2, 0.19), 2: (0.4, None)}, {1: (0.3, 0.28)})
 
 
@@ -113,15 +115,16 @@ def test_malformed_replay_csv(tmp_path, text, message):
     path = tmp_path / "curves.csv"
     path.write_text(text)
     with pytest.raises(UserError, match=message):
-        load_replay(path, _metric())
+        load_recording(path, _metric(), Fraction(1)).curves
 
 
 def test_replay_needs_an_existing_file(tmp_path):
-    node = {"name": "replay", "path": str(tmp_path / "none.jsonl"), "metric": dataclasses.asdict(_metric()), "space": SPACE}
+    node = {**shipped("workload", "replay"), "path": str(tmp_path / "none.jsonl"), "metric": dataclasses.asdict(_metric()),
+            "space": SPACE}
     with pytest.raises(UserError, match=r"workload.path=.*none.jsonl: no such file"):
         workload_from_config(node)
     with pytest.raises(UserError, match=r"workload.path: required"):
-        workload_from_config({"name": "replay", "metric": dataclasses.asdict(_metric()), "space": SPACE})
+        workload_from_config({**shipped("workload", "replay"), "metric": dataclasses.asdict(_metric()), "space": SPACE})
 
 
 def test_space_is_required():
