@@ -9,8 +9,10 @@ which calls the user's function with a thin proxy of the real `TrainingContext`:
   which records the timestamp and raises `StopTraining` at the launcher's `max_steps`.
 - `report()`: evaluation time = from the epoch's last step to `report` (the training function
   evaluates in between); on rank 0, for the first `checkpoints` epochs, the checkpoint
-  `state` is built and written with `torch.save` (the executor's save) and read back with
-  `torch.load` (its restore), timed, and deleted. The figures travel to the launcher as the
+  `state` is built and written with `torch.save` (the executor's save) and read back as a
+  resumed trial reads it: `torch.load` to the CPU, then every tensor copied to the rank's
+  device, which is what the model's and optimizer's `load_state_dict` do (timed, synchronised
+  on a GPU), then deleted. The figures travel to the launcher as the
   report's extra values (keys starting with `probe_`), with the step count at the report
   so the step interval that spans evaluation is left out of the step-time samples.
 - gradient bytes: while the user's function runs, `DistributedDataParallel.__init__` is
@@ -76,15 +78,21 @@ class _ProbeContext:
             probe["probe_eval_s"] = now - self._last_step
         if self._checkpoints_left > 0 and state is not None:
             self._checkpoints_left -= 1
-            probe.update(_time_checkpoint(state, Path(self._ctx.checkpoint_dir)))
+            probe.update(_time_checkpoint(state, Path(self._ctx.checkpoint_dir), self._ctx.device))
         bytes_ = self._grad_bytes()
         if bytes_ > 0:
             probe["probe_grad_bytes"] = bytes_
         return self._ctx.report(epoch, metric, state=state, **extra, **probe)
 
 
-def _time_checkpoint(state: Any, folder: Path) -> dict[str, float]:
-    """Build the state, torch.save it, torch.load it back (as the executor does); seconds each."""
+def _time_checkpoint(state: Any, folder: Path, device: Any) -> dict[str, float]:
+    """Build the state and torch.save it; restore it as a resumed trial does; seconds each.
+
+    A resumed trial loads its checkpoint to the CPU (`TrainingContext.load_checkpoint`) and
+    `load_state_dict` copies every tensor onto the model's device; on a GPU that copy is a
+    good part of the restore, so it is timed here too (copies to `device`, then a sync), on
+    fresh tensors, leaving the training state itself untouched.
+    """
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,11 +100,27 @@ def _time_checkpoint(state: Any, folder: Path) -> dict[str, float]:
     t0 = time.perf_counter()
     torch.save(state() if callable(state) else state, path)
     t1 = time.perf_counter()
-    torch.load(path, map_location="cpu", weights_only=True)
+    on_device = _to_device(torch.load(path, map_location="cpu", weights_only=True), device)
+    if getattr(device, "type", "cpu") == "cuda":
+        torch.cuda.synchronize(device)
     t2 = time.perf_counter()
+    del on_device
     size = path.stat().st_size
     path.unlink(missing_ok=True)
     return {"probe_checkpoint_save_s": t1 - t0, "probe_checkpoint_restore_s": t2 - t1, "probe_checkpoint_bytes": float(size)}
+
+
+def _to_device(obj: Any, device: Any) -> Any:
+    """`obj` (a loaded state: nested dicts, lists, tuples) with every tensor copied to `device`."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
 
 
 FACTS_FILE = "probe_facts.json"  # in the run's checkpoint_dir: facts known before any report

@@ -74,7 +74,7 @@ import numpy as np
 from nasalloc.calibration import probe
 from nasalloc.calibration.concurrent import Job, run_concurrently, run_jobs
 from nasalloc.calibration.measurements import Measurements
-from nasalloc.execute.devices import Slot
+from nasalloc.execute.devices import Slot, rank_threads
 from nasalloc.execute.launch import Launcher, RanksResult
 from nasalloc.sim.errors import UserError
 
@@ -95,7 +95,7 @@ class ProfilingPlan:
     device_ids: list[int]  # devices present; k ranks use the first k
     gpus_per_trial: list[int]  # the k to measure (1 must be among them)
     share: list[int]  # m values for the sharing slow-down
-    threads_per_rank: int | None  # CPU: torch threads per rank (None: cores / slots)
+    threads_per_rank: int | None  # torch threads per rank (None: cores / devices, `execute.devices.rank_threads`)
     batch_fraction: dict[int, float]  # b(k)/b, from train.scaling
     warmup_steps: int
     pilot_steps: int
@@ -456,7 +456,7 @@ class Profiler:
         used = p.device_ids if p.fill_devices else p.device_ids[: max(p.gpus_per_trial)]
         t0 = time.perf_counter()
         self.progress(f"starting {len(used) * slots_per_device} warm workers ({p.device_kind}, devices {used})")
-        with Launcher(p.device_kind, used, slots_per_device=slots_per_device, threads_per_rank=p.threads_per_rank,
+        with Launcher(p.device_kind, used, slots_per_device=slots_per_device, threads_per_rank=plan_threads(p),
                       workdir=self.workdir / "launcher", preload=[p.entrypoint]) as launcher:
             m.hardware["worker_start_s"] = round(time.perf_counter() - t0, 4)
             # Every worker's first job pays one-off costs (CUDA context, data loading, lazy
@@ -498,9 +498,16 @@ def hardware_facts(plan: ProfilingPlan) -> dict[str, Any]:
         facts["cuda"] = str(torch.version.cuda)
     else:
         facts["device"] = f"CPU slot ({cpu_model()})"
-        facts["cores"] = os.cpu_count()
-        facts["threads_per_rank"] = plan.threads_per_rank or max(1, (os.cpu_count() or 1) // len(plan.device_ids))
+    facts["cores"] = os.cpu_count()
+    facts["threads_per_rank"] = plan_threads(plan)
     return facts
+
+
+def plan_threads(plan: ProfilingPlan) -> int:
+    """Threads per rank while profiling: the rule `nasalloc run` uses (`rank_threads`) over the
+    devices present, whichever of them a measurement uses and however many trials share one,
+    so the steps are timed with the threads the search's ranks will have."""
+    return rank_threads(plan.threads_per_rank, len(plan.device_ids), os.cpu_count() or 1)
 
 
 def cpu_model() -> str:

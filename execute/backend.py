@@ -9,7 +9,11 @@ backend can implement the same four calls later.
 Failure rule: if any rank of a group crashes, raises, dies or stays silent past the job's
 `timeout_s`, the whole group is torn down — every worker of the group is killed with its
 process group (DataLoader children included) and replaced by a fresh warm worker — and one
-`Failed` event is emitted. Other groups never notice.
+`Failed` event is emitted. Other groups never notice. The one exception: a one-rank job that
+raised on a CPU slot keeps its worker (nobody can be stuck in a collective with it, and the
+process is as good as before). On a GPU it is replaced all the same, since a failed CUDA job
+can leave the worker's CUDA context unusable (a device-side assert poisons it for good), and
+every later trial on that slot would fail too (`keeps_worker_after_failure`).
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
 from typing import Any
 
-from nasalloc.execute.devices import Slot
+from nasalloc.execute.devices import Slot, cuda_visible_device, rank_threads
 from nasalloc.execute.worker import AUTHKEY_ENV, PRELOAD_ENV
+from nasalloc.sim.errors import UserError
 
 WORKER_START_TIMEOUT_S = 120.0
 
@@ -93,6 +99,8 @@ class _Worker:
     pid: int | None = None
     job: int | None = None  # group id it serves
     pending: dict[str, Any] | None = None  # job message to send once ready
+    start_error: str | None = None  # what went wrong setting up its device (CUDA warm-up), if anything
+    log: Path | None = None  # where its own output goes (outside jobs)
 
 
 @dataclass
@@ -102,6 +110,42 @@ class _Group:
     last_activity: float
     undelivered: int = 0  # ranks whose worker is still starting; the silence clock waits for them
     done: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def keeps_worker_after_failure(device_kind: str, ranks: int) -> bool:
+    """Whether a warm worker serves the next job after its job failed (see the module doc).
+
+    Only a one-rank job on a CPU slot: with several ranks the others may be stuck in a
+    collective, and on a GPU the failed job may have left the CUDA context unusable.
+    """
+    return device_kind == "cpu" and ranks == 1
+
+
+def worker_env(base: Mapping[str, str], *, device_kind: str, device: int, threads: int, slots_share_cores: bool,
+               authkey_hex: str, preload: str) -> dict[str, str]:
+    """The environment of the warm worker for `device`: `base` (the executor's) plus
+
+    - thread counts for torch's OpenMP/MKL pools (`rank_threads`);
+    - OMP_WAIT_POLICY=PASSIVE where several workers use the same cores (trials sharing a
+      device): spin-waiting OpenMP threads would burn the cores the others need;
+    - on a GPU, CUDA_VISIBLE_DEVICES naming only its GPU (an entry of an inherited
+      CUDA_VISIBLE_DEVICES, `cuda_visible_device`), so the worker always uses ``cuda:0``;
+    - the auth key and the entrypoints to preload (read by `worker.main`).
+    """
+    env = dict(base)
+    env[AUTHKEY_ENV] = authkey_hex
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1",
+               GLOO_SOCKET_IFNAME="lo", NCCL_SOCKET_IFNAME="lo")
+    env[PRELOAD_ENV] = preload
+    if slots_share_cores:
+        # A 16-trial search at k=1/2 on one 2-core CPU slot (synthetic trainer, 2 threads per
+        # worker) took 33.8 s spinning and 1.12 s passive. Not for one worker per slot: the same
+        # search at k=1 took 1.17 s spinning and 3.2-3.6 s passive (its small parallel regions
+        # pay the sleep/wake-up).
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if device_kind == "cuda":
+        env["CUDA_VISIBLE_DEVICES"] = cuda_visible_device(device, base.get("CUDA_VISIBLE_DEVICES"))
+    return env
 
 
 def _free_port() -> int:
@@ -127,7 +171,7 @@ class LocalBackend:
         threading.Thread(target=self._accept_loop, daemon=True).start()
         ncpu = os.cpu_count() or 1
         devices = sorted({s.device for s in self.slots})
-        self._threads = threads_per_rank or max(1, ncpu // (len(devices) if device_kind == "cpu" else len(self.slots)))
+        self._threads = rank_threads(threads_per_rank, len(devices), ncpu)
         self._pin = pin_cpus and device_kind == "cpu" and len(devices) * self._threads <= ncpu
         self._slots_share_cores = len(self.slots) > len(devices)  # some device has several worker slots
         self._log_dir = worker_log_dir
@@ -158,35 +202,25 @@ class LocalBackend:
             self._arrivals.put((hello, conn))
 
     def _spawn(self, slot: Slot) -> None:
-        env = dict(os.environ)
-        env[AUTHKEY_ENV] = self._authkey.hex()
-        env.update(OMP_NUM_THREADS=str(self._threads), MKL_NUM_THREADS=str(self._threads), PYTHONUNBUFFERED="1",
-                   GLOO_SOCKET_IFNAME="lo", NCCL_SOCKET_IFNAME="lo")
-        env[PRELOAD_ENV] = self._preload
+        env = worker_env(os.environ, device_kind=self.device_kind, device=slot.device, threads=self._threads,
+                         slots_share_cores=self._slots_share_cores, authkey_hex=self._authkey.hex(), preload=self._preload)
         cpus = ""
-        if self.device_kind == "cpu" and self._slots_share_cores:
-            # Several workers pinned to the same cores (trials sharing a CPU slot): libgomp's
-            # spin-waiting then burns the cores the others need. A 16-trial search at k=1/2 on one
-            # 2-core slot (synthetic trainer, 2 threads per worker) took 33.8 s spinning and 1.12 s
-            # passive. Not for one worker per slot: the same search at k=1 took 1.17 s spinning and
-            # 3.2-3.6 s passive (its small parallel regions pay the sleep/wake-up).
-            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        if self.device_kind == "cuda":
-            env["CUDA_VISIBLE_DEVICES"] = str(slot.device)
-        elif self._pin:
+        if self._pin:
             first = (slot.device * self._threads) % (os.cpu_count() or 1)
             cpus = ",".join(str(first + i) for i in range(self._threads))
-        log = subprocess.DEVNULL
+        log, log_path = subprocess.DEVNULL, None
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
-            log = open(self._log_dir / f"worker_{slot.device}_{slot.share}.log", "ab")  # noqa: SIM115
+            log_path = self._log_dir / f"worker_{slot.device}_{slot.share}.log"
+            log = open(log_path, "ab")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nasalloc.execute.worker", str(self._tmp / "w.sock"), str(self._threads), cpus],
+            [sys.executable, "-m", "nasalloc.execute.worker", str(self._tmp / "w.sock"), str(self._threads), cpus,
+             self.device_kind],
             env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
         )
         if log is not subprocess.DEVNULL:
             log.close()
-        self._workers[slot] = _Worker(slot, proc)
+        self._workers[slot] = _Worker(slot, proc, log=log_path)
 
     def _take_arrivals(self) -> None:
         while True:
@@ -198,7 +232,7 @@ class LocalBackend:
             if w is None:
                 conn.close()
                 continue
-            w.conn, w.pid = conn, hello["pid"]
+            w.conn, w.pid, w.start_error = conn, hello["pid"], hello.get("error")
             if w.pending is not None:
                 self._send(w, w.pending)
                 g = self._groups.get(w.pending["job"])
@@ -208,16 +242,28 @@ class LocalBackend:
                 w.pending = None
 
     def wait_ready(self, timeout: float = WORKER_START_TIMEOUT_S) -> None:
-        """Block until every worker is connected (RuntimeError if one dies or it takes too long)."""
+        """Block until every worker is connected (RuntimeError if one dies or it takes too long).
+
+        A worker that could not set up its GPU (CUDA warm-up) still connects, so that the
+        error is read here, once, as one line naming its log (UserError), instead of as a
+        failure of every trial.
+        """
         deadline = time.monotonic() + timeout
         while any(w.conn is None for w in self._workers.values()):
             self._take_arrivals()
             for w in self._workers.values():
                 if w.conn is None and w.proc.poll() is not None:
-                    raise RuntimeError(f"worker for device {w.slot.device} exited with status {w.proc.returncode} while starting")
+                    where = f" (log: {w.log})" if w.log else ""
+                    raise RuntimeError(f"worker for device {w.slot.device} exited with status {w.proc.returncode} "
+                                       f"while starting{where}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"workers did not start within {timeout:.0f} s")
             time.sleep(0.02)
+        for w in self._workers.values():
+            if w.start_error:
+                where = f" (log: {w.log})" if w.log else ""
+                raise UserError(f"devices={self.device_kind}: the worker for device {w.slot.device} could not set it up: "
+                                f"{w.start_error}{where}")
 
     def _kill(self, w: _Worker) -> None:
         try:
@@ -347,7 +393,7 @@ class LocalBackend:
         elif op == "done":
             w.job = None
             if not msg["ok"]:
-                if len(g.spec.slots) == 1:  # nobody can be stuck in a collective with it: keep the worker
+                if keeps_worker_after_failure(self.device_kind, len(g.spec.slots)):
                     del self._groups[gid]
                     self._remove_store(g)
                     self._events.append(Failed(gid, f"rank {msg['rank']}: {msg['info']}"))

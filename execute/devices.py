@@ -49,3 +49,33 @@ class SlotMap:
     def give_back(self, slots: list[Slot]) -> None:
         for s in slots:
             self._free[s.device].add(s.share)
+
+
+def cuda_visible_device(device: int, inherited: str | None) -> str:
+    """The CUDA_VISIBLE_DEVICES value for the worker of GPU `device` (an index, as in `devices.ids`).
+
+    Each worker sees only its own GPU, so that inside it the GPU is always ``cuda:0``. The
+    index counts GPUs visible to nasalloc, which are all of them unless the user or Slurm set
+    CUDA_VISIBLE_DEVICES already: then `device` picks an entry of that list (an index, a UUID
+    or a MIG id, passed on as written), so `devices.ids=[0]` under ``CUDA_VISIBLE_DEVICES=2,3``
+    means physical GPU 2 and never a GPU the job was not given.
+    """
+    if inherited is None:
+        return str(device)
+    visible = [v.strip() for v in inherited.split(",") if v.strip()]
+    if not 0 <= device < len(visible):
+        raise ValueError(f"GPU {device}: CUDA_VISIBLE_DEVICES={inherited!r} makes {len(visible)} visible "
+                         f"(allowed ids: 0..{len(visible) - 1})")
+    return visible[device]
+
+
+def rank_threads(configured: int | None, n_devices: int, cores: int) -> int:
+    """Torch (and OpenMP) threads of one rank: `configured` if set, else cores / devices.
+
+    One rule for CPU slots and GPUs, in calibration and in `nasalloc run` alike, so a step
+    timed by calibration runs with the threads it later runs with. The count depends on the
+    devices, not on how many trials share one: trials sharing a device share its cores
+    (they take turns on the device), and a k = 1/4 run must not give its ranks a quarter of
+    the threads that calibration's k = 1 measurement had.
+    """
+    return int(configured) if configured else max(1, cores // max(1, n_devices))

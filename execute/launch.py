@@ -53,7 +53,11 @@ class Launcher:
         self._failed = False
         self.backend = LocalBackend(self._slots, device_kind, threads_per_rank=threads_per_rank,
                                     worker_log_dir=self._workdir / "logs", preload=preload)
-        self.backend.wait_ready()
+        try:
+            self.backend.wait_ready()
+        except BaseException:  # no `with` block will close it: stop the workers that did start
+            self.backend.shutdown()
+            raise
         self._runs = 0
 
     def run(self, entrypoint: str, config: dict[str, Any], devices: list[int] | list[Slot], *, epochs: int = 1,

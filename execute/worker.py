@@ -9,12 +9,21 @@ to the trial's log while a job runs.
 The worker exits when the executor closes the connection, says "exit", or dies (a watchdog
 notices the parent pid change), so a killed executor leaves no orphans behind.
 
+On a GPU (CUDA_VISIBLE_DEVICES shows the worker only its own, as ``cuda:0``) the worker
+sets up CUDA before it says it is ready (`warm_up_cuda`): the CUDA context and cuBLAS cost
+about a second, and paid inside a trial they would count in the search's makespan, once per
+worker, while calibration leaves them out, skewing k = 1/4 (four workers) against k = 1.
+After each job it frees what the job left (`release_memory`), so trials taking turns on a
+GPU do not keep each other's cached blocks.
+
 Run as ``python -m nasalloc.execute.worker`` by `backend.LocalBackend`; the connection
-address comes in argv, the auth key in the environment.
+address, thread count, pinned cores and device kind come in argv, the auth key in the
+environment.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
@@ -105,8 +114,37 @@ class _Redirect:
         os.close(self._saved[1])
 
 
+def warm_up_cuda() -> None:
+    """Create the CUDA context and cuBLAS handle now, before the worker reports ready:
+    select the worker's one visible GPU, run a tiny matmul, wait for it."""
+    import torch
+
+    torch.cuda.set_device(0)
+    a = torch.ones(64, 64, device="cuda")
+    (a @ a).sum().item()
+    torch.cuda.synchronize()
+
+
+def release_memory(device_kind: str) -> None:
+    """After a job on a GPU: collect the job's garbage (reference cycles, e.g. through a
+    traceback) and hand the caching allocator's free blocks back to the driver, so a trial
+    that shares the GPU can use them. Not on CPU slots, where freed memory is reused anyway
+    and a full collection (~0.1 s with torch loaded) would only lengthen every job."""
+    if device_kind != "cuda":
+        return
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def run_job(conn: Connection, spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one rank of one job; -> the "done" message (never raises for user errors)."""
+    """Run one rank of one job; -> the "done" message (never raises for user errors).
+
+    Everything that can fail for this job, selecting the GPU included, runs inside the
+    `try` and with output going to the trial's log, so its traceback lands in the log that
+    the failure message names and the worker lives on.
+    """
     import torch
     import torch.distributed as dist
 
@@ -117,11 +155,8 @@ def run_job(conn: Connection, spec: dict[str, Any]) -> dict[str, Any]:
         RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(spec["local_rank"]),
         LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(spec["master_port"]),
     )
-    if spec["device_kind"] == "cuda":
-        torch.cuda.set_device(0)  # CUDA_VISIBLE_DEVICES shows this worker only its GPU
-        device = torch.device("cuda", 0)
-    else:
-        device = torch.device("cpu")
+    cuda = spec["device_kind"] == "cuda"
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")  # CUDA_VISIBLE_DEVICES shows only its GPU
     t0 = time.perf_counter()
     ctx = None
     ok, info = True, ""
@@ -129,10 +164,14 @@ def run_job(conn: Connection, spec: dict[str, Any]) -> dict[str, Any]:
         print(f"== trial {spec['trial']} rank {rank}/{world} epochs {spec['start_epoch']}->{spec['until_epoch']} "
               f"attempt {spec.get('attempt', 0)} pid {os.getpid()} ==", flush=True)
         try:
+            if cuda:
+                torch.cuda.set_device(device)
             fn = resolve_entrypoint(spec["entrypoint"])
+            # device_id binds the group to this GPU, so NCCL creates its communicator here, at
+            # init, even for one rank (and the first collective does not pay for it)
             dist.init_process_group(
                 spec["pg_backend"], init_method=f"file://{spec['store_path']}", rank=rank, world_size=world,
-                timeout=timedelta(seconds=float(spec["pg_timeout_s"])),
+                timeout=timedelta(seconds=float(spec["pg_timeout_s"])), **({"device_id": device} if cuda else {}),
             )
             ctx = TrainingContext(
                 rank=rank, world_size=world, local_rank=int(spec["local_rank"]), device=device,
@@ -165,11 +204,10 @@ def run_job(conn: Connection, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
-    address, threads, cpus = argv[0], int(argv[1]), argv[2]
+    address, threads, cpus, device_kind = argv[0], int(argv[1]), argv[2], argv[3]
     parent = os.getppid()
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     authkey = bytes.fromhex(os.environ.pop(AUTHKEY_ENV))
-    conn = Client(address, family="AF_UNIX", authkey=authkey)
     import torch  # the expensive imports, paid once per worker
     import torch.distributed  # noqa: F401
 
@@ -186,14 +224,27 @@ def main(argv: list[str]) -> None:
             resolve_entrypoint(entry)  # warm the training function's imports too; errors surface per job
         except Exception:  # noqa: BLE001
             pass
-    conn.send({"op": "ready", "pid": os.getpid()})
+    hello: dict[str, Any] = {"op": "ready", "pid": os.getpid()}
+    if device_kind == "cuda":
+        try:
+            warm_up_cuda()
+        except Exception as exc:  # noqa: BLE001 - reported with the ready message, traceback in this worker's log
+            traceback.print_exc()
+            hello["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    # Connect only now, set up: the executor accepts one worker at a time and waits for its
+    # "ready", so workers that connected first and then imported started one after another
+    # (4 workers on one CPU slot here: 10 s; each worker's set-up alone: 3 s).
+    conn = Client(address, family="AF_UNIX", authkey=authkey)
+    conn.send(hello)
     while True:
         try:
             msg = conn.recv()
         except (EOFError, OSError):
             break
         if msg.get("op") == "job":
-            conn.send(run_job(conn, msg))
+            done = run_job(conn, msg)
+            release_memory(device_kind)  # before "done", so the next job on this GPU finds the memory free
+            conn.send(done)
         elif msg.get("op") == "exit":
             break
     os._exit(0)

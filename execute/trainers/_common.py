@@ -21,9 +21,15 @@ from nasalloc.execute.api import Decision, TrainingContext
 
 
 def shard(n: int, batch_size: int, ctx: TrainingContext, epoch: int, seed: int, scaling: str) -> list[torch.Tensor]:
-    """This rank's index batches for one epoch (same number of batches on every rank)."""
+    """This rank's index batches for one epoch (same number of batches on every rank), on the
+    rank's device.
+
+    The permutation is drawn on the CPU (a CPU generator gives the same batches on every
+    device) and moved to the device once per epoch: indexing GPU data with a CPU index tensor
+    would copy the index to the GPU, and wait for it, at every step.
+    """
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    perm = torch.randperm(n, generator=g)
+    perm = torch.randperm(n, generator=g).to(ctx.device)
     world, rank = ctx.world_size, ctx.rank
     per_rank = max(1, batch_size // world) if scaling == "strong" else batch_size
     global_batch = per_rank * world
