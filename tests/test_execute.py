@@ -180,12 +180,67 @@ def test_replay_reaches_the_same_state(tmp_path: Path) -> None:
     rep = replay(read_trace(path), b, lambda tid, at: at)
     assert {t: (x.status, x.metrics) for t, x in a.trials.items()} == {t: (x.status, x.metrics) for t, x in b.trials.items()}
     assert a.ask() == b.ask() and not rep.restart
-    # A different seed gives different asks: replay refuses with one line.
+    # Another seed hands out the same trial ids with other configurations: refused, naming the first start.
     c = make_scheduler(cfg, space, np.random.default_rng(2))
-    events = read_trace(path)
-    mismatched = [events[0].__class__(**{**events[0].__dict__, "trial": 5})] + events[1:]
-    with pytest.raises(UserError, match="resume"):
-        replay(mismatched, c, lambda tid, at: at)
+    with pytest.raises(UserError, match=r"^resume: trace.jsonl event 1 \(start of trial 0\) has config"):
+        replay(read_trace(path), c, lambda tid, at: at)
+
+
+def _random_journal(path: Path, max_epochs: int, seed: int = 0) -> dict[str, Any]:
+    """A journal of the random scheduler: trial 0 trains epochs 1..max_epochs and completes."""
+    sched = make_scheduler(scheduler_config(scheduler_node({"name": "random", "n_trials": 1, "max_epochs": max_epochs})),
+                           SearchSpace.from_config({"quality": {"type": "float", "low": 0.1, "high": 1.0}}),
+                           np.random.default_rng(seed))
+    job = sched.ask()
+    assert isinstance(job, Job)
+    j = Journal(path)
+    j.write("start", 0, epoch=0, devices=[0], config=job.config)
+    for e in range(1, max_epochs + 1):
+        j.write("result", 0, epoch=e, metric=curve(job.config["quality"], e), devices=[0])
+    j.write("complete", 0, epoch=max_epochs, devices=[0])
+    j.close()
+    return job.config
+
+
+@pytest.mark.parametrize(("max_epochs", "message"), [
+    (2, "event 3 (result of trial 0) was answered stop by the scheduler, but the journal goes on with result at epoch 3"),
+    (4, "event 4 (result of trial 0) was answered continue by the scheduler, but the journal goes on with complete"),
+])
+def test_replay_refuses_a_journal_of_other_scheduler_settings(tmp_path: Path, max_epochs: int, message: str) -> None:
+    """The journal trained trial 0 for 3 epochs (max_epochs=3). Same seed, so the same trial and
+    configuration, but max_epochs=2 stops it at epoch 2 (the journal has a third), and
+    max_epochs=4 continues it at epoch 3 (the journal completes it there)."""
+    _random_journal(tmp_path / "trace.jsonl", max_epochs=3)
+    other = make_scheduler(scheduler_config(scheduler_node({"name": "random", "n_trials": 1, "max_epochs": max_epochs})),
+                           SearchSpace.from_config({"quality": {"type": "float", "low": 0.1, "high": 1.0}}),
+                           np.random.default_rng(0))
+    with pytest.raises(UserError, match="^resume: trace.jsonl " + message.replace("(", r"\(").replace(")", r"\)")):
+        replay(read_trace(tmp_path / "trace.jsonl"), other, lambda tid, at: at)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"seed": 1}, "has config"),
+    ({"scheduler": {"max_epochs": 4}}, "was answered continue by the scheduler"),
+])
+def test_resume_with_an_edited_run_config_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                  edit: dict[str, Any], message: str) -> None:
+    """The run folder's run_config.yaml no longer matches its journal (seed 0, max_epochs 3):
+    `nasalloc run resume=` refuses before any worker starts, and appends nothing."""
+    import yaml
+
+    from nasalloc.cli import main as cli_main
+
+    _random_journal(tmp_path / "trace.jsonl", max_epochs=3)
+    raw = toy_raw({"n_trials": 1, "max_epochs": 3})
+    raw.pop("resume")
+    raw["seed"] = edit.get("seed", raw["seed"])
+    raw["scheduler"].update(edit.get("scheduler", {}))
+    (tmp_path / "run_config.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    before = (tmp_path / "trace.jsonl").read_text()
+    assert cli_main(["run", f"resume={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nasalloc run: resume: trace.jsonl event") and message in err and err.count("\n") == 1, err
+    assert (tmp_path / "trace.jsonl").read_text() == before and not (tmp_path / "logs").exists()
 
 
 def test_a_saved_run_config_with_old_names_is_translated_on_resume(tmp_path: Path) -> None:
