@@ -58,6 +58,9 @@ def test_sharing_slowdown_prefers_the_reference_measured_next_to_it():
     m.share_reference = {}
     assert m.sharing_slowdown()[2] == pytest.approx(3.0)
     assert m.to_dict()["sharing_step_time_samples_s"] == {2: [0.03, 0.03]}
+    # 9 ms shared vs 10 ms alone: noise, not a speed-up from sharing; the profile gets 1 (it refuses < 1)
+    m.share_samples, m.share_reference = {2: [0.009]}, {2: [0.010]}
+    assert m.sharing_slowdown()[2] == 1.0
 
 
 def test_probe_context_hides_its_options_and_adds_timings_to_reports(tmp_path):

@@ -177,7 +177,8 @@ def refit_profile(profile: Profile, measured: dict[float, dict[str, float | None
     for k, v in measured.items():
         if k < 1 and v["epoch_s"] is not None:
             m = round(1 / k)
-            sharing[m] = max(v["epoch_s"] - decision, 1e-9) / new_epoch.epoch_time(1)
+            # at least 1: sharing a device does not make a trial faster (below 1 is noise)
+            sharing[m] = max(1.0, max(v["epoch_s"] - decision, 1e-9) / new_epoch.epoch_time(1))
     startups = {max(1, int(k)): [v["startup_s"]] for k, v in measured.items() if v["startup_s"] is not None}
     data = dict(profile.raw)
     overheads = dict(data.get("overheads") or {})
