@@ -1,9 +1,14 @@
 """A training function without learning: a known curve, a fixed epoch time, and faults on demand.
 
-The metric after epoch e is ``quality * (1 - exp(-e / 3))`` (``quality`` from the search
-space), so tests can check the scheduler's decisions and that resumed trials continue the
-same curve: the checkpoint holds the epoch's running value, and a resumed trial must
-find it (a trial that retrained an epoch or lost its state produces a different number).
+The metric after epoch e is ``curve(quality, e) = quality * (1 - exp(-e / 3))`` (``quality``
+from the search space), so tests can check the scheduler's decisions against a known curve.
+The metric is not recomputed from the epoch, though: each epoch adds its increment
+``curve(e) - curve(e - 1)`` to a running value that lives in the checkpoint, as a model's
+weights do. A trial resumed from the right checkpoint reports the curve; one whose
+checkpoint was lost (loaded as None) or belongs to another epoch starts from the wrong
+value, and every later metric of it is off the curve by what it missed
+(curve(start) for a lost one), so a test comparing metrics with the curve proves the
+checkpoints were used.
 Every epoch all-reduces a tensor across ranks, so multi-rank groups exercise gloo/nccl.
 
 Fault knobs: ``faults``, a list of ``{trial, epoch, rank, mode, once}`` (default: none):
@@ -69,7 +74,7 @@ def train(config: dict[str, Any], ctx: TrainingContext) -> None:
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(t)
         assert int(t.item()) == ctx.world_size
-        value = curve(config["quality"], epoch)
+        value += curve(config["quality"], epoch) - curve(config["quality"], epoch - 1)
         decision = ctx.report(epoch, value, state={"value": value, "epoch": epoch},
                               test_metric=value / 2, world=int(t.item()))
         if decision is not Decision.CONTINUE:
