@@ -7,7 +7,7 @@ The end-to-end tests start real warm workers (gloo on loopback) and run the toy 
 from __future__ import annotations
 
 import os
-import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -69,20 +69,40 @@ def child_pids() -> list[int]:
     return out
 
 
-def worker_pids() -> list[int]:
-    """Every live nasalloc worker started by this Python (any parent; other checkouts' test
-    runs on the same machine use another interpreter and are not counted)."""
-    out = []
+def run_workers(run_dir: Path) -> set[int]:
+    """Live worker processes of the run in `run_dir`: a worker's stdout is a file in the run's
+    logs/ folder (its own log in logs/workers, or the log of the trial it runs), which names
+    the run whoever its parent is now (a worker orphaned by a killed executor is
+    re-parented) and whatever else runs on the machine."""
+    folder = str((Path(run_dir) / "logs").resolve()) + os.sep
+    out = set()
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                cmd = (d / "cmdline").read_bytes()
-                state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if os.readlink(d / "fd" / "1").startswith(folder):
+                    out.add(int(d.name))
             except OSError:
                 continue
-            if b"nasalloc.execute.worker" in cmd and cmd.startswith(sys.executable.encode()) and state != "Z":
-                out.append(int(d.name))
     return out
+
+
+class Budget:
+    """One test's wall-clock allowance, shared by all its waits so that together they end
+    before the test's own timeout marker (which kills without saying what was awaited)."""
+
+    def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return max(0.1, self.deadline - time.monotonic())
+
+
+def wait_for(predicate: Any, budget: Budget, what: str) -> None:
+    """Poll `predicate` until true; AssertionError naming `what` when the budget runs out."""
+    while not predicate():
+        if budget.left() <= 0.1:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.05)
 
 
 def check_history(events: list) -> None:
