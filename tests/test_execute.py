@@ -360,3 +360,42 @@ def test_replay_closes_trials_whose_release_event_was_lost(tmp_path: Path) -> No
     assert ("complete", 0, 2, (), None) in rep.fixups
     assert ("pause", 1, 1, (1,), "interrupted") in rep.fixups
     assert [(job.trial, job.start_epoch, job.until_epoch) for job in rep.restart] == [(1, 1, 2)]
+
+
+def test_replay_of_fail_events_retries_and_drops_as_the_run_did(tmp_path: Path) -> None:
+    """Random search, 2 trials, 3 epochs, one retry. Trial 0 fails after epoch 1 (checkpoint
+    1), is retried from there, fails again after epoch 2 and is dropped; trial 1 was running
+    epoch 2 when the run died. The journal is written by driving a scheduler as the executor
+    does; a fresh one fed the journal must reach the same state."""
+    cfg = scheduler_config(scheduler_node({"name": "random", "n_trials": 2, "max_epochs": 3, "max_retries": 1}))
+    space = SearchSpace.from_config({"quality": {"type": "float", "low": 0.1, "high": 1.0}})
+    a = make_scheduler(cfg, space, np.random.default_rng(0))
+    j = Journal(tmp_path / "trace.jsonl")
+    first, second = a.ask(), a.ask()
+    assert isinstance(first, Job) and isinstance(second, Job)
+    j.write("start", 0, epoch=0, devices=[0], config=first.config)
+    j.write("start", 1, epoch=0, devices=[1], config=second.config)
+    assert a.on_result(0, 1, 0.3) is Decision.CONTINUE
+    j.write("result", 0, epoch=1, metric=0.3, devices=[0])
+    assert a.on_failure(0, 1)  # retried
+    j.write("fail", 0, epoch=1, devices=[0], info="rank 0 died; resume_epoch=1")
+    retry = a.ask()
+    assert retry == Job(0, first.config, 1, 3, resume=True, attempt=1)
+    j.write("resume", 0, epoch=1, devices=[0])
+    a.on_result(1, 1, 0.2)
+    j.write("result", 1, epoch=1, metric=0.2, devices=[1])
+    a.on_result(0, 2, 0.4)
+    j.write("result", 0, epoch=2, metric=0.4, devices=[0])
+    assert not a.on_failure(0, 2)  # out of retries: dropped
+    j.write("fail", 0, epoch=2, devices=[0], info="rank 0 died; resume_epoch=2")
+    j.close()
+
+    b = make_scheduler(cfg, space, np.random.default_rng(0))
+    rep = replay(read_trace(tmp_path / "trace.jsonl"), b, lambda tid, at_most: at_most)
+    assert b.trials[0].status.value == "dropped" and b.trials[0].failures == 2
+    assert b.trials[0].metrics == {1: 0.3, 2: 0.4}
+    assert {t: (x.status, x.failures, x.metrics) for t, x in a.trials.items()} == {
+        t: (x.status, x.failures, x.metrics) for t, x in b.trials.items()}
+    assert rep.calls == 3 + 3 + 2  # asks that gave a job, results, failures
+    assert rep.fixups == [("pause", 1, 1, (1,), "interrupted")]  # the dropped trial holds nothing
+    assert [(job.trial, job.start_epoch, job.until_epoch) for job in rep.restart] == [(1, 1, 3)]
