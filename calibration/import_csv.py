@@ -20,8 +20,12 @@ with `#` and blank lines are skipped. Columns (only `k` and `step_time_s` are re
     2,0.0561,2.3
     0.5,0.190,
 
-Every problem (missing file, unknown column, a value that is not a number, no k = 1 rows)
-is a `UserError` naming the file, the line and the column.
+Every problem (missing file, unknown or repeated column, a value that is not a number or
+out of range, no k = 1 rows) is a `UserError` naming the file, the line and the column.
+Values that describe something else than their row are refused, not pooled: evaluation and
+checkpoint times are per epoch at k = 1 (on a k > 1 row they would be averaged into the k = 1
+figure), and a k = 1/m row holds only the step time of one of the m sharing trials, which
+cannot be faster than one trial alone.
 """
 
 from __future__ import annotations
@@ -82,6 +86,9 @@ def read_timings(path: str | Path, default_batch_fraction: Callable[[int], float
         raise UserError(f"{KEY}={path}: empty; expected a header k,step_time_s and one row per sample")
     header_line, header_text = rows[0]
     header = [h.strip() for h in next(csv.reader([header_text]))]
+    twice = sorted({col for col in header if header.count(col) > 1})
+    if twice:
+        raise UserError(f"{KEY}={path}: line {header_line}: column {twice[0]!r} appears twice")
     for col in header:
         if col not in REQUIRED + OPTIONAL:
             raise UserError(f"{KEY}={path}: line {header_line}: unknown column {col!r}; allowed: "
@@ -90,6 +97,8 @@ def read_timings(path: str | Path, default_batch_fraction: Callable[[int], float
         if col not in header:
             raise UserError(f"{KEY}={path}: line {header_line}: the header needs a {col!r} column "
                             f"(got {', '.join(header) or 'nothing'})")
+    if len(rows) == 1:
+        raise UserError(f"{KEY}={path}: only a header; expected one row per sample after it")
     steps: dict[int, list[float]] = {}
     shares: dict[int, list[float]] = {}
     fractions: dict[int, float] = {}
@@ -106,6 +115,13 @@ def read_timings(path: str | Path, default_batch_fraction: Callable[[int], float
         step = _number(path, line, "step_time_s", values["step_time_s"])
         (steps if kind == "ranks" else shares).setdefault(n, []).append(step)
         extra = {c: _number(path, line, c, v) for c, v in values.items() if c in OPTIONAL and v}
+        if kind == "share" and extra:
+            raise UserError(f"{KEY}={path}: line {line}: {sorted(extra)[0]} on a k={values['k']} row; a row of m "
+                            "trials sharing one device holds only their step time (k, step_time_s)")
+        per_epoch = sorted(c for c in ("eval_s", "checkpoint_save_s", "checkpoint_restore_s") if c in extra)
+        if kind == "ranks" and n != 1 and per_epoch:
+            raise UserError(f"{KEY}={path}: line {line}: {per_epoch[0]} on a k={n} row; it is measured at k=1 "
+                            "(give it on k=1 rows)")
         if kind == "ranks":
             if "startup_s" in extra:
                 m.startup_s.setdefault(n, []).append(extra["startup_s"])
@@ -116,6 +132,11 @@ def read_timings(path: str | Path, default_batch_fraction: Callable[[int], float
                     getattr(m, col).append(extra[col])
     if 1 not in steps:
         raise UserError(f"{KEY}={path}: no row with k=1; the single-device step time fixes the compute time")
+    alone = float(np.mean(steps[1]))
+    for share, v in sorted(shares.items()):
+        if float(np.mean(v)) < alone:
+            raise UserError(f"{KEY}={path}: k=1/{share} rows: mean step {np.mean(v):.6g} s is faster than k=1's "
+                            f"{alone:.6g} s; each of {share} trials sharing a device runs no faster than one alone")
     m.step_samples = {k: np.asarray(v) for k, v in sorted(steps.items())}
     m.share_samples = {s: np.asarray(v) for s, v in sorted(shares.items())}
     m.batch_fraction = {k: fractions.get(k, default_batch_fraction(k)) for k in m.step_samples}

@@ -7,6 +7,11 @@ which calls the user's function with a thin proxy of the real `TrainingContext`:
 - `step()`: on a GPU, `torch.cuda.synchronize` first, so the timestamp marks the end of the
   step's kernels and not of their launch (CUDA is asynchronous); then the real `step()`,
   which records the timestamp and raises `StopTraining` at the launcher's `max_steps`.
+- `step()` with ``until_report_after=N`` (the time-boxed fresh jobs): once the job has made
+  N steps and reported at least once, the next step ends it (`StopTraining`), so a job whose
+  time box ends inside its first epoch still measures one epoch boundary (evaluation, start-up,
+  the step after the report) instead of ending without any; the launcher's `max_steps`
+  stays the hard cap.
 - `report()`: evaluation time = from the epoch's last step to `report` (the training function
   evaluates in between); on rank 0, for the first `checkpoints` epochs, the checkpoint
   `state` is built and written with `torch.save` (the executor's save) and read back as a
@@ -37,16 +42,24 @@ ENTRYPOINT = "nasalloc.calibration.probe:train"
 OPTIONS_KEY = "_calibration_probe"  # config key carrying the wrapped entrypoint and options
 
 
-def wrap_config(entrypoint: str, config: dict[str, Any], *, checkpoints: int) -> dict[str, Any]:
-    """The config to launch `ENTRYPOINT` with, so that it runs `entrypoint` with `config`."""
-    return {**config, OPTIONS_KEY: {"entrypoint": entrypoint, "checkpoints": int(checkpoints)}}
+def wrap_config(entrypoint: str, config: dict[str, Any], *, checkpoints: int,
+                until_report_after: int | None = None) -> dict[str, Any]:
+    """The config to launch `ENTRYPOINT` with, so that it runs `entrypoint` with `config`
+    (`until_report_after`: see `step()` in the module docstring)."""
+    options: dict[str, Any] = {"entrypoint": entrypoint, "checkpoints": int(checkpoints)}
+    if until_report_after is not None:
+        options["until_report_after"] = int(until_report_after)
+    return {**config, OPTIONS_KEY: options}
 
 
 class _ProbeContext:
     """Delegates to the real TrainingContext; adds synchronisation and timing (see module doc)."""
 
-    def __init__(self, ctx: Any, config: dict[str, Any], checkpoints: int, grad_bytes: Callable[[], float]):
+    def __init__(self, ctx: Any, config: dict[str, Any], checkpoints: int, grad_bytes: Callable[[], float],
+                 until_report_after: int | None = None):
         self._ctx = ctx
+        self._until_report_after = until_report_after
+        self._reported = False
         self.config = config
         self._checkpoints_left = checkpoints if ctx.rank == 0 else 0
         self._grad_bytes = grad_bytes
@@ -65,7 +78,11 @@ class _ProbeContext:
     def step(self) -> None:
         self._sync()
         self._last_step = time.perf_counter()
-        self._ctx.step()
+        self._ctx.step()  # records the stamp; StopTraining at the launcher's max_steps
+        if self._until_report_after is not None and self._reported and self._ctx.steps >= self._until_report_after:
+            from nasalloc.execute.api import StopTraining
+
+            raise StopTraining(f"time box of {self._until_report_after} steps done and an epoch ended")
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         return self._ctx.load_checkpoint()
@@ -82,6 +99,7 @@ class _ProbeContext:
         bytes_ = self._grad_bytes()
         if bytes_ > 0:
             probe["probe_grad_bytes"] = bytes_
+        self._reported = True
         return self._ctx.report(epoch, metric, state=state, **extra, **probe)
 
 
@@ -169,4 +187,6 @@ def train(config: dict[str, Any], ctx: Any) -> None:
     user_config = {k: v for k, v in config.items() if k != OPTIONS_KEY}
     fn = resolve_entrypoint(options["entrypoint"])
     with _count_ddp_bytes(ctx) as grad_bytes:
-        fn(user_config, _ProbeContext(ctx, user_config, int(options["checkpoints"]), grad_bytes))
+        until = options.get("until_report_after")
+        fn(user_config, _ProbeContext(ctx, user_config, int(options["checkpoints"]), grad_bytes,
+                                      None if until is None else int(until)))

@@ -22,8 +22,12 @@ Also measured:
   worker's one-off first-job costs are taken by an unmeasured first run on all devices
   (`first_job_startup_s` records it) and Python start-up is `worker_start_s`.
 - the configuration mix: with a search space, `configs` configurations are sampled from it
-  (a seeded Latin hypercube, `sample_configs`) and each is run alone at k = 1 for up to `config_time_limit_s`; these runs are
-  also the k = 1 start-up jobs. The profile describes the search's typical configuration:
+  (a seeded Latin hypercube, `sample_configs`) and each is run alone at k = 1 for
+  `config_time_limit_s` and on to its first report if that comes later (at most
+  `UNTIL_REPORT_FACTOR` times as long): its evaluation and start-up need one epoch boundary,
+  and the time box is sized from a rough pilot estimate of the step time, which a busy
+  machine makes 1.4-2.5x too fast (digits has 37 steps per epoch; boxes of 30 steps then
+  ended every job before its first report). These runs are also the k = 1 start-up jobs. The profile describes the search's typical configuration:
   its step time is the mean over the sampled configurations (every trial takes the same
   number of steps per epoch, so the mean, not the median, is what sums to a makespan), and
   its evaluation time likewise. The precise k >= 1 and sharing measurements are made at the
@@ -40,6 +44,10 @@ Also measured:
   share. Running the precise measurements at every configuration instead would multiply
   calibration time by `configs`.
 - evaluation per epoch and checkpoint save/restore: reported by `probe` from inside rank 0.
+  Evaluation is the sampled configurations' mean; where none of them reported, the k = 1
+  runs' evaluation of the reference configuration is kept. Evaluation and the epoch
+  boundary's rest are never written as 0 for want of a measurement: if no run at k = 1
+  ended an epoch, calibration stops with one line saying what to raise.
 - sharing: for each m, one single-rank run alone on device 0 right before and one right
   after (the reference: their mean brackets slow drift in the machine's speed), and m of
   them at once on worker slots of device 0 in between; the per-trial slow-down uses only
@@ -79,6 +87,7 @@ from nasalloc.execute.launch import Launcher, RanksResult
 from nasalloc.sim.errors import UserError
 
 Progress = Callable[[str], None]
+UNTIL_REPORT_FACTOR = 10  # a configuration job waits for its first report up to this many time boxes
 
 
 @dataclass(frozen=True)
@@ -131,7 +140,8 @@ def _durations(r: RanksResult, rank: int, report_steps: list[int], warmup: int) 
 
 
 def _boundary_rest(r: RanksResult, warmup: int) -> list[float]:
-    """Per epoch boundary without a timed checkpoint: interval - eval - one steady step."""
+    """Per epoch boundary: interval - eval - one steady step, less the probe's timed checkpoint
+    save and restore where the report timed one (they are the probe's, not the executor's)."""
     stamps = np.asarray(r.step_times[0], dtype=float)
     steady = _durations(r, 0, [int(e.get("probe_steps", 0)) for _, _, _, e in r.reports], warmup)
     if len(steady) == 0:
@@ -139,9 +149,10 @@ def _boundary_rest(r: RanksResult, warmup: int) -> list[float]:
     out = []
     for _, _, _, extra in r.reports:
         s = int(extra.get("probe_steps", 0))
-        if "probe_checkpoint_save_s" in extra or "probe_eval_s" not in extra or not 1 <= s < len(stamps):
+        if "probe_eval_s" not in extra or not 1 <= s < len(stamps):
             continue
-        out.append(max(0.0, float(stamps[s] - stamps[s - 1] - extra["probe_eval_s"] - np.mean(steady))))
+        timed = extra.get("probe_checkpoint_save_s", 0.0) + extra.get("probe_checkpoint_restore_s", 0.0)
+        out.append(max(0.0, float(stamps[s] - stamps[s - 1] - extra["probe_eval_s"] - timed - np.mean(steady))))
     return out
 
 
@@ -298,7 +309,8 @@ class Profiler:
             m.steps_per_epoch[k] = reports[0]
         samples.append(_durations(r, 0, reports, p.warmup_steps))
         if k == 1:
-            if not m.configs:  # with sampled configurations, evaluation is their mean (measure_configs)
+            # with sampled configurations that measured it, evaluation is their mean (measure_configs)
+            if not any(c.get("eval_s") is not None for c in m.configs):
                 m.eval_s += _probe_values(r, "probe_eval_s")
             m.decision_latency_s += _boundary_rest(r, p.warmup_steps)
             m.checkpoint_save_s += _probe_values(r, "probe_checkpoint_save_s")
@@ -324,10 +336,13 @@ class Profiler:
             x = np.concatenate(samples[k])
             mean = float(np.mean(x))
             if k == 1 and 1 not in m.steps_per_epoch and mean > 0:
-                # The epoch-boundary costs (evaluation, checkpoint, epoch length) are measured at
-                # k = 1: one run to the end of the first epoch, allowed up to 3x the time limit.
+                # The epoch-boundary costs (evaluation, checkpoint, the rest of the boundary, epoch
+                # length) are measured at k = 1: one run to the first step after its first report,
+                # allowed up to 3x the time limit.
                 cap = min(p.max_steps, max(p.warmup_steps + p.pilot_steps, int(3 * p.time_limit_s / mean)))
-                self._collect(*self._run(launcher, k, cap, epochs=1), k, m, samples[k])
+                user = {key: v for key, v in self.config.items() if key != probe.OPTIONS_KEY}
+                once = probe.wrap_config(p.entrypoint, user, checkpoints=p.checkpoints, until_report_after=0)
+                self._collect(*self._run(launcher, k, cap + 1, config=once), k, m, samples[k])
                 x = np.concatenate(samples[k])
                 mean = float(np.mean(x))
             rse = float(np.std(x, ddof=1)) / mean / math.sqrt(len(x))
@@ -347,10 +362,13 @@ class Profiler:
             return low
         return int(min(p.max_steps, max(low, seconds / step_s)))
 
-    def _fresh(self, launcher: Launcher, k: int, config: dict[str, Any], steps: int) -> FreshJob:
+    def _fresh(self, launcher: Launcher, k: int, config: dict[str, Any], steps: int,
+               until_report_after: int | None = None) -> FreshJob:
         """One fresh job (a new trial id) of `config` on k ranks; no checkpoint timing in its
-        reports, so its first report comes when a trial's would."""
-        wrapped = probe.wrap_config(self.plan.entrypoint, config, checkpoints=0)
+        reports, so its first report comes when a trial's would. With `until_report_after`,
+        `steps` is the hard cap and the job ends after that many steps once it has reported
+        (`probe`)."""
+        wrapped = probe.wrap_config(self.plan.entrypoint, config, checkpoints=0, until_report_after=until_report_after)
         r, _ = self._run(launcher, k, steps, config=wrapped)
         return fresh_job_timings(r, self.plan.warmup_steps)
 
@@ -380,8 +398,9 @@ class Profiler:
         p = self.plan
         assert p.space
         configs = sample_configs(p.space, p.configs, p.seed, p.config)
-        steps = self._time_box(p.config_time_limit_s, self.step_estimate_s)
-        jobs = [self._fresh(launcher, 1, c, steps) for c in configs]
+        box = self._time_box(p.config_time_limit_s, self.step_estimate_s)
+        cap = max(box, self._time_box(UNTIL_REPORT_FACTOR * p.config_time_limit_s, self.step_estimate_s))
+        jobs = [self._fresh(launcher, 1, c, cap, until_report_after=box) for c in configs]
         usable = [(c, j) for c, j in zip(configs, jobs) if len(j.steps) >= 2]
         if not usable:
             m.notes.append("sampled configurations: none made enough timed steps; the profiled configuration is used")
@@ -402,6 +421,18 @@ class Profiler:
         self.progress(f"{len(usable)} configurations sampled from the space at k=1: {min(means) * 1e3:.3f}-"
                       f"{max(means) * 1e3:.3f} ms/step, mean {np.mean(means) * 1e3:.3f} (spread {100 * spread:.0f}%); "
                       f"reference {m.reference_config} ({means[i] * 1e3:.3f} ms)")
+
+    def _require_epoch_costs(self, m: Measurements) -> None:
+        """Evaluation and the rest of an epoch boundary are part of every epoch the simulator
+        times; without a measurement the profile would say 0 as if measured. One line instead."""
+        p = self.plan
+        more = f"allow longer runs (calibration.time_limit_s={p.time_limit_s:g}, calibration.max_steps={p.max_steps})"
+        if not m.eval_s:
+            raise ProfilingFailed(f"train.entrypoint={p.entrypoint}: no run at k=1 ended an epoch, so the evaluation "
+                                  f"time per epoch is unknown; {more}")
+        if not m.decision_latency_s:
+            raise ProfilingFailed(f"train.entrypoint={p.entrypoint}: no epoch boundary at k=1 was followed by a step "
+                                  f"(outside the timed checkpoints), so the time between epochs is unknown; {more}")
 
     def measure_sharing(self, launcher: Launcher, share: int, m: Measurements) -> None:
         """m single-rank runs at once on device 0; per-step times inside the all-running window."""
@@ -470,6 +501,7 @@ class Profiler:
             if p.space and p.configs > 0:
                 self.measure_configs(launcher, m)
             self.measure_ks(launcher, list(p.gpus_per_trial), m)
+            self._require_epoch_costs(m)
             scale = config_level_scale(m)
             if scale is not None:
                 m.config_scale = scale

@@ -19,10 +19,21 @@ the core's own and no scheduler calls (`sim/dispatch.py`).
 
 After the replay, trials the scheduler still sees RUNNING were cut off by the kill: they get
 a "pause" (interrupted) event and restart from their last checkpoint.
+
+The replay refuses (one line, `UserError`) a journal the scheduler could not have written: a
+resume needs the run's own seed, search space and scheduler settings (its run_config.yaml),
+and a journal fed to a scheduler built otherwise would continue a different search under
+the old one's name. Trial ids alone do not show it (every scheduler numbers trials 0, 1,
+...), so three things are compared: each start's configuration with the one the scheduler
+samples (another seed or space samples others), each start/resume with the job the scheduler
+hands out (new trial or resumed one, from which checkpoint), and what the journal did after
+each result with the scheduler's decision on it (other settings - eta, rungs, max_epochs -
+decide otherwise: a "stop" where it says continue, a next epoch where it says pause).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +41,7 @@ from typing import Any
 
 from nasalloc.sim.dispatch import INTERNAL, INTERRUPTED, asked_after, resume_epoch_of
 from nasalloc.sim.errors import UserError
-from nasalloc.sim.schedulers.base import Job, Scheduler, TrialStatus
+from nasalloc.sim.schedulers.base import Decision, Job, Scheduler, TrialStatus
 from nasalloc.sim.trace import TraceEvent, TraceWriter
 
 
@@ -77,15 +88,47 @@ class Replayed:
     best: tuple[float, int] | None = None  # best metric so far and its trial
 
 
+_MISMATCH = "resume needs the run's own seed, search space and scheduler settings (its run_config.yaml)"
+
+
+def _as_journaled(config: dict[str, Any]) -> Any:
+    """A configuration as the journal holds it (JSON: tuples become lists)."""
+    return json.loads(json.dumps(config))
+
+
+def _follows(decision: Decision, epoch: int, nxt: TraceEvent | None) -> bool:
+    """Whether `nxt` (the trial's next journaled event, None: the run ended first) can follow a
+    result at `epoch` that the scheduler answered with `decision` (`sim/dispatch.py` writes
+    these): CONTINUE - the next epoch, a failure, or a pause the executor made itself (a move
+    to another allocation, an interruption); PAUSE - the pause, or a stop when the scheduler
+    stopped it while its checkpoint was saved; STOP - stop, or complete at max_epochs. An
+    interruption's pause may follow any answer (older versions also wrote one for a trial
+    killed after its final answer; the replay then writes the release it lacks)."""
+    if nxt is None or (nxt.event == "pause" and nxt.info == INTERRUPTED):
+        return True
+    if decision is Decision.CONTINUE:
+        return ((nxt.event == "result" and nxt.epoch == epoch + 1) or nxt.event == "fail"
+                or (nxt.event == "pause" and nxt.info in INTERNAL))
+    if decision is Decision.PAUSE:
+        return nxt.event in ("pause", "stop") and nxt.info not in INTERNAL
+    return nxt.event in ("stop", "complete")
+
+
 def replay(events: list[TraceEvent], scheduler: Scheduler, checkpoint_epoch: Any) -> Replayed:
     """Feed the journaled calls to a fresh `scheduler`; -> what the resumed run must do.
 
     `checkpoint_epoch(trial, at_most) -> int` says which checkpoint a cut-off trial has.
-    Raises UserError when the journal does not match the scheduler (other config or seed).
+    Raises UserError when the journal does not match the scheduler (module docstring).
     """
     holding: dict[int, TraceEvent] = {}
     drained: set[int] = set()
     calls = 0
+    following: dict[int, TraceEvent | None] = {}  # event index -> the same trial's next event
+    last_of: dict[int, int] = {}
+    for i, ev in enumerate(events, start=1):
+        if ev.trial in last_of:
+            following[last_of[ev.trial]] = ev
+        last_of[ev.trial] = i
     # asks of jobs that waited for devices, in the order they were asked: (calls before, event, index)
     late = sorted((asked_after(ev.info), i, ev) for i, ev in enumerate(events, start=1)
                   if ev.event in ("start", "resume") and ev.info not in INTERNAL and asked_after(ev.info) is not None)
@@ -94,9 +137,15 @@ def replay(events: list[TraceEvent], scheduler: Scheduler, checkpoint_epoch: Any
     def ask(ev: TraceEvent, i: int) -> None:
         job = scheduler.ask()
         drained.update(scheduler.drain_stopped())
-        if not isinstance(job, Job) or job.trial != ev.trial:
-            raise UserError(f"resume: trace.jsonl event {i} ({ev.event} of trial {ev.trial}) does not match the "
-                            f"scheduler's decision ({job!r}); resume needs the same scheduler, space and seed")
+        where = f"trace.jsonl event {i} ({ev.event} of trial {ev.trial})"
+        if not isinstance(job, Job) or job.trial != ev.trial or job.resume != (ev.event == "resume"):
+            raise UserError(f"resume: {where} does not match the scheduler's decision ({job!r}); {_MISMATCH}")
+        if ev.event == "start" and _as_journaled(job.config) != ev.config:
+            raise UserError(f"resume: {where} has config {json.dumps(ev.config)}, the scheduler samples "
+                            f"{json.dumps(_as_journaled(job.config))} for it; {_MISMATCH}")
+        if ev.event == "resume" and (ev.epoch or 0) > job.start_epoch:
+            raise UserError(f"resume: {where} resumes from epoch {ev.epoch}, the scheduler resumes it from epoch "
+                            f"{job.start_epoch}; {_MISMATCH}")
 
     def ask_late_ones() -> None:
         nonlocal calls
@@ -120,8 +169,13 @@ def replay(events: list[TraceEvent], scheduler: Scheduler, checkpoint_epoch: Any
             elif ev.event == "result":
                 ask_late_ones()
                 metric = float(ev.metric if ev.metric is not None else float("nan"))
-                scheduler.on_result(ev.trial, int(ev.epoch or 0), metric)
+                decision = scheduler.on_result(ev.trial, int(ev.epoch or 0), metric)
                 calls += 1
+                nxt = following.get(i)
+                if not _follows(decision, int(ev.epoch or 0), nxt):
+                    assert nxt is not None
+                    raise UserError(f"resume: {where} was answered {decision.value} by the scheduler, but the journal "
+                                    f"goes on with {nxt.event} at epoch {nxt.epoch}; {_MISMATCH}")
                 drained.update(scheduler.drain_stopped())
                 if best is None or scheduler.score(metric) > scheduler.score(best[0]):
                     best = (metric, ev.trial)

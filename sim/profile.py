@@ -132,7 +132,6 @@ class Profile:
 
 
 _STEP_KEYS = {f.name for f in dataclasses.fields(StepTimeModel)}
-_OVERHEAD_KEYS = {f.name for f in dataclasses.fields(Overheads)}
 _TOP_KEYS = {"name", "description", "sources", "hardware", "workload", "step_time", "overheads",
              "sharing", "uncertainty", "assumed", "measured", "fit", "config_cost"}
 _COST_PARAM_KEYS = ("type", "low", "high", "log", "slope", "center")
@@ -216,8 +215,68 @@ def _step_model(node: Any, where: str) -> StepTimeModel:
     return StepTimeModel(**values)
 
 
+_WORKLOAD_KEYS = ("samples_per_epoch", "batch_per_device", "scaling", "global_batch")
+_FREE_BLOCKS = ("hardware", "measured", "fit")  # facts and reports kept verbatim: any keys, but mappings
+
+
+def _mapping(where: str, node: Any, allowed: tuple[str, ...] | None = None) -> Mapping:
+    """`node` as a mapping whose keys are all in `allowed` (None: any); UserError naming the
+    first unknown key and the allowed ones."""
+    if not isinstance(node, Mapping):
+        raise UserError(f"{where}={node!r}: expected a mapping" + (f" with {', '.join(allowed)}" if allowed else ""))
+    if allowed is not None:
+        unknown = sorted(str(k) for k in node if k not in allowed)
+        if unknown:
+            raise UserError(f"{where}.{unknown[0]}: unknown; allowed: {', '.join(allowed)}")
+    return node
+
+
+def _strings(where: str, node: Any) -> tuple[str, ...]:
+    """A list of strings (null: none)."""
+    if node is None:
+        return ()
+    if not isinstance(node, list) or not all(isinstance(x, str) for x in node):
+        raise UserError(f"{where}={node!r}: expected a list of strings")
+    return tuple(node)
+
+
+def _whole(where: str, value: Any) -> int:
+    """A whole number > 0 (an epoch of 12.7 samples or a batch of 2.5 is a typo, not a rounding)."""
+    x = _number(where, value, positive=True)
+    if x != int(x):
+        raise UserError(f"{where}={value!r}: must be a whole number")
+    return int(x)
+
+
+def _sharing(where: str, node: Any) -> dict[int, float]:
+    """m trials on one device -> each one's slow-down: m = 1 is 1 (alone), and for m >= 2 each
+    trial is at least as slow as alone (the device is shared, not multiplied)."""
+    node = _mapping(where, node)
+    sharing: dict[int, float] = {}
+    for m, f in node.items():
+        text = str(m).strip()
+        if isinstance(m, bool) or not text.isdigit():
+            raise UserError(f"{where}.{m}: the key must be a whole number of trials per device")
+        mi = int(text)
+        if mi < 1:
+            raise UserError(f"{where}.{m}: must be >= 1")
+        x = _number(f"{where}.{m}", f, positive=True)
+        if mi == 1 and x != 1.0:
+            raise UserError(f"{where}.1={f!r}: must be 1 (one trial alone on its device is the reference)")
+        if x < 1.0:
+            raise UserError(f"{where}.{m}={f!r}: must be >= 1 (each of {mi} trials sharing a device runs no faster "
+                            "than one alone)")
+        sharing[mi] = x
+    return sharing
+
+
 def parse_profile(data: Any, source: str = "profile") -> Profile:
-    """Validate a profile mapping (as loaded from YAML) into a Profile; UserError if bad."""
+    """Validate a profile mapping (as loaded from YAML) into a Profile; UserError if bad.
+
+    Every key is checked: a typo (`workload.scalling`) would otherwise be read as the block's
+    default, so unknown keys are refused naming the allowed ones, and so are values no
+    measurement can give (a shared device that makes each trial faster, a batch of 2.5).
+    """
     if not isinstance(data, Mapping):
         raise UserError(f"{source}: not a profile (expected a YAML mapping)")
     unknown = sorted(set(data) - _TOP_KEYS)
@@ -226,15 +285,20 @@ def parse_profile(data: Any, source: str = "profile") -> Profile:
     for key in ("name", "workload", "step_time"):
         if key not in data:
             raise UserError(f"{source}: missing {key!r}")
+    if not isinstance(data["name"], str) or not data["name"].strip():
+        raise UserError(f"{source}: name={data['name']!r}: must be a non-empty string")
+    if data.get("description") is not None and not isinstance(data["description"], str):
+        raise UserError(f"{source}: description={data['description']!r}: must be a string")
+    for key in _FREE_BLOCKS:
+        if data.get(key) is not None:
+            _mapping(f"{source}: {key}", data[key])
     hardware = dict(data.get("hardware") or {})
     gpn = hardware.get("gpus_per_node", 1)
     if isinstance(gpn, bool) or not isinstance(gpn, int) or gpn < 1:
         raise UserError(f"{source}: hardware.gpus_per_node={gpn!r}: must be an integer >= 1")
-    wl = data["workload"]
-    if not isinstance(wl, Mapping):
-        raise UserError(f"{source}: workload: expected a mapping")
-    samples = int(_number(f"{source}: workload.samples_per_epoch", wl.get("samples_per_epoch"), positive=True))
-    batch = int(_number(f"{source}: workload.batch_per_device", wl.get("batch_per_device"), positive=True))
+    wl = _mapping(f"{source}: workload", data["workload"], _WORKLOAD_KEYS)
+    samples = _whole(f"{source}: workload.samples_per_epoch", wl.get("samples_per_epoch"))
+    batch = _whole(f"{source}: workload.batch_per_device", wl.get("batch_per_device"))
     scaling = wl.get("scaling", "weak")
     if scaling not in ("weak", "strong"):
         raise UserError(f"{source}: workload.scaling={scaling!r}: allowed: weak, strong")
@@ -242,14 +306,12 @@ def parse_profile(data: Any, source: str = "profile") -> Profile:
     if scaling == "strong":
         if global_batch is None:
             raise UserError(f"{source}: workload.global_batch: required with scaling: strong")
-        global_batch = int(_number(f"{source}: workload.global_batch", global_batch, positive=True))
+        global_batch = _whole(f"{source}: workload.global_batch", global_batch)
+    elif global_batch is not None:
+        raise UserError(f"{source}: workload.global_batch={global_batch!r}: only with scaling: strong (weak scaling "
+                        "keeps the per-device batch, so the global batch grows with k); use null")
     step = _step_model(data["step_time"], f"{source}: step_time")
-    ov_node = data.get("overheads") or {}
-    if not isinstance(ov_node, Mapping):
-        raise UserError(f"{source}: overheads: expected a mapping")
-    unknown = sorted(set(ov_node) - _OVERHEAD_KEYS)
-    if unknown:
-        raise UserError(f"{source}: overheads.{unknown[0]}: unknown; allowed: {', '.join(sorted(_OVERHEAD_KEYS))}")
+    ov_node = _mapping(f"{source}: overheads", data.get("overheads") or {}, tuple(f.name for f in dataclasses.fields(Overheads)))
     ov_values: dict[str, Any] = {}
     for key, value in ov_node.items():
         if key == "eval_scales":
@@ -259,33 +321,24 @@ def parse_profile(data: Any, source: str = "profile") -> Profile:
         else:
             ov_values[key] = _number(f"{source}: overheads.{key}", value)
     overheads = Overheads(**ov_values)
-    sharing_node = data.get("sharing") or {1: 1.0}
-    if not isinstance(sharing_node, Mapping):
-        raise UserError(f"{source}: sharing: expected a mapping m -> slow-down, e.g. {{2: 1.8}}")
-    sharing: dict[int, float] = {}
-    for m, f in sharing_node.items():
-        try:
-            mi = int(m)
-        except (TypeError, ValueError):
-            raise UserError(f"{source}: sharing.{m}: the key must be a whole number of trials per device") from None
-        if mi < 1:
-            raise UserError(f"{source}: sharing.{m}: must be >= 1")
-        sharing[mi] = _number(f"{source}: sharing.{m}", f, positive=True)
-    samples_node = (data.get("uncertainty") or {}).get("step_time_samples") or []
+    sharing = _sharing(f"{source}: sharing", data.get("sharing") or {1: 1.0})
+    uncertainty = _mapping(f"{source}: uncertainty", data.get("uncertainty") or {}, ("step_time_samples",))
+    samples_node = uncertainty.get("step_time_samples") or []
     if not isinstance(samples_node, list):
         raise UserError(f"{source}: uncertainty.step_time_samples: expected a list of step_time mappings")
-    step_samples = tuple(_step_model({**data["step_time"], **s} if isinstance(s, Mapping) else s,
+    step_samples = tuple(_step_model({**data["step_time"], **_mapping(f"{source}: uncertainty.step_time_samples[{i}]", s)},
                                      f"{source}: uncertainty.step_time_samples[{i}]") for i, s in enumerate(samples_node))
     epoch = EpochTimeModel(
         step=step, samples_per_epoch=samples, batch_per_device=batch, gpus_per_node=gpn, scaling=scaling,
         global_batch=global_batch, eval_s=overheads.eval_s, eval_scales=overheads.eval_scales, sharing=sharing,
     )
-    sources = data.get("sources") or []
+    sources = _strings(f"{source}: sources", data.get("sources"))
+    assumed = _strings(f"{source}: assumed", data.get("assumed"))
     cost = _config_cost(data["config_cost"], f"{source}: config_cost") if data.get("config_cost") is not None else None
     return Profile(
         name=str(data["name"]), epoch=epoch, overheads=overheads, gpus_per_node=gpn,
-        description=str(data.get("description") or ""), sources=tuple(str(s) for s in sources),
-        hardware=hardware, step_time_samples=step_samples, assumed=tuple(str(a) for a in data.get("assumed") or ()),
+        description=str(data.get("description") or ""), sources=sources,
+        hardware=hardware, step_time_samples=step_samples, assumed=assumed,
         raw=dict(data), config_cost=cost,
     )
 

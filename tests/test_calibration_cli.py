@@ -74,6 +74,28 @@ def test_bad_settings_give_one_line_and_exit_2(tmp_path, capsys, args, needle):
     ("k,step_s\n1,0.1\n", "unknown column 'step_s'"),
     ("k,step_time_s\n2,0.1\n", "no row with k=1"),
     ("k,step_time_s\n1.5,0.1\n", "whole number of devices"),
+    # edge cases of the file's shape (issue 19)
+    ("", "empty; expected a header k,step_time_s"),
+    ("# only a comment\n\n", "empty; expected a header k,step_time_s"),
+    ("k,step_time_s\n", "only a header; expected one row per sample after it"),
+    ("k,eval_s\n1,0.1\n", "line 1: the header needs a 'step_time_s' column (got k, eval_s)"),
+    ("k,step_time_s,k\n1,0.1,2\n", "line 1: column 'k' appears twice"),
+    ("k,step_time_s\n1,0.1,5\n", "line 2: 3 values for 2 columns"),
+    ("k,step_time_s\n1,0.1\n2,\n", "line 3: step_time_s is empty"),
+    ("k,step_time_s\n,0.1\n", "line 2: k is empty"),
+    # values no measurement gives
+    ("k,step_time_s\n1,0\n", "line 2: step_time_s='0' must be a finite number > 0"),
+    ("k,step_time_s\n1,-0.1\n", "line 2: step_time_s='-0.1' must be a finite number > 0"),
+    ("k,step_time_s\n1,inf\n", "line 2: step_time_s='inf' must be a finite number > 0"),
+    ("k,step_time_s\n1,nan\n", "line 2: step_time_s='nan' must be a finite number > 0"),
+    ("k,step_time_s,eval_s\n1,0.1,-1\n", "line 2: eval_s='-1' must be a finite number >= 0"),
+    ("k,step_time_s\n0,0.1\n", "line 2: k='0' must be a finite number > 0"),
+    ("k,step_time_s\n1,0.1\n0.3,0.2\n", "line 3: k=0.3: below 1 it must be 1/m"),
+    # values that belong to another row than they are on (they were pooled into k = 1's)
+    ("k,step_time_s,eval_s\n1,0.1,3\n2,0.06,5\n", "line 3: eval_s on a k=2 row; it is measured at k=1"),
+    ("k,step_time_s,checkpoint_save_s\n1,0.1,\n4,0.03,0.4\n", "line 3: checkpoint_save_s on a k=4 row"),
+    ("k,step_time_s,startup_s\n1,0.1,2\n0.5,0.19,2\n", "line 3: startup_s on a k=0.5 row"),
+    ("k,step_time_s\n1,0.1\n0.5,0.09\n", "k=1/2 rows: mean step 0.09 s is faster than k=1's 0.1 s"),
 ])
 def test_bad_timings_csv_gives_one_line_and_exit_2(tmp_path, capsys, text, needle):
     csv = tmp_path / "t.csv"
@@ -81,6 +103,14 @@ def test_bad_timings_csv_gives_one_line_and_exit_2(tmp_path, capsys, text, needl
     rc, out, err = run(capsys, f"timings={csv}", "train.samples_per_epoch=100", f"out_dir={tmp_path / 'out'}")
     assert rc == 2
     assert needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_timings_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    csv = tmp_path / "t.csv"
+    csv.write_bytes("k,step_time_s\n1,0.1\n# mesuré\n".encode("latin-1"))
+    rc, _, err = run(capsys, f"timings={csv}", "train.samples_per_epoch=100", f"out_dir={tmp_path / 'out'}")
+    assert rc == 2 and err == f"nasalloc calibrate: timings={csv}: cannot read it as text (UnicodeDecodeError)\n"
     assert not (tmp_path / "out").exists()
 
 

@@ -163,7 +163,11 @@ def test_baselines_recover_their_own_parameters_and_fitted_speedup_never_exceeds
     s = a.speedup(a.step.model, grid, np.ones_like(grid))
     assert np.all(s <= grid * (1 + 1e-9))
     lo, hi = a.speedup_band(grid, np.ones_like(grid))
-    assert np.all(lo <= hi + 1e-12)
+    assert lo[0] == hi[0] == 1.0  # k = 1 is the reference of every refit
+    # 50 samples per k at 2% noise: each k's mean is known to about 2%/sqrt(50) = 0.3%, so the
+    # refits' speed-ups differ (the band has width) but by well under 2% at the measured k
+    measured = np.array([2, 4, 8]) - 1
+    assert np.all(hi[measured] > lo[measured]) and np.all(hi[measured] / lo[measured] < 1.02)
 
 
 def test_startup_intercept_and_slope_per_doubling():

@@ -1,6 +1,8 @@
 """The bookkeeping of profiling runs, on hand-made launcher results (no processes): step
 intervals, sharing windows, start-up of fresh jobs, and the sampled-configuration mix."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -41,6 +43,12 @@ def test_warmup_and_epoch_boundary_intervals_are_left_out():
     np.testing.assert_allclose(d, 0.01)
     # the boundary's rest: 60 ms interval - 50 ms eval - one 10 ms step = 0
     assert _boundary_rest(r, warmup=2) == [pytest.approx(0.0, abs=1e-12)]
+    # a report that timed a checkpoint (save 8 ms, restore 4 ms inside the same 60 ms + 12 ms):
+    # the probe's own checkpoint is not part of the boundary either
+    timed = [0.01 * i for i in range(1, 7)] + [0.06 + 0.05 + 0.012 + 0.01 * i for i in range(1, 5)]
+    r = result(timed, reports=[(6, {"probe_eval_s": 0.05, "probe_checkpoint_save_s": 0.008,
+                                    "probe_checkpoint_restore_s": 0.004})])
+    assert _boundary_rest(r, warmup=2) == [pytest.approx(0.0, abs=1e-12)]
 
 
 def test_sharing_uses_only_the_window_where_all_runs_were_stepping():
@@ -58,6 +66,9 @@ def test_sharing_slowdown_prefers_the_reference_measured_next_to_it():
     m.share_reference = {}
     assert m.sharing_slowdown()[2] == pytest.approx(3.0)
     assert m.to_dict()["sharing_step_time_samples_s"] == {2: [0.03, 0.03]}
+    # 9 ms shared vs 10 ms alone: noise, not a speed-up from sharing; the profile gets 1 (it refuses < 1)
+    m.share_samples, m.share_reference = {2: [0.009]}, {2: [0.010]}
+    assert m.sharing_slowdown()[2] == 1.0
 
 
 def test_probe_context_hides_its_options_and_adds_timings_to_reports(tmp_path):
@@ -78,10 +89,11 @@ def test_probe_context_hides_its_options_and_adds_timings_to_reports(tmp_path):
     ctx = _ProbeContext(FakeCtx(), {"lr": 0.1}, checkpoints=1, grad_bytes=lambda: 400.0)
     ctx.step()
     ctx.step()
+    time.sleep(0.02)  # "evaluation": from the epoch's last step to the report
     assert ctx.report(1, 0.5, state=lambda: {"w": [1, 2]}, test_metric=0.4) == "continue"
     ctx.report(2, 0.6, state={"w": [1]})
     first, second = calls
-    assert first["probe_steps"] == 2 and first["probe_eval_s"] >= 0 and first["test_metric"] == 0.4
+    assert first["probe_steps"] == 2 and first["probe_eval_s"] >= 0.02 and first["test_metric"] == 0.4
     assert first["probe_checkpoint_save_s"] > 0 and first["probe_checkpoint_restore_s"] > 0
     assert "probe_checkpoint_save_s" not in second  # only the first `checkpoints` epochs are timed
     assert first["probe_grad_bytes"] == 400.0
@@ -245,3 +257,136 @@ def test_sampled_configurations_set_the_reference_startup_and_evaluation(tmp_pat
     profiler.measure_startup(fake, 2, m, step_s=0.002)
     assert len(m.startup_s[2]) == 3 and all(c["_calibration_probe"]["checkpoints"] == 0 for c in fake.configs)
     assert [c["width"] for c in fake.configs] != [ref] * 3
+
+
+# ----------------------------------------------------------------------------- a busy machine (issue 19, bug 3)
+
+class LoopLauncher:
+    """Answers `Launcher.run` as a training loop run through the probe would: a step every
+    `step_s`, a report after every `steps_per_epoch` steps (`eval_s` of evaluation before it,
+    the first `checkpoints` reports timing a checkpoint). It ends at `max_steps` (the launcher's
+    StopTraining, raised in the step, so an epoch ending there is never reported), after
+    `epochs` reports, or at the probe's until-report rule."""
+
+    def __init__(self, step_s, steps_per_epoch, eval_s=0.02):
+        self.step_s, self.steps_per_epoch, self.eval_s = step_s, steps_per_epoch, eval_s
+        self.max_steps = []
+
+    def run(self, entrypoint, config, devices, *, epochs, max_steps, **kwargs):
+        self.max_steps.append(max_steps)
+        options = config[OPTIONS_KEY]
+        until, checkpoints = options.get("until_report_after"), options["checkpoints"]
+        t, steps, stamps, reports = 0.05, 0, [], []
+        while True:
+            steps += 1
+            stamps.append(t)
+            if steps >= max_steps or (until is not None and reports and steps >= until):
+                break
+            if steps % self.steps_per_epoch == 0:
+                t += self.eval_s
+                extra = {"probe_steps": float(steps), "probe_eval_s": self.eval_s}
+                if len(reports) < checkpoints:  # the probe times a save and a restore before reporting
+                    extra.update(probe_checkpoint_save_s=0.001, probe_checkpoint_restore_s=0.002)
+                    t += 0.003
+                reports.append((t + 0.001, len(reports) + 1, 0.5, extra))
+                if len(reports) >= epochs:
+                    break
+            t += self.step_s
+        r = RanksResult(ok=True, info="", wall_s=t, step_times=[stamps])
+        r.reports = reports
+        return r
+
+
+def busy_plan(**over):
+    """The slow test's calibration (tests/test_calibration_cli.py): 0.3 s per configuration."""
+    space = {"width": {"type": "int", "low": 4, "high": 32, "log": True}}
+    settings = dict(entrypoint=DIGITS, config={"width": 16, "lr": 0.1}, device_kind="cpu", device_ids=[0, 1],
+                    gpus_per_trial=[1, 2], share=[], threads_per_rank=None, batch_fraction={1: 1.0, 2: 0.5},
+                    warmup_steps=3, pilot_steps=10, max_steps=3000, rounds=4, time_limit_s=1.0, checkpoints=2,
+                    space=space, configs=4, config_time_limit_s=0.3, startup_jobs=2, seed=0, fill_devices=False)
+    return ProfilingPlan(**{**settings, **over})
+
+
+def test_the_probe_ends_a_time_boxed_job_one_step_after_its_first_report():
+    from nasalloc.execute.api import StopTraining
+
+    class FakeCtx:
+        rank, world_size, device, steps = 0, 1, None, 0
+
+        def step(self):
+            self.steps += 1
+
+        def report(self, epoch, metric, state=None, **extra):
+            return "continue"
+
+    ctx = _ProbeContext(FakeCtx(), {}, checkpoints=0, grad_bytes=lambda: 0.0, until_report_after=3)
+    for _ in range(5):  # past the box of 3 steps, but no epoch has ended: goes on
+        ctx.step()
+    ctx.report(1, 0.5)
+    with pytest.raises(StopTraining):
+        ctx.step()  # the 6th step, the first after the report
+    early = _ProbeContext(FakeCtx(), {}, checkpoints=0, grad_bytes=lambda: 0.0, until_report_after=3)
+    early.step()
+    early.report(1, 0.5)  # an epoch of one step: reported inside the box, so the box is served
+    early.step()
+    with pytest.raises(StopTraining):
+        early.step()  # the 3rd step
+
+
+def test_configuration_jobs_reach_their_first_report_when_the_step_estimate_is_too_fast(tmp_path):
+    """The flaky calibration's root cause, with the numbers of a busy machine: digits has 37
+    steps per epoch at 4 ms; a 10 ms pilot estimate boxes 0.3 s into 30 steps. Each job still
+    runs on to its first report (step 37) and one step more, so every configuration's
+    evaluation (20 ms) and start-up are measured."""
+    profiler = Profiler(busy_plan(), tmp_path, progress=lambda line: None)
+    profiler.step_estimate_s = 0.010
+    launcher = LoopLauncher(step_s=0.004, steps_per_epoch=37)
+    m = Measurements(step_samples={})
+    profiler.measure_configs(launcher, m)
+    assert [c["eval_s"] for c in m.configs] == [0.02] * 4 and m.eval_s == [0.02] * 4
+    assert [c["steps"] for c in m.configs] == [38 - 1 - 3 - 1] * 4  # 38 stamps: 37 intervals - 3 warm-up - 1 boundary
+    assert launcher.max_steps == [300] * 4  # the cap: 10 boxes of 0.3 s at 10 ms
+    # start-up: first report at 0.05 + 36 steps + 20 ms + 1 ms, less one epoch of 37 steps + 20 ms
+    assert m.startup_s[1] == pytest.approx([0.05 + 36 * 0.004 + 0.021 - (37 * 0.004 + 0.02)] * 4)
+    # the boundary's rest: (step 38 - step 37) - eval - one step = 0
+    assert len(m.decision_latency_s) == 4 and max(map(abs, m.decision_latency_s)) < 1e-12
+
+
+def test_without_configuration_evaluations_the_k1_runs_evaluation_is_kept(tmp_path):
+    """Epochs of 1000 steps at 4 ms (4 s): a configuration job waits at most 10 boxes of 0.3 s
+    (750 steps) for its report, so no configuration measures evaluation; the k = 1 run to the
+    end of the first epoch may take 3 x time_limit_s (6 s, 1500 steps) and does. Its
+    evaluation is kept (it was dropped, and the profile said 0)."""
+    profiler = Profiler(busy_plan(time_limit_s=2.0), tmp_path, progress=lambda line: None)
+    profiler.step_estimate_s = 0.004
+    launcher = LoopLauncher(step_s=0.004, steps_per_epoch=1000)
+    m = Measurements(step_samples={})
+    profiler.measure_configs(launcher, m)
+    assert all(c["eval_s"] is None for c in m.configs) and m.eval_s == []
+    profiler.measure_ks(launcher, [1, 2], m)
+    assert m.eval_s == [0.02] and m.steps_per_epoch[1] == 1000 and m.checkpoint_save_s == [0.001]
+    assert launcher.max_steps[:4] == [750] * 4
+    # that run goes one step past its report: (step 1001 - step 1000) - eval - timed save and restore - one step
+    assert m.decision_latency_s == [pytest.approx(0.0, abs=1e-12)]
+    profiler._require_epoch_costs(m)
+
+
+def test_an_unmeasured_evaluation_stops_calibration_with_one_line(tmp_path):
+    """No run at k = 1 ends an epoch (10^6 steps each; every run is capped at 3000 steps):
+    calibration stops instead of writing eval_s: 0.0 as if measured."""
+    from nasalloc.calibration.profiling import ProfilingFailed
+
+    profiler = Profiler(busy_plan(), tmp_path, progress=lambda line: None)
+    profiler.step_estimate_s = 0.004
+    launcher = LoopLauncher(step_s=0.004, steps_per_epoch=10**6)
+    m = Measurements(step_samples={})
+    profiler.measure_configs(launcher, m)
+    profiler.measure_ks(launcher, [1, 2], m)
+    with pytest.raises(ProfilingFailed, match=r"no run at k=1 ended an epoch, so the evaluation time per epoch is "
+                                              r"unknown; allow longer runs \(calibration.time_limit_s=1, "
+                                              r"calibration.max_steps=3000\)$") as info:
+        profiler._require_epoch_costs(m)
+    assert "\n" not in str(info.value)
+    m.eval_s = [0.02]
+    with pytest.raises(ProfilingFailed, match="no epoch boundary at k=1 was followed by a step"):
+        profiler._require_epoch_costs(m)

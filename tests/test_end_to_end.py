@@ -38,7 +38,15 @@ def test_calibrate_recommend_run_validate(tmp_path, capsys):
     for run in report["runs"]:
         assert run["makespan_s"]["measured"] > 0 and run["makespan_s"]["predicted"] > 0
         assert run["decisions"]["trials_measured"] == 4
-    assert report["ranking"]["kendall_tau"] in (-1.0, 1.0)
+    # two allocations: tau is +1 when both orders agree, -1 when they are swapped, from the runs' own makespans
+    (p1, m1), (p2, m2) = [(r["makespan_s"]["predicted"], r["makespan_s"]["measured"]) for r in report["runs"]]
+    assert report["ranking"]["kendall_tau"] == (1.0 if (p1 - p2) * (m1 - m2) > 0 else -1.0)
+    assert report["ranking"]["measured_best"] == ("1" if m1 < m2 else "2")
     assert recommended in ("1", "2")
-    assert load_profile(out / "profile_updated.yaml").name.endswith("-validated")
+    updated = load_profile(out / "profile_updated.yaml")
+    assert updated.name.endswith("-validated")
+    # the refit took each run's measured epoch time (validation.json) at its own k
+    refit = report["profile_update"]["measured_epoch_s"]
+    assert refit == {str(i + 1): report["runs"][i]["timings_measured"]["epoch_s"][str(i + 1)] for i in range(2)}
+    assert updated.epoch.step.t_compute_s != load_profile(profile).epoch.step.t_compute_s
     assert (out / "timeline_00_run_k1.png").stat().st_size > 1000

@@ -7,7 +7,7 @@ The end-to-end tests start real warm workers (gloo on loopback) and run the toy 
 from __future__ import annotations
 
 import os
-import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -69,20 +69,40 @@ def child_pids() -> list[int]:
     return out
 
 
-def worker_pids() -> list[int]:
-    """Every live nasalloc worker started by this Python (any parent; other checkouts' test
-    runs on the same machine use another interpreter and are not counted)."""
-    out = []
+def run_workers(run_dir: Path) -> set[int]:
+    """Live worker processes of the run in `run_dir`: a worker's stdout is a file in the run's
+    logs/ folder (its own log in logs/workers, or the log of the trial it runs), which names
+    the run whoever its parent is now (a worker orphaned by a killed executor is
+    re-parented) and whatever else runs on the machine."""
+    folder = str((Path(run_dir) / "logs").resolve()) + os.sep
+    out = set()
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                cmd = (d / "cmdline").read_bytes()
-                state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if os.readlink(d / "fd" / "1").startswith(folder):
+                    out.add(int(d.name))
             except OSError:
                 continue
-            if b"nasalloc.execute.worker" in cmd and cmd.startswith(sys.executable.encode()) and state != "Z":
-                out.append(int(d.name))
     return out
+
+
+class Budget:
+    """One test's wall-clock allowance, shared by all its waits so that together they end
+    before the test's own timeout marker (which kills without saying what was awaited)."""
+
+    def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return max(0.1, self.deadline - time.monotonic())
+
+
+def wait_for(predicate: Any, budget: Budget, what: str) -> None:
+    """Poll `predicate` until true; AssertionError naming `what` when the budget runs out."""
+    while not predicate():
+        if budget.left() <= 0.1:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.05)
 
 
 def check_history(events: list) -> None:
@@ -180,12 +200,67 @@ def test_replay_reaches_the_same_state(tmp_path: Path) -> None:
     rep = replay(read_trace(path), b, lambda tid, at: at)
     assert {t: (x.status, x.metrics) for t, x in a.trials.items()} == {t: (x.status, x.metrics) for t, x in b.trials.items()}
     assert a.ask() == b.ask() and not rep.restart
-    # A different seed gives different asks: replay refuses with one line.
+    # Another seed hands out the same trial ids with other configurations: refused, naming the first start.
     c = make_scheduler(cfg, space, np.random.default_rng(2))
-    events = read_trace(path)
-    mismatched = [events[0].__class__(**{**events[0].__dict__, "trial": 5})] + events[1:]
-    with pytest.raises(UserError, match="resume"):
-        replay(mismatched, c, lambda tid, at: at)
+    with pytest.raises(UserError, match=r"^resume: trace.jsonl event 1 \(start of trial 0\) has config"):
+        replay(read_trace(path), c, lambda tid, at: at)
+
+
+def _random_journal(path: Path, max_epochs: int, seed: int = 0) -> dict[str, Any]:
+    """A journal of the random scheduler: trial 0 trains epochs 1..max_epochs and completes."""
+    sched = make_scheduler(scheduler_config(scheduler_node({"name": "random", "n_trials": 1, "max_epochs": max_epochs})),
+                           SearchSpace.from_config({"quality": {"type": "float", "low": 0.1, "high": 1.0}}),
+                           np.random.default_rng(seed))
+    job = sched.ask()
+    assert isinstance(job, Job)
+    j = Journal(path)
+    j.write("start", 0, epoch=0, devices=[0], config=job.config)
+    for e in range(1, max_epochs + 1):
+        j.write("result", 0, epoch=e, metric=curve(job.config["quality"], e), devices=[0])
+    j.write("complete", 0, epoch=max_epochs, devices=[0])
+    j.close()
+    return job.config
+
+
+@pytest.mark.parametrize(("max_epochs", "message"), [
+    (2, "event 3 (result of trial 0) was answered stop by the scheduler, but the journal goes on with result at epoch 3"),
+    (4, "event 4 (result of trial 0) was answered continue by the scheduler, but the journal goes on with complete"),
+])
+def test_replay_refuses_a_journal_of_other_scheduler_settings(tmp_path: Path, max_epochs: int, message: str) -> None:
+    """The journal trained trial 0 for 3 epochs (max_epochs=3). Same seed, so the same trial and
+    configuration, but max_epochs=2 stops it at epoch 2 (the journal has a third), and
+    max_epochs=4 continues it at epoch 3 (the journal completes it there)."""
+    _random_journal(tmp_path / "trace.jsonl", max_epochs=3)
+    other = make_scheduler(scheduler_config(scheduler_node({"name": "random", "n_trials": 1, "max_epochs": max_epochs})),
+                           SearchSpace.from_config({"quality": {"type": "float", "low": 0.1, "high": 1.0}}),
+                           np.random.default_rng(0))
+    with pytest.raises(UserError, match="^resume: trace.jsonl " + message.replace("(", r"\(").replace(")", r"\)")):
+        replay(read_trace(tmp_path / "trace.jsonl"), other, lambda tid, at: at)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"seed": 1}, "has config"),
+    ({"scheduler": {"max_epochs": 4}}, "was answered continue by the scheduler"),
+])
+def test_resume_with_an_edited_run_config_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                  edit: dict[str, Any], message: str) -> None:
+    """The run folder's run_config.yaml no longer matches its journal (seed 0, max_epochs 3):
+    `nasalloc run resume=` refuses before any worker starts, and appends nothing."""
+    import yaml
+
+    from nasalloc.cli import main as cli_main
+
+    _random_journal(tmp_path / "trace.jsonl", max_epochs=3)
+    raw = toy_raw({"n_trials": 1, "max_epochs": 3})
+    raw.pop("resume")
+    raw["seed"] = edit.get("seed", raw["seed"])
+    raw["scheduler"].update(edit.get("scheduler", {}))
+    (tmp_path / "run_config.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    before = (tmp_path / "trace.jsonl").read_text()
+    assert cli_main(["run", f"resume={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nasalloc run: resume: trace.jsonl event") and message in err and err.count("\n") == 1, err
+    assert (tmp_path / "trace.jsonl").read_text() == before and not (tmp_path / "logs").exists()
 
 
 def test_a_saved_run_config_with_old_names_is_translated_on_resume(tmp_path: Path) -> None:
@@ -285,3 +360,42 @@ def test_replay_closes_trials_whose_release_event_was_lost(tmp_path: Path) -> No
     assert ("complete", 0, 2, (), None) in rep.fixups
     assert ("pause", 1, 1, (1,), "interrupted") in rep.fixups
     assert [(job.trial, job.start_epoch, job.until_epoch) for job in rep.restart] == [(1, 1, 2)]
+
+
+def test_replay_of_fail_events_retries_and_drops_as_the_run_did(tmp_path: Path) -> None:
+    """Random search, 2 trials, 3 epochs, one retry. Trial 0 fails after epoch 1 (checkpoint
+    1), is retried from there, fails again after epoch 2 and is dropped; trial 1 was running
+    epoch 2 when the run died. The journal is written by driving a scheduler as the executor
+    does; a fresh one fed the journal must reach the same state."""
+    cfg = scheduler_config(scheduler_node({"name": "random", "n_trials": 2, "max_epochs": 3, "max_retries": 1}))
+    space = SearchSpace.from_config({"quality": {"type": "float", "low": 0.1, "high": 1.0}})
+    a = make_scheduler(cfg, space, np.random.default_rng(0))
+    j = Journal(tmp_path / "trace.jsonl")
+    first, second = a.ask(), a.ask()
+    assert isinstance(first, Job) and isinstance(second, Job)
+    j.write("start", 0, epoch=0, devices=[0], config=first.config)
+    j.write("start", 1, epoch=0, devices=[1], config=second.config)
+    assert a.on_result(0, 1, 0.3) is Decision.CONTINUE
+    j.write("result", 0, epoch=1, metric=0.3, devices=[0])
+    assert a.on_failure(0, 1)  # retried
+    j.write("fail", 0, epoch=1, devices=[0], info="rank 0 died; resume_epoch=1")
+    retry = a.ask()
+    assert retry == Job(0, first.config, 1, 3, resume=True, attempt=1)
+    j.write("resume", 0, epoch=1, devices=[0])
+    a.on_result(1, 1, 0.2)
+    j.write("result", 1, epoch=1, metric=0.2, devices=[1])
+    a.on_result(0, 2, 0.4)
+    j.write("result", 0, epoch=2, metric=0.4, devices=[0])
+    assert not a.on_failure(0, 2)  # out of retries: dropped
+    j.write("fail", 0, epoch=2, devices=[0], info="rank 0 died; resume_epoch=2")
+    j.close()
+
+    b = make_scheduler(cfg, space, np.random.default_rng(0))
+    rep = replay(read_trace(tmp_path / "trace.jsonl"), b, lambda tid, at_most: at_most)
+    assert b.trials[0].status.value == "dropped" and b.trials[0].failures == 2
+    assert b.trials[0].metrics == {1: 0.3, 2: 0.4}
+    assert {t: (x.status, x.failures, x.metrics) for t, x in a.trials.items()} == {
+        t: (x.status, x.failures, x.metrics) for t, x in b.trials.items()}
+    assert rep.calls == 3 + 3 + 2  # asks that gave a job, results, failures
+    assert rep.fixups == [("pause", 1, 1, (1,), "interrupted")]  # the dropped trial holds nothing
+    assert [(job.trial, job.start_epoch, job.until_epoch) for job in rep.restart] == [(1, 1, 3)]

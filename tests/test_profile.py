@@ -48,12 +48,49 @@ def test_dump_and_load_round_trip(tmp_path):
         ({"overheads": {"startup": 1}}, r"overheads.startup: unknown"),
         ({"hardware": {"gpus_per_node": 0}}, r"gpus_per_node=0: must be an integer >= 1"),
         ({"colour": "red"}, r"unknown key 'colour'"),
+        # every block's shape and every key is checked (issue 19: these crashed or were read as defaults)
+        ({"hardware": "abc"}, r"^profile: hardware='abc': expected a mapping$"),
+        ({"uncertainty": [1]}, r"^profile: uncertainty=\[1\]: expected a mapping with step_time_samples$"),
+        ({"uncertainty": {"step_time_samples": [1]}}, r"uncertainty.step_time_samples\[0\]=1: expected a mapping"),
+        ({"uncertainty": {"samples": []}}, r"uncertainty.samples: unknown; allowed: step_time_samples"),
+        ({"workload": {"samples_per_epoch": 10, "batch_per_device": 1, "scalling": "strong"}},
+         r"workload.scalling: unknown; allowed: samples_per_epoch, batch_per_device, scaling, global_batch"),
+        ({"workload": {"samples_per_epoch": 12.5, "batch_per_device": 1}}, r"samples_per_epoch=12.5: must be a whole number"),
+        ({"workload": {"samples_per_epoch": 10, "batch_per_device": 1, "global_batch": 8}},
+         r"global_batch=8: only with scaling: strong"),
+        ({"sharing": {2: 0.5}}, r"sharing.2=0.5: must be >= 1 \(each of 2 trials sharing a device runs no faster"),
+        ({"sharing": {1: 2.0}}, r"sharing.1=2.0: must be 1"),
+        ({"sharing": {2.5: 3.0}}, r"sharing.2.5: the key must be a whole number"),
+        ({"sharing": [2]}, r"sharing=\[2\]: expected a mapping"),
+        ({"overheads": [1.0]}, r"overheads=\[1.0\]: expected a mapping"),
+        ({"sources": "a paper"}, r"sources='a paper': expected a list of strings"),
+        ({"assumed": [1]}, r"assumed=\[1\]: expected a list of strings"),
+        ({"measured": [1]}, r"measured=\[1\]: expected a mapping"),
+        ({"name": ""}, r"name='': must be a non-empty string"),
     ],
 )
 def test_bad_profiles_fail_with_one_line(patch, message):
     with pytest.raises(UserError, match=message) as info:
         parse_profile({**MINIMAL, **patch})
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"hardware": "abc"}, "hardware='abc': expected a mapping"),
+    ({"uncertainty": [1]}, "uncertainty=[1]: expected a mapping"),
+    ({"workload": {"samples_per_epoch": 1000, "batch_per_device": 10, "scalling": "strong"}}, "workload.scalling: unknown"),
+    ({"sharing": {2: 0.5}}, "sharing.2=0.5: must be >= 1"),
+])
+def test_simulate_with_a_bad_profile_is_one_line_and_exit_2(tmp_path, capsys, patch, message):
+    """Through the command: no traceback (these crashed with exit 1, or ran on a wrong reading)."""
+    from nasalloc.cli import main
+
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump({**MINIMAL, **patch}))
+    assert main(["simulate", f"profile={path}", f"out_dir={tmp_path / 'never'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"nasalloc simulate: {path}: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "never").exists()
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

@@ -152,11 +152,21 @@ def test_batch_size_effect_slows_progress_at_large_k():
 
 
 def test_time_to_target_and_test_metric():
-    result = simulate(make_spec(target=0.05))
-    s = result.summary
-    assert s.time_to_target_s is not None and s.time_to_target_s <= s.makespan_s
+    """Time to target: the first result at or above it. The target is set between the first
+    result's metric and the best, so it is reached later than the first result; above the
+    best it is never reached."""
+    events = simulate(make_spec()).events
+    results = [(e.time, e.metric) for e in events if e.event == "result"]
+    best = max(m for _, m in results)
+    target = (results[0][1] + best) / 2
+    first_at_target = min(t for t, m in results if m >= target)
+    assert results[0][1] < target and first_at_target > results[0][0]
+    s = simulate(make_spec(target=target)).summary
+    assert s.time_to_target_s == first_at_target
+    assert simulate(make_spec(target=best)).summary.time_to_target_s == min(t for t, m in results if m == best)
+    assert simulate(make_spec(target=best + 1e-9)).summary.time_to_target_s is None
     assert s.best_test_metric is not None
-    assert all(e.test_metric is not None for e in result.events if e.event == "result")
+    assert all(e.test_metric is not None for e in events if e.event == "result")
 
 
 def test_spec_is_small_and_picklable():

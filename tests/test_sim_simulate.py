@@ -40,9 +40,16 @@ def test_same_seed_same_trace_file(tmp_path, capsys):
 
 
 def test_sweep_over_allocations(tmp_path, capsys):
-    code, out, err = run(["-m", f"out_dir={tmp_path}", "plots=false", "gpus_per_trial=1,4", "profile=alexnet_p100_10gbe", "cluster=dgx1_10gbe"], capsys)
+    """Each job of a `-m` sweep is the simulation its own overrides give alone (same seed)."""
+    common = ["plots=false", "profile=alexnet_p100_10gbe", "cluster=dgx1_10gbe"]
+    code, out, err = run(["-m", f"out_dir={tmp_path / 'sweep'}", *common, "gpus_per_trial=1,4"], capsys)
     assert code == 0, err
-    assert json.loads((tmp_path / "1" / "summary.json").read_text())["gpus_per_trial"] == 4
+    for job, k in enumerate((1, 4)):
+        assert run([f"out_dir={tmp_path / f'alone_{k}'}", *common, f"gpus_per_trial={k}"], capsys)[0] == 0
+        swept = json.loads((tmp_path / "sweep" / str(job) / "summary.json").read_text())
+        alone = json.loads((tmp_path / f"alone_{k}" / "summary.json").read_text())
+        assert swept["gpus_per_trial"] == k and swept == alone
+        assert (tmp_path / "sweep" / str(job) / "trace.jsonl").read_bytes() == (tmp_path / f"alone_{k}" / "trace.jsonl").read_bytes()
 
 
 def test_target_is_reported(tmp_path, capsys):

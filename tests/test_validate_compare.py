@@ -221,3 +221,75 @@ def test_a_bad_run_config_is_one_line_naming_the_file(tmp_path, capsys, text, pr
     err = capsys.readouterr().err
     assert err.startswith(f"nasalloc {command}: {run / 'run_config.yaml'}: ") and problem in err and err.count("\n") == 1
     assert not (tmp_path / "never").exists()
+
+
+def _per_rung_run_config(gpus_per_trial):
+    """A saved run_config.yaml: ASHA (2 trials, rungs at epochs 2 and 6) on 2 CPU slots."""
+    import yaml
+
+    from nasalloc.sim.config import shipped
+
+    return yaml.safe_dump({
+        "seed": 0, "scheduler": {**shipped("scheduler", "asha"), "n_trials": 2, "max_epochs": 6, "min_epochs": 2},
+        "train": {"name": "toy", "entrypoint": "nasalloc.execute.trainers.toy:train",
+                  "space": {"quality": {"type": "float", "low": 0.1, "high": 1.0}}, "params": {}},
+        "devices": {**shipped("devices", "cpu"), "count": 2}, "gpus_per_trial": gpus_per_trial,
+        "trial_timeout_s": 120, "checkpoint_every": 1, "target": None, "progress": "none", "profile": "digits_cpu",
+    })
+
+
+def _per_rung_run(folder):
+    """A run at gpus_per_trial=[1, 2] on 2 devices (rungs at epochs 2 and 6): epochs 1-2 on one
+    device take 10 s each, epochs 3-6 on two take 6 s; start-up 2 s, a move to two devices
+    pauses 0.5 s after the result and its resume adds 3 s before the first epoch there."""
+    folder.mkdir()
+    (folder / "run_config.yaml").write_text(_per_rung_run_config([1, 2]))
+    q = {"config": {"quality": 0.5}}
+    events = [(0, "start", 0, 0, None, [0], q), (0, "start", 1, 0, None, [1], q),
+              (12, "result", 0, 1, 0.3, [0], {}), (12, "result", 1, 1, 0.2, [1], {}),
+              (22, "result", 0, 2, 0.4, [0], {}), (22, "result", 1, 2, 0.25, [1], {}), (22, "stop", 1, 2, None, [1], {}),
+              (22.5, "pause", 0, 2, None, [0], {"info": "reallocate"}), (22.5, "resume", 0, 2, None, [0, 1], {"info": "reallocate"})]
+    events += [(31.5 + 6 * i, "result", 0, 3 + i, 0.5 + 0.01 * i, [0, 1], {}) for i in range(4)]
+    events.append((49.5, "complete", 0, 6, None, [0, 1], {}))
+    lines = [json.dumps({"time": t, "event": e, "trial": tr, "epoch": ep, "metric": m, "devices": d, **x})
+             for t, e, tr, ep, m, d, x in events]
+    (folder / "trace.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_update_profile_of_a_per_rung_run_refits_every_allocation(tmp_path, capsys):
+    """Each k of the schedule is measured by the devices its epochs held, and the refitted
+    profile carries the run's own overheads. Expected values from the constructed trace and
+    digits_cpu (37 steps per epoch at every k: 1184 samples, global batch 32; decision
+    0.00134526 s; evaluation 0.0207273 s, not split across ranks)."""
+    import yaml
+
+    from nasalloc import cli
+
+    run = _per_rung_run(tmp_path / "run")
+    out = tmp_path / "validate"
+    assert cli.main(["validate", f"run={run}", "update_profile=true", "plots=false", f"out_dir={out}"]) == 0
+    capsys.readouterr()
+    update = json.loads((out / "validation.json").read_text())["profile_update"]
+    assert update["measured_epoch_s"] == {"1": 10.0, "2": 6.0}
+    decision, evaluation = 0.00134526, 0.0207273
+    assert update["implied_step_s"] == {"1": pytest.approx((10.0 - decision - evaluation) / 37, rel=1e-9),
+                                        "2": pytest.approx((6.0 - decision - evaluation) / 37, rel=1e-9)}
+    overheads = yaml.safe_load((out / "profile_updated.yaml").read_text())["overheads"]
+    assert overheads["startup_s"] == pytest.approx(2.0)  # 12 s to the first result - one 10 s epoch
+    assert overheads["checkpoint_restore_s"] == pytest.approx(3.0 - 2.0)  # resume 3 s - start-up
+    assert overheads["checkpoint_save_s"] == pytest.approx(0.5 - decision)  # pause 0.5 s - decision
+
+
+def test_a_schedule_holding_one_device_at_two_allocations_leaves_both_out(tmp_path):
+    """k = 1/2 and k = 1 both hold one device: their epochs cannot be told apart, so neither
+    is refitted; k = 2 still is."""
+    from nasalloc.execute.run import read_run_config
+    from nasalloc.sim.profile import load_profile
+    from nasalloc.validate.compare import timings
+    from nasalloc.validate.validate import _by_allocation, read_run
+
+    run = _per_rung_run(tmp_path / "run")
+    (run / "run_config.yaml").write_text(_per_rung_run_config(["1/2", 1, 2]))
+    real = read_run(run, read_run_config(run), load_profile("digits_cpu"))
+    assert {float(k): v["epoch_s"] for k, v in _by_allocation(real, timings(list(real.events))).items()} == {2.0: 6.0}

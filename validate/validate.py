@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -120,14 +121,23 @@ def load(cfg: DictConfig) -> ValidateSettings:
 # ----- profile refit ---------------------------------------------------------------------
 
 def _by_allocation(run: RealRun, t: Timings) -> dict[float, dict[str, float | None]]:
-    """Timings of a static run keyed by its k (devices held cannot tell k = 1/m from 1)."""
-    alloc = run.spec.allocation
-    if not alloc.is_static:
-        return {}
-    k = alloc.schedule[0]
-    devices = max(1, int(k))
-    return {k: {"epoch_s": t.epoch_s.get(devices), "startup_s": t.startup_s.get(devices),
-                "resume_s": t.resume_s.get(devices), "pause_s": t.pause_s}}
+    """The run's timings keyed by k, for every k of its allocation (a per-rung schedule has
+    several: its epochs at each k are told apart by the devices they held).
+
+    A trace shows devices held, not k: k = 1/m holds one device, as k = 1 does. A schedule
+    holding one device at two of its k (1/2 and 1, or 1/4 and 1/2) cannot tell their epochs
+    apart, so those k are left out rather than mixed. Start-up is measured where trials
+    start (the schedule's first k), resume where they resume; the pause cost is the run's.
+    """
+    by_devices: dict[int, list[Fraction]] = {}
+    for k in run.spec.allocation.ks:
+        by_devices.setdefault(max(1, int(k)), []).append(k)
+    out: dict[float, dict[str, float | None]] = {}
+    for devices, ks in by_devices.items():
+        if len(ks) == 1:
+            out[ks[0]] = {"epoch_s": t.epoch_s.get(devices), "startup_s": t.startup_s.get(devices),
+                          "resume_s": t.resume_s.get(devices), "pause_s": t.pause_s}
+    return out
 
 
 def refit_profile(profile: Profile, measured: dict[float, dict[str, float | None]], backend: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -180,7 +190,8 @@ def refit_profile(profile: Profile, measured: dict[float, dict[str, float | None
     for k, v in measured.items():
         if k < 1 and v["epoch_s"] is not None:
             m = round(1 / k)
-            sharing[m] = max(v["epoch_s"] - decision, 1e-9) / new_epoch.epoch_time(1)
+            # at least 1: sharing a device does not make a trial faster (below 1 is noise)
+            sharing[m] = max(1.0, max(v["epoch_s"] - decision, 1e-9) / new_epoch.epoch_time(1))
     startups = {max(1, int(k)): [v["startup_s"]] for k, v in measured.items() if v["startup_s"] is not None}
     data = dict(profile.raw)
     overheads = dict(data.get("overheads") or {})
