@@ -27,10 +27,10 @@ Also measured:
   `UNTIL_REPORT_FACTOR` times as long): its evaluation and start-up need one epoch boundary,
   and the time box is sized from a rough pilot estimate of the step time, which a busy
   machine makes 1.4-2.5x too fast (digits has 37 steps per epoch; boxes of 30 steps then
-  ended every job before its first report). These runs are also the k = 1 start-up jobs. The profile describes the search's typical configuration:
-  its step time is the mean over the sampled configurations (every trial takes the same
-  number of steps per epoch, so the mean, not the median, is what sums to a makespan), and
-  its evaluation time likewise. The precise k >= 1 and sharing measurements are made at the
+  ended every job before its first report). These runs are also the k = 1 start-up jobs.
+  The profile describes the search's typical configuration: its step time is the mean over
+  the sampled configurations (every trial takes the same number of steps per epoch, so the
+  mean, not the median, is what sums to a makespan), and its evaluation time likewise. The precise k >= 1 and sharing measurements are made at the
   sampled configuration whose k = 1 step time is closest to that mean ("the reference
   configuration"), and its step times at every k are then scaled by one factor: the mean
   over the configurations' short runs / the reference configuration's precise k = 1 mean.

@@ -96,15 +96,15 @@ def _as_journaled(config: dict[str, Any]) -> Any:
     return json.loads(json.dumps(config))
 
 
-def _follows(decision: Decision, epoch: int, nxt: TraceEvent | None) -> bool:
-    """Whether `nxt` (the trial's next journaled event, None: the run ended first) can follow a
-    result at `epoch` that the scheduler answered with `decision` (`sim/dispatch.py` writes
-    these): CONTINUE - the next epoch, a failure, or a pause the executor made itself (a move
-    to another allocation, an interruption); PAUSE - the pause, or a stop when the scheduler
-    stopped it while its checkpoint was saved; STOP - stop, or complete at max_epochs. An
-    interruption's pause may follow any answer (older versions also wrote one for a trial
-    killed after its final answer; the replay then writes the release it lacks)."""
-    if nxt is None or (nxt.event == "pause" and nxt.info == INTERRUPTED):
+def _follows(decision: Decision, epoch: int, nxt: TraceEvent) -> bool:
+    """Whether `nxt`, the trial's next journaled event, can follow a result at `epoch` that
+    the scheduler answered with `decision` (`sim/dispatch.py` writes these): CONTINUE - the
+    next epoch, a failure, or a pause the executor made itself (a move to another
+    allocation, an interruption); PAUSE - the pause, or a stop when the scheduler stopped it
+    while its checkpoint was saved; STOP - stop, or complete at max_epochs. An interruption's
+    pause may follow any answer (older versions also wrote one for a trial killed after its
+    final answer; the replay then writes the release it lacks)."""
+    if nxt.event == "pause" and nxt.info == INTERRUPTED:
         return True
     if decision is Decision.CONTINUE:
         return ((nxt.event == "result" and nxt.epoch == epoch + 1) or nxt.event == "fail"
@@ -172,8 +172,7 @@ def replay(events: list[TraceEvent], scheduler: Scheduler, checkpoint_epoch: Any
                 decision = scheduler.on_result(ev.trial, int(ev.epoch or 0), metric)
                 calls += 1
                 nxt = following.get(i)
-                if not _follows(decision, int(ev.epoch or 0), nxt):
-                    assert nxt is not None
+                if nxt is not None and not _follows(decision, int(ev.epoch or 0), nxt):
                     raise UserError(f"resume: {where} was answered {decision.value} by the scheduler, but the journal "
                                     f"goes on with {nxt.event} at epoch {nxt.epoch}; {_MISMATCH}")
                 drained.update(scheduler.drain_stopped())
