@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 
 from nasalloc.sim.formatting import duration_unit  # noqa: E402
-from nasalloc.sim.trace import HOLDS, RELEASES, TraceEvent  # noqa: E402
+from nasalloc.sim.trace import TraceEvent  # noqa: E402
+from nasalloc.sim.trace import holds as trace_holds  # noqa: E402
 
 _END_STYLE = {  # how a hold ends: marker, colour, legend label
     "complete": ("*", "#1a7f37", "completed"),
@@ -25,22 +26,6 @@ _END_STYLE = {  # how a hold ends: marker, colour, legend label
     "pause": ("|", "#24292f", "paused"),
     "fail": ("X", "#8250df", "failed"),
 }
-
-
-def _holds(events: list[TraceEvent]) -> list[tuple[int, float, float, tuple[int, ...], str]]:
-    """(trial, start, end, devices, how it ended) for every interval a trial held devices."""
-    open_: dict[int, tuple[float, tuple[int, ...]]] = {}
-    out = []
-    end = max((e.time for e in events), default=0.0)
-    for ev in events:
-        if ev.event in HOLDS:
-            open_[ev.trial] = (ev.time, ev.devices)
-        elif ev.event in RELEASES and ev.trial in open_:
-            t0, devs = open_.pop(ev.trial)
-            out.append((ev.trial, t0, ev.time, devs, ev.event))
-    for trial, (t0, devs) in open_.items():  # a run killed mid-way: draw to its last event
-        out.append((trial, t0, end, devs, "running"))
-    return out
 
 
 def plot_gantt(events: list[TraceEvent], n_devices: int, path: Path, title: str = "") -> None:
@@ -60,7 +45,7 @@ def draw_gantt(ax: Any, events: list[TraceEvent], n_devices: int, title: str = "
     Trials sharing a device (k < 1) get lanes inside the device's row. The end of each hold
     is marked: star = completed, x = stopped, bar = paused (resumed later, maybe elsewhere).
     """
-    holds = _holds(events)
+    holds = trace_holds(events, open_until=max((e.time for e in events), default=0.0))
     if span is None:
         span = max((h[2] for h in holds), default=1.0) or 1.0
     scale, unit = duration_unit(span)

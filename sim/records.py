@@ -47,7 +47,8 @@ from nasalloc.sim.cluster import exact_k
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_allocation
 from nasalloc.sim.timings import RecordedEpoch, RecordedTimes
-from nasalloc.sim.trace import HOLDS, RELEASES, read_trace
+from nasalloc.sim.trace import HOLDS, read_trace
+from nasalloc.sim.trace import holds as trace_holds
 
 Curve = dict[int, tuple[float, float | None]]  # epoch -> (metric, test_metric)
 
@@ -164,18 +165,10 @@ def _trace(path: Path) -> Recording:
     """Curves, configurations and epoch times of a `nasalloc run` trace (timings module)."""
     events = read_trace(path, tolerate_torn_tail=True)
     holds: dict[int, list[tuple[float, float, int]]] = {}  # device -> (start, end, trial) of every job on it
-    opened: dict[int, tuple[float, tuple[int, ...]]] = {}
     end = max((ev.time for ev in events), default=0.0)
-    for ev in events:
-        if ev.event in HOLDS:
-            opened[ev.trial] = (ev.time, ev.devices)
-        elif ev.event in RELEASES and ev.trial in opened:
-            t0, devices = opened.pop(ev.trial)
-            for d in devices:
-                holds.setdefault(d, []).append((t0, ev.time, ev.trial))
-    for trial, (t0, devices) in opened.items():  # a run killed while the job ran
+    for trial, t0, t1, devices, _how in trace_holds(events, open_until=end):  # open: a run killed while the job ran
         for d in devices:
-            holds.setdefault(d, []).append((t0, end, trial))
+            holds.setdefault(d, []).append((t0, t1, trial))
 
     curves: dict[int, Curve] = {}
     times: dict[int, dict[int, RecordedEpoch]] = {}

@@ -185,17 +185,29 @@ class Summary:
         return d
 
 
-def busy_intervals(events: Iterable[TraceEvent]) -> dict[int, list[tuple[float, float]]]:
-    """Per device, the merged intervals during which at least one trial held it."""
-    held: dict[int, tuple[float, tuple[int, ...]]] = {}
-    raw: dict[int, list[tuple[float, float]]] = {}
+def holds(events: Iterable[TraceEvent], *, open_until: float | None = None) -> list[tuple[int, float, float, tuple[int, ...], str]]:
+    """(trial, start, end, devices, how it ended) for every interval a trial held devices, in
+    the order they ended. A hold still open at the end of the trace (a run killed while the
+    job ran) ends at `open_until` as "running", or is left out when that is None."""
+    opened: dict[int, tuple[float, tuple[int, ...]]] = {}
+    out = []
     for ev in events:
         if ev.event in HOLDS:
-            held[ev.trial] = (ev.time, ev.devices)
-        elif ev.event in RELEASES and ev.trial in held:
-            t0, devs = held.pop(ev.trial)
-            for d in devs:
-                raw.setdefault(d, []).append((t0, ev.time))
+            opened[ev.trial] = (ev.time, ev.devices)
+        elif ev.event in RELEASES and ev.trial in opened:
+            t0, devs = opened.pop(ev.trial)
+            out.append((ev.trial, t0, ev.time, devs, ev.event))
+    if open_until is not None:
+        out += [(trial, t0, open_until, devs, "running") for trial, (t0, devs) in opened.items()]
+    return out
+
+
+def busy_intervals(events: Iterable[TraceEvent]) -> dict[int, list[tuple[float, float]]]:
+    """Per device, the merged intervals during which at least one trial held it."""
+    raw: dict[int, list[tuple[float, float]]] = {}
+    for _trial, t0, t1, devs, _how in holds(events):
+        for d in devs:
+            raw.setdefault(d, []).append((t0, t1))
     merged: dict[int, list[tuple[float, float]]] = {}
     for d, ivs in raw.items():
         ivs.sort()
