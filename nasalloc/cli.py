@@ -169,6 +169,16 @@ def _refuse_renamed(command: Command, overrides: list[str]) -> None:
             raise UsageError(f"{key}={value}: module renamed; use {key}={module}")
 
 
+def _implied_groups(args: list[str]) -> list[str]:
+    """`workload.path=PATH` names a recorded search, which only the replay workload reads:
+    choose `workload=replay` for it unless a workload is chosen explicitly, so
+    `nasalloc recommend workload.path=~/ray_results/my_search` answers as it reads."""
+    keys = [a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a and not a.startswith("-")]
+    if "workload.path" in keys and "workload" not in keys:
+        return ["workload=replay", *args]
+    return args
+
+
 def validate(command: Command, module: Any, args: list[str]) -> None:
     """Compose and load every job of the command line; raise UserError/UsageError if bad."""
     from hydra.errors import HydraException
@@ -223,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         return _error(None, f"unknown command {name!r}; allowed: {', '.join(COMMANDS)}")
     command = COMMANDS[name]
+    rest = _implied_groups(rest)
     from nasalloc.sim.errors import UserError
 
     try:

@@ -89,3 +89,19 @@ def test_the_old_names_still_mean_something_where_they_were_not_renamed(tmp_path
     """`workload` is the simulator's learning-curve model: simulate and recommend keep it."""
     assert main(["simulate", "workload.rank_fidelity=0.9", "plots=false", f"out_dir={tmp_path / 'o'}"]) == 0
     assert (tmp_path / "o" / "summary.json").is_file()
+
+
+def test_a_recorded_search_path_chooses_the_replay_workload(tmp_path, capsys):
+    """`workload.path=` alone means the replay workload (issue 13's command reads as it is
+    written); an explicit other workload keeps its own settings and refuses the key."""
+    from pathlib import Path
+
+    from nasalloc import cli
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "ray_tune" / "asha_2gpu"
+    out = tmp_path / "sim"
+    assert cli.main(["simulate", f"workload.path={fixture}", "scheduler.n_trials=4", "scheduler.max_epochs=4",
+                     "plots=false", f"out_dir={out}"]) == 0
+    assert "Ray Tune experiment" in capsys.readouterr().out
+    assert cli.main(["simulate", "workload=synthetic", f"workload.path={fixture}", f"out_dir={tmp_path / 'never'}"]) == 2
+    assert "workload.path" in capsys.readouterr().err and not (tmp_path / "never").exists()
