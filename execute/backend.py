@@ -148,6 +148,27 @@ def worker_env(base: Mapping[str, str], *, device_kind: str, device: int, thread
     return env
 
 
+SOCKET_DIR_PREFIX = "nasalloc-"  # + the executor's pid + "-": the worker sockets of one backend
+
+
+def remove_stale_socket_dirs(tmp: Path | None = None) -> list[Path]:
+    """Remove the socket folders of executors that are gone (a SIGKILLed run cannot clean up
+    after itself); the owner's pid is in the name. -> the folders removed."""
+    removed = []
+    for folder in Path(tmp or tempfile.gettempdir()).glob(f"{SOCKET_DIR_PREFIX}*-*"):
+        pid = folder.name[len(SOCKET_DIR_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or not folder.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        except PermissionError:
+            pass  # alive, someone else's
+    return removed
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -163,7 +184,8 @@ class LocalBackend:
             raise ValueError(f"device_kind={device_kind!r}: allowed: cpu, cuda")
         self.device_kind = device_kind
         self.slots = sorted(slots)
-        self._tmp = Path(tempfile.mkdtemp(prefix="nasalloc-"))
+        remove_stale_socket_dirs()
+        self._tmp = Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-"))
         self._authkey = secrets.token_bytes(16)
         self._listener = Listener(str(self._tmp / "w.sock"), family="AF_UNIX", authkey=self._authkey)
         self._arrivals: queue.Queue = queue.Queue()

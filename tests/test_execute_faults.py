@@ -314,3 +314,20 @@ def test_hyperband_per_rung_with_failures_lost_checkpoints_and_an_interruption_t
     assert [ev.epoch for ev in fails if ev.trial == 2 and "RuntimeError: injected" in ev.info] == [0]
     assert any(ev.event == "resume" and ev.trial == 8 and ev.info == "interrupted" for ev in events[len(before):])
     assert not run_workers(tmp_path)
+
+
+def test_socket_folders_of_dead_executors_are_removed_at_the_next_start(tmp_path: Path) -> None:
+    """A SIGKILLed executor leaves its worker-socket folder behind; the next one removes the
+    folders whose owner is gone and keeps those of live executors."""
+    from nasalloc.execute.backend import remove_stale_socket_dirs
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"nasalloc-{dead.pid}-abc"
+    alive = tmp_path / f"nasalloc-{os.getpid()}-def"
+    other = tmp_path / "nasalloc-nopid"
+    for folder in (stale, alive, other):
+        folder.mkdir()
+        (folder / "w.sock").touch()
+    assert remove_stale_socket_dirs(tmp_path) == [stale]
+    assert not stale.exists() and alive.exists() and other.exists()
