@@ -356,15 +356,15 @@ class DevicePool:
             self.node_whole[d // self.gpn] -= 1
         self.free_units -= len(devices) * L
 
-    def can_move(self, devices: tuple[int, ...], k_old: float, k_new: float) -> bool:
-        """Whether a trial holding `devices` at k_old could be placed at k_new once it lets
-        them go (nothing changes)."""
+    def move_target(self, devices: tuple[int, ...], k_old: float, k_new: float) -> tuple[int, ...] | None:
+        """Where a trial holding `devices` at k_old would be placed at k_new once it lets them
+        go (None: nowhere now); nothing changes."""
         self.release(devices, k_old)
         placed = self.place(k_new)
         if placed is not None:
             self.release(placed, k_new)
         self.occupy(devices, k_old)
-        return placed is not None
+        return placed
 
     def sharers(self, device: int, k: float) -> int:
         """Trials of share k that fit in what is held on `device` (its trials, when all hold k)."""

@@ -332,10 +332,7 @@ class Dispatcher:
             return None
         # Reserve now the free devices its new placement adds to its own, so that no other
         # decision counts on them; they join it when its save is done (`released`).
-        pool.release(seg.devices, seg.k)
-        target = pool.place(k)
-        pool.release(target, k)  # type: ignore[arg-type]
-        pool.occupy(seg.devices, seg.k)
+        target = pool.move_target(seg.devices, seg.k, k)  # placeable: the policy checked
         seg.reserved = tuple(d for d in target if d not in seg.devices)  # type: ignore[union-attr]
         for d in seg.reserved:
             pool.occupy((d,), 1.0)

@@ -173,7 +173,7 @@ class ElasticPolicy:
         k = planned.get(seg.trial, seg.k)
         t_now = next((t for r, _, t in cands if r is seg), 0.0)
         weight = next((w for r, w, _ in cands if r is seg), 0.0)
-        while k > seg.k and not pool.can_move(seg.devices, seg.k, k):  # placement may be fragmented
+        while k > seg.k and pool.move_target(seg.devices, seg.k, k) is None:  # placement may be fragmented
             smaller = [x for x in self.targets if seg.k < x < k]
             k = smaller[-1] if smaller else seg.k
             if k > seg.k and weight * (t_now - self._epoch_time(k)) <= self._move[k]:
