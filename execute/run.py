@@ -5,11 +5,15 @@
     nasalloc run gpus_per_trial=[1,2] scheduler=hyperband   # more devices after the first rung
     nasalloc run devices=cuda devices.ids=[0,1,2,3] train=synthetic
     nasalloc run resume=outputs/run/2026-01-01_12-00-00     # continue a killed run
+    nasalloc run plan=outputs/recommend/2026-01-01_12-00-00/plan.yaml   # the search recommend planned
 
 `load` validates everything (scheduler, space, devices, allocation, that the entrypoint
 imports) before any folder exists; `main` starts the warm workers, runs `SearchLoop` and
 writes trace.jsonl, summary.json, plots, logs/ into the run folder. A resumed run uses the
 saved `run_config.yaml` of that folder (other overrides are ignored) and appends to its trace.
+With `plan=PATH` the plan's scheduler, allocation, seed and profile replace the run's own
+(`sim/plan.py`; the CLI refuses overrides of them), the allocation is checked against the
+devices present, and the run starts by saying in one line how the planned cluster maps to them.
 
 `read_run_config` is the one reader of that file (for `resume=` here, and for `nasalloc
 validate`, which may run on another machine): it checks values only (`parse_run_config`);
@@ -18,6 +22,7 @@ validate`, which may run on another machine): it checks values only (`parse_run_
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +36,7 @@ from nasalloc.sim.profile import Profile
 from nasalloc.sim.config import require, required, to_typed, upgrade_saved
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_allocation, format_duration
+from nasalloc.sim.plan import mapping_line, read_plan
 from nasalloc.sim.schedulers import scheduler_config
 from nasalloc.sim.space import SearchSpace
 
@@ -113,6 +119,7 @@ class RunSettings:
     resume: Path | None
     raw: dict[str, Any]  # the composed config, saved for resume
     profile: Profile | None = None  # the planning profile (the elastic policy decides with it)
+    plan_note: str | None = None  # with plan=PATH: how the planned cluster maps to these devices (printed first)
 
 
 def _device_ids(dev: DevicesConfig) -> list[int]:
@@ -207,9 +214,10 @@ def read_run_config(folder: Path) -> RunConfig:
         raise UserError(f"{path}: {exc}") from None
 
 
-def settings_here(config: RunConfig, resume: Path | None = None) -> RunSettings:
+def settings_here(config: RunConfig, resume: Path | None = None, allocation_key: str = "gpus_per_trial") -> RunSettings:
     """The settings to run `config` on this machine: its devices exist, the allocation fits
-    them, the training entrypoint imports and the recorded profile loads."""
+    them, the training entrypoint imports and the recorded profile loads. `allocation_key`
+    names the allocation in the error when it does not fit."""
     from nasalloc.sim.elastic import resolve_allocation
     from nasalloc.sim.profile import load_profile
 
@@ -218,7 +226,7 @@ def settings_here(config: RunConfig, resume: Path | None = None) -> RunSettings:
     # elastic policy decides with it
     profile = None if config.profile is None else load_profile(config.profile)
     elastic = required(config.raw, "elastic") if config.gpus_per_trial == ELASTIC else None
-    allocation = resolve_allocation(config.gpus_per_trial, machine(len(ids)), profile, elastic)
+    allocation = resolve_allocation(config.gpus_per_trial, machine(len(ids)), profile, elastic, key=allocation_key)
     _check_entrypoint(config.train.entrypoint)
     return RunSettings(
         scheduler=config.scheduler, space=config.space, train=config.train, devices=config.devices, device_ids=ids,
@@ -238,19 +246,33 @@ def load(cfg: DictConfig) -> RunSettings:
     assert isinstance(raw, dict)
     raw.pop("hydra", None)
     resume = required(raw, "resume")
+    plan_given = required(raw, "plan")
     if resume:
         folder = require_run_folder(str(resume), "resume")
+        if plan_given is not None:
+            raise UserError(f"plan={plan_given}: a resumed run continues its own search ({folder / RUN_CONFIG}); "
+                            "leave plan= out")
         return settings_here(read_run_config(folder), resume=folder)
     out_dir = raw.get("out_dir")
     if out_dir and (Path(str(out_dir)) / "trace.jsonl").exists():
         raise UserError(f"out_dir={out_dir}: already holds a run (trace.jsonl); continue it with resume={out_dir} "
                         "or choose another out_dir")
-    return settings_from(raw)
+    if plan_given is None:
+        return settings_from(raw)
+    plan = read_plan(str(plan_given))
+    assert plan.path is not None
+    raw = {**raw, **plan.run_settings(), "plan": str(plan.path.resolve())}
+    made_for = f"plan={plan_given} (made for {plan.cluster.gpus} devices of {plan.cluster.name})"
+    settings = settings_here(parse_run_config(raw), allocation_key=f"{made_for}: gpus_per_trial")
+    note = mapping_line(plan, settings.allocation, len(settings.device_ids), settings.devices.kind)
+    return dataclasses.replace(settings, plan_note=note)
 
 
 def main(settings: RunSettings, out_dir: Path) -> None:
     from nasalloc.execute.search import run_search
 
+    if settings.plan_note is not None:
+        print(settings.plan_note, flush=True)
     run_dir = settings.resume if settings.resume is not None else Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if settings.resume is None:

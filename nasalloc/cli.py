@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import itertools
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,19 @@ def _refuse_renamed(command: Command, overrides: list[str]) -> None:
             raise UsageError(f"{key}={value}: module renamed; use {key}={module}")
 
 
+def _refuse_plan_overrides(command: Command, overrides: list[str]) -> None:
+    """`nasalloc run plan=PATH` runs the plan's search: an override of a setting the plan
+    fixes (`nasalloc.sim.plan.PLAN_KEYS`) would make it another search, so it is refused."""
+    from nasalloc.sim.plan import PLAN_KEYS, overridden_plan_key
+
+    if command.name != "run":
+        return
+    clash = overridden_plan_key(overrides)
+    if clash is not None:
+        raise UsageError(f"{clash}: plan= fixes {', '.join(PLAN_KEYS)} (the search it planned); leave {clash.split('=', 1)[0]} "
+                        "out, or run without plan=")
+
+
 def _implied_groups(args: list[str]) -> list[str]:
     """`workload.path=PATH` names a recorded search, which only the replay workload reads:
     choose `workload=replay` for it unless a workload is chosen explicitly, so
@@ -186,6 +200,7 @@ def validate(command: Command, module: Any, args: list[str]) -> None:
 
     overrides, multirun, info = _split_args(args)
     _refuse_renamed(command, overrides)
+    _refuse_plan_overrides(command, overrides)
     if info:
         return
     try:
@@ -219,6 +234,19 @@ def _hydra_app(command: Command, module: Any) -> Any:
     return task
 
 
+def _cwd_importable() -> None:
+    """Make the current folder importable, as `python -m` does (and, like it, not under
+    PYTHONSAFEPATH), so `train.entrypoint=mytrain:train` finds ./mytrain.py: the `nasalloc`
+    script starts with its own folder on sys.path instead. Appended, so a file here cannot
+    shadow an installed package in this process. The warm workers start in this folder with
+    `python -m`, which puts it on their path as well."""
+    if getattr(sys.flags, "safe_path", False):
+        return
+    cwd = os.getcwd()
+    if not any(os.path.abspath(p or ".") == cwd for p in sys.path):
+        sys.path.append(cwd)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -234,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         return _error(None, f"unknown command {name!r}; allowed: {', '.join(COMMANDS)}")
     command = COMMANDS[name]
     rest = _implied_groups(rest)
+    _cwd_importable()
     from nasalloc.sim.errors import UserError
 
     try:

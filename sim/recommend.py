@@ -4,7 +4,8 @@ Simulates every allocation (static k from 1/4 of a GPU up to the whole cluster, 
 per-rung schedules) for each scheduler and cluster size over the same seeds, then reports
 mean and 95% interval of makespan, time-to-target, best metric and cost, the speed-ups, the
 recommended allocation per scheduler and overall, and which allocations cannot be told apart
-from it. Writes `sweep.csv`, `recommendation.json` and plots; prints a table.
+from it. Writes `sweep.csv`, `recommendation.json`, plots, and `plan.yaml`: the recommended
+search, which `nasalloc run plan=PATH` runs as it was simulated (`sim/plan.py`); prints a table.
 
 Layout: `load` validates the whole sweep before any folder exists (one-line errors);
 `sweep.py` builds and runs the grid in worker processes; `ranking.py` aggregates and
@@ -29,6 +30,7 @@ from nasalloc.sim.elastic import resolve_allocation
 from nasalloc.sim.config import required, shipped, to_typed
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
+from nasalloc.sim.plan import PLAN_FILE, Plan, allocation_value, profile_reference, write_plan
 from nasalloc.sim.formatting import format_allocation, duration_unit, format_duration, format_in_unit
 from nasalloc.sim.profile import Profile, load_profile
 from nasalloc.sim.ranking import OBJECTIVE_FIELD, GroupStats, Recommendation, choose, recommend
@@ -63,6 +65,8 @@ class RecommendSettings:
     profile: Profile
     workload: Workload
     clusters: list[ClusterSpec]
+    profile_ref: str  # the profile as plan.yaml names it (`profile_reference`)
+    elastic: dict[str, Any]  # elastic.min / elastic.max, for plan.yaml
 
 
 def _plain(node: Any) -> Any:
@@ -184,7 +188,8 @@ def load(cfg: DictConfig) -> RecommendSettings:
         raise UserError(f"objective={objective!r}: allowed: {', '.join(OBJECTIVES)}")
     workload = workload_from_config(required(cfg, "workload"))
     metric = workload.metric
-    profile = load_profile(str(required(cfg, "profile")))
+    profile_given = str(required(cfg, "profile"))
+    profile = load_profile(profile_given)
     target = checked_target(required(cfg, "target"), metric)
     if objective == "time_to_target" and target is None:
         raise UserError("objective=time_to_target: needs target=VALUE (a metric value to reach)")
@@ -223,7 +228,10 @@ def load(cfg: DictConfig) -> RecommendSettings:
                                       allocation=alloc, target=target)
                 for seed in seeds:
                     points.append(GridPoint(sched.name, alloc, with_seed(base, seed, propagate), deadline, pricing))
-    return RecommendSettings(points, seeds, objective, target, deadline, pricing, workers, plots, profile, workload, clusters)
+    elastic = _plain(required(cfg, "elastic"))
+    bounds = {name: required(elastic, name, "elastic.") for name in ("min", "max")}  # for plan.yaml
+    return RecommendSettings(points, seeds, objective, target, deadline, pricing, workers, plots, profile, workload, clusters,
+                             profile_reference(profile_given), bounds)
 
 
 # ----- output ----------------------------------------------------------------------------
@@ -422,6 +430,9 @@ def main(settings: RecommendSettings, out_dir: Path) -> None:
     write_sweep_csv(out_dir / "sweep.csv", runs)
     syne = write_ray_tune(settings, rec, out_dir)
     write_json(out_dir / "recommendation.json", {**recommendation_json(settings, rec), "syne_tune": syne})
+    plan = plan_of(settings, rec)
+    if plan is not None:
+        write_plan(out_dir / PLAN_FILE, plan)
     if settings.plots:
         write_plots(settings, rec, out_dir)
     console = Console(width=max(120, Console().width))
@@ -433,7 +444,24 @@ def main(settings: RecommendSettings, out_dir: Path) -> None:
     if syne is not None:
         workers = "cannot run it (see ray_tune.py)" if syne["n_workers"] is None else f"n_workers={syne['n_workers']} ({syne['note']})"
         print(f"Ray Tune: ray_tune.py; Syne Tune: {workers}")
+    if plan is not None:
+        print(f"plan: {out_dir.resolve() / PLAN_FILE} (run this search: nasalloc run plan={out_dir.resolve() / PLAN_FILE})")
     print(f"{len(runs)} simulations in {format_duration(wall)}; output: {out_dir.resolve()}")
+
+
+def plan_of(settings: RecommendSettings, rec: Recommendation) -> Plan | None:
+    """The recommended search as plan.yaml holds it (None when nothing was recommended): the
+    scheduler config the sweep simulated, the allocation, the first seed, profile, cluster."""
+    g = rec.overall
+    if g is None:
+        return None
+    point = _point(settings, g)
+    field_name = OBJECTIVE_FIELD[rec.objective]
+    predicted = {"objective": rec.objective, field_name: g.estimates[field_name].to_dict(),
+                 "makespan_s": g.estimates["makespan_s"].to_dict(), "seeds": list(settings.seeds)}
+    return Plan(scheduler=dataclasses.asdict(point.spec.scheduler), gpus_per_trial=allocation_value(point.allocation),
+                elastic=dict(settings.elastic), seed=settings.seeds[0], profile=settings.profile_ref,
+                cluster=point.spec.cluster, predicted=predicted)
 
 
 def _point(settings: RecommendSettings, group: GroupStats) -> GridPoint:

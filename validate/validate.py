@@ -10,7 +10,10 @@ schedulers can diverge when timings differ; the report counts it).
 
 With several runs of the same search at different allocations it also reports whether the
 predicted ranking of the allocations matches the measured one (Kendall tau) and the measured
-speed-up of the predicted-best allocation over each other. `update_profile=true` writes
+speed-up of the predicted-best allocation over each other. Runs of different searches (another
+scheduler or scheduler setting, trial count, search space or training function) are refused,
+naming the first difference (`search_difference`): their makespans differ for reasons other
+than the allocation. `force=true` ranks them anyway, and the report says what differed. `update_profile=true` writes
 `profile_updated.yaml`: the profile refitted with what the runs measured.
 """
 
@@ -54,6 +57,7 @@ class ValidateSettings:
     profile: Profile
     update_profile: bool
     plots: bool
+    forced: str | None = None  # force=true over runs of different searches: the first difference
 
 
 def _devices_in_trace(events: tuple[TraceEvent, ...], folder: Path) -> int:
@@ -111,11 +115,40 @@ def load(cfg: DictConfig) -> ValidateSettings:
         raise UserError("profile: give the profile the run was planned with (profile=NAME or profile=PATH); "
                         "the run's config does not name one")
     profile = load_profile(str(name))
-    for flag in ("update_profile", "plots"):
+    for flag in ("update_profile", "plots", "force"):
         if not isinstance(required(cfg, flag), bool):
             raise UserError(f"{flag}={cfg[flag]!r}: must be true or false")
+    differ = next((d for f, c in zip(folders[1:], configs[1:]) if (d := search_difference(folders[0], configs[0], f, c))),
+                  None)
+    if differ is not None and not cfg.force:
+        raise UserError(f"run: {differ}; a ranking compares allocations of one search (force=true ranks them anyway)")
     return ValidateSettings(tuple(read_run(f, c, profile) for f, c in zip(folders, configs)), profile,
-                            bool(cfg.update_profile), bool(cfg.plots))
+                            bool(cfg.update_profile), bool(cfg.plots), forced=differ)
+
+
+def search_difference(folder_a: Path, a: RunConfig, folder_b: Path, b: RunConfig) -> str | None:
+    """How run b is another search than run a (the first difference, in words), or None.
+
+    The same search: the same scheduler with the same settings (trial count, epochs, eta,
+    variant, ...), the same search space and the same training function. The allocation,
+    devices and seed may differ: the first two are what a ranking compares, and repeats of
+    one search with other seeds are still that search."""
+    def differs(key: str, x: Any, y: Any) -> str:
+        return f"{folder_b} is another search than {folder_a}: {key} {y!r} there, {x!r} here"
+
+    sa, sb = dataclasses.asdict(a.scheduler), dataclasses.asdict(b.scheduler)
+    if sa["name"] != sb["name"]:
+        return differs("scheduler", sa["name"], sb["name"])
+    for key in sa:
+        if sa[key] != sb.get(key):
+            return differs(f"scheduler.{key}", sa[key], sb.get(key))
+    space_a, space_b = a.train.space or {}, b.train.space or {}
+    for key in sorted(set(space_a) | set(space_b)):
+        if space_a.get(key) != space_b.get(key):
+            return differs(f"train.space.{key}", space_a.get(key), space_b.get(key))
+    if a.train.entrypoint != b.train.entrypoint:
+        return differs("train.entrypoint", a.train.entrypoint, b.train.entrypoint)
+    return None
 
 
 # ----- profile refit ---------------------------------------------------------------------
@@ -307,6 +340,8 @@ def main(settings: ValidateSettings, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     reports, comparisons, measured_by_k = [], [], {}
     lines = [f"nasalloc validate: profile {settings.profile.name}"]
+    if settings.forced is not None:
+        lines.append(f"  force=true: ranking runs of different searches ({settings.forced})")
     for i, run in enumerate(settings.runs):
         result = simulate(run.spec)
         c = compare(result.events, list(run.events), mode=run.spec.workload.metric.mode, n_devices=run.spec.cluster.gpus)
@@ -335,6 +370,7 @@ def main(settings: ValidateSettings, out_dir: Path) -> None:
         "median_abs_makespan_error": float(np.median(errors)) if errors else None,
         "runs": reports,
         "ranking": rank,
+        "different_searches": settings.forced,
     }
     if rank is not None:
         lines.append(f"  ranking    predicted {' < '.join(rank['predicted_order'])}; measured {' < '.join(rank['measured_order'])}; "
