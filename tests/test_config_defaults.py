@@ -113,6 +113,30 @@ def run_folder(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def plan_file(tmp_path_factory) -> Path:
+    """A plan.yaml as `nasalloc recommend` writes it."""
+    from nasalloc.sim.plan import Plan, write_plan
+
+    path = tmp_path_factory.mktemp("plan") / "plan.yaml"
+    write_plan(path, Plan(scheduler={**shipped_scheduler("asha"), "n_trials": 4}, gpus_per_trial=1,
+                          elastic={"min": 0.25, "max": None}, seed=0, profile="digits_cpu",
+                          cluster=ClusterSpec("two", 2, 2), predicted={}))
+    return path
+
+
+def shipped_scheduler(name: str) -> dict[str, Any]:
+    from nasalloc.sim.config import shipped
+
+    return shipped("scheduler", name)
+
+
+# the run settings a plan replaces: with plan=PATH they are read from the plan, not the config
+PLANNED = {"scheduler", *(f"scheduler.{k}" for k in ("name", "n_trials", "min_epochs", "max_epochs", "eta", "variant", "rule",
+                                                     "brackets", "bracket_assignment", "mode", "max_retries", "promotion")),
+           "gpus_per_trial", "elastic", "elastic.min", "elastic.max", "seed", "profile"}
+
+
 @pytest.mark.parametrize("command, overrides, not_read", [
     # the elastic block is read for gpus_per_trial=elastic only (and then checked here too)
     ("simulate", [], {"elastic", "elastic.min", "elastic.max"}),
@@ -128,10 +152,12 @@ def run_folder(tmp_path_factory) -> Path:
     ("calibrate", ["calibration.device=cpu"], set()),
     ("run", [], {"elastic", "elastic.min", "elastic.max"}),
     ("run", ["gpus_per_trial=elastic", "profile=digits_cpu"], set()),
+    ("run", ["plan=PLAN"], PLANNED),  # PLAN: the plan_file fixture
     ("validate", ["profile=digits_cpu"], {"seed"}),  # each run is re-simulated with its own seed
 ])
 def test_every_setting_is_required_no_command_falls_back_to_a_default_of_its_own(command, overrides, not_read,
-                                                                                  run_folder):
+                                                                                  run_folder, plan_file):
+    overrides = [o.replace("PLAN", str(plan_file)) for o in overrides]
     if command == "validate":
         overrides = [*overrides, f"run={run_folder}"]
     module = importlib.import_module(COMMANDS[command].module)
