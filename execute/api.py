@@ -1,20 +1,28 @@
 """The training API: what a user's training function sees, and the only thing it must call.
 
 A training function is ``train(config: dict, ctx: TrainingContext) -> None`` named as
-``"module:function"``. The executor runs it on every rank of a trial's process group (the
-group is already initialised: gloo on CPU slots, nccl on GPUs, torchrun's environment
-variables set, so existing DDP code works unchanged)::
+``"module:function"`` (a module in the folder `nasalloc` runs in imports too). The executor
+runs it on every rank of a trial's process group (the group is already initialised: gloo on
+CPU slots, nccl on GPUs, torchrun's environment variables set, so existing DDP code works
+unchanged). A job trains epochs ``start_epoch + 1`` to ``until_epoch``, where the scheduler
+decides next. This example is also the README's (tests/test_user_guide.py keeps them one)::
 
-    def train(config, ctx):
-        model, opt = build(config)
-        if (state := ctx.load_checkpoint()) is not None:
+    from nasalloc.execute.api import Decision, TrainingContext
+
+
+    def train(config: dict, ctx: TrainingContext) -> None:
+        model = build(config).to(ctx.device)            # config: a sample of train.space, plus train.params
+        opt = make_optimizer(model, config)
+        if (state := ctx.load_checkpoint()) is not None:  # what was saved at ctx.start_epoch (None at 0)
             model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
-        for epoch in range(ctx.start_epoch + 1, config["max_epochs"] + 1):
+        net = DDP(model) if ctx.world_size > 1 else model  # the process group is already initialised
+        for epoch in range(ctx.start_epoch + 1, ctx.until_epoch + 1):  # this job's epochs
             for batch in shard(data, ctx.rank, ctx.world_size):
-                ...; opt.step(); ctx.step()
-            decision = ctx.report(epoch, val_acc, state=lambda: {"model": ..., "opt": ...},
+                opt.zero_grad(); loss_fn(net, batch).backward(); opt.step()
+                ctx.step()                              # once per optimizer step (calibration times these)
+            decision = ctx.report(epoch, val_acc, state=lambda: {"model": model.state_dict(), "opt": opt.state_dict()},
                                   test_metric=test_acc)
-            if decision is not Decision.CONTINUE:
+            if decision is not Decision.CONTINUE:       # PAUSE (checkpointed, resumed later) or STOP
                 return
 
 `report` is a collective in effect: every rank calls it once per epoch and gets the same

@@ -300,6 +300,12 @@ def _money(x: float) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
+def cost_unit(pricing: Pricing) -> str:
+    """What the cost column counts, in the currency of cost.per_gpu_hour."""
+    hours = "all GPUs for the whole makespan" if pricing.billing == "cluster" else "the device-hours trials held"
+    return f"cost: {pricing.per_gpu_hour:g} per GPU-hour x {hours} (cost.billing={pricing.billing})"
+
+
 def render_table(settings: RecommendSettings, rec: Recommendation) -> Any:
     from rich.table import Table
 
@@ -312,7 +318,7 @@ def render_table(settings: RecommendSettings, rec: Recommendation) -> Any:
         return format_in_unit(seconds, t_unit)
 
     table = Table(title=f"objective: {rec.objective}; mean ±95% CI over {len(settings.seeds)} seeds; "
-                        f"x slowest / x k=1: makespan speed-up", title_justify="left")
+                        f"x slowest / x k=1: makespan speed-up\n{cost_unit(settings.pricing)}", title_justify="left")
     columns = ["scheduler"] + (["GPUs"] if several_sizes else []) + ["k", f"makespan \\[{t_unit}]", "x slowest", "x k=1",
                                                                      metric.name]
     if settings.target is not None:
