@@ -11,9 +11,10 @@
 imports) before any folder exists; `main` starts the warm workers, runs `SearchLoop` and
 writes trace.jsonl, summary.json, plots, logs/ into the run folder. A resumed run uses the
 saved `run_config.yaml` of that folder (other overrides are ignored) and appends to its trace.
-With `plan=PATH` the plan's scheduler, allocation, seed and profile replace the run's own
-(`sim/plan.py`; the CLI refuses overrides of them), the allocation is checked against the
-devices present, and the run starts by saying in one line how the planned cluster maps to them.
+With `plan=PATH` the plan's scheduler, allocation, seed, profile and (if it names one) training
+function replace the run's own (`sim/plan.py`; the CLI refuses overrides of them), the
+allocation is checked against the devices present, and the run starts by saying in one line
+how the planned cluster maps to them.
 
 `read_run_config` is the one reader of that file (for `resume=` here, and for `nasalloc
 validate`, which may run on another machine): it checks values only (`parse_run_config`);
@@ -264,7 +265,8 @@ def load(cfg: DictConfig) -> RunSettings:
     raw = {**raw, **plan.run_settings(), "plan": str(plan.path.resolve())}
     made_for = f"plan={plan_given} (made for {plan.cluster.gpus} devices of {plan.cluster.name})"
     settings = settings_here(parse_run_config(raw), allocation_key=f"{made_for}: gpus_per_trial")
-    note = mapping_line(plan, settings.allocation, len(settings.device_ids), settings.devices.kind)
+    assert settings.profile is not None  # a plan names its profile
+    note = mapping_line(plan, settings.allocation, len(settings.device_ids), settings.devices.kind, settings.profile.name)
     return dataclasses.replace(settings, plan_note=note)
 
 

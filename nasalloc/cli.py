@@ -172,15 +172,16 @@ def _refuse_renamed(command: Command, overrides: list[str]) -> None:
 
 def _refuse_plan_overrides(command: Command, overrides: list[str]) -> None:
     """`nasalloc run plan=PATH` runs the plan's search: an override of a setting the plan
-    fixes (`nasalloc.sim.plan.PLAN_KEYS`) would make it another search, so it is refused."""
-    from nasalloc.sim.plan import PLAN_KEYS, overridden_plan_key
+    fixes (`nasalloc.sim.plan.Plan.fixed_keys`) would make it another search, so it is refused."""
+    from nasalloc.sim.plan import overridden_plan_key
 
     if command.name != "run":
         return
     clash = overridden_plan_key(overrides)
     if clash is not None:
-        raise UsageError(f"{clash}: plan= fixes {', '.join(PLAN_KEYS)} (the search it planned); leave {clash.split('=', 1)[0]} "
-                        "out, or run without plan=")
+        text, plan = clash
+        raise UsageError(f"{text}: plan= fixes {', '.join(plan.fixed_keys)} (the search it planned); leave "
+                         f"{text.split('=', 1)[0]} out, or run without plan=")
 
 
 def _implied_groups(args: list[str]) -> list[str]:

@@ -11,11 +11,14 @@ simulated, and `run plan=PATH` takes exactly those, refusing command-line overri
     elastic:         its bounds {min, max} (read for gpus_per_trial=elastic)
     seed:            the first of recommend's seeds (the run's scheduler is seeded with it)
     profile:         the profile it was simulated with (a shipped name, or an absolute path)
+    train:           with `recommend train=NAME`: the training function {name, entrypoint, space,
+                     params}, whose search space recommend simulated; null: the run's own `train`
     cluster:         the cluster it was planned for {name, gpus, gpus_per_node}
     predicted:       what recommend predicted on that cluster (for the reader; run ignores it)
 
-The training function is not part of the plan: recommend simulates learning curves
-(`workload`), the run trains the user's function (`train=` / `train.entrypoint=`).
+Recommend simulates learning curves (`workload`), not the training function; with
+`train=NAME` it samples configurations from that function's search space (the configuration
+cost model of a calibrated profile is fitted over it), and the run trains that function.
 
 Run where the devices differ from the planned cluster, the search stays the same and only
 its makespan changes; `mapping_line` says so in one line, and the allocation is checked
@@ -41,8 +44,10 @@ from nasalloc.sim.schedulers import scheduler_config
 PLAN_FILE = "plan.yaml"
 # The run settings a plan fixes: `nasalloc run plan=PATH` takes these from the plan and
 # refuses them on the command line (they would make it another search than the plan's).
+# With a training function in the plan, `train` too (`Plan.fixed_keys`).
 PLAN_KEYS = ("scheduler", "gpus_per_trial", "elastic", "seed", "profile")
-_FIELDS = (*PLAN_KEYS, "cluster", "predicted")
+TRAIN_KEYS = ("name", "entrypoint", "space", "params")
+_FIELDS = (*PLAN_KEYS, "train", "cluster", "predicted")
 
 _HEADER = ("# The search `nasalloc recommend` recommends; run exactly this search with\n"
            "#   nasalloc run plan={path}\n"
@@ -60,17 +65,27 @@ class Plan:
     profile: str
     cluster: ClusterSpec
     predicted: dict[str, Any]
+    train: dict[str, Any] | None = None  # {name, entrypoint, space, params}; None: the run's own
     path: Path | None = None  # where it was read from
 
-    def run_settings(self) -> dict[str, Any]:
-        """The run settings this plan fixes (`PLAN_KEYS`), as `nasalloc run`'s config holds them."""
-        return {"scheduler": dict(self.scheduler), "gpus_per_trial": self.gpus_per_trial,
-                "elastic": dict(self.elastic), "seed": self.seed, "profile": self.profile}
+    @property
+    def fixed_keys(self) -> tuple[str, ...]:
+        """The run settings this plan fixes."""
+        return PLAN_KEYS + (("train",) if self.train is not None else ())
 
-    def describe(self) -> str:
+    def run_settings(self) -> dict[str, Any]:
+        """The run settings this plan fixes (`fixed_keys`), as `nasalloc run`'s config holds them."""
+        out = {"scheduler": dict(self.scheduler), "gpus_per_trial": self.gpus_per_trial,
+               "elastic": dict(self.elastic), "seed": self.seed, "profile": self.profile}
+        if self.train is not None:
+            out["train"] = dict(self.train)
+        return out
+
+    def describe(self, profile_name: str) -> str:
         s = self.scheduler
+        train = "" if self.train is None else f"train {self.train['name']}, "
         return (f"{s['name']}, {s['n_trials']} trials of up to {s['max_epochs']} epochs, seed {self.seed}, "
-                f"k={_shown(self.gpus_per_trial)}, profile {Path(self.profile).name if '/' in self.profile else self.profile}")
+                f"k={_shown(self.gpus_per_trial)}, {train}profile {profile_name}")
 
 
 def _shown(value: Any) -> str:
@@ -138,22 +153,30 @@ def read_plan(given: str | Path) -> Plan:
             raise UserError(f"seed={seed!r}: must be an integer")
         if not isinstance(values["profile"], str) or not values["profile"]:
             raise UserError(f"profile={values['profile']!r}: must be a shipped profile's name or a path")
+        train = values["train"]
+        if train is not None:
+            if not isinstance(train, dict):
+                raise UserError(f"train={train!r}: expected {{{', '.join(TRAIN_KEYS)}}} or null")
+            train = {name: required(train, name, "train.") for name in TRAIN_KEYS}
     except UserError as exc:
         raise UserError(f"{key}: {exc}") from None
     return Plan(scheduler=dict(scheduler), gpus_per_trial=values["gpus_per_trial"], elastic=elastic, seed=seed,
-                profile=values["profile"], cluster=cluster, predicted=dict(values["predicted"] or {}), path=path)
+                profile=values["profile"], cluster=cluster, predicted=dict(values["predicted"] or {}), train=train,
+                path=path)
 
 
-def overridden_plan_key(overrides: list[str]) -> str | None:
+def overridden_plan_key(overrides: list[str]) -> tuple[str, Plan] | None:
     """The first command-line override that a `plan=PATH` among `overrides` would contradict
-    (a setting in `PLAN_KEYS`, or a key under one); None if there is no plan or no conflict."""
+    (a setting the plan fixes, or a key under one), with the plan; None if there is no plan
+    or no conflict. Reads the plan (UserError if it is unusable)."""
     keys = [(o.split("=", 1)[0].lstrip("+~"), o) for o in overrides if "=" in o]
-    plan = [value for key, value in ((k, o.split("=", 1)[1]) for k, o in keys) if key == "plan"]
-    if not plan or plan[-1].strip() in ("", "null"):
+    given = [o.split("=", 1)[1] for key, o in keys if key == "plan"]
+    if not given or given[-1].strip() in ("", "null"):
         return None
+    plan = read_plan(given[-1])
     for key, text in keys:
-        if any(key == name or key.startswith(name + ".") for name in PLAN_KEYS):
-            return text
+        if any(key == name or key.startswith(name + ".") for name in plan.fixed_keys):
+            return text, plan
     return None
 
 
@@ -163,11 +186,11 @@ def trials_at_once(alloc: Allocation, devices: int) -> int:
     return devices * k.denominator if k < 1 else devices // int(k)
 
 
-def mapping_line(plan: Plan, here: Allocation, devices: int, kind: str) -> str:
+def mapping_line(plan: Plan, here: Allocation, devices: int, kind: str, profile_name: str) -> str:
     """One line: the plan, and how its cluster maps to the `devices` present here."""
     c = plan.cluster
     nodes = "" if c.gpus <= c.gpus_per_node else f" in nodes of {c.gpus_per_node}"
-    head = f"plan {plan.path}: {plan.describe()}; planned for {c.gpus} devices{nodes} ({c.name}) -> here {devices} {kind} devices"
+    head = f"plan {plan.path}: {plan.describe(profile_name)}; planned for {c.gpus} devices{nodes} ({c.name}) -> here {devices} {kind} devices"
     now = trials_at_once(here, devices)
     # elastic: every job starts at the most efficient k, which may differ with the device count
     planned = None if here.is_elastic else trials_at_once(here, c.gpus)

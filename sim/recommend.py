@@ -36,6 +36,7 @@ from nasalloc.sim.profile import Profile, load_profile
 from nasalloc.sim.ranking import OBJECTIVE_FIELD, GroupStats, Recommendation, choose, recommend
 from nasalloc.sim.schedulers import make_scheduler, scheduler_config, scheduler_names
 from nasalloc.sim.simulate import checked_target
+from nasalloc.sim.space import SearchSpace
 from nasalloc.sim.sweep import (
     OBJECTIVES,
     GridPoint,
@@ -66,6 +67,7 @@ class RecommendSettings:
     workload: Workload
     clusters: list[ClusterSpec]
     profile_ref: str  # the profile as plan.yaml names it (`profile_reference`)
+    train: dict[str, Any] | None  # train=NAME: the training function plan.yaml names (its space is simulated)
     elastic: dict[str, Any]  # elastic.min / elastic.max, for plan.yaml
 
 
@@ -102,6 +104,29 @@ def _schedulers(cfg: DictConfig, mode: str) -> list[Any]:
         if n_trials is not None:
             node["n_trials"] = n_trials
         out.append(scheduler_config(node, key=f"scheduler {name}"))
+    return out
+
+
+TRAIN_KEYS = ("name", "entrypoint", "space", "params")
+
+
+def _train(cfg: DictConfig) -> dict[str, Any] | None:
+    """`train=NAME`'s settings (conf/train/NAME.yaml, as `nasalloc run` reads them), or None.
+
+    The training function itself is not imported here: recommend may run where it cannot
+    be (no GPU, no data); `nasalloc run` checks it."""
+    if cfg.get("train") is None:  # the group is empty (no key) unless train=NAME is given
+        return None
+    node = _plain(cfg.train)
+    if not isinstance(node, dict):
+        raise UserError(f"train={node!r}: expected the settings of a training function (train=NAME, conf/train)")
+    unknown = sorted(set(node) - set(TRAIN_KEYS))
+    if unknown:
+        raise UserError(f"train.{unknown[0]}: unknown setting; allowed: {', '.join(TRAIN_KEYS)}")
+    out = {key: required(node, key, "train.") for key in TRAIN_KEYS}
+    SearchSpace.from_config(out["space"], "train.space")
+    if not isinstance(out["entrypoint"], str) or ":" not in out["entrypoint"]:
+        raise UserError(f"train.entrypoint={out['entrypoint']!r}: expected 'module:function'")
     return out
 
 
@@ -186,7 +211,11 @@ def load(cfg: DictConfig) -> RecommendSettings:
     objective = required(cfg, "objective")
     if objective not in OBJECTIVES:
         raise UserError(f"objective={objective!r}: allowed: {', '.join(OBJECTIVES)}")
-    workload = workload_from_config(required(cfg, "workload"))
+    train = _train(cfg)
+    workload_node = _plain(required(cfg, "workload"))
+    if train is not None and isinstance(workload_node, dict):  # the space the run will search is the one simulated
+        workload_node = {**workload_node, "space": train["space"]}
+    workload = workload_from_config(workload_node)
     metric = workload.metric
     profile_given = str(required(cfg, "profile"))
     profile = load_profile(profile_given)
@@ -231,7 +260,7 @@ def load(cfg: DictConfig) -> RecommendSettings:
     elastic = _plain(required(cfg, "elastic"))
     bounds = {name: required(elastic, name, "elastic.") for name in ("min", "max")}  # for plan.yaml
     return RecommendSettings(points, seeds, objective, target, deadline, pricing, workers, plots, profile, workload, clusters,
-                             profile_reference(profile_given), bounds)
+                             profile_reference(profile_given), train, bounds)
 
 
 # ----- output ----------------------------------------------------------------------------
@@ -467,7 +496,7 @@ def plan_of(settings: RecommendSettings, rec: Recommendation) -> Plan | None:
                  "makespan_s": g.estimates["makespan_s"].to_dict(), "seeds": list(settings.seeds)}
     return Plan(scheduler=dataclasses.asdict(point.spec.scheduler), gpus_per_trial=allocation_value(point.allocation),
                 elastic=dict(settings.elastic), seed=settings.seeds[0], profile=settings.profile_ref,
-                cluster=point.spec.cluster, predicted=predicted)
+                cluster=point.spec.cluster, predicted=predicted, train=settings.train)
 
 
 def _point(settings: RecommendSettings, group: GroupStats) -> GridPoint:

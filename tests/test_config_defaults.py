@@ -149,6 +149,9 @@ PLANNED = {"scheduler", *(f"scheduler.{k}" for k in ("name", "n_trials", "min_ep
     # top-level n_trials and the workload's metric direction replace the scheduler's own
     ("recommend", ["scheduler=hyperband", "seeds=1", "cluster.gpus=8"],
      {"seed", "scheduler", "schedulers", "scheduler.n_trials", "scheduler.mode"}),
+    # train=NAME names the training function for plan.yaml (without the group, none is named)
+    ("recommend", ["scheduler=asha", "train=digits", "seeds=1", "cluster.gpus=8"],
+     {"seed", "scheduler", "schedulers", "scheduler.n_trials", "scheduler.mode", "train", "workload.space"}),
     ("calibrate", ["calibration.device=cpu"], set()),
     ("run", [], {"elastic", "elastic.min", "elastic.max"}),
     ("run", ["gpus_per_trial=elastic", "profile=digits_cpu"], set()),

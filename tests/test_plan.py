@@ -43,6 +43,26 @@ def _toy_plan(tmp_path: Path, gpus_per_trial=1, cluster=ClusterSpec("two", 2, 2)
     return path
 
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def test_recommend_with_a_training_function_simulates_its_space_and_plans_it(tmp_path):
+    out = tmp_path / "recommend"
+    assert cli.main(["recommend", *SMALL, "train=digits", f"out_dir={out}"]) == 0
+    digits = yaml.safe_load((CONF / "train" / "digits.yaml").read_text())
+    plan = read_plan(out / "plan.yaml")
+    assert plan.train == {key: digits[key] for key in ("name", "entrypoint", "space", "params")}
+    assert plan.fixed_keys[-1] == "train"
+    raw = OmegaConf.to_container(_compose(COMMANDS["recommend"], [*SMALL, "train=digits"]), resolve=True)
+    from nasalloc.sim import recommend as recommend_cmd
+
+    assert set(recommend_cmd.load(OmegaConf.create(raw)).workload.space.names) == set(digits["space"])
+    # run takes the plan's training function, and refuses another one on the command line
+    raw = OmegaConf.to_container(_compose(COMMANDS["run"], [f"plan={out}", "train=toy"]), resolve=True)
+    assert run_cmd.load(OmegaConf.create(raw)).train.entrypoint == digits["entrypoint"]
+    assert cli.main(["run", f"plan={out}", "train=toy", f"out_dir={tmp_path / 'run'}"]) == 2
+
+
 def test_recommend_writes_the_plan_of_the_recommended_search(recommended, capsys):
     plan = yaml.safe_load((recommended / "plan.yaml").read_text())
     rec = json.loads((recommended / "recommendation.json").read_text())["recommended"]
@@ -55,6 +75,7 @@ def test_recommend_writes_the_plan_of_the_recommended_search(recommended, capsys
     assert plan["profile"] == "digits_cpu"
     assert plan["cluster"] == {"name": "single_node", "gpus": 2, "gpus_per_node": 2}
     assert plan["predicted"]["makespan_s"]["mean"] == rec["makespan_s"]["mean"]
+    assert plan["train"] is None  # no train=NAME: the run trains its own
 
 
 def test_run_with_the_plan_takes_its_search_and_says_how_it_maps(recommended):
@@ -71,7 +92,7 @@ def test_run_with_the_plan_takes_its_search_and_says_how_it_maps(recommended):
 def test_mapping_line_counts_trials_at_once_on_both_sizes(tmp_path):
     # k = 1/2: two trials per device; 16 planned devices hold 32, the 2 here hold 4
     plan = read_plan(_toy_plan(tmp_path, gpus_per_trial="1/2", cluster=ClusterSpec("big", 16, 4)))
-    line = mapping_line(plan, parse_allocation("1/2", machine(2)), 2, "cpu")
+    line = mapping_line(plan, parse_allocation("1/2", machine(2)), 2, "cpu", "digits_cpu")
     assert "planned for 16 devices in nodes of 4 (big) -> here 2 cpu devices: 4 trial(s) at once instead of 32" in line
     assert "\n" not in line
 
