@@ -13,7 +13,7 @@ device) and a per-rung schedule as a list without spaces ("[1/4,1/2,1,2]").
 
 Other quantities (cost) have no unit to switch, so a column of them shares one scale instead:
 `number_scale` picks a power of 1000 that brings the column's smallest value to 1 or more
-(costs of 0.00696 and 0.213 read as 6.96 and 213 under "×0.001"), and `format_significant`
+when it is under 0.1 (costs of 0.00696 and 0.213 read as 6.96 and 213 under "×0.001"), and `format_significant`
 writes each value with three significant digits and its interval at the same decimal place
 ("6.96 ±0.01", "213 ±37"), never in exponent notation, so the column keeps its width.
 """
@@ -51,11 +51,11 @@ def format_duration(seconds: float) -> str:
 
 def number_scale(values: Iterable[float]) -> tuple[float, str]:
     """(divisor, label) shared by a column of plain numbers: (1.0, "") when its smallest
-    nonzero magnitude is 0.01 or more (three significant digits then need at most 4
+    nonzero magnitude is 0.1 or more (three significant digits then need at most 3
     decimals), else the power of 1000 that brings that value to at least 1, labelled as the
     factor to multiply by: [0.00696, 0.213] -> (0.001, "×0.001")."""
     magnitudes = [abs(v) for v in values if math.isfinite(v) and v != 0]
-    if not magnitudes or min(magnitudes) >= 0.01:
+    if not magnitudes or min(magnitudes) >= 0.1:
         return 1.0, ""
     power = math.floor(math.log10(min(magnitudes)) / 3) * 3  # 0.00696 -> -3, 0.5 -> -3, 1e-7 -> -9
     scale = 10.0 ** power

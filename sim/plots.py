@@ -113,7 +113,7 @@ def plot_best_so_far(events: list[TraceEvent], mode: str, path: Path, title: str
             xs.append(e.time / scale)
             best_y.append(e.metric)
             test_y.append(e.test_metric)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     if results:
         ax.scatter([e.time / scale for e in results], [e.metric for e in results], s=4, alpha=0.25, color="#8c959f", label="results")
     if xs:
@@ -126,7 +126,7 @@ def plot_best_so_far(events: list[TraceEvent], mode: str, path: Path, title: str
     ax.set_ylabel("metric")
     ax.set_xlim(0, span / scale * 1.01)
     ax.set_title(title or "best metric so far")
-    ax.legend(loc="lower right" if mode == "max" else "upper right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8, frameon=False)  # off the dots
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

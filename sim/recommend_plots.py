@@ -24,6 +24,11 @@ _LABELS = {"makespan_s": "makespan", "time_to_target_s": "time to target", "metr
            "cost": "cost"}
 
 
+def _k(allocation: str) -> str:
+    """"k=2", "k=[1,2,4,8]"; the elastic policy is no k: "elastic"."""
+    return allocation if allocation == ELASTIC else f"k={allocation}"
+
+
 def _axis(field: str, values: list[float]) -> tuple[float, str]:
     """(divisor, axis label) for a field: durations in the unit their largest value calls for
     (`sim.formatting.duration_unit`: a 46 s search in seconds, a 7.8 h one in hours), so the
@@ -136,7 +141,7 @@ def plot_recommended_vs_worst(best_events: list[Any], worst_events: list[Any], l
                               mode: str, path: Path) -> None:
     sign = 1.0 if mode == "max" else -1.0
     scale, unit = duration_unit(max((e.time for e in [*best_events, *worst_events]), default=0.0))
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     for events, label, colour in ((best_events, labels[0], "#1a7f37"), (worst_events, labels[1], "#cf222e")):
         xs, ys = _best_so_far(events, sign)
         end = max((e.time for e in events), default=0.0)
@@ -146,7 +151,7 @@ def plot_recommended_vs_worst(best_events: list[Any], worst_events: list[Any], l
     ax.set_ylabel("best metric so far")
     ax.set_title("best metric over time: recommended vs worst allocation (seed of the first run)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right" if mode == "max" else "upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -161,7 +166,7 @@ def plot_cluster_sizes(rec: Recommendation, path: Path) -> None:
         ys = [g.estimates[field].mean / scale for g in best]
         ax.plot(sizes, ys, "o-")
         for s, y, g in zip(sizes, ys, best):
-            ax.annotate(f"k={g.allocation}", (s, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(_k(g.allocation), (s, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xscale("log", base=2)
         ax.margins(x=0.12)  # room for the k labels of the first and last size
         ax.set_xticks(sizes)
@@ -195,7 +200,7 @@ def write_all(rec: Recommendation, out_dir: Path, recommended: ShownRun | None, 
         return
     best = recommended.group
     plot_recommended_vs_worst(recommended.events, worst.events,
-                              (f"recommended: k={best.allocation}", f"worst: k={worst.group.allocation}"),
+                              (f"recommended: {_k(best.allocation)}", f"worst: {_k(worst.group.allocation)}"),
                               rec.mode, out_dir / "best_so_far.png")
     plot_gantt(recommended.events, best.gpus, out_dir / "gantt_recommended.png",
-               f"{best.scheduler}, k={best.allocation} on {best.gpus} GPUs (recommended, seed {best.runs[0].seed})")
+               f"{best.scheduler}, {_k(best.allocation)} on {best.gpus} GPUs (recommended, seed {best.runs[0].seed})")

@@ -95,9 +95,10 @@ def test_format_significant_writes_mean_and_interval_alike(value, half, text):
 def test_a_column_of_small_numbers_shares_one_scale():
     from nasalloc.sim.formatting import number_scale
 
-    # 0.00696 is under 0.01: x1000 brings it to 6.96 (and 0.213 to 213)
+    # 0.00696 is under 0.1: x1000 brings it to 6.96 (and 0.213 to 213)
     assert number_scale([0.00696, 0.213]) == (0.001, "×0.001")
-    assert number_scale([0.05, 3.0]) == (1.0, "")  # 0.0500 needs no scale
+    assert number_scale([0.0387, 0.225]) == (0.001, "×0.001")  # 38.7 and 225
+    assert number_scale([0.1, 3.0]) == (1.0, "")  # 0.100 needs no scale
     assert number_scale([2e-7, 1.0]) == (1e-9, "×1e-9")  # 2e-7 / 1e-9 = 200
     assert number_scale([0.0, 998.0]) == (1.0, "")  # a zero (free GPUs) does not pick the scale
     assert number_scale([]) == (1.0, "")
