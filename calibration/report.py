@@ -219,8 +219,8 @@ def draw_speedup(ax: Any, m: Measurements, a: Analysis, w: WorkloadFacts, name: 
     assumed = extrapolation_assumptions(a, float(grid.max()))
     if beyond.sum() > 1:
         note = "".join(f"\n  {n} = {x.value:.3g} ({x.source})" for n, x in assumed.items())
-        ax.plot(grid[beyond], fitted[beyond], color="C0", lw=1.4, ls=(0, (4, 2)), alpha=0.7,
-                label=f"extrapolated beyond measured k = {k_meas:g}" + ("\nassumed there (not measured):" + note if note else ""))
+        label = f"extrapolated beyond measured k = {k_meas:g}" + ("\nassumed there (not measured):" + note if note else "")
+        ax.plot(grid[beyond], fitted[beyond], color="C0", lw=1.4, ls=(0, (4, 2)), alpha=0.7, label=label)
     t1a, t1l = a.amdahl.t1_s, a.linear.t1_s
     ax.plot(grid, grid * bf * t1a / a.amdahl.predict(grid, bf), "--", color="C1", label=f"Amdahl (p={a.amdahl.shape:.3f})")
     ax.plot(grid, grid * bf * t1l / a.linear.predict(grid, bf), ":", color="C2", label=f"linear (e={a.linear.shape:.3f})")

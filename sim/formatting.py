@@ -12,10 +12,11 @@ devices as integers ("2"), a share of one device as a fraction ("1/4": four tria
 device) and a per-rung schedule as a list without spaces ("[1/4,1/2,1,2]").
 
 Other quantities (cost) have no unit to switch, so a column of them shares one scale instead:
-`number_scale` picks a power of 1000 that brings the column's smallest value to 1 or more
-when it is under 0.1 (costs of 0.00696 and 0.213 read as 6.96 and 213 under "×0.001"), and `format_significant`
-writes each value with three significant digits and its interval at the same decimal place
-("6.96 ±0.01", "213 ±37"), never in exponent notation, so the column keeps its width.
+when its smallest value is under 0.1, `number_scale` picks the power of 1000 that brings it to
+1 or more (costs of 0.00696 and 0.213 read as 6.96 and 213 under "×0.001"), and
+`format_significant` writes each value with three significant digits and its interval at the
+same decimal place ("6.96 ±0.01", "213 ±37"), never in exponent notation, so the column keeps
+its width.
 """
 
 from __future__ import annotations

@@ -340,8 +340,8 @@ def render_table(settings: RecommendSettings, rec: Recommendation) -> Any:
         if settings.target is not None:
             row.append(_fmt_est(e["time_to_target_s"], t_fmt))
         cost = e["cost"]
-        row += ["-" if not math.isfinite(cost.mean) else format_significant(cost.mean / cost_scale, cost.half_width / cost_scale),
-                f"{100 * e['gpu_utilization'].mean:.0f}%", mark]
+        cost_text = format_significant(cost.mean / cost_scale, cost.half_width / cost_scale)
+        row += [cost_text if math.isfinite(cost.mean) else "-", f"{100 * e['gpu_utilization'].mean:.0f}%", mark]
         table.add_row(*row, style="bold green" if g.recommended else ("bold" if g.best_in_family else None))
     return table
 

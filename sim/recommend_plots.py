@@ -90,8 +90,8 @@ def draw_objective(ax: Any, rec: Recommendation) -> None:
         color = f"C{j % 10}"
         name = f"{sched}, {gpus} GPUs" if several_sizes else sched
         for kind in range(len(KINDS)):
-            points = sorted((g for g in groups if allocation_kind(g.allocation) == kind and math.isfinite(g.estimates[field].mean)),
-                            key=lambda g: _category_key(g.allocation))
+            points = sorted((g for g in groups if allocation_kind(g.allocation) == kind
+                             and math.isfinite(g.estimates[field].mean)), key=lambda g: _category_key(g.allocation))
             if not points:
                 continue
             est = [g.estimates[field] for g in points]
