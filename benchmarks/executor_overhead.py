@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -115,23 +116,29 @@ def bare_worker(slot: int, n_slots: int, trials: list[int], epochs: int, params:
     for trial in trials:
         ctx = TrainingContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), trial=trial,
                               config={**params, "lr": 0.015}, start_epoch=0, until_epoch=epochs,
-                              checkpoint_dir=Path(tempfile.gettempdir()), link=Link())
+                              checkpoint_dir=folder / f"checkpoints_{trial}", link=Link())
         fn(ctx.config, ctx)
     Path(result).write_text(json.dumps({"start": t0, "end": time.time()}))
 
 
 def run_bare(args: argparse.Namespace, out: Path) -> float:
     out.mkdir(parents=True, exist_ok=True)
-    procs = []
-    for slot in range(args.slots):
-        trials = list(range(slot, args.trials, args.slots))
-        spec = json.dumps({"slot": slot, "n_slots": args.slots, "trials": trials, "epochs": args.epochs,
-                           "params": train_params(args), "result": str(out / f"bare_{slot}.json")})
-        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // args.slots)))
-        procs.append(subprocess.Popen([sys.executable, __file__, "--bare-worker", spec], env=env))
-    for p in procs:
-        if p.wait() != 0:
-            raise RuntimeError("a bare worker failed")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for slot in range(args.slots):
+            trials = list(range(slot, args.trials, args.slots))
+            spec = json.dumps({"slot": slot, "n_slots": args.slots, "trials": trials, "epochs": args.epochs,
+                               "params": train_params(args), "result": str(out / f"bare_{slot}.json")})
+            env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // args.slots)))
+            procs.append(subprocess.Popen([sys.executable, __file__, "--bare-worker", spec], env=env))
+        for p in procs:
+            if p.wait() != 0:
+                raise RuntimeError("a bare worker failed")
+    finally:  # on failure or interrupt: no bare worker outlives the benchmark (or writes into its removed folder)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     spans = [json.loads((out / f"bare_{s}.json").read_text()) for s in range(args.slots)]
     # Each bare process starts its clock after its own imports: the makespan is the longest span.
     return max(s["end"] - s["start"] for s in spans)
@@ -152,7 +159,15 @@ def main() -> None:
         spec = json.loads(args.bare_worker)
         bare_worker(spec["slot"], spec["n_slots"], spec["trials"], spec["epochs"], spec["params"], spec["result"])
         return
-    work = Path(tempfile.mkdtemp(prefix="nasalloc-bench-"))
+    # Everything the runs write (journals, checkpoints, logs: ~20 MB) goes into one temporary
+    # folder that is removed however the benchmark ends: done, failed, Ctrl-C or SIGTERM.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    with tempfile.TemporaryDirectory(prefix="nasalloc-bench-", ignore_cleanup_errors=True) as tmp:
+        measure(args, Path(tmp))
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
+    """Run both sides `args.repeats` times, alternating their order, then the fixed cost."""
     rows = []
     for r in range(args.repeats):
         if r % 2 == 0:  # alternate the order so drifting machine load hits both sides

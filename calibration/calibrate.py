@@ -313,7 +313,7 @@ def main(settings: CalibrateSettings, out_dir: Path) -> None:
     if not analysis.step.success:
         console.print(f"[yellow]warning: the step-time fit did not converge: {analysis.step.message}[/]")
     dump_profile(profile, out_dir / "profile.yaml")
-    plot_speedup(m, analysis, w, out_dir / "speedup.png")
+    plot_speedup(m, analysis, w, out_dir / "speedup.png", name=profile["name"])
     console.print(summary_table(m, analysis, profile))
     for line in summary_lines(profile):
         console.print(line)

@@ -151,20 +151,76 @@ def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: 
     })
 
 
-def plot_speedup(m: Measurements, a: Analysis, w: WorkloadFacts, path: Path) -> None:
-    """Measured vs fitted speedup (with the bootstrap band), the baselines and ideal scaling."""
+def speedup_grid(measured_k: np.ndarray, gpus_per_node: int) -> np.ndarray:
+    """The k the speed-up curve is drawn at: the allocations a cluster of such nodes allows
+    (divisors of a node, then whole nodes, doubling) up to the most of 8, twice the largest
+    measured k and four nodes, plus every measured k. Only allowed k: in between, the model
+    would be evaluated at sizes no search runs (k = 5 on nodes of 4 spans two nodes with a
+    third of one idle), which drew a sawtooth."""
+    top = max(8.0, 2.0 * float(np.max(measured_k)), 4.0 * gpus_per_node)
+    ks = [d for d in range(1, gpus_per_node + 1) if gpus_per_node % d == 0]
+    k = 2 * gpus_per_node
+    while k <= top:
+        ks.append(k)
+        k *= 2
+    return np.unique(np.concatenate([np.array(ks, dtype=float), np.asarray(measured_k, dtype=float)]))
+
+
+def extrapolation_assumptions(a: Analysis, k_max: float) -> dict[str, Any]:
+    """The step-time parameters no measurement determined (pinned: a default or the user's
+    value) that the curve rests on between the largest measured k and `k_max`: the inter-node
+    ones only where that stretch spans nodes, the intra-node ones only where it has k inside
+    a node; the others (gamma, grad_bytes) everywhere."""
+    gpn, k_meas = a.settings.gpus_per_node, float(a.data.k.max())
+
+    def used(name: str) -> bool:
+        if name.startswith("inter_"):
+            return k_max > gpn
+        if name.startswith("intra_"):
+            return k_meas < gpn
+        return True
+
+    return {name: x for name, x in sorted(a.step.assumed.items()) if used(name)}
+
+
+def plot_speedup(m: Measurements, a: Analysis, w: WorkloadFacts, path: Path, name: str = "") -> None:
+    """speedup.png: `draw_speedup` on a figure of its own."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kmax = int(max(8, 2 * a.data.k.max()))
-    grid = np.unique(np.concatenate([np.arange(1, kmax + 1), a.data.k])).astype(float)
+    fig, ax = plt.subplots(figsize=(9.6, 4.8))
+    draw_speedup(ax, m, a, w, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def draw_speedup(ax: Any, m: Measurements, a: Analysis, w: WorkloadFacts, name: str = "") -> None:
+    """Measured vs fitted speed-up with the bootstrap band, the baselines and ideal scaling,
+    titled with the profile's `name`. Beyond the largest measured k the fitted curve and its
+    band are extrapolated: drawn dashed and paler, with the parameters assumed there in the
+    legend; the dashed vertical line is the node boundary (inter-node terms start past it).
+    The legend sits right of the axes, off the curves."""
+    gpn = a.settings.gpus_per_node
+    k_meas = float(a.data.k.max())
+    grid = speedup_grid(a.data.k, gpn)
     bf = batch_fractions(grid, w)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     lo, hi = a.speedup_band(grid, bf)
-    ax.fill_between(grid, lo, hi, alpha=0.25, color="C0", label=f"95% band ({len(a.step_samples)} bootstrap fits)")
-    ax.plot(grid, a.speedup(a.step.model, grid, bf), color="C0", label="fitted step-time model")
+    fitted = a.speedup(a.step.model, grid, bf)
+    inside, beyond = grid <= k_meas, grid >= k_meas
+    band = f"95% band ({len(a.step_samples)} bootstrap fits)" if a.step_samples else "no band (no bootstrap fits)"
+    ax.fill_between(grid[inside], lo[inside], hi[inside], color="C0", alpha=0.35, lw=0, label=band)
+    ax.fill_between(grid[beyond], lo[beyond], hi[beyond], color="C0", alpha=0.15, lw=0)
+    for edge in (lo, hi):  # the band's edges, so a narrow band still shows around the curve
+        ax.plot(grid[inside], edge[inside], color="C0", lw=0.6, alpha=0.8)
+    ax.plot(grid[inside], fitted[inside], color="C0", lw=1.4, label="fitted step-time model")
+    assumed = extrapolation_assumptions(a, float(grid.max()))
+    if beyond.sum() > 1:
+        note = "".join(f"\n  {n} = {x.value:.3g} ({x.source})" for n, x in assumed.items())
+        label = f"extrapolated beyond measured k = {k_meas:g}" + ("\nassumed there (not measured):" + note if note else "")
+        ax.plot(grid[beyond], fitted[beyond], color="C0", lw=1.4, ls=(0, (4, 2)), alpha=0.7, label=label)
     t1a, t1l = a.amdahl.t1_s, a.linear.t1_s
     ax.plot(grid, grid * bf * t1a / a.amdahl.predict(grid, bf), "--", color="C1", label=f"Amdahl (p={a.amdahl.shape:.3f})")
     ax.plot(grid, grid * bf * t1l / a.linear.predict(grid, bf), ":", color="C2", label=f"linear (e={a.linear.shape:.3f})")
@@ -174,15 +230,17 @@ def plot_speedup(m: Measurements, a: Analysis, w: WorkloadFacts, path: Path) -> 
                        / np.mean(m.step_samples[int(k)]) if len(m.step_samples[int(k)]) > 1 else 0.0 for k in a.data.k])
     err = 1.96 * measured * np.sqrt(rel_se ** 2 + rel_se[0] ** 2)  # ratio of two means, independent samples
     ax.errorbar(a.data.k, measured, yerr=err, fmt="o", color="k", capsize=3, label="measured (mean step time, 95% CI)")
-    ax.axvline(a.settings.gpus_per_node + 0.5, color="0.8", lw=0.8, ls="--")
+    if grid.max() > gpn:  # between the last k inside a node and the first spanning two (geometric middle: log axis)
+        ax.axvline(math.sqrt(gpn * grid[grid > gpn].min()), color="0.5", lw=0.9, ls="--",
+                   label=f"node boundary ({gpn} devices per node)")
     ax.set_xscale("log", base=2)
+    ax.set_xticks(grid)
+    ax.set_xticklabels([f"{k:g}" for k in grid])
     ax.set_xlabel("devices per trial k")
     ax.set_ylabel("speedup (throughput / one device)")
-    ax.set_title(f"{w.entrypoint or m.source}  ({w.scaling} scaling)", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    ax.set_title(f"{name or w.entrypoint or m.source} ({w.scaling} scaling)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
 
 
 def summary_table(m: Measurements, a: Analysis, profile: dict[str, Any]) -> Any:

@@ -1,4 +1,5 @@
-"""Plots of a trace (simulated or real): a Gantt chart of the devices and the best-so-far curve.
+"""Plots of a trace (simulated or real): a Gantt chart of the devices (bars coloured by how
+each hold ended) and the best-so-far curve.
 
 Both take plain `TraceEvent` lists, so the executor draws its real runs with the same code.
 Matplotlib's Agg backend (no display); every bar of the Gantt chart goes into one
@@ -15,21 +16,26 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from nasalloc.sim.formatting import duration_unit  # noqa: E402
 from nasalloc.sim.trace import TraceEvent  # noqa: E402
 from nasalloc.sim.trace import holds as trace_holds  # noqa: E402
 
-_END_STYLE = {  # how a hold ends: marker, colour, legend label
-    "complete": ("*", "#1a7f37", "completed"),
-    "stop": ("x", "#cf222e", "stopped"),
-    "pause": ("|", "#24292f", "paused"),
-    "fail": ("X", "#8250df", "failed"),
+# How a hold ended -> (colour, legend label). Okabe-Ito colours (told apart with the common
+# colour-vision deficiencies); a trial's bars take the colour of how each of its holds ended,
+# so hundreds of trials need no palette that would repeat.
+OUTCOME_STYLE = {
+    "complete": ("#009E73", "completed"),
+    "stop": ("#D55E00", "stopped"),
+    "pause": ("#56B4E9", "paused (resumed later)"),
+    "fail": ("#CC79A7", "failed"),
+    "running": ("#999999", "still running at the end"),
 }
 
 
 def plot_gantt(events: list[TraceEvent], n_devices: int, path: Path, title: str = "") -> None:
-    """Devices (rows) over time, one bar per trial's hold coloured by trial (see `draw_gantt`)."""
+    """Devices (rows) over time, one bar per hold coloured by how it ended (see `draw_gantt`)."""
     fig_h = min(2.0 + 0.18 * n_devices, 14.0)
     fig, ax = plt.subplots(figsize=(11, fig_h))
     draw_gantt(ax, events, n_devices, title=title)
@@ -42,49 +48,42 @@ def draw_gantt(ax: Any, events: list[TraceEvent], n_devices: int, title: str = "
     """Draw the Gantt chart into `ax`; `span` (seconds) fixes the time axis so two charts
     (predicted and measured) can share one scale.
 
-    Trials sharing a device (k < 1) get lanes inside the device's row. The end of each hold
-    is marked: star = completed, x = stopped, bar = paused (resumed later, maybe elsewhere).
+    One bar per hold (a trial holding its devices from a start or resume to its release),
+    coloured by how the hold ended: completed, stopped, paused or failed (`OUTCOME_STYLE`).
+    Trials sharing a device (k < 1) get lanes inside the device's row. The legend sits to the
+    right of the axes, never over the bars.
     """
     holds = trace_holds(events, open_until=max((e.time for e in events), default=0.0))
     if span is None:
         span = max((h[2] for h in holds), default=1.0) or 1.0
     scale, unit = duration_unit(span)
-    cmap = plt.get_cmap("tab20")
     # lanes per device: greedy interval colouring so overlapping shares stack
-    per_device: dict[int, list[tuple[float, float, int, str]]] = {}
-    for trial, t0, t1, devs, how in holds:
+    per_device: dict[int, list[tuple[float, float, str]]] = {}
+    for _trial, t0, t1, devs, how in holds:
         for d in devs:
-            per_device.setdefault(d, []).append((t0, t1, trial, how))
-    polys, colors = [], []
-    ends: dict[str, tuple[list[float], list[float]]] = {}
+            per_device.setdefault(d, []).append((t0, t1, how))
+    polys, colors, seen = [], [], set()
     for d, items in per_device.items():
         items.sort()
         lane_end: list[float] = []
         placed = []
-        for t0, t1, trial, how in items:
+        for t0, t1, how in items:
             lane = next((i for i, e in enumerate(lane_end) if e <= t0 + 1e-9), None)
             if lane is None:
                 lane = len(lane_end)
                 lane_end.append(t1)
             else:
                 lane_end[lane] = t1
-            placed.append((t0, t1, trial, how, lane))
-        n_lanes = max(len(lane_end), 1)
-        height = 0.8 / n_lanes
-        for t0, t1, trial, how, lane in placed:
+            placed.append((t0, t1, how, lane))
+        height = 0.8 / max(len(lane_end), 1)
+        for t0, t1, how, lane in placed:
             y0 = d - 0.4 + lane * height
             x0, x1 = t0 / scale, t1 / scale
             polys.append([(x0, y0), (x1, y0), (x1, y0 + height), (x0, y0 + height)])
-            colors.append(cmap(trial % 20))
-            if how in _END_STYLE:
-                xs, ys = ends.setdefault(how, ([], []))
-                xs.append(x1)
-                ys.append(y0 + height / 2)
+            colors.append(OUTCOME_STYLE[how][0])
+            seen.add(how)
     if polys:
-        ax.add_collection(PolyCollection(polys, facecolors=colors, edgecolors="white", linewidths=0.2))
-    for how, (xs, ys) in ends.items():
-        marker, color, label = _END_STYLE[how]
-        ax.scatter(xs, ys, marker=marker, s=14, color=color, label=label, zorder=3, linewidths=0.8)
+        ax.add_collection(PolyCollection(polys, facecolors=colors, edgecolors="white", linewidths=0.3))
     ax.set_xlim(0, span / scale * 1.01)
     ax.set_ylim(-0.6, max(n_devices, 1) - 0.4)
     ax.invert_yaxis()
@@ -92,9 +91,11 @@ def draw_gantt(ax: Any, events: list[TraceEvent], n_devices: int, title: str = "
     ax.set_ylabel("device")
     if n_devices <= 32:
         ax.set_yticks(range(n_devices))
-    ax.set_title(title or "devices over time (colour = trial)")
-    if ends:
-        ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
+    ax.set_title(title or "devices over time")
+    if seen:
+        handles = [Patch(facecolor=color, label=label) for how, (color, label) in OUTCOME_STYLE.items() if how in seen]
+        ax.legend(handles=handles, title="hold ended", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  borderaxespad=0.0, fontsize=8, title_fontsize=8, frameon=False)
 
 
 def plot_best_so_far(events: list[TraceEvent], mode: str, path: Path, title: str = "") -> None:
@@ -112,7 +113,7 @@ def plot_best_so_far(events: list[TraceEvent], mode: str, path: Path, title: str
             xs.append(e.time / scale)
             best_y.append(e.metric)
             test_y.append(e.test_metric)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     if results:
         ax.scatter([e.time / scale for e in results], [e.metric for e in results], s=4, alpha=0.25, color="#8c959f", label="results")
     if xs:
@@ -125,7 +126,7 @@ def plot_best_so_far(events: list[TraceEvent], mode: str, path: Path, title: str
     ax.set_ylabel("metric")
     ax.set_xlim(0, span / scale * 1.01)
     ax.set_title(title or "best metric so far")
-    ax.legend(loc="lower right" if mode == "max" else "upper right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8, frameon=False)  # off the dots
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

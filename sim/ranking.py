@@ -128,8 +128,8 @@ def _plainness(allocation: str) -> tuple[int, float]:
 
 def choose(groups: list[GroupStats], objective: str, mode: str) -> tuple[GroupStats | None, list[GroupStats]]:
     """The best group by mean objective (means within a relative 1e-9 are equal: then the
-    plainest allocation, `_plainness`, then grid order; elastic only if no other allocation is
-    indistinguishable from it), and the groups a paired test over the same seeds cannot tell
+    plainest allocation, `_plainness`, then grid order; elastic only if the best other
+    allocation is distinguishable from it), and the groups a paired test over the same seeds cannot tell
     apart from it (the best included)."""
     sign = _better(objective, mode)
     field_name = OBJECTIVE_FIELD[objective]
@@ -141,12 +141,19 @@ def choose(groups: list[GroupStats], objective: str, mode: str) -> tuple[GroupSt
     best = min(tied, key=lambda g: _plainness(g.allocation))
     equivalent = _indistinguishable(groups, best, objective)
     if best.allocation == ELASTIC:
-        # The elastic policy is recommended only where it wins over the seeds: when a fixed
-        # or per-rung allocation cannot be told apart from it, the best of those is.
-        plain = [g for g in equivalent if g.allocation != ELASTIC]
+        # The elastic policy is recommended only where it wins over the seeds: when the best
+        # fixed or per-rung allocation cannot be told apart from it, that one is. Only the
+        # best: a worse allocation whose seeds merely scatter too widely for the paired test
+        # must not take the place of both.
+        plain = [g for g in candidates if g.allocation != ELASTIC]
         if plain:
-            best = max(plain, key=lambda g: (sign * g.estimates[field_name].mean, -_plainness(g.allocation)[0]))
-            equivalent = _indistinguishable(groups, best, objective)
+            top_plain = max(sign * g.estimates[field_name].mean for g in plain)
+            runner_up = min((g for g in plain if math.isclose(sign * g.estimates[field_name].mean, top_plain,
+                                                               rel_tol=1e-9, abs_tol=1e-12)),
+                            key=lambda g: _plainness(g.allocation))
+            if runner_up in equivalent:
+                best = runner_up
+                equivalent = _indistinguishable(groups, best, objective)
     return best, equivalent
 
 

@@ -31,7 +31,14 @@ from nasalloc.sim.config import required, shipped, to_typed
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.plan import PLAN_FILE, Plan, allocation_value, profile_reference, write_plan
-from nasalloc.sim.formatting import format_allocation, duration_unit, format_duration, format_in_unit
+from nasalloc.sim.formatting import (
+    duration_unit,
+    format_allocation,
+    format_duration,
+    format_in_unit,
+    format_significant,
+    number_scale,
+)
 from nasalloc.sim.profile import Profile, load_profile
 from nasalloc.sim.ranking import OBJECTIVE_FIELD, GroupStats, Recommendation, choose, recommend
 from nasalloc.sim.schedulers import make_scheduler, scheduler_config, scheduler_names
@@ -301,6 +308,8 @@ def recommendation_json(settings: RecommendSettings, rec: Recommendation) -> dic
             "best_metric": overall.estimates["best_metric"].to_dict(),
             "speedup_vs_slowest": overall.speedup_vs_slowest,
             "speedup_vs_1_gpu_per_trial": overall.speedup_vs_one_gpu,
+            "time_to_target_speedup_vs_slowest": overall.target_speedup_vs_slowest,
+            "time_to_target_speedup_vs_1_gpu_per_trial": overall.target_speedup_vs_one_gpu,
             "indistinguishable": [_group_key(g) for g in rec.groups if g.equivalent_overall and g is not overall],
         },
         "per_scheduler": [
@@ -325,10 +334,6 @@ def _fmt_est(est: Any, fmt: Any) -> str:
     return f"{fmt(est.mean)} ±{fmt(half)}" if math.isfinite(half) else fmt(est.mean)
 
 
-def _money(x: float) -> str:
-    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
-
-
 def cost_unit(pricing: Pricing) -> str:
     """What the cost column counts, in the currency of cost.per_gpu_hour."""
     hours = "all GPUs for the whole makespan" if pricing.billing == "cluster" else "the device-hours trials held"
@@ -342,6 +347,7 @@ def render_table(settings: RecommendSettings, rec: Recommendation) -> Any:
     several_sizes = len(settings.clusters) > 1
     spans = [g.estimates["makespan_s"].mean for g in rec.groups if math.isfinite(g.estimates["makespan_s"].mean)]
     _, t_unit = duration_unit(min(spans) if spans else 0.0)  # one unit per column: means and intervals compare
+    cost_scale, cost_label = number_scale(g.estimates["cost"].mean for g in rec.groups)  # one scale for the column
 
     def t_fmt(seconds: float) -> str:
         return format_in_unit(seconds, t_unit)
@@ -352,7 +358,7 @@ def render_table(settings: RecommendSettings, rec: Recommendation) -> Any:
                                                                      metric.name]
     if settings.target is not None:
         columns.append(f"to target \\[{t_unit}]")
-    columns += ["cost", "util", ""]
+    columns += [f"cost \\[{cost_label}]" if cost_label else "cost", "util", ""]
     for col in columns:
         table.add_column(col, justify="left" if col in ("scheduler", "") else "right")
     previous = None
@@ -376,8 +382,9 @@ def render_table(settings: RecommendSettings, rec: Recommendation) -> Any:
         ]
         if settings.target is not None:
             row.append(_fmt_est(e["time_to_target_s"], t_fmt))
-        cost_fmt = (lambda x: f"{x:,.0f}") if abs(e["cost"].mean) >= 100 else (lambda x: f"{x:.3g}")
-        row += [_fmt_est(e["cost"], cost_fmt), f"{100 * e['gpu_utilization'].mean:.0f}%", mark]
+        cost = e["cost"]
+        cost_text = format_significant(cost.mean / cost_scale, cost.half_width / cost_scale)
+        row += [cost_text if math.isfinite(cost.mean) else "-", f"{100 * e['gpu_utilization'].mean:.0f}%", mark]
         table.add_row(*row, style="bold green" if g.recommended else ("bold" if g.best_in_family else None))
     return table
 
@@ -397,6 +404,22 @@ def _allocation_words(settings: RecommendSettings, g: Any) -> str:
             f"onto idle GPUs up to {format_allocation(alloc.grow[-1])} per trial)")
 
 
+def _speedup_words(objective: str, g: GroupStats) -> str:
+    """The recommended group's speed-up in the objective's own terms: time to the target
+    when that is the objective (a search can reach the target sooner yet end no sooner), else
+    makespan. "" when there is nothing to compare."""
+    if objective == "time_to_target":
+        slowest, one, words = g.target_speedup_vs_slowest, g.target_speedup_vs_one_gpu, "reaches the target {}x sooner than"
+    elif objective == "makespan":
+        slowest, one, words = g.speedup_vs_slowest, g.speedup_vs_one_gpu, "{}x faster than"
+    else:
+        slowest, one, words = g.speedup_vs_slowest, g.speedup_vs_one_gpu, "makespan {}x shorter than with"
+    if slowest is None:
+        return ""
+    return (words.format(f"{slowest:.2f}") + f" the slowest allocation of {g.scheduler}"
+            + ("" if one is None else f", {one:.2f}x vs 1 GPU per trial"))
+
+
 def verdict(settings: RecommendSettings, rec: Recommendation) -> str:
     g = rec.overall
     if g is None:
@@ -410,10 +433,9 @@ def verdict(settings: RecommendSettings, rec: Recommendation) -> str:
     interval = "" if not math.isfinite(half) else f" ±{format_duration(half) if field_name.endswith('_s') else f'{half:,.4g}'}"
     lines = [f"recommended: {g.scheduler} with {_allocation_words(settings, g)} on {g.gpus} GPUs: "
              f"{rec.objective} {shown}{interval} (95% CI)"]
-    if g.speedup_vs_slowest is not None:
-        lines.append(f"  {g.speedup_vs_slowest:.2f}x faster than the slowest allocation of {g.scheduler}"
-                     + ("" if g.speedup_vs_one_gpu is None else f", {g.speedup_vs_one_gpu:.2f}x vs 1 GPU per trial")
-                     + f"; best {settings.workload.metric.name} {e['best_metric'].mean:.4f}")
+    speedup = _speedup_words(rec.objective, g)
+    if speedup:
+        lines.append(f"  {speedup}; best {settings.workload.metric.name} {e['best_metric'].mean:.4f}")
     if same:
         lines.append("  indistinguishable over these seeds: " + ", ".join(f"{o.scheduler} {_k(o.allocation)}" + (f" ({o.gpus} GPUs)" if len(settings.clusters) > 1 else "") for o in same))
     for key, best in rec.per_scheduler.items():
@@ -423,7 +445,7 @@ def verdict(settings: RecommendSettings, rec: Recommendation) -> str:
     if len(settings.clusters) > 1:
         for size, best in rec.per_size.items():
             lines.append(f"  {size:>5} GPUs: {best.scheduler} {_k(best.allocation)}, makespan {format_duration(best.estimates['makespan_s'].mean)}, "
-                         f"cost {_money(best.estimates['cost'].mean)}")
+                         f"cost {format_significant(best.estimates['cost'].mean)}")
     return "\n".join(lines)
 
 
@@ -470,8 +492,11 @@ def main(settings: RecommendSettings, out_dir: Path) -> None:
         write_plan(out_dir / PLAN_FILE, plan)
     if settings.plots:
         write_plots(settings, rec, out_dir)
+    table = render_table(settings, rec)
     console = Console(width=max(120, Console().width))
-    console.print(render_table(settings, rec))
+    if not console.is_terminal:  # a file or pipe has no width: room for the whole table, no wrapped cells
+        console.width = max(console.width, Console(width=10_000).measure(table).maximum)
+    console.print(table)
     print(verdict(settings, rec))
     if isinstance(settings.workload, ReplayWorkload):
         times = settings.workload.epoch_times(settings.profile)

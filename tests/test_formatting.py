@@ -71,3 +71,34 @@ def test_the_simulators_allocation_labels_are_these():
     assert str(parse_allocation("1/4", cluster)) == "1/4"
     assert str(parse_allocation(4, cluster)) == "4"
     assert str(parse_allocation([0.25, 0.5, 1, 2], cluster)) == "[1/4,1/2,1,2]"
+
+
+@pytest.mark.parametrize(
+    "value, half, text",
+    [
+        (998.4, 144.2, "998 ±144"),  # three significant digits: none after the point
+        (97.5, 16.04, "97.5 ±16.0"),  # one decimal, the interval at the same place
+        (0.2134, 0.0372, "0.213 ±0.037"),
+        (0.00696, 1.11e-05, "0.00696 ±0.00001"),  # never exponent notation (the 1.11e-05)
+        (6.96, 0.0111, "6.96 ±0.01"),
+        (12345.6, 789.1, "12,346 ±789"),  # more integer digits than three: all of them, separated
+        (0.0, 0.0, "0 ±0"),
+        (3.14159, None, "3.14"),
+    ],
+)
+def test_format_significant_writes_mean_and_interval_alike(value, half, text):
+    from nasalloc.sim.formatting import format_significant
+
+    assert format_significant(value, half) == text
+
+
+def test_a_column_of_small_numbers_shares_one_scale():
+    from nasalloc.sim.formatting import number_scale
+
+    # 0.00696 is under 0.1: x1000 brings it to 6.96 (and 0.213 to 213)
+    assert number_scale([0.00696, 0.213]) == (0.001, "×0.001")
+    assert number_scale([0.0387, 0.225]) == (0.001, "×0.001")  # 38.7 and 225
+    assert number_scale([0.1, 3.0]) == (1.0, "")  # 0.100 needs no scale
+    assert number_scale([2e-7, 1.0]) == (1e-9, "×1e-9")  # 2e-7 / 1e-9 = 200
+    assert number_scale([0.0, 998.0]) == (1.0, "")  # a zero (free GPUs) does not pick the scale
+    assert number_scale([]) == (1.0, "")

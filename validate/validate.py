@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 from nasalloc.execute.run import RUN_CONFIG, RunConfig, read_run_config, require_run_folder
-from nasalloc.sim.cluster import ELASTIC, ClusterSpec
+from nasalloc.sim.cluster import ELASTIC, Allocation, ClusterSpec
 from nasalloc.sim.config import required
 from nasalloc.sim.elastic import resolve_allocation
 from nasalloc.sim.engine import SimulationSpec, simulate
@@ -266,6 +266,17 @@ def _plot_timelines(pred: list[TraceEvent], real: RealRun, path: Path) -> None:
     plt.close(fig)
 
 
+def held_label(allocation: Allocation, devices: int) -> str:
+    """The allocation's k whose trials hold this many devices, for the report: a trace
+    counts devices held, and k = 1/2 and 1/4 hold one device as k = 1 does. "k=1/2" for a
+    run at 1/2; "k=1/2 or 1" when a schedule holds one device at both (their epochs are
+    pooled); "2 devices" when no k of the allocation holds that many."""
+    ks = [k for k in allocation.ks if max(1, int(k)) == devices]
+    if not ks:
+        return f"{devices} devices"
+    return "k=" + " or ".join(format_allocation(k) for k in ks)
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:+.1f}%"
 
@@ -352,7 +363,8 @@ def main(settings: ValidateSettings, out_dir: Path) -> None:
         write_trace(out_dir / f"predicted_{stem}.jsonl", result.events)
         if settings.plots:
             _plot_timelines(result.events, run, out_dir / f"timeline_{stem}.png")
-        epoch_err = ", ".join(f"k={format_allocation(k)}: {_pct(v['error'])}" for k, v in c.epoch_s.items()) or "n/a"
+        epoch_err = ", ".join(f"{held_label(run.spec.allocation, int(devices))}: {_pct(v['error'])}"
+                              for devices, v in c.epoch_s.items()) or "n/a"
         lines.append(
             f"  {run.folder.name}: {run.spec.scheduler.name}, k={run.spec.allocation} on {run.spec.cluster.gpus} devices\n"
             f"    makespan   predicted {format_duration(c.makespan_s['predicted'])}, "
