@@ -357,8 +357,8 @@ class Dispatcher:
         pool = self.pool
         device, u = seg.devices[0], pool.units(seg.k)
         free_here = pool.dev_free[device]
-        if free_here + u >= pool.L or pool.free_units - free_here < u:
-            return False  # alone on its device, or no room on any other
+        if free_here + u >= pool.L or pool.free_units - free_here <= u or max(pool.dev_free) <= free_here + u:
+            return False  # alone on its device, or no device where it would have fewer beside it
         self._dispatch(now)  # the result may have made work: it goes first
         if self.waiting or self.after_save:
             return False

@@ -37,8 +37,12 @@ HOLDS = ("start", "resume")  # events after which the trial holds its devices
 RELEASES = ("pause", "stop", "complete", "fail")  # events after which it holds none
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TraceEvent:
+    """One line of trace.jsonl. Treat it as immutable: it is not frozen only because a frozen
+    dataclass's ``__init__`` (one ``object.__setattr__`` per field) took 4x as long, and the
+    simulator builds one per result, start, pause and stop (600k in the paper grid)."""
+
     time: float
     event: str
     trial: int
