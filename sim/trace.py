@@ -282,29 +282,40 @@ def summarize(
 ) -> Summary:
     """Compute the summary of a trace; identical arithmetic for simulated and real runs."""
     sign = 1.0 if mode == "max" else -1.0
-    makespan = max((ev.time for ev in events), default=0.0)
+    makespan = 0.0  # trace times are >= 0
     best: TraceEvent | None = None
     time_to_target = None
     epochs = 0
+    started: set[int] = set()
+    finals: dict[int, str] = {}  # trial -> how it ended (stop, complete, fail), unless it held devices again
+    opened: dict[int, tuple[float, tuple[int, ...]]] = {}
+    held = []  # `holds(events)`, built in the same pass (this runs once per simulation)
     for ev in events:
-        if ev.event != "result" or ev.metric is None or math.isnan(ev.metric):
-            continue
-        epochs += 1
-        if best is None or sign * ev.metric > sign * best.metric:  # type: ignore[operator]
-            best = ev
-        if target is not None and time_to_target is None and sign * ev.metric >= sign * target:
-            time_to_target = ev.time
-    held = holds(events)
+        kind, t = ev.event, ev.time
+        if t > makespan:
+            makespan = t
+        if kind == "result":
+            if ev.metric is None or math.isnan(ev.metric):
+                continue
+            epochs += 1
+            if best is None or sign * ev.metric > sign * best.metric:  # type: ignore[operator]
+                best = ev
+            if target is not None and time_to_target is None and sign * ev.metric >= sign * target:
+                time_to_target = t
+        elif kind in HOLDS:
+            opened[ev.trial] = (t, ev.devices)
+            finals.pop(ev.trial, None)
+            if kind == "start":
+                started.add(ev.trial)
+        elif kind in RELEASES:
+            if ev.trial in opened:
+                t0, devs = opened.pop(ev.trial)
+                held.append((ev.trial, t0, t, devs, kind))
+            if kind != "pause":
+                finals[ev.trial] = kind
     merged, shared = _merged(held)
     busy = sum(b - a for ivs in merged.values() for a, b in ivs)
     shared_idle = shared_while_idle(held, n_devices) if shared else (0.0, 0.0)
-    started = {ev.trial for ev in events if ev.event == "start"}
-    finals: dict[int, str] = {}
-    for ev in events:
-        if ev.event in ("stop", "complete", "fail"):
-            finals[ev.trial] = ev.event
-        elif ev.event in HOLDS:
-            finals.pop(ev.trial, None)
     return Summary(
         makespan_s=makespan,
         best_metric=None if best is None else best.metric,
