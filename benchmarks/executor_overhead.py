@@ -52,7 +52,7 @@ def run_config(args: argparse.Namespace, scheduler: dict[str, Any], train: dict[
         "seed": 0, "scheduler": {**shipped("scheduler", "random"), **scheduler}, "train": train,
         "devices": {**shipped("devices", "cpu"), "count": args.slots},
         "gpus_per_trial": 1, "trial_timeout_s": 600, "checkpoint_every": args.checkpoint_every, "progress": "none",
-        "target": None, "profile": None, "resume": None,
+        "target": None, "profile": None, "resume": None, "unshare": True,
     }
 
 

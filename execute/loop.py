@@ -28,6 +28,7 @@ from nasalloc.sim.dispatch import INTERRUPTED, Dispatcher, Segment
 from nasalloc.sim.elastic import ElasticPolicy
 from nasalloc.sim.schedulers.base import Job, Scheduler
 from nasalloc.sim.trace import TraceEvent
+from nasalloc.sim.unshare import UnsharePolicy
 
 
 @dataclass
@@ -55,6 +56,7 @@ class SearchLoop:
     def __init__(self, scheduler: Scheduler, backend: LocalBackend, device_ids: list[int], allocation: Allocation,
                  journal: Journal, options: LoopOptions, *, restart: list[Job] | None = None, calls: int = 0,
                  best: tuple[float, int] | None = None, elastic: ElasticPolicy | None = None,
+                 unshare: UnsharePolicy | None = None,
                  on_change: Callable[[SearchLoop], None] | None = None):
         self.scheduler = scheduler
         self.backend = backend
@@ -67,7 +69,8 @@ class SearchLoop:
             self.stats.best, self.stats.best_trial = best
         self.core = Dispatcher(scheduler, allocation, self.pool, launch=self._launch, emit=self._record,
                                device_ids=device_ids, checkpoint_every=options.checkpoint_every,
-                               checkpoint_epoch=self._checkpoint_epoch, calls=calls, elastic=elastic)
+                               checkpoint_epoch=self._checkpoint_epoch, calls=calls, elastic=elastic,
+                               unshare=unshare)
         for job in restart or []:
             self.core.requeue(job, INTERRUPTED)
         self.groups: dict[int, Segment] = {}  # process group id -> the segment it runs

@@ -91,6 +91,7 @@ class RunConfig:
     seed: int
     progress: str
     profile: str | None  # the profile the run was planned with (recorded for `nasalloc validate`)
+    unshare: bool  # k = 1/m: move a sharing trial to an idle device when `profile` says it pays
     raw: dict[str, Any]  # the mapping it was read from, saved as run_config.yaml for resume
 
     def device_count(self) -> int | None:
@@ -119,7 +120,8 @@ class RunSettings:
     progress: str
     resume: Path | None
     raw: dict[str, Any]  # the composed config, saved for resume
-    profile: Profile | None = None  # the planning profile (the elastic policy decides with it)
+    unshare: bool  # as RunConfig.unshare
+    profile: Profile | None = None  # the planning profile (the elastic and unshare policies decide with it)
     plan_note: str | None = None  # with plan=PATH: how the planned cluster maps to these devices (printed first)
 
 
@@ -180,10 +182,13 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
     if not isinstance(seed, int):
         raise UserError(f"seed={seed!r}: must be an integer")
     profile = required(raw, "profile")
+    unshare = required(raw, "unshare")
+    if not isinstance(unshare, bool):
+        raise UserError(f"unshare={unshare!r}: must be true or false")
     return RunConfig(
         scheduler=sched, space=space, train=train, devices=devices, gpus_per_trial=required(raw, "gpus_per_trial"),
         trial_timeout_s=float(timeout), checkpoint_every=every, target=None if target is None else float(target),
-        seed=seed, progress=progress, profile=None if profile is None else str(profile), raw=raw,
+        seed=seed, progress=progress, profile=None if profile is None else str(profile), unshare=unshare, raw=raw,
     )
 
 
@@ -233,7 +238,7 @@ def settings_here(config: RunConfig, resume: Path | None = None, allocation_key:
         scheduler=config.scheduler, space=config.space, train=config.train, devices=config.devices, device_ids=ids,
         allocation=allocation, gpus_per_trial=allocation.label, trial_timeout_s=config.trial_timeout_s,
         checkpoint_every=config.checkpoint_every, target=config.target, seed=config.seed, progress=config.progress,
-        resume=resume, raw=config.raw, profile=profile,
+        resume=resume, raw=config.raw, profile=profile, unshare=config.unshare,
     )
 
 
@@ -296,7 +301,8 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     keys = ("scheduler", "gpus_per_trial", "devices", "trials", "completed", "stopped", "failed", "epochs_trained",
-            "best_metric", "best_test_metric", "best_trial", "makespan_s", "time_to_target_s", "gpu_utilization")
+            "best_metric", "best_test_metric", "best_trial", "makespan_s", "time_to_target_s", "gpu_utilization",
+            "shared_while_idle_s")
     lines = [f"  {k:<17} {fmt(k, summary.get(k))}" for k in keys]
     print("nasalloc run: done\n" + "\n".join(lines) + f"\n  output            {run_dir}", flush=True)
 

@@ -22,6 +22,7 @@ from nasalloc.execute.progress import Progress
 from nasalloc.sim.elastic import ElasticPolicy
 from nasalloc.sim.schedulers import make_scheduler
 from nasalloc.sim.trace import read_trace, summarize, write_json, write_trace
+from nasalloc.sim.unshare import UnsharePolicy
 
 
 def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
@@ -51,12 +52,15 @@ def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
         journal = Journal(trace_path, time_offset=offset)
         for event, tid, epoch, devices, info in fixups:
             journal.write(event, tid, epoch=epoch, devices=devices, info=info, time_s=offset)
-        elastic = None
+        elastic = unshare = None
         if settings.allocation.is_elastic:  # the simulator's policy, on this machine's devices
             profile = settings.profile.with_node_size(len(settings.device_ids))
             elastic = ElasticPolicy(settings.allocation, profile, scheduler.milestones)
+        elif moves_off_shared_devices(settings):  # the simulator's rule too (needs the profile's costs)
+            profile = settings.profile.with_node_size(len(settings.device_ids))
+            unshare = UnsharePolicy(profile, scheduler.milestones)
         loop = SearchLoop(scheduler, backend, settings.device_ids, settings.allocation, journal, options, restart=restart,
-                          calls=calls, best=best, elastic=elastic, on_change=progress.update)
+                          calls=calls, best=best, elastic=elastic, unshare=unshare, on_change=progress.update)
         loop.run()
         progress.update(loop)
     finally:
@@ -73,6 +77,13 @@ def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
     write_json(run_dir / "summary.json", out)
     _plots(events, len(settings.device_ids), scheduler.mode, run_dir, settings)
     return out
+
+
+def moves_off_shared_devices(settings: Any) -> bool:
+    """Whether this run moves trials off shared devices (`sim/unshare.py`): ``unshare=true``,
+    trials that share (k = 1/m) and a profile to decide with; `nasalloc validate` re-simulates
+    a run with the same answer."""
+    return bool(settings.unshare) and settings.profile is not None and settings.allocation.ks[0] < 1
 
 
 def _plots(events: list, n_devices: int, mode: str, run_dir: Path, settings: Any) -> None:

@@ -12,7 +12,8 @@ limit of 12 s in the YAML and 15 s in code once). Code that builds a config with
 
 Also the one table of renamed settings (`RENAMED_KEYS`, `RENAMED_MODULES`): the CLI refuses an
 old name on the command line, naming the new one, and a saved config of an older version is
-translated (`upgrade_saved`), so old runs stay resumable.
+translated (`upgrade_saved`), so old runs stay resumable; so is one without a setting added
+since (`ADDED_KEYS`, with the value that says how the older version ran).
 """
 
 from __future__ import annotations
@@ -102,6 +103,12 @@ RENAMED_KEYS: dict[str, dict[str, str]] = {
 # Modules renamed: an entrypoint naming the old module ("module:function") is refused on the
 # command line and translated in a saved config.
 RENAMED_MODULES: dict[str, str] = {"nasalloc.execute.workloads": "nasalloc.execute.trainers"}
+# Top-level settings added since, per command, with the value that says what an older version
+# did (not a default: a new config always has the key from the YAML); a saved config without
+# the key gets it, so an old run resumes and validates as it ran.
+ADDED_KEYS: dict[str, dict[str, Any]] = {
+    "run": {"unshare": False},  # older runs never moved a trial off a shared device
+}
 
 
 def renamed_key(command: str, key: str) -> str | None:
@@ -134,6 +141,8 @@ def upgrade_saved(command: str, raw: dict[str, Any]) -> dict[str, Any]:
         target = _node_at(out, new_path)
         if target is not None:
             target.setdefault(new_leaf, value)
+    for key, value in ADDED_KEYS.get(command, {}).items():
+        out.setdefault(key, value)
     train = out.get("train")
     if isinstance(train, dict) and isinstance(train.get("entrypoint"), str):
         train["entrypoint"] = renamed_module(train["entrypoint"]) or train["entrypoint"]

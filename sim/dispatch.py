@@ -48,6 +48,11 @@ The rules (each in one place below):
   larger k the same way (a "reallocate" pause and resume); the capacity it will take is
   promised until then, and if the larger k cannot be placed when it resumes it resumes at its
   old k.
+- **Moving off a shared device** (k = 1/m, ``unshare``, `sim/unshare.py`). At the epoch
+  boundary of a trial that shares its device, when the scheduler has no work for the free
+  devices and placement would now put the trial on a device with fewer trials (an idle one,
+  at 1/2), it moves there the same way (a "reallocate" pause and resume) if the policy says
+  the move pays; its share of the new device is promised until it resumes.
 - **Stops of paused trials** (`Scheduler.drain_stopped`) get a "stop" event at once, or, for
   a trial still saving its PAUSE checkpoint, as its release event instead of "pause".
 - **Failures.** A crash after the trial's final decision (PAUSE or STOP) changes nothing: it
@@ -71,6 +76,7 @@ from nasalloc.sim.trace import TraceEvent
 
 if TYPE_CHECKING:
     from nasalloc.sim.elastic import ElasticPolicy
+    from nasalloc.sim.unshare import UnsharePolicy
 
 REALLOCATE = "reallocate"  # info of the pause/resume pair that moves a trial to another allocation
 INTERRUPTED = "interrupted"  # info of the pause (and later resume) of a trial cut off by Ctrl-C or a kill
@@ -109,7 +115,7 @@ class Segment:
 
     __slots__ = ("job", "trial", "config", "until_epoch", "attempt", "k", "devices", "labels", "start_epoch",
                  "since", "first_new", "move_at", "last_epoch", "decision", "told", "move_to", "save",
-                 "stopped_while_saving", "reserved", "handle")
+                 "stopped_while_saving", "reserved", "reserved_k", "handle")
 
     def __init__(self, job: Job, k: float, devices: tuple[int, ...], labels: tuple[int, ...], start_epoch: int,
                  since: float, first_new: int, move_at: int):
@@ -131,7 +137,8 @@ class Segment:
         self.move_to: float | None = None  # the allocation it moves to after a REALLOCATE pause
         self.save = False  # whether the ranks save a checkpoint after the last result
         self.stopped_while_saving = False
-        self.reserved: tuple[int, ...] = ()  # free devices held for an elastic move until it resumes
+        self.reserved: tuple[int, ...] = ()  # free devices held for a move until it resumes (elastic, unshare)
+        self.reserved_k = 1.0  # the share of each reserved device held (a whole one for elastic growth)
         self.handle: Any = None
 
     @property
@@ -159,7 +166,7 @@ class Dispatcher:
                  launch: Callable[[Segment], None], emit: Callable[[TraceEvent], None],
                  device_ids: list[int] | tuple[int, ...] | None = None, checkpoint_every: int = 1,
                  checkpoint_epoch: Callable[[int, int], int] | None = None, calls: int = 0,
-                 elastic: ElasticPolicy | None = None):
+                 elastic: ElasticPolicy | None = None, unshare: UnsharePolicy | None = None):
         self.sched = scheduler
         self.allocation = allocation
         self.pool = pool
@@ -190,6 +197,9 @@ class Dispatcher:
         self._waited_at = -1  # value of `_changes` when the scheduler last answered WAIT
         self.busy_device_seconds = 0.0  # sum over segments of k x held time
         self.elastic = elastic  # the growth decision under gpus_per_trial=elastic (sim/elastic.py)
+        # moves off shared devices (sim/unshare.py): only where placement spreads shares over the
+        # devices (best fit packs them on purpose, to keep whole devices for later rungs)
+        self.unshare = unshare if pool.spread and elastic is None else None
 
     # ----- state ------------------------------------------------------------------------
     @property
@@ -238,6 +248,8 @@ class Dispatcher:
                 k = self._grow(now, seg, epoch)
                 if k is not None:
                     told, seg.move_to = _PAUSE, k
+            elif self.unshare is not None and seg.k < 1 and self._unshare(now, seg, epoch):
+                told, seg.move_to = _PAUSE, seg.k
             seg.save = epoch % self.checkpoint_every == 0 or told is _PAUSE
         else:
             seg.save = decision is _PAUSE or epoch >= self.max_epochs  # keep a completed trial's model
@@ -256,10 +268,11 @@ class Dispatcher:
             until = self.sched.trials[tid].until_epoch
             job = Job(tid, seg.config, epoch, until, resume=True, attempt=seg.attempt)
             grows = self.elastic is not None  # its allocation has no rungs: every move is a growth
+            promised = grows or bool(seg.reserved)
             self._unreserve(seg)  # with its own devices (freed below), its new placement is free
             request = _Request(job, seg.move_to, seg.first_new, REALLOCATE,  # type: ignore[arg-type]
                                fallback=seg.k if grows else None)
-            if grows:  # its devices were reserved for it: it goes before anything that came since
+            if promised:  # its devices were reserved for it: it goes before anything that came since
                 self.waiting.appendleft(request)
             else:
                 self.waiting.append(request)
@@ -338,9 +351,31 @@ class Dispatcher:
             pool.occupy((d,), 1.0)
         return k
 
+    def _unshare(self, now: float, seg: Segment, epoch: int) -> bool:
+        """Whether `seg` (k < 1) moves off its shared device now (`sim/unshare.py`); if so, its
+        share of the target device is reserved until it resumes there."""
+        pool = self.pool
+        device, u = seg.devices[0], pool.units(seg.k)
+        free_here = pool.dev_free[device]
+        if free_here + u >= pool.L or pool.free_units - free_here <= u or max(pool.dev_free) <= free_here + u:
+            return False  # alone on its device, or no device where it would have fewer beside it
+        self._dispatch(now)  # the result may have made work: it goes first
+        if self.waiting or self.after_save:
+            return False
+        if not self.finished and self._waited_at != self._changes:
+            return False  # not asked since the last change (no room for the smallest job): no idle capacity
+        target = pool.move_target(seg.devices, seg.k, seg.k)
+        if target is None or target == seg.devices:
+            return False
+        if not self.unshare.pays(self, seg, epoch, target[0]):  # type: ignore[union-attr]
+            return False
+        pool.occupy(target, seg.k)
+        seg.reserved, seg.reserved_k = target, seg.k
+        return True
+
     def _unreserve(self, seg: Segment) -> None:
         for d in seg.reserved:
-            self.pool.release((d,), 1.0)
+            self.pool.release((d,), seg.reserved_k)
         seg.reserved = ()
 
     def _drain(self, now: float) -> None:

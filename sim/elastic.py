@@ -44,6 +44,26 @@ if TYPE_CHECKING:
     from nasalloc.sim.dispatch import Dispatcher, Segment
 
 
+def survival(milestones: list[int]) -> float:
+    """The share of trials a rung lets through, 1/eta, read off the rung spacing."""
+    ms = sorted(milestones)
+    return 1.0 / (ms[1] / ms[0] if len(ms) > 1 else 3.0)
+
+
+def epochs_left(milestones: list[int], survive: float, until: int, boundary: int) -> float:
+    """Epochs a trial is expected to train from `boundary` on in a job that runs to `until`:
+    all of them up to its next rung, and past each further rung with the chance `survive`
+    (1/eta) of surviving it (a job that ends at its next rung, as HyperBand's do, counts only
+    the first part). `milestones` ascending."""
+    rungs = [m for m in milestones if boundary < m < until] + [until]
+    left, weight, at = 0.0, 1.0, boundary
+    for m in rungs:
+        left += weight * (m - at)
+        weight *= survive
+        at = m
+    return left
+
+
 def efficiency(profile: Profile, k: float) -> float:
     """Throughput per device at k relative to one trial alone on one device: speed-up(k) / k
     for k >= 1; for k = 1/m, m trials each at 1 / sharing(m) of their alone speed."""
@@ -91,9 +111,7 @@ class ElasticPolicy:
         self.targets = [float(k) for k in allocation.grow if k > allocation.schedule[0]]
         self.profile = profile
         self.milestones = sorted(milestones)
-        # the share of trials a rung lets through, 1/eta, read off the rung spacing
-        ratio = self.milestones[1] / self.milestones[0] if len(self.milestones) > 1 else 3.0
-        self.survive = 1.0 / ratio
+        self.survive = survival(self.milestones)
         self.factor = config_factor or profile.config_factor
         self._factors: dict[int, float] = {}
         ov = profile.overheads
@@ -113,17 +131,7 @@ class ElasticPolicy:
         return self.profile.epoch_time(1) * self.profile.epoch.sharing_slowdown(m)
 
     def _epochs_left(self, seg: Segment, boundary: int) -> float:
-        """Epochs the trial is expected to train from `boundary` on in this job: all of them
-        up to its next rung, and past each further rung with the chance 1/eta of surviving it
-        (a job that ends at its next rung, as HyperBand's do, counts only the first part)."""
-        until = seg.until_epoch
-        rungs = [m for m in self.milestones if boundary < m < until] + [until]
-        left, weight, at = 0.0, 1.0, boundary
-        for m in rungs:
-            left += weight * (m - at)
-            weight *= self.survive
-            at = m
-        return left
+        return epochs_left(self.milestones, self.survive, seg.until_epoch, boundary)
 
     def _config_factor(self, seg: Segment) -> float:
         f = self._factors.get(seg.trial)
@@ -181,4 +189,4 @@ class ElasticPolicy:
         return k if k > seg.k else None
 
 
-__all__ = ["ElasticPolicy", "efficiency", "elastic_allocation", "resolve_allocation"]
+__all__ = ["ElasticPolicy", "efficiency", "elastic_allocation", "epochs_left", "resolve_allocation", "survival"]

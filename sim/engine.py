@@ -46,6 +46,7 @@ from nasalloc.sim.elastic import ElasticPolicy
 from nasalloc.sim.profile import Profile
 from nasalloc.sim.schedulers import Decision, make_scheduler
 from nasalloc.sim.trace import Summary, TraceEvent, summarize
+from nasalloc.sim.unshare import UnsharePolicy
 from nasalloc.sim.workload import Workload
 
 _CONTINUE, _PAUSE = Decision.CONTINUE, Decision.PAUSE
@@ -64,6 +65,9 @@ class SimulationSpec:
     target          metric value for time_to_target_s (None: not measured)
     profile_sample  index into the profile's step-time uncertainty samples (None: the fit)
     failures        (trial, epoch) pairs: that trial's first attempt crashes at that epoch
+    unshare         k = 1/m: a trial sharing a device moves to a device with fewer trials at its
+                    epoch boundary when that pays (`sim/unshare.py`); the commands set it from
+                    their `unshare` setting, False here is the core without that rule
     """
 
     scheduler: Any
@@ -75,6 +79,7 @@ class SimulationSpec:
     target: float | None = None
     profile_sample: int | None = None
     failures: tuple[tuple[int, int], ...] = ()  # (trial, epoch): its first attempt crashes at that epoch
+    unshare: bool = False
 
 
 @dataclass
@@ -125,8 +130,9 @@ class _Engine:
         self.times = self.workload.epoch_times(profile)  # recorded epoch times; None: the profile's
         self.events: list[TraceEvent] = []
         elastic = ElasticPolicy(alloc, profile, sched.milestones) if alloc.is_elastic else None
+        unshare = UnsharePolicy(profile, sched.milestones) if spec.unshare and ks[0] < 1 else None
         self.core = Dispatcher(sched, alloc, DevicePool(spec.cluster, ks), launch=self._launch, emit=self.events.append,
-                               elastic=elastic)
+                               elastic=elastic, unshare=unshare)
         self.timeouts = 0
 
     def _launch(self, seg: Segment) -> None:

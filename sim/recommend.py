@@ -42,7 +42,7 @@ from nasalloc.sim.formatting import (
 from nasalloc.sim.profile import Profile, load_profile
 from nasalloc.sim.ranking import OBJECTIVE_FIELD, GroupStats, Recommendation, choose, recommend
 from nasalloc.sim.schedulers import make_scheduler, scheduler_config, scheduler_names
-from nasalloc.sim.simulate import checked_target
+from nasalloc.sim.simulate import checked_target, flag
 from nasalloc.sim.space import SearchSpace
 from nasalloc.sim.sweep import (
     OBJECTIVES,
@@ -253,6 +253,7 @@ def load(cfg: DictConfig) -> RecommendSettings:
     if not isinstance(propagate, bool):
         raise UserError(f"propagate_uncertainty={propagate!r}: must be true or false")
     seeds = _seeds(required(cfg, "seeds"))
+    unshare = flag(cfg, "unshare")
     schedulers = _schedulers(cfg, metric.mode)
     clusters = _clusters(cfg)
     points: list[GridPoint] = []
@@ -261,7 +262,7 @@ def load(cfg: DictConfig) -> RecommendSettings:
         for cluster in clusters:
             for alloc in _allocations(cfg, cluster, n_segments, profile):
                 base = SimulationSpec(scheduler=sched, workload=workload, profile=profile, cluster=cluster,
-                                      allocation=alloc, target=target)
+                                      allocation=alloc, target=target, unshare=unshare)
                 for seed in seeds:
                     points.append(GridPoint(sched.name, alloc, with_seed(base, seed, propagate), deadline, pricing))
     elastic = _plain(required(cfg, "elastic"))

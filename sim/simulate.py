@@ -73,7 +73,16 @@ def build_spec(cfg: DictConfig) -> SimulationSpec:
     target = checked_target(required(cfg, "target"), metric)
     seed = _int(cfg, "seed")
     return SimulationSpec(scheduler=sched, workload=workload, profile=profile, cluster=cluster,
-                          allocation=allocation, seed=int(seed), target=target, profile_sample=sample)
+                          allocation=allocation, seed=int(seed), target=target, profile_sample=sample,
+                          unshare=flag(cfg, "unshare"))
+
+
+def flag(cfg: DictConfig | dict, key: str) -> bool:
+    """A true/false setting (UserError naming it otherwise)."""
+    value = required(cfg, key)
+    if not isinstance(value, bool):
+        raise UserError(f"{key}={value!r}: must be true or false")
+    return value
 
 
 def load(cfg: DictConfig) -> SimulateSettings:
@@ -108,6 +117,10 @@ def report(result: SimulationResult, out_dir: Path | None, wall_s: float) -> str
         lines += (f"  replay            {stats['replay_recorded_trials']} recorded curves; {beyond} results beyond "
                   f"the recorded epochs held the last value; {stats['replay_trials_wrapped']} trials reused a curve\n")
     lines += f"  epoch times       {epoch_times_source(result)}\n"
+    if s.shared_while_idle_s > 0:
+        hint = "" if spec.unshare or spec.allocation.ks[0] >= 1 else "; unshare=true moves such trials when it pays"
+        lines += (f"  shared devices    trials shared a device while others idled for {format_duration(s.shared_while_idle_s)} "
+                  f"({s.shared_while_idle_device_s / 3600:,.1f} idle device-hours they could have used){hint}\n")
     if out_dir is not None:
         lines += f"output: {out_dir}"
     return lines.rstrip("\n")
@@ -149,4 +162,4 @@ def main(settings: SimulateSettings, out_dir: Path) -> None:
     print(report(result, out_dir.resolve(), wall))
 
 
-__all__ = ["SimulateSettings", "build_spec", "checked_target", "epoch_times_source", "load", "main", "report"]
+__all__ = ["SimulateSettings", "build_spec", "checked_target", "epoch_times_source", "flag", "load", "main", "report"]

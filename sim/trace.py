@@ -37,8 +37,12 @@ HOLDS = ("start", "resume")  # events after which the trial holds its devices
 RELEASES = ("pause", "stop", "complete", "fail")  # events after which it holds none
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TraceEvent:
+    """One line of trace.jsonl. Treat it as immutable: it is not frozen only because a frozen
+    dataclass's ``__init__`` (one ``object.__setattr__`` per field) took 4x as long, and the
+    simulator builds one per result, start, pause and stop (600k in the paper grid)."""
+
     time: float
     event: str
     trial: int
@@ -177,6 +181,10 @@ class Summary:
     gpus_per_trial: Any
     target: float | None = None
     devices: int = 0
+    # trials shared a device while another one idled (k = 1/m, `shared_while_idle`): wall
+    # seconds, and the idle device-seconds the extra trials could have used
+    shared_while_idle_s: float = 0.0
+    shared_while_idle_device_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -204,21 +212,63 @@ def holds(events: Iterable[TraceEvent], *, open_until: float | None = None) -> l
 
 def busy_intervals(events: Iterable[TraceEvent]) -> dict[int, list[tuple[float, float]]]:
     """Per device, the merged intervals during which at least one trial held it."""
+    return _merged(holds(events))[0]
+
+
+def _merged(held: list[tuple[int, float, float, tuple[int, ...], str]]) -> tuple[dict[int, list[tuple[float, float]]], bool]:
+    """`busy_intervals` of these holds, and whether two holds of one device overlapped (a
+    device shared; one ending when the next starts is no overlap)."""
     raw: dict[int, list[tuple[float, float]]] = {}
-    for _trial, t0, t1, devs, _how in holds(events):
+    for _trial, t0, t1, devs, _how in held:
         for d in devs:
             raw.setdefault(d, []).append((t0, t1))
     merged: dict[int, list[tuple[float, float]]] = {}
+    shared = False
     for d, ivs in raw.items():
         ivs.sort()
         out: list[list[float]] = []
         for a, b in ivs:
             if out and a <= out[-1][1]:
+                shared = shared or a < out[-1][1]
                 out[-1][1] = max(out[-1][1], b)
             else:
                 out.append([a, b])
         merged[d] = [(a, b) for a, b in out]
-    return merged
+    return merged, shared
+
+
+def shared_while_idle(held: list[tuple[int, float, float, tuple[int, ...], str]], n_devices: int) -> tuple[float, float]:
+    """How long trials shared a device while another device held no trial (k = 1/m):
+    -> (wall seconds, device-seconds).
+
+    A trial sharing a device trains at the sharing curve's fraction of its speed; while a
+    device sits idle beside it, the allocation (not the search) costs time (issue 18: two
+    full-budget trials on one GPU for 8.5 h). Wall seconds: time during which at least one
+    device held two or more trials and at least one held none. Device-seconds: the integral
+    over that time of the idle devices those extra trials could have used, min(trials beyond
+    the first on each shared device, idle devices); two trials on one GPU beside idle ones
+    for an hour count 3,600 wall and 3,600 device-seconds. `held` is `holds(events)`; a
+    release and a hold at the same instant do not overlap.
+    """
+    points = sorted((t, step, d) for _trial, t0, t1, devs, _how in held for t, step in ((t0, 1), (t1, -1)) for d in devs)
+    count: dict[int, int] = {}
+    busy = extra = 0  # devices holding a trial; trials beyond the first on their device
+    wall = device_s = 0.0
+    last = 0.0
+    for t, step, d in points:  # at equal times releases (-1) come first
+        if extra and busy < n_devices and t > last:
+            wall += t - last
+            device_s += min(extra, n_devices - busy) * (t - last)
+        last = t
+        c = count.get(d, 0)
+        count[d] = c + step
+        if step > 0:
+            busy += c == 0
+            extra += c >= 1
+        else:
+            busy -= c == 1
+            extra -= c >= 2
+    return wall, device_s
 
 
 def summarize(
@@ -232,26 +282,40 @@ def summarize(
 ) -> Summary:
     """Compute the summary of a trace; identical arithmetic for simulated and real runs."""
     sign = 1.0 if mode == "max" else -1.0
-    makespan = max((ev.time for ev in events), default=0.0)
+    makespan = 0.0  # trace times are >= 0
     best: TraceEvent | None = None
     time_to_target = None
     epochs = 0
+    started: set[int] = set()
+    finals: dict[int, str] = {}  # trial -> how it ended (stop, complete, fail), unless it held devices again
+    opened: dict[int, tuple[float, tuple[int, ...]]] = {}
+    held = []  # `holds(events)`, built in the same pass (this runs once per simulation)
     for ev in events:
-        if ev.event != "result" or ev.metric is None or math.isnan(ev.metric):
-            continue
-        epochs += 1
-        if best is None or sign * ev.metric > sign * best.metric:  # type: ignore[operator]
-            best = ev
-        if target is not None and time_to_target is None and sign * ev.metric >= sign * target:
-            time_to_target = ev.time
-    busy = sum(b - a for ivs in busy_intervals(events).values() for a, b in ivs)
-    started = {ev.trial for ev in events if ev.event == "start"}
-    finals: dict[int, str] = {}
-    for ev in events:
-        if ev.event in ("stop", "complete", "fail"):
-            finals[ev.trial] = ev.event
-        elif ev.event in HOLDS:
+        kind, t = ev.event, ev.time
+        if t > makespan:
+            makespan = t
+        if kind == "result":
+            if ev.metric is None or math.isnan(ev.metric):
+                continue
+            epochs += 1
+            if best is None or sign * ev.metric > sign * best.metric:  # type: ignore[operator]
+                best = ev
+            if target is not None and time_to_target is None and sign * ev.metric >= sign * target:
+                time_to_target = t
+        elif kind in HOLDS:
+            opened[ev.trial] = (t, ev.devices)
             finals.pop(ev.trial, None)
+            if kind == "start":
+                started.add(ev.trial)
+        elif kind in RELEASES:
+            if ev.trial in opened:
+                t0, devs = opened.pop(ev.trial)
+                held.append((ev.trial, t0, t, devs, kind))
+            if kind != "pause":
+                finals[ev.trial] = kind
+    merged, shared = _merged(held)
+    busy = sum(b - a for ivs in merged.values() for a, b in ivs)
+    shared_idle = shared_while_idle(held, n_devices) if shared else (0.0, 0.0)
     return Summary(
         makespan_s=makespan,
         best_metric=None if best is None else best.metric,
@@ -269,6 +333,8 @@ def summarize(
         gpus_per_trial=gpus_per_trial,
         target=target,
         devices=n_devices,
+        shared_while_idle_s=shared_idle[0],
+        shared_while_idle_device_s=shared_idle[1],
     )
 
 

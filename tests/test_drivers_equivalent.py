@@ -46,12 +46,13 @@ SPACE = {"quality": {"type": "float", "low": 0.1, "high": 1.0},
          "epoch_s": {"type": "float", "low": EPOCH_LOW, "high": EPOCH_HIGH, "log": True}}
 
 
-def toy_profile(devices: int) -> Any:
-    """Epoch time = the trial's epoch_s at k = 1, epoch_s / k at k > 1, no other cost."""
-    return parse_profile(toy_profile_data(devices), "toy profile")
+def toy_profile(devices: int, sharing: float = 1.0) -> Any:
+    """Epoch time = the trial's epoch_s at k = 1, epoch_s / k at k > 1, no other cost; two
+    trials on one device each train `sharing` times slower."""
+    return parse_profile(toy_profile_data(devices, sharing), "toy profile")
 
 
-def toy_profile_data(devices: int) -> dict[str, Any]:
+def toy_profile_data(devices: int, sharing: float = 1.0) -> dict[str, Any]:
     steps = 4
     return {
         "name": "toy_sleep",
@@ -60,7 +61,7 @@ def toy_profile_data(devices: int) -> dict[str, Any]:
         "overheads": {"startup_s": 0.0, "eval_s": 0.0, "checkpoint_save_s": 0.0, "checkpoint_restore_s": 0.0,
                       "decision_latency_s": 0.0},
         "hardware": {"gpus_per_node": devices},
-        "sharing": {1: 1.0, 2: 1.0},
+        "sharing": {1: 1.0, 2: sharing},
         "config_cost": {"params": {"epoch_s": {"type": "float", "low": EPOCH_LOW, "high": EPOCH_HIGH, "log": True,
                                                "slope": math.log(EPOCH_HIGH / EPOCH_LOW), "center": 0.0}}, "norm": 1.0},
     }
@@ -92,6 +93,10 @@ class Case:
     seed: int = 0
     faults: tuple[tuple[int, int], ...] = ()  # (trial, epoch): its first attempt raises there
     elastic: tuple[int, int] | None = None  # gpus_per_trial=elastic with these (min, max)
+    # unshare=true, deciding with a profile whose sharing slow-down is this (> 1: a move off a
+    # shared device pays, as every cost is 0 here; close to 1 so that the simulated times stay
+    # within a few ms of the sleeping trainers', which do not slow each other)
+    unshare: float | None = None
 
 
 CASES = [
@@ -104,6 +109,8 @@ CASES = [
          gpus_per_trial="1/2", seed=47),
     Case("elastic", {"name": "hyperband", "n_trials": 6, "max_epochs": 9, "eta": 3}, gpus_per_trial="elastic", seed=35,
          elastic=(1, 2)),
+    Case("unshare", {"name": "hyperband", "n_trials": 6, "max_epochs": 9, "eta": 3}, gpus_per_trial="1/2", seed=1927,
+         unshare=1.001),
     Case("fail-and-retry", {"name": "asha", "n_trials": 8, "max_epochs": 9, "eta": 3, "variant": "promotion",
                             "max_retries": 1}, seed=8, faults=((2, 2),)),
 ]
@@ -111,14 +118,14 @@ CASES = [
 
 def simulated(case: Case) -> list[TraceEvent]:
     space = SearchSpace.from_config(SPACE)
-    profile = toy_profile(case.devices)
+    profile = toy_profile(case.devices, case.unshare or 1.0)
     if case.elastic is not None:
         allocation = elastic_allocation(machine(case.devices), profile, *case.elastic)
     else:
         allocation = parse_allocation(case.gpus_per_trial, machine(case.devices))
     spec = SimulationSpec(scheduler=scheduler_config(scheduler_node(case.scheduler)), workload=ToyCurves(space),
                           profile=profile, cluster=machine(case.devices), allocation=allocation, seed=case.seed,
-                          failures=case.faults)
+                          failures=case.faults, unshare=case.unshare is not None)
     return simulate(spec).events
 
 
@@ -131,12 +138,14 @@ def executed(case: Case, run_dir: Path) -> list[TraceEvent]:
                   "params": {"steps_per_epoch": 4, "scaling": "strong", "faults": faults}},
         "devices": {**shipped("devices", "cpu"), "count": case.devices},
         "gpus_per_trial": case.gpus_per_trial, "trial_timeout_s": 60, "checkpoint_every": 1, "progress": "none",
-        "target": None, "profile": None, "resume": None,
+        "target": None, "profile": None, "resume": None, "unshare": case.unshare is not None,
     }
-    if case.elastic is not None:  # the policy decides with the profile the simulator is given
+    if case.elastic is not None or case.unshare is not None:  # the policy decides with the simulator's profile
         path = run_dir.parent / f"{run_dir.name}_profile.yaml"
-        path.write_text(yaml.safe_dump(toy_profile_data(case.devices)), encoding="utf-8")
-        raw.update(profile=str(path), elastic={"min": case.elastic[0], "max": case.elastic[1]})
+        path.write_text(yaml.safe_dump(toy_profile_data(case.devices, case.unshare or 1.0)), encoding="utf-8")
+        raw.update(profile=str(path))
+    if case.elastic is not None:
+        raw.update(elastic={"min": case.elastic[0], "max": case.elastic[1]})
     run_search(settings_from(raw), run_dir)
     return read_trace(run_dir / "trace.jsonl")
 
@@ -172,5 +181,5 @@ def test_simulator_and_executor_make_the_same_decisions(case: Case, tmp_path: Pa
     kinds = {ev.event for ev in sim}
     if case.faults:
         assert "fail" in kinds and any(ev.event == "resume" and ev.trial == case.faults[0][0] for ev in sim)
-    if isinstance(case.gpus_per_trial, list) or case.elastic:  # a move looks the same in both traces
+    if isinstance(case.gpus_per_trial, list) or case.elastic or case.unshare:  # a move looks the same in both traces
         assert any(ev.info == "reallocate" for ev in sim if ev.event == "pause")

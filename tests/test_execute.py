@@ -42,7 +42,7 @@ def toy_raw(scheduler: dict[str, Any] | None = None, **top: Any) -> dict[str, An
                   "params": params},
         "devices": {**shipped("devices", "cpu"), "count": 2},
         "gpus_per_trial": 1, "trial_timeout_s": 30, "checkpoint_every": 1, "progress": "none",
-        "target": None, "profile": None, "resume": None,
+        "target": None, "profile": None, "resume": None, "unshare": True,
     }
     raw.update(top)
     return raw

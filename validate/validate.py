@@ -97,8 +97,10 @@ def read_run(folder: Path, config: RunConfig, profile: Profile) -> RealRun:
                                     key=f"{folder / RUN_CONFIG}: gpus_per_trial")
     metric = MetricSpec(name="metric", mode=config.scheduler.mode, low=-math.inf, high=math.inf)
     workload = ReplayWorkload(_curves(events), metric, config.space, source=str(trace_path))
+    # the run moved trials off shared devices only with a profile to decide with (`execute.search`)
     spec = SimulationSpec(scheduler=config.scheduler, workload=workload, profile=profile, cluster=cluster,
-                          allocation=allocation, seed=config.seed, target=config.target)
+                          allocation=allocation, seed=config.seed, target=config.target,
+                          unshare=config.unshare and config.profile is not None)
     return RealRun(folder, events, spec, kind)
 
 

@@ -77,8 +77,8 @@ class ProductKDE:
             xj = points[:, j : j + 1]
             c = self.levels[j]
             if self.categorical[j]:
-                if c > 1:
-                    k *= np.where(np.isclose(col, xj), 1.0 - h, h / (c - 1))
+                if c > 1:  # choice indices are whole numbers: equal means within 1/2
+                    k *= np.where(np.abs(col - xj) < 0.5, 1.0 - h, h / (c - 1))
             else:
                 k *= np.exp(-0.5 * ((xj - col) / h) ** 2) / (h * math.sqrt(2 * math.pi))
         dens = k.mean(axis=1)
@@ -136,7 +136,9 @@ class KDESearcher(Searcher):
         self.min_bandwidth = min_bandwidth
         self.levels = [len(dom.choices) if dom.is_categorical else 0 for dom in space.domains]
         self.observations: dict[int, list[tuple[np.ndarray, float]]] = {}
-        self.models: dict[int, tuple[ProductKDE, ProductKDE]] = {}  # budget -> (good, bad)
+        # budget -> (good, bad); None until `_model` builds it from the budget's observations
+        # (a budget that has enough of them has a model; it is built when a suggestion needs it)
+        self.models: dict[int, tuple[ProductKDE, ProductKDE] | None] = {}
 
     def observe(self, config: Config, budget: int, score: float) -> None:
         if self.models and max(self.models) > budget:
@@ -145,27 +147,41 @@ class KDESearcher(Searcher):
         self.observations.setdefault(budget, []).append((self.space.to_unit(config), score))
         self._refit(budget)
 
-    def _refit(self, budget: int) -> None:
-        obs = self.observations[budget]
-        n, d = len(obs), len(self.space)
-        if n < self.min_points_in_model:
-            return
-        order = sorted(range(n), key=lambda i: -obs[i][1])  # best first; stable on ties
+    def _split(self, budget: int) -> tuple[int, int]:
+        """How many of the budget's observations, best first, go to the good and the bad model."""
+        n = len(self.observations[budget])
         n_good = max(self.min_points_in_model, (self.top_n_percent * n) // 100)
         n_bad = max(self.min_points_in_model, ((100 - self.top_n_percent) * n) // 100)
-        good = np.array([obs[i][0] for i in order[:n_good]])
-        bad = np.array([obs[i][0] for i in order[n_good : n_good + n_bad]])
-        if len(good) <= d or len(bad) <= d:
+        return min(n_good, n), max(min(n_bad, n - n_good), 0)
+
+    def _refit(self, budget: int) -> None:
+        """The budget's model is out of date (HpBandSter refits on every new result). Whether
+        it has one follows from the counts alone; the densities are built when `suggest` uses
+        them (most results arrive at budgets no suggestion reads before the next result)."""
+        d = len(self.space)
+        if len(self.observations[budget]) < self.min_points_in_model:
             return
-        self.models[budget] = (
-            ProductKDE(good, self.levels, self.min_bandwidth),
-            ProductKDE(bad, self.levels, self.min_bandwidth),
-        )
+        n_good, n_bad = self._split(budget)
+        if n_good <= d or n_bad <= d:
+            return
+        self.models[budget] = None
+
+    def _model(self, budget: int) -> tuple[ProductKDE, ProductKDE]:
+        model = self.models[budget]
+        if model is None:
+            obs = self.observations[budget]
+            order = sorted(range(len(obs)), key=lambda i: -obs[i][1])  # best first; stable on ties
+            n_good, n_bad = self._split(budget)
+            good = np.array([obs[i][0] for i in order[:n_good]])
+            bad = np.array([obs[i][0] for i in order[n_good : n_good + n_bad]])
+            model = self.models[budget] = (ProductKDE(good, self.levels, self.min_bandwidth),
+                                           ProductKDE(bad, self.levels, self.min_bandwidth))
+        return model
 
     def suggest(self, budget: int) -> Config:
         if not self.models or self.rng.random() < self.random_fraction:
             return self.space.sample(self.rng)
-        good, bad = self.models[max(self.models)]
+        good, bad = self._model(max(self.models))
         candidates = good.sample(self.rng, self.bandwidth_factor, self.num_samples)
         ratio = np.maximum(good.pdf(candidates), 1e-32) / np.maximum(bad.pdf(candidates), 1e-32)
         return self.space.from_unit(candidates[int(np.argmax(ratio))])  # first maximum on ties
