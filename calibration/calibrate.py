@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from nasalloc.calibration.analysis import analyse
+from nasalloc.calibration.analysis import Analysis, analyse
 from nasalloc.calibration.fit import FITTABLE, FitSettings
 from nasalloc.calibration.import_csv import read_timings
 from nasalloc.calibration.measurements import Measurements
@@ -272,6 +272,18 @@ def _workload_facts(s: CalibrateSettings, m: Measurements, steps_first_epoch: in
                          global_batch=w.batch_per_device if w.scaling == "strong" else None, eval_scales=w.eval_scales)
 
 
+def warnings(m: Measurements, analysis: Analysis) -> list[str]:
+    """One line per quantity the profile states without having measured it (listed under
+    `assumed:`): the unmeasured costs, and the gradient size when it had to be assumed."""
+    lines = list(m.assumptions().values())
+    grad = analysis.step.assumed.get("grad_bytes")
+    if grad is not None and max(m.ks) > 1:
+        why = "not in the timings" if m.source.startswith("csv:") else "no DistributedDataParallel model seen"
+        lines.append(f"grad_bytes: not counted ({why}); the fit assumes "
+                     f"{grad.value:g} bytes; give train.grad_bytes=BYTES")
+    return lines
+
+
 def main(settings: CalibrateSettings, out_dir: Path) -> None:
     from rich.console import Console
 
@@ -312,6 +324,8 @@ def main(settings: CalibrateSettings, out_dir: Path) -> None:
                             space=settings.plan.space if settings.plan is not None else None)
     if not analysis.step.success:
         console.print(f"[yellow]warning: the step-time fit did not converge: {analysis.step.message}[/]")
+    for line in warnings(m, analysis):
+        console.print(f"[yellow]warning: {line}[/]", soft_wrap=True)
     dump_profile(profile, out_dir / "profile.yaml")
     plot_speedup(m, analysis, w, out_dir / "speedup.png")
     console.print(summary_table(m, analysis, profile))

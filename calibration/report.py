@@ -85,9 +85,7 @@ def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: 
     assumed = sorted(step.assumed)
     if a.startup_slope_assumed:
         assumed.append("startup_per_doubling_s")
-    for key in ("startup_s", "eval_s", "checkpoint_save_s", "checkpoint_restore_s", "decision_latency_s"):
-        if not (m.startup_s if key == "startup_s" else getattr(m, key)):
-            assumed.append(key)  # not measured: 0 in the profile
+    assumed += [key for key in m.assumptions() if key not in assumed]  # not measured: stated, not claimed
     sharing = {int(s): _g(f) for s, f in m.sharing_slowdown().items()}
     fitted_keys = tuple(n for n in FITTABLE if n in step.fitted) + (("straggler_cv",) if "straggler_cv" in step.measured else ())
     measured_speedup = a.data.k * a.data.batch_fraction * a.data.mean_s[0] / a.data.mean_s

@@ -147,7 +147,10 @@ def test_real_two_rank_gloo_calibration_of_digits_feeds_the_simulator(tmp_path, 
     assert profile.epoch.samples_per_epoch == 37 * 32  # 1197 digits, batch 32, last partial batch dropped
     assert set(data["fit"]["fitted"]) == {"t_compute_s", "intra_bandwidth_Bps"}
     assert {"gamma", "intra_latency_s", "inter_bandwidth_Bps", "inter_latency_s"} <= set(profile.assumed)
-    assert 2 in profile.epoch.sharing and profile.epoch.sharing[2] > 1.0
+    # sharing measured (the raw samples kept); not asserted > 1: on a saturated machine two trials
+    # get nearly twice the CPU share of one, so a slow-down of 1 is then what is measured
+    assert len(measured["sharing_step_time_samples_s"][2]) >= 2 and profile.epoch.sharing[2] >= 1.0
+    assert not data["measured"].get("not_measured") and "sharing.2" not in profile.assumed  # nothing unmeasured
     assert profile.epoch_time(1) > 0 and profile.epoch_time(2) > 0
     assert (out_dir / "profiling" / "logs").is_dir()
     # the simulator takes it unchanged, also with a bootstrap sample of the step-time fit
