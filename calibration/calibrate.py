@@ -29,6 +29,7 @@ from nasalloc.sim.config import require, required, to_typed
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_duration
 from nasalloc.sim.profile import dump_profile
+from nasalloc.sim.provenance import FIELDS, this_machine
 
 
 @dataclass
@@ -297,6 +298,8 @@ def main(settings: CalibrateSettings, out_dir: Path) -> None:
                       f"k = {', '.join(str(k) for k in m.ks)})")
         steps_first = None
         sources = [f"timings imported from {settings.timings} by nasalloc calibrate"]
+        # where the CSV's timings were measured is not in it: every field unknown
+        provenance = {"how": f"timings CSV {settings.timings.name}", **{key: None for key in FIELDS if key != "how"}}
         desc = settings.description or f"imported timings ({settings.timings.name})"
     else:
         plan = settings.plan
@@ -312,6 +315,7 @@ def main(settings: CalibrateSettings, out_dir: Path) -> None:
             fit = FitSettings(gpus_per_node=fit.gpus_per_node, grad_bytes=float(m.hardware["grad_bytes"]),
                               backend=fit.backend, given=fit.given)
         device = m.hardware.get("device", plan.device_kind)
+        provenance = this_machine(str(device), how="nasalloc calibrate")
         sources = [f"measured by nasalloc calibrate on {time.strftime('%Y-%m-%d', time.gmtime())}: {plan.entrypoint}, "
                    f"k = {', '.join(map(str, plan.gpus_per_trial))} on {device}, {m.hardware.get('backend')}"]
         knobs = ", ".join(f"{k}={v}" for k, v in settings.train.config.items())
@@ -321,7 +325,7 @@ def main(settings: CalibrateSettings, out_dir: Path) -> None:
     w = _workload_facts(settings, m, steps_first)
     analysis = analyse(m, fit, bootstrap=settings.calibration.bootstrap, rng=np.random.default_rng(settings.seed))
     profile = build_profile(settings.name, desc, m, analysis, w, sources,
-                            space=settings.plan.space if settings.plan is not None else None)
+                            space=settings.plan.space if settings.plan is not None else None, provenance=provenance)
     if not analysis.step.success:
         console.print(f"[yellow]warning: the step-time fit did not converge: {analysis.step.message}[/]")
     for line in warnings(m, analysis):

@@ -88,7 +88,7 @@ import numpy as np
 from nasalloc.calibration import probe
 from nasalloc.calibration.concurrent import Job, run_concurrently, run_jobs
 from nasalloc.calibration.measurements import Measurements
-from nasalloc.execute.devices import Slot, rank_threads
+from nasalloc.execute.devices import Slot, device_name, rank_threads
 from nasalloc.execute.launch import Launcher, RanksResult
 from nasalloc.sim.errors import UserError
 
@@ -589,11 +589,9 @@ def hardware_facts(plan: ProfilingPlan) -> dict[str, Any]:
         facts["load_average_1min_at_start"] = round(os.getloadavg()[0], 2)  # other work on the machine skews timings
     except OSError:
         pass
+    facts["device"] = device_name(plan.device_kind, plan.device_ids[0])
     if plan.device_kind == "cuda":
-        facts["device"] = torch.cuda.get_device_name(plan.device_ids[0])
         facts["cuda"] = str(torch.version.cuda)
-    else:
-        facts["device"] = f"CPU slot ({cpu_model()})"
     facts["cores"] = os.cpu_count()
     facts["threads_per_rank"] = plan_threads(plan)
     return facts
@@ -604,16 +602,6 @@ def plan_threads(plan: ProfilingPlan) -> int:
     devices present, whichever of them a measurement uses and however many trials share one,
     so the steps are timed with the threads the search's ranks will have."""
     return rank_threads(plan.threads_per_rank, len(plan.device_ids), os.cpu_count() or 1)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def profile_training(plan: ProfilingPlan, workdir: Path, progress: Progress = print) -> Measurements:

@@ -76,10 +76,12 @@ def plain(obj: Any) -> Any:
 
 
 def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: WorkloadFacts,
-                  sources: list[str], space: dict[str, Any] | None = None) -> dict[str, Any]:
+                  sources: list[str], space: dict[str, Any] | None = None,
+                  provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """The profile mapping (see sim/profile.py): measured, fitted, assumed, with sources.
     `space`: the search space the sampled configurations (`m.configs`) came from; with it and
-    at least 3 of them, the `config_cost` block is fitted (calibration/config_cost.py)."""
+    at least 3 of them, the `config_cost` block is fitted (calibration/config_cost.py).
+    `provenance`: where the numbers were measured (sim/provenance.py)."""
     ks = a.data.k
     step = a.step
     assumed = sorted(step.assumed)
@@ -127,6 +129,7 @@ def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: 
         "description": description,
         "sources": list(sources),
         "hardware": hardware,
+        **({"provenance": provenance} if provenance is not None else {}),
         "workload": {"samples_per_epoch": int(w.samples_per_epoch),
                      "batch_per_device": int(w.batch_per_device), "scaling": w.scaling,
                      "global_batch": None if w.global_batch is None else int(w.global_batch)},
