@@ -232,6 +232,13 @@ def load(cfg: DictConfig) -> CalibrateSettings:
             raise UserError(f"train.samples_per_epoch: required with timings={timings} (training samples per epoch)")
         backend = "cuda" if calib.backend == "auto" else calib.backend
         gpn = calib.gpus_per_node or max(imported.step_samples)
+        # what the CSV does not say is assumed, listed under `assumed:` and warned about
+        if calib.gpus_per_node is None:
+            imported.assumed["gpus_per_node"] = (f"gpus_per_node: not in the timings; assumed {gpn} (the largest k), so "
+                                                 f"every k was fitted as inside one node; give calibration.gpus_per_node=N")
+        if calib.backend == "auto":
+            imported.assumed["device_kind"] = ("device_kind: not in the timings; assumed cuda (nccl priors for the "
+                                               "parameters the timings cannot fit); give calibration.backend=cpu|cuda")
         imported.hardware.update({"device_kind": backend, "gpus_per_node": gpn, "source": f"timings CSV {timings}"})
         name = raw["name"] or timings.stem
     else:

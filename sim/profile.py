@@ -126,6 +126,17 @@ class Profile:
             return self
         return dataclasses.replace(self, epoch=dataclasses.replace(self.epoch, gpus_per_node=gpus_per_node))
 
+    def node_size_warning(self, gpus_per_node: int) -> str | None:
+        """One line when a cluster's node size differs from a node size this profile only
+        assumed (`gpus_per_node` under `assumed:`, e.g. imported timings that did not say):
+        its fit took every k up to that size as inside one node."""
+        if "gpus_per_node" not in self.assumed or gpus_per_node == self.gpus_per_node:
+            return None
+        return (f"warning: profile {self.name} assumed {self.gpus_per_node} GPUs per node (its timings did not say), "
+                f"this cluster has {gpus_per_node}: its fit took every k up to {self.gpus_per_node} as inside one node; "
+                f"if the timings came from nodes of {gpus_per_node}, recalibrate with calibration.gpus_per_node="
+                f"{gpus_per_node}")
+
     def with_step_sample(self, index: int) -> Profile:
         """The same profile with step-time parameters from uncertainty sample `index`."""
         if not self.step_time_samples:

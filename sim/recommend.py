@@ -427,6 +427,9 @@ def main(settings: RecommendSettings, out_dir: Path) -> None:
     console = Console(width=max(120, Console().width))
     console.print(render_table(settings, rec))
     print(verdict(settings, rec))
+    for warning in dict.fromkeys(settings.profile.node_size_warning(c.node_size) for c in settings.clusters):
+        if warning:
+            print(warning)
     if isinstance(settings.workload, ReplayWorkload):
         times = settings.workload.epoch_times(settings.profile)
         print(f"epoch times: {settings.workload.times_note if times is None else times.describe()}")
