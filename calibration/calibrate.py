@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from nasalloc.calibration.analysis import analyse
+from nasalloc.calibration.analysis import Analysis, analyse
 from nasalloc.calibration.fit import FITTABLE, FitSettings
 from nasalloc.calibration.import_csv import read_timings
 from nasalloc.calibration.measurements import Measurements
@@ -29,6 +29,7 @@ from nasalloc.sim.config import require, required, to_typed
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_duration
 from nasalloc.sim.profile import dump_profile
+from nasalloc.sim.provenance import FIELDS, this_machine
 
 
 @dataclass
@@ -231,6 +232,13 @@ def load(cfg: DictConfig) -> CalibrateSettings:
             raise UserError(f"train.samples_per_epoch: required with timings={timings} (training samples per epoch)")
         backend = "cuda" if calib.backend == "auto" else calib.backend
         gpn = calib.gpus_per_node or max(imported.step_samples)
+        # what the CSV does not say is assumed, listed under `assumed:` and warned about
+        if calib.gpus_per_node is None:
+            imported.assumed["gpus_per_node"] = (f"gpus_per_node: not in the timings; assumed {gpn} (the largest k), so "
+                                                 f"every k was fitted as inside one node; give calibration.gpus_per_node=N")
+        if calib.backend == "auto":
+            imported.assumed["device_kind"] = ("device_kind: not in the timings; assumed cuda (nccl priors for the "
+                                               "parameters the timings cannot fit); give calibration.backend=cpu|cuda")
         imported.hardware.update({"device_kind": backend, "gpus_per_node": gpn, "source": f"timings CSV {timings}"})
         name = raw["name"] or timings.stem
     else:
@@ -272,6 +280,18 @@ def _workload_facts(s: CalibrateSettings, m: Measurements, steps_first_epoch: in
                          global_batch=w.batch_per_device if w.scaling == "strong" else None, eval_scales=w.eval_scales)
 
 
+def warnings(m: Measurements, analysis: Analysis) -> list[str]:
+    """One line per quantity the profile states without having measured it (listed under
+    `assumed:`): the unmeasured costs, and the gradient size when it had to be assumed."""
+    lines = list(m.assumptions().values())
+    grad = analysis.step.assumed.get("grad_bytes")
+    if grad is not None and max(m.ks) > 1:
+        why = "not in the timings" if m.source.startswith("csv:") else "no DistributedDataParallel model seen"
+        lines.append(f"grad_bytes: not counted ({why}); the fit assumes "
+                     f"{grad.value:g} bytes; give train.grad_bytes=BYTES")
+    return lines
+
+
 def main(settings: CalibrateSettings, out_dir: Path) -> None:
     from rich.console import Console
 
@@ -285,6 +305,8 @@ def main(settings: CalibrateSettings, out_dir: Path) -> None:
                       f"k = {', '.join(str(k) for k in m.ks)})")
         steps_first = None
         sources = [f"timings imported from {settings.timings} by nasalloc calibrate"]
+        # where the CSV's timings were measured is not in it: every field unknown
+        provenance = {"how": f"timings CSV {settings.timings.name}", **{key: None for key in FIELDS if key != "how"}}
         desc = settings.description or f"imported timings ({settings.timings.name})"
     else:
         plan = settings.plan
@@ -300,6 +322,7 @@ def main(settings: CalibrateSettings, out_dir: Path) -> None:
             fit = FitSettings(gpus_per_node=fit.gpus_per_node, grad_bytes=float(m.hardware["grad_bytes"]),
                               backend=fit.backend, given=fit.given)
         device = m.hardware.get("device", plan.device_kind)
+        provenance = this_machine(str(device), how="nasalloc calibrate")
         sources = [f"measured by nasalloc calibrate on {time.strftime('%Y-%m-%d', time.gmtime())}: {plan.entrypoint}, "
                    f"k = {', '.join(map(str, plan.gpus_per_trial))} on {device}, {m.hardware.get('backend')}"]
         knobs = ", ".join(f"{k}={v}" for k, v in settings.train.config.items())
@@ -309,9 +332,11 @@ def main(settings: CalibrateSettings, out_dir: Path) -> None:
     w = _workload_facts(settings, m, steps_first)
     analysis = analyse(m, fit, bootstrap=settings.calibration.bootstrap, rng=np.random.default_rng(settings.seed))
     profile = build_profile(settings.name, desc, m, analysis, w, sources,
-                            space=settings.plan.space if settings.plan is not None else None)
+                            space=settings.plan.space if settings.plan is not None else None, provenance=provenance)
     if not analysis.step.success:
         console.print(f"[yellow]warning: the step-time fit did not converge: {analysis.step.message}[/]")
+    for line in warnings(m, analysis):
+        console.print(f"[yellow]warning: {line}[/]", soft_wrap=True)
     dump_profile(profile, out_dir / "profile.yaml")
     plot_speedup(m, analysis, w, out_dir / "speedup.png", name=profile["name"])
     console.print(summary_table(m, analysis, profile))

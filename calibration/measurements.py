@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+OVERHEADS = ("startup_s", "eval_s", "checkpoint_save_s", "checkpoint_restore_s", "decision_latency_s")  # measured costs
+
 
 def _rounded(values: Any, digits: int = 6) -> list[float]:
     """Floats with `digits` significant digits: enough for timings, small in YAML."""
@@ -52,6 +54,9 @@ class Measurements:
     steps_per_epoch[k]    optimizer steps in one epoch at k, as observed (profiling only).
     hardware              device and node facts (device name, count, gpus_per_node, backend).
     source                "profiling" or "csv:PATH".
+    assumed               quantity -> one line saying why it was not measured and what the
+                          profile states instead; the profile lists each under `assumed:` and
+                          calibration prints each as a warning (`assumptions`).
     """
 
     step_samples: dict[int, np.ndarray]
@@ -70,6 +75,7 @@ class Measurements:
     configs: list[dict[str, Any]] = field(default_factory=list)
     reference_config: dict[str, Any] | None = None
     config_scale: float = 1.0
+    assumed: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.step_samples = {int(k): np.asarray(v, dtype=float) for k, v in sorted(self.step_samples.items())}
@@ -122,6 +128,14 @@ class Measurements:
                 out[m] = max(1.0, float(np.mean(v)) / alone)
         return out
 
+    def assumptions(self) -> dict[str, str]:
+        """Every per-epoch or start-up cost without a sample (the profile writes 0 for it) and
+        everything in `assumed`, each with its one-line reason: what the profile lists under
+        `assumed:` rather than claiming it measured."""
+        out = {key: f"{key}: not measured ({'not in the timings' if self.source.startswith('csv:') else 'no run showed it'}); "
+                    "the profile assumes 0 s" for key in OVERHEADS if not (self.startup_s if key == "startup_s" else getattr(self, key))}
+        return {**out, **self.assumed}
+
     def to_dict(self) -> dict[str, Any]:
         """The profile's `measured:` block: every raw sample, plus per-k summaries to read."""
         summary = {
@@ -161,4 +175,6 @@ class Measurements:
             }
         if self.notes:
             out["notes"] = list(self.notes)
+        if self.assumptions():
+            out["not_measured"] = dict(self.assumptions())
         return out

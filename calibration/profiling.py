@@ -45,9 +45,15 @@ Also measured:
   calibration time by `configs`.
 - evaluation per epoch and checkpoint save/restore: reported by `probe` from inside rank 0.
   Evaluation is the sampled configurations' mean; where none of them reported, the k = 1
-  runs' evaluation of the reference configuration is kept. Evaluation and the epoch
-  boundary's rest are never written as 0 for want of a measurement: if no run at k = 1
-  ended an epoch, calibration stops with one line saying what to raise.
+  runs' evaluation of the reference configuration is kept.
+
+Nothing is claimed measured that was not. Runs that must see an epoch boundary (evaluation,
+checkpoint, the boundary's rest, start-up) run on to their first report, sized in steps, not
+time: the time boxes hold fewer steps on a busy machine, and a box that ended inside the first
+epoch once left `eval_s` and start-up out of a profile. What still was not seen (epochs longer
+than calibration.max_steps, sharing runs that never overlapped) is listed under `assumed:` with
+a one-line reason that calibration prints as a warning (`Profiler.check_complete`); without a
+step time at every k calibration stops with one line.
 - sharing: for each m, one single-rank run alone on device 0 right before and one right
   after (the reference: their mean brackets slow drift in the machine's speed), and m of
   them at once on worker slots of device 0 in between; the per-trial slow-down uses only
@@ -82,12 +88,14 @@ import numpy as np
 from nasalloc.calibration import probe
 from nasalloc.calibration.concurrent import Job, run_concurrently, run_jobs
 from nasalloc.calibration.measurements import Measurements
-from nasalloc.execute.devices import Slot, rank_threads
+from nasalloc.execute.devices import Slot, device_name, rank_threads
 from nasalloc.execute.launch import Launcher, RanksResult
 from nasalloc.sim.errors import UserError
 
 Progress = Callable[[str], None]
 UNTIL_REPORT_FACTOR = 10  # a configuration job waits for its first report up to this many time boxes
+EXTEND_ATTEMPTS = 3  # runs at k = 1 to an epoch boundary, each allowed EXTEND_FACTOR times the steps of the last
+EXTEND_FACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -318,7 +326,8 @@ class Profiler:
 
     def measure_ks(self, launcher: Launcher, ks: list[int], m: Measurements) -> None:
         """Step times at every k in `rounds` interleaved rounds (module docstring), then at k = 1
-        one run to the end of the first epoch (epoch-boundary costs), then start-up per k."""
+        runs to an epoch boundary until its costs are seen (`measure_epoch_boundary`), then
+        start-up per k (topped up to `startup_jobs` where configuration jobs fell short)."""
         p = self.plan
         ks = sorted(ks)
         samples: dict[int, list[np.ndarray]] = {k: [] for k in ks}
@@ -335,24 +344,55 @@ class Profiler:
         for k in ks:
             x = np.concatenate(samples[k])
             mean = float(np.mean(x))
-            if k == 1 and 1 not in m.steps_per_epoch and mean > 0:
-                # The epoch-boundary costs (evaluation, checkpoint, the rest of the boundary, epoch
-                # length) are measured at k = 1: one run to the first step after its first report,
-                # allowed up to 3x the time limit.
-                cap = min(p.max_steps, max(p.warmup_steps + p.pilot_steps, int(3 * p.time_limit_s / mean)))
-                user = {key: v for key, v in self.config.items() if key != probe.OPTIONS_KEY}
-                once = probe.wrap_config(p.entrypoint, user, checkpoints=p.checkpoints, until_report_after=0)
-                self._collect(*self._run(launcher, k, cap + 1, config=once), k, m, samples[k])
+            if k == 1 and mean > 0:
+                self.measure_epoch_boundary(launcher, m, samples[k], mean)
                 x = np.concatenate(samples[k])
                 mean = float(np.mean(x))
             rse = float(np.std(x, ddof=1)) / mean / math.sqrt(len(x))
             m.step_samples[k] = x
-            if k not in m.startup_s:
-                self.measure_startup(launcher, k, m, mean)
+            have = len(m.startup_s.get(k, []))
+            if have < max(1, p.startup_jobs):  # none yet, or configuration jobs at k = 1 that never reported
+                self.measure_startup(launcher, k, m, mean, jobs=max(1, p.startup_jobs) - have)
             startup = m.startup_s.get(k)
             self.progress(f"k={k}: {len(x)} steps in {len(samples[k])} runs, mean {mean * 1e3:.3f} ms/step "
                           f"(+/- {100 * rse:.1f}%), start-up "
                           + (f"{np.mean(startup):.3f} s ({len(startup)} fresh jobs)" if startup else "not measured"))
+
+    def boundary_missing(self, m: Measurements) -> list[str]:
+        """The k = 1 epoch-boundary quantities no run has shown yet."""
+        missing = [] if 1 in m.steps_per_epoch else ["steps_per_epoch"]
+        missing += [key for key in ("eval_s", "decision_latency_s") if not getattr(m, key)]
+        if self.plan.checkpoints > 0 and not m.checkpoint_save_s:
+            missing += ["checkpoint_save_s", "checkpoint_restore_s"]
+        return missing
+
+    def measure_epoch_boundary(self, launcher: Launcher, m: Measurements, samples: list[np.ndarray], step_s: float) -> None:
+        """Runs at k = 1 to the first step after their first report until every epoch-boundary
+        quantity (evaluation, checkpoint, the boundary's rest, epoch length) has been seen.
+
+        The time-boxed runs size themselves from the measured step time, so on a busy machine
+        the same box holds fewer steps and can end before any epoch does (issue 17: a profile
+        without eval_s). These runs are sized in steps instead: once an epoch's length is known
+        one run is certain to reach its report; before that each attempt may take
+        `EXTEND_FACTOR` times the steps of the one before, up to calibration.max_steps."""
+        p = self.plan
+        cap = min(p.max_steps, max(p.warmup_steps + p.pilot_steps, int(3 * p.time_limit_s / step_s)))
+        user = {key: v for key, v in self.config.items() if key != probe.OPTIONS_KEY}
+        once = probe.wrap_config(p.entrypoint, user, checkpoints=p.checkpoints, until_report_after=0)
+        for attempt in range(EXTEND_ATTEMPTS):
+            missing = self.boundary_missing(m)
+            if not missing:
+                return
+            if 1 in m.steps_per_epoch:
+                cap = max(cap, m.steps_per_epoch[1] + p.warmup_steps + 2)
+            cap = min(p.max_steps, cap)
+            if attempt > 0:
+                self.progress(f"k=1: {', '.join(missing)} not seen yet (no epoch boundary in the runs so far); "
+                              f"one more run of up to {cap} steps")
+            self._collect(*self._run(launcher, 1, cap + 1, config=once), 1, m, samples)
+            if cap >= p.max_steps:
+                return
+            cap *= EXTEND_FACTOR
 
     def _time_box(self, seconds: float, step_s: float | None) -> int:
         """Steps that fit in `seconds` (at least warm-up + pilot, at most max_steps)."""
@@ -372,25 +412,34 @@ class Profiler:
         r, _ = self._run(launcher, k, steps, config=wrapped)
         return fresh_job_timings(r, self.plan.warmup_steps)
 
-    def measure_startup(self, launcher: Launcher, k: int, m: Measurements, step_s: float) -> None:
-        """`startup_jobs` fresh jobs at k, each until its second report (or the time box):
-        new configurations sampled from the space when there is one, else the profiled one."""
+    def measure_startup(self, launcher: Launcher, k: int, m: Measurements, step_s: float, jobs: int | None = None) -> None:
+        """`jobs` (default `startup_jobs`) fresh jobs at k, added to `m.startup_s[k]`: new
+        configurations sampled from the space when there is one, else the profiled one.
+
+        Each runs on to its second report while its time box lasts, and in any case to the
+        first step after its first report: start-up needs one epoch boundary, and a box sized
+        from the step time holds fewer steps on a busy machine (it ended every job before its
+        first report, and the profile lost start-up at that k). The cap is two epochs when an
+        epoch's length is known, else `UNTIL_REPORT_FACTOR` boxes."""
         p = self.plan
-        n = max(1, p.startup_jobs)
+        n = max(1, p.startup_jobs if jobs is None else jobs)
         if p.space and p.configs > 0:
             configs = sample_configs(p.space, n, p.seed, p.config, stream=1 + self.fresh_drawn)
             self.fresh_drawn += 1
         else:
             configs = [dict(p.config)] * n
         steps_per_epoch = m.steps_per_epoch.get(k) or m.steps_per_epoch.get(1)
-        cap = (2 * steps_per_epoch + p.warmup_steps + 2) if steps_per_epoch else self._time_box(p.time_limit_s / 3 / n, step_s)
-        cap = min(cap, self._time_box(p.time_limit_s / n, step_s))
-        values = [j.startup_s for j in (self._fresh(launcher, k, c, cap) for c in configs) if j.startup_s is not None]
+        box = self._time_box(p.time_limit_s / n, step_s)
+        cap = (2 * steps_per_epoch + p.warmup_steps + 2 if steps_per_epoch
+               else self._time_box(UNTIL_REPORT_FACTOR * p.time_limit_s / n, step_s))
+        cap = min(p.max_steps, cap)
+        fresh = [self._fresh(launcher, k, c, cap, until_report_after=min(box, cap)) for c in configs]
+        values = [j.startup_s for j in fresh if j.startup_s is not None]
         if values:
-            m.startup_s[k] = values
-        else:
-            m.notes.append(f"start-up at k={k}: no fresh job reached the end of its first epoch within "
-                           f"{cap} steps; not measured")
+            m.startup_s.setdefault(k, []).extend(values)
+        if len(values) < n:
+            m.notes.append(f"start-up at k={k}: {n - len(values)} of {n} fresh jobs did not reach the end of their "
+                           f"first epoch within {cap} steps")
 
     def measure_configs(self, launcher: Launcher, m: Measurements) -> None:
         """k = 1 step time of `configs` configurations sampled from the space (module docstring);
@@ -422,17 +471,32 @@ class Profiler:
                       f"{max(means) * 1e3:.3f} ms/step, mean {np.mean(means) * 1e3:.3f} (spread {100 * spread:.0f}%); "
                       f"reference {m.reference_config} ({means[i] * 1e3:.3f} ms)")
 
-    def _require_epoch_costs(self, m: Measurements) -> None:
-        """Evaluation and the rest of an epoch boundary are part of every epoch the simulator
-        times; without a measurement the profile would say 0 as if measured. One line instead."""
+    def check_complete(self, m: Measurements) -> None:
+        """What the profile would state without a measurement: the essentials (step time at
+        every k) stop calibration with one line; anything else goes to `m.assumed` with the
+        reason and what the profile states instead (calibration prints it as a warning)."""
         p = self.plan
-        more = f"allow longer runs (calibration.time_limit_s={p.time_limit_s:g}, calibration.max_steps={p.max_steps})"
-        if not m.eval_s:
-            raise ProfilingFailed(f"train.entrypoint={p.entrypoint}: no run at k=1 ended an epoch, so the evaluation "
-                                  f"time per epoch is unknown; {more}")
-        if not m.decision_latency_s:
-            raise ProfilingFailed(f"train.entrypoint={p.entrypoint}: no epoch boundary at k=1 was followed by a step "
-                                  f"(outside the timed checkpoints), so the time between epochs is unknown; {more}")
+        for k in p.gpus_per_trial:
+            if len(m.step_samples.get(k, ())) < 2:
+                raise ProfilingFailed(f"train.entrypoint={p.entrypoint}: no step time measured at k={k} (fewer than 2 "
+                                      f"timed steps); does it call ctx.step() once per optimizer step? Allow longer runs: "
+                                      f"calibration.time_limit_s={p.time_limit_s:g}, calibration.max_steps={p.max_steps}")
+        why = f"no epoch at k=1 ended within calibration.max_steps={p.max_steps} steps"
+        for key in self.boundary_missing(m):
+            if key != "steps_per_epoch":
+                m.assumed[key] = f"{key}: not measured ({why}); the profile assumes 0 s; raise calibration.max_steps"
+        for k in p.gpus_per_trial:
+            if k not in m.startup_s and m.startup_s:
+                m.assumed[f"startup_s at k={k}"] = (f"start-up at k={k}: not measured (no fresh job ended its first "
+                                                    f"epoch); the profile extrapolates it from k = "
+                                                    f"{', '.join(map(str, sorted(m.startup_s)))}")
+        if not m.startup_s:
+            m.assumed["startup_s"] = "startup_s: not measured (no fresh job ended its first epoch); the profile assumes 0 s"
+        for share in sorted(x for x in p.share if x >= 2):
+            if share not in m.share_samples:
+                m.assumed[f"sharing.{share}"] = (f"sharing m={share}: not measured (the {share} runs did not overlap long "
+                                                 f"enough); the simulator derives it from the measured m (beyond the "
+                                                 f"largest, proportional to m: a full device)")
 
     def measure_sharing(self, launcher: Launcher, share: int, m: Measurements) -> None:
         """m single-rank runs at once on device 0; per-step times inside the all-running window."""
@@ -501,7 +565,6 @@ class Profiler:
             if p.space and p.configs > 0:
                 self.measure_configs(launcher, m)
             self.measure_ks(launcher, list(p.gpus_per_trial), m)
-            self._require_epoch_costs(m)
             scale = config_level_scale(m)
             if scale is not None:
                 m.config_scale = scale
@@ -511,6 +574,7 @@ class Profiler:
                 self.measure_sharing(launcher, share, m)
         if self.grad_bytes:
             m.hardware["grad_bytes"] = max(self.grad_bytes)
+        self.check_complete(m)
         return m
 
 
@@ -525,11 +589,9 @@ def hardware_facts(plan: ProfilingPlan) -> dict[str, Any]:
         facts["load_average_1min_at_start"] = round(os.getloadavg()[0], 2)  # other work on the machine skews timings
     except OSError:
         pass
+    facts["device"] = device_name(plan.device_kind, plan.device_ids[0])
     if plan.device_kind == "cuda":
-        facts["device"] = torch.cuda.get_device_name(plan.device_ids[0])
         facts["cuda"] = str(torch.version.cuda)
-    else:
-        facts["device"] = f"CPU slot ({cpu_model()})"
     facts["cores"] = os.cpu_count()
     facts["threads_per_rank"] = plan_threads(plan)
     return facts
@@ -540,16 +602,6 @@ def plan_threads(plan: ProfilingPlan) -> int:
     devices present, whichever of them a measurement uses and however many trials share one,
     so the steps are timed with the threads the search's ranks will have."""
     return rank_threads(plan.threads_per_rank, len(plan.device_ids), os.cpu_count() or 1)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def profile_training(plan: ProfilingPlan, workdir: Path, progress: Progress = print) -> Measurements:

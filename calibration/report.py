@@ -76,18 +76,18 @@ def plain(obj: Any) -> Any:
 
 
 def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: WorkloadFacts,
-                  sources: list[str], space: dict[str, Any] | None = None) -> dict[str, Any]:
+                  sources: list[str], space: dict[str, Any] | None = None,
+                  provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """The profile mapping (see sim/profile.py): measured, fitted, assumed, with sources.
     `space`: the search space the sampled configurations (`m.configs`) came from; with it and
-    at least 3 of them, the `config_cost` block is fitted (calibration/config_cost.py)."""
+    at least 3 of them, the `config_cost` block is fitted (calibration/config_cost.py).
+    `provenance`: where the numbers were measured (sim/provenance.py)."""
     ks = a.data.k
     step = a.step
     assumed = sorted(step.assumed)
     if a.startup_slope_assumed:
         assumed.append("startup_per_doubling_s")
-    for key in ("startup_s", "eval_s", "checkpoint_save_s", "checkpoint_restore_s", "decision_latency_s"):
-        if not (m.startup_s if key == "startup_s" else getattr(m, key)):
-            assumed.append(key)  # not measured: 0 in the profile
+    assumed += [key for key in m.assumptions() if key not in assumed]  # not measured: stated, not claimed
     sharing = {int(s): _g(f) for s, f in m.sharing_slowdown().items()}
     fitted_keys = tuple(n for n in FITTABLE if n in step.fitted) + (("straggler_cv",) if "straggler_cv" in step.measured else ())
     measured_speedup = a.data.k * a.data.batch_fraction * a.data.mean_s[0] / a.data.mean_s
@@ -129,6 +129,7 @@ def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: 
         "description": description,
         "sources": list(sources),
         "hardware": hardware,
+        **({"provenance": provenance} if provenance is not None else {}),
         "workload": {"samples_per_epoch": int(w.samples_per_epoch),
                      "batch_per_device": int(w.batch_per_device), "scaling": w.scaling,
                      "global_batch": None if w.global_batch is None else int(w.global_batch)},

@@ -79,3 +79,17 @@ def rank_threads(configured: int | None, n_devices: int, cores: int) -> int:
     the threads that calibration's k = 1 measurement had.
     """
     return int(configured) if configured else max(1, cores // max(1, n_devices))
+
+
+def device_name(kind: str, device: int = 0) -> str | None:
+    """One device as a profile's provenance names it: the GPU's name, or "CPU slot (<CPU model>)";
+    None for a GPU this machine cannot see (a run validated elsewhere)."""
+    from nasalloc.sim.provenance import cpu_model
+
+    if kind != "cuda":
+        return f"CPU slot ({cpu_model()})"
+    import torch
+
+    if not torch.cuda.is_available() or device >= torch.cuda.device_count():
+        return None
+    return str(torch.cuda.get_device_name(device))

@@ -9,8 +9,10 @@
 
 `load` validates everything (scheduler, space, devices, allocation, that the entrypoint
 imports) before any folder exists; `main` starts the warm workers, runs `SearchLoop` and
-writes trace.jsonl, summary.json, plots, logs/ into the run folder. A resumed run uses the
-saved `run_config.yaml` of that folder (other overrides are ignored) and appends to its trace.
+writes trace.jsonl, summary.json, plots, logs/ into the run folder, and machine.yaml (where it
+ran, for `nasalloc validate`); with a `profile=` measured on another machine it says so in one
+line first. A resumed run uses the saved `run_config.yaml` of that folder (other overrides are
+ignored) and appends to its trace.
 With `plan=PATH` the plan's scheduler, allocation, seed, profile and (if it names one) training
 function replace the run's own (`sim/plan.py`; the CLI refuses overrides of them), the
 allocation is checked against the devices present, and the run starts by saying in one line
@@ -32,16 +34,19 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from nasalloc.execute.devices import device_name
 from nasalloc.sim.cluster import ELASTIC, Allocation, machine
 from nasalloc.sim.profile import Profile
 from nasalloc.sim.config import require, required, to_typed, upgrade_saved
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_allocation, format_duration
 from nasalloc.sim.plan import mapping_line, read_plan
+from nasalloc.sim.provenance import foreign_line, this_machine
 from nasalloc.sim.schedulers import scheduler_config
 from nasalloc.sim.space import SearchSpace
 
 RUN_CONFIG = "run_config.yaml"
+MACHINE = "machine.yaml"  # where the run ran (sim/provenance.py), for `nasalloc validate`
 
 
 @dataclass
@@ -282,14 +287,34 @@ def main(settings: RunSettings, out_dir: Path) -> None:
         print(settings.plan_note, flush=True)
     run_dir = settings.resume if settings.resume is not None else Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    here = machine_here(settings.devices.kind, settings.device_ids)
     if settings.resume is None:
         saved = {k: v for k, v in settings.raw.items() if k not in ("resume",)}
         (run_dir / RUN_CONFIG).write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
+        (run_dir / MACHINE).write_text(yaml.safe_dump(here, sort_keys=False), encoding="utf-8")
+    if settings.profile is not None:
+        line = foreign_line(settings.profile.name, settings.profile.provenance, here)
+        if line:
+            print(line, flush=True)
     summary = run_search(settings, run_dir)
     _print_summary(summary, run_dir)
     if summary.get("interrupted"):
         sys.stderr.write(f"nasalloc run: interrupted; continue with: nasalloc run resume={run_dir}\n")
         sys.exit(130)
+
+
+def machine_here(kind: str, device_ids: list[int]) -> dict[str, Any]:
+    """This machine's provenance record (sim/provenance.py), its device named as calibration names it."""
+    return this_machine(device_name(kind, device_ids[0] if device_ids else 0), how="nasalloc run")
+
+
+def read_machine(folder: Path) -> dict[str, Any] | None:
+    """Where the run in `folder` ran (its machine.yaml); None for a run that did not record it."""
+    try:
+        data = yaml.safe_load((Path(folder) / MACHINE).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return dict(data) if isinstance(data, dict) else None
 
 
 def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:

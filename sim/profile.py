@@ -6,6 +6,7 @@ Layout (every block but `name` and `workload`/`step_time` is optional; units in 
     description: free text
     sources: ["where each number comes from", ...]
     hardware: {device: NVIDIA A100 40GB, gpus_per_node: 4, intra_node: ..., inter_node: ...}
+    provenance: {how, host, date, device, cpu_model, cores, torch}   # where measured (sim/provenance.py)
     workload: {samples_per_epoch: 1281167, batch_per_device: 256, scaling: weak, global_batch: null}
     step_time: {t_compute_s, gamma, grad_bytes, intra_bandwidth_Bps, intra_latency_s,
                 inter_bandwidth_Bps, inter_latency_s, straggler_cv}       # see sim/speedup.py
@@ -53,6 +54,7 @@ from typing import Any
 import yaml
 
 from nasalloc.sim.errors import UserError
+from nasalloc.sim.provenance import parse_provenance
 from nasalloc.sim.space import Domain
 from nasalloc.sim.speedup import EpochTimeModel, StepTimeModel
 
@@ -106,6 +108,7 @@ class Profile:
     assumed: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict)  # the whole file, for round-tripping
     config_cost: ConfigCost | None = None
+    provenance: dict[str, Any] | None = None  # where it was measured (sim/provenance.py); None: not said
 
     def epoch_time(self, k: float) -> float:
         return self.epoch.epoch_time(k)
@@ -123,6 +126,17 @@ class Profile:
             return self
         return dataclasses.replace(self, epoch=dataclasses.replace(self.epoch, gpus_per_node=gpus_per_node))
 
+    def node_size_warning(self, gpus_per_node: int) -> str | None:
+        """One line when a cluster's node size differs from a node size this profile only
+        assumed (`gpus_per_node` under `assumed:`, e.g. imported timings that did not say):
+        its fit took every k up to that size as inside one node."""
+        if "gpus_per_node" not in self.assumed or gpus_per_node == self.gpus_per_node:
+            return None
+        return (f"warning: profile {self.name} assumed {self.gpus_per_node} GPUs per node (its timings did not say), "
+                f"this cluster has {gpus_per_node}: its fit took every k up to {self.gpus_per_node} as inside one node; "
+                f"if the timings came from nodes of {gpus_per_node}, recalibrate with calibration.gpus_per_node="
+                f"{gpus_per_node}")
+
     def with_step_sample(self, index: int) -> Profile:
         """The same profile with step-time parameters from uncertainty sample `index`."""
         if not self.step_time_samples:
@@ -133,7 +147,7 @@ class Profile:
 
 _STEP_KEYS = {f.name for f in dataclasses.fields(StepTimeModel)}
 _TOP_KEYS = {"name", "description", "sources", "hardware", "workload", "step_time", "overheads",
-             "sharing", "uncertainty", "assumed", "measured", "fit", "config_cost"}
+             "sharing", "uncertainty", "assumed", "measured", "fit", "config_cost", "provenance"}
 _COST_PARAM_KEYS = ("type", "low", "high", "log", "slope", "center")
 
 
@@ -335,11 +349,12 @@ def parse_profile(data: Any, source: str = "profile") -> Profile:
     sources = _strings(f"{source}: sources", data.get("sources"))
     assumed = _strings(f"{source}: assumed", data.get("assumed"))
     cost = _config_cost(data["config_cost"], f"{source}: config_cost") if data.get("config_cost") is not None else None
+    provenance = parse_provenance(data["provenance"], f"{source}: provenance") if data.get("provenance") is not None else None
     return Profile(
         name=str(data["name"]), epoch=epoch, overheads=overheads, gpus_per_node=gpn,
         description=str(data.get("description") or ""), sources=sources,
         hardware=hardware, step_time_samples=step_samples, assumed=assumed,
-        raw=dict(data), config_cost=cost,
+        raw=dict(data), config_cost=cost, provenance=provenance,
     )
 
 

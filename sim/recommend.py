@@ -499,6 +499,9 @@ def main(settings: RecommendSettings, out_dir: Path) -> None:
         console.width = max(console.width, Console(width=10_000).measure(table).maximum)
     console.print(table)
     print(verdict(settings, rec))
+    for warning in dict.fromkeys(settings.profile.node_size_warning(c.node_size) for c in settings.clusters):
+        if warning:
+            print(warning)
     if isinstance(settings.workload, ReplayWorkload):
         times = settings.workload.epoch_times(settings.profile)
         print(f"epoch times: {settings.workload.times_note if times is None else times.describe()}")

@@ -159,7 +159,8 @@ def main(settings: SimulateSettings, out_dir: Path) -> None:
         title = f"{result.summary.scheduler}, {settings.spec.allocation} GPU/trial on {settings.spec.cluster.gpus} GPUs"
         plot_gantt(result.events, settings.spec.cluster.gpus, out_dir / "gantt.png", title)
         plot_best_so_far(result.events, settings.spec.workload.metric.mode, out_dir / "best_so_far.png", title)
-    print(report(result, out_dir.resolve(), wall))
+    warning = settings.spec.profile.node_size_warning(settings.spec.cluster.node_size)
+    print(report(result, out_dir.resolve(), wall) + (f"\n{warning}" if warning else ""))
 
 
 __all__ = ["SimulateSettings", "build_spec", "checked_target", "epoch_times_source", "flag", "load", "main", "report"]

@@ -147,7 +147,10 @@ def test_real_two_rank_gloo_calibration_of_digits_feeds_the_simulator(tmp_path, 
     assert profile.epoch.samples_per_epoch == 37 * 32  # 1197 digits, batch 32, last partial batch dropped
     assert set(data["fit"]["fitted"]) == {"t_compute_s", "intra_bandwidth_Bps"}
     assert {"gamma", "intra_latency_s", "inter_bandwidth_Bps", "inter_latency_s"} <= set(profile.assumed)
-    assert 2 in profile.epoch.sharing and profile.epoch.sharing[2] > 1.0
+    # sharing measured (the raw samples kept); not asserted > 1: on a saturated machine two trials
+    # get nearly twice the CPU share of one, so a slow-down of 1 is then what is measured
+    assert len(measured["sharing_step_time_samples_s"][2]) >= 2 and profile.epoch.sharing[2] >= 1.0
+    assert not data["measured"].get("not_measured") and "sharing.2" not in profile.assumed  # nothing unmeasured
     assert profile.epoch_time(1) > 0 and profile.epoch_time(2) > 0
     assert (out_dir / "profiling" / "logs").is_dir()
     # the simulator takes it unchanged, also with a bootstrap sample of the step-time fit
@@ -157,3 +160,33 @@ def test_real_two_rank_gloo_calibration_of_digits_feeds_the_simulator(tmp_path, 
     capsys.readouterr()
     assert rc == 0
     assert (Path(tmp_path / "sim") / "summary.json").is_file()
+
+
+def test_what_a_timings_csv_does_not_say_is_assumed_and_a_later_mismatch_is_named(tmp_path, capsys):
+    """Issue 18: the CSV says nothing of the node size or the device kind. The profile lists
+    both under `assumed:` (node size: the largest k, 4 here; device: cuda), calibrate warns,
+    and simulate says so on a cluster whose nodes differ from the assumed 4 (and not on one
+    whose nodes match)."""
+    csv = tmp_path / "t.csv"
+    csv.write_text(CSV)
+    out_dir = tmp_path / "out"
+    rc, out, err = run(capsys, f"timings={csv}", "train.samples_per_epoch=50000", f"out_dir={out_dir}",
+                       "calibration.bootstrap=0")
+    assert rc == 0, err
+    profile = load_profile(out_dir / "profile.yaml")
+    assert {"gpus_per_node", "device_kind"} <= set(profile.assumed) and profile.gpus_per_node == 4
+    assert "warning: gpus_per_node: not in the timings; assumed 4 (the largest k)" in out
+    assert "warning: device_kind: not in the timings; assumed cuda" in out
+    assert profile.provenance["how"] == "timings CSV t.csv" and profile.provenance["host"] is None
+
+    def simulate(gpn):
+        assert main(["simulate", f"profile={out_dir / 'profile.yaml'}", "cluster.gpus=8", f"cluster.gpus_per_node={gpn}",
+                     "gpus_per_trial=2", "plots=false", f"out_dir={tmp_path / f'sim{gpn}'}"]) == 0
+        return capsys.readouterr().out
+
+    assert "assumed 4 GPUs per node (its timings did not say), this cluster has 8" in simulate(8)
+    assert "GPUs per node" not in simulate(4)
+    # given, nothing is assumed about it
+    rc, out, err = run(capsys, f"timings={csv}", "train.samples_per_epoch=50000", "calibration.gpus_per_node=4",
+                       "calibration.backend=cuda", f"out_dir={tmp_path / 'given'}", "calibration.bootstrap=0")
+    assert rc == 0 and not {"gpus_per_node", "device_kind"} & set(load_profile(tmp_path / "given" / "profile.yaml").assumed)

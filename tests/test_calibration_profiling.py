@@ -368,25 +368,72 @@ def test_without_configuration_evaluations_the_k1_runs_evaluation_is_kept(tmp_pa
     assert launcher.max_steps[:4] == [750] * 4
     # that run goes one step past its report: (step 1001 - step 1000) - eval - timed save and restore - one step
     assert m.decision_latency_s == [pytest.approx(0.0, abs=1e-12)]
-    profiler._require_epoch_costs(m)
+    assert profiler.boundary_missing(m) == []
 
 
-def test_an_unmeasured_evaluation_stops_calibration_with_one_line(tmp_path):
-    """No run at k = 1 ends an epoch (10^6 steps each; every run is capped at 3000 steps):
-    calibration stops instead of writing eval_s: 0.0 as if measured."""
+def test_runs_under_load_are_extended_until_they_see_an_epoch_boundary(tmp_path):
+    """Issue 17: epochs of 1000 steps of 1/256 s while every time box is sized for less. The
+    configuration jobs (10 boxes of 0.3 s = 768 steps), the k rounds (0.25 s = 64 steps) and
+    the first run to a boundary (3 x time_limit_s = 768 steps) all end inside the first epoch;
+    the next run may take 4x the steps (capped at max_steps, 3000) and reaches step 1000. Then
+    the epoch's length is known, so every start-up job runs on to its first report: nothing is
+    left unmeasured."""
+    step = 1 / 256
+    profiler = Profiler(busy_plan(), tmp_path, progress=lambda line: None)
+    profiler.step_estimate_s = step
+    launcher = LoopLauncher(step_s=step, steps_per_epoch=1000)
+    m = Measurements(step_samples={})
+    profiler.measure_configs(launcher, m)
+    assert m.eval_s == [] and 1 not in m.startup_s  # no configuration job reported
+    profiler.measure_ks(launcher, [1, 2], m)
+    # after 4 configuration jobs and 2 x 4 rounds: a run capped at 768 steps, then one at 3000 (+1: the step after)
+    assert launcher.max_steps[12:14] == [769, 3001]
+    assert m.steps_per_epoch[1] == 1000 and m.eval_s == [0.02] and m.checkpoint_save_s == [0.001]
+    assert m.checkpoint_restore_s == [0.002] and len(m.decision_latency_s) == 1
+    # start-up at each k from startup_jobs = 2 fresh jobs, capped at two epochs (2 x 1000 + 3 warm-up + 2)
+    assert launcher.max_steps[14:] == [2005] * 4
+    assert len(m.startup_s[1]) == 2 and len(m.startup_s[2]) == 2
+    # first report at 0.05 + 999 steps + 20 ms eval + 1 ms, less one epoch (1000 steps + 20 ms)
+    assert m.startup_s[2] == pytest.approx([0.05 + 999 * step + 0.021 - (1000 * step + 0.02)] * 2)
+    profiler.check_complete(m)
+    assert m.assumed == {} and m.assumptions() == {}
+
+
+def test_what_no_run_could_see_is_listed_as_assumed_with_one_line_each(tmp_path):
+    """Epochs of 10^6 steps, runs capped at 3000 (calibration.max_steps): no run ever reports.
+    The profile then lists evaluation, checkpoint, the boundary's rest and start-up under
+    `assumed:` with a reason each (printed as warnings), and its `measured:` block holds none
+    of them, rather than 0 as if measured."""
+    from nasalloc.calibration.calibrate import warnings
+    from nasalloc.calibration.report import WorkloadFacts, build_profile
+
+    step = 1 / 256
+    profiler = Profiler(busy_plan(share=[2]), tmp_path, progress=lambda line: None)
+    profiler.step_estimate_s = step
+    launcher = LoopLauncher(step_s=step, steps_per_epoch=10**6)
+    m = Measurements(step_samples={}, batch_fraction={1: 1.0, 2: 0.5})
+    profiler.measure_configs(launcher, m)
+    profiler.measure_ks(launcher, [1, 2], m)
+    assert launcher.max_steps[12:14] == [769, 3001]  # extended once, to calibration.max_steps, and no further
+    profiler.check_complete(m)
+    expected = {"eval_s", "decision_latency_s", "checkpoint_save_s", "checkpoint_restore_s", "startup_s", "sharing.2"}
+    assert set(m.assumptions()) == expected
+    assert all("\n" not in line and "not measured" in line for line in m.assumptions().values())
+    assert "calibration.max_steps=3000" in m.assumptions()["eval_s"]
+    a = analyse(m, FitSettings(gpus_per_node=2), bootstrap=0, rng=np.random.default_rng(0))
+    profile = build_profile("p", "d", m, a, WorkloadFacts("x:y", 1000, 32, "strong", 32, False), [])
+    assert expected <= set(profile["assumed"])
+    assert not expected & set(profile["measured"])
+    assert set(profile["measured"]["not_measured"]) == expected
+    lines = warnings(m, a)
+    assert len(lines) == len(expected) + 1 and any(line.startswith("grad_bytes: not counted") for line in lines)
+
+
+def test_without_a_step_time_at_every_k_calibration_stops_with_one_line(tmp_path):
     from nasalloc.calibration.profiling import ProfilingFailed
 
     profiler = Profiler(busy_plan(), tmp_path, progress=lambda line: None)
-    profiler.step_estimate_s = 0.004
-    launcher = LoopLauncher(step_s=0.004, steps_per_epoch=10**6)
-    m = Measurements(step_samples={})
-    profiler.measure_configs(launcher, m)
-    profiler.measure_ks(launcher, [1, 2], m)
-    with pytest.raises(ProfilingFailed, match=r"no run at k=1 ended an epoch, so the evaluation time per epoch is "
-                                              r"unknown; allow longer runs \(calibration.time_limit_s=1, "
-                                              r"calibration.max_steps=3000\)$") as info:
-        profiler._require_epoch_costs(m)
+    m = Measurements(step_samples={1: np.full(20, 0.004), 2: np.array([0.003])})
+    with pytest.raises(ProfilingFailed, match=r"no step time measured at k=2 \(fewer than 2 timed steps\)") as info:
+        profiler.check_complete(m)
     assert "\n" not in str(info.value)
-    m.eval_s = [0.02]
-    with pytest.raises(ProfilingFailed, match="no epoch boundary at k=1 was followed by a step"):
-        profiler._require_epoch_costs(m)

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nasalloc.execute.run import RUN_CONFIG, RunConfig, read_run_config, require_run_folder
+from nasalloc.execute.run import (RUN_CONFIG, RunConfig, machine_here, read_machine, read_run_config,
+                                  require_run_folder)
 from nasalloc.sim.cluster import ELASTIC, Allocation, ClusterSpec
 from nasalloc.sim.config import required
 from nasalloc.sim.elastic import resolve_allocation
@@ -35,6 +36,7 @@ from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_allocation, format_duration
 from nasalloc.sim.profile import Profile, dump_profile, load_profile
+from nasalloc.sim.provenance import foreign_line
 from nasalloc.sim.trace import TraceEvent, read_trace, write_json, write_trace
 from nasalloc.sim.workload import MetricSpec, ReplayWorkload
 from nasalloc.validate.compare import Comparison, Timings, compare, kendall_tau
@@ -49,6 +51,7 @@ class RealRun:
     events: tuple[TraceEvent, ...]
     spec: SimulationSpec  # the same search, to be simulated
     backend: str  # cpu | cuda
+    machine: dict[str, Any] | None = None  # where it ran (its machine.yaml; sim/provenance.py)
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def read_run(folder: Path, config: RunConfig, profile: Profile) -> RealRun:
     spec = SimulationSpec(scheduler=config.scheduler, workload=workload, profile=profile, cluster=cluster,
                           allocation=allocation, seed=config.seed, target=config.target,
                           unshare=config.unshare and config.profile is not None)
-    return RealRun(folder, events, spec, kind)
+    return RealRun(folder, events, spec, kind, read_machine(folder) or machine_here(kind, [0]))
 
 
 def load(cfg: DictConfig) -> ValidateSettings:
@@ -348,11 +351,41 @@ def ranking(runs: list[RealRun], comparisons: list[Comparison]) -> dict[str, Any
     }
 
 
+EPOCH_ERROR_SUGGESTS = 0.10  # |epoch-time error| from which validate suggests measuring this machine
+
+
+def foreign_lines(profile: Profile, runs: tuple[RealRun, ...]) -> list[str]:
+    """One line per distinct machine the runs ran on that is not where the profile was measured."""
+    lines = [foreign_line(profile.name, profile.provenance, run.machine or {}, where=f"run {run.folder.name}")
+             for run in runs]
+    seen = {(run.machine or {}).get("host") for run in runs}
+    if len(seen) == 1:  # one machine: one line, not one per run
+        lines = lines[:1]
+    return [f"  {line}" for line in lines if line]
+
+
+def epoch_error_suggestion(comparisons: list[Comparison], update_profile: bool) -> str | None:
+    """A line suggesting to recalibrate when the epoch-time error dominates: it is at least
+    EPOCH_ERROR_SUGGESTS (median over the runs' allocations) and at least half the makespan
+    error, so the profile's speed, not the scheduler's decisions, is what the prediction got
+    wrong."""
+    epoch = [v["error"] for c in comparisons for v in c.epoch_s.values() if v["error"] is not None]
+    makespan = [abs(c.makespan_s["error"]) for c in comparisons if c.makespan_s["error"] is not None]
+    if not epoch:
+        return None
+    e = float(np.median(np.abs(epoch)))
+    if e < EPOCH_ERROR_SUGGESTS or e < 0.5 * (float(np.median(makespan)) if makespan else 0.0):
+        return None
+    refit = "the refitted profile_updated.yaml" if update_profile else "update_profile=true to refit it from these runs"
+    return (f"  the epoch-time error ({_pct(float(np.median(epoch)))} median) dominates: the profile's speed does not "
+            f"fit the machine the runs ran on; measure it there with `nasalloc calibrate`, or use {refit}")
+
+
 def main(settings: ValidateSettings, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reports, comparisons, measured_by_k = [], [], {}
-    lines = [f"nasalloc validate: profile {settings.profile.name}"]
+    lines = [f"nasalloc validate: profile {settings.profile.name}", *foreign_lines(settings.profile, settings.runs)]
     if settings.forced is not None:
         lines.append(f"  force=true: ranking runs of different searches ({settings.forced})")
     for i, run in enumerate(settings.runs):
@@ -397,6 +430,9 @@ def main(settings: ValidateSettings, out_dir: Path) -> None:
                              f"run-to-run noise (Welch p = {tie['p_value']:.2f})")
     if errors:
         lines.append(f"  median |makespan error| {100 * summary['median_abs_makespan_error']:.1f}%")
+    suggestion = epoch_error_suggestion(comparisons, settings.update_profile)
+    if suggestion:
+        lines.append(suggestion)
     if settings.update_profile:
         data, report = refit_profile(settings.profile, measured_by_k, settings.runs[0].backend)
         data["name"] = f"{settings.profile.name}-validated"
