@@ -129,8 +129,8 @@ def _plainness(allocation: str) -> tuple[int, float]:
 def choose(groups: list[GroupStats], objective: str, mode: str) -> tuple[GroupStats | None, list[GroupStats]]:
     """The best group by mean objective (means within a relative 1e-9 are equal: then the
     plainest allocation, `_plainness`, then grid order; elastic only if the best other
-    allocation is distinguishable from it), and the groups a paired test over the same seeds cannot tell
-    apart from it (the best included)."""
+    allocation is distinguishable from it), and the groups a paired test over the same seeds
+    cannot tell apart from it (the best included)."""
     sign = _better(objective, mode)
     field_name = OBJECTIVE_FIELD[objective]
     candidates = [g for g in groups if math.isfinite(g.estimates[field_name].mean)]

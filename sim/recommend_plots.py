@@ -119,6 +119,8 @@ def draw_objective(ax: Any, rec: Recommendation) -> None:
     present = [KINDS[k] for k in sorted({allocation_kind(lab) for lab in labels})]
     ax.set_xlabel("GPUs per trial: " + " | ".join(present))
     ax.set_ylabel(axis_label)
+    if field != "metric_at_deadline":  # durations and cost are never negative (a t interval of few seeds may reach below 0)
+        ax.set_ylim(bottom=0)
     ax.set_title(f"{rec.objective} by allocation (mean and 95% CI over seeds)")
     ax.grid(alpha=0.3, axis="y")
     handles, names = ax.get_legend_handles_labels()
