@@ -118,7 +118,8 @@ def report(result: SimulationResult, out_dir: Path | None, wall_s: float) -> str
                   f"the recorded epochs held the last value; {stats['replay_trials_wrapped']} trials reused a curve\n")
     lines += f"  epoch times       {epoch_times_source(result)}\n"
     if s.shared_while_idle_s > 0:
-        hint = "" if spec.unshare or spec.allocation.ks[0] >= 1 else "; unshare=true moves such trials when it pays"
+        movable = spec.allocation.spreads_fractions and not spec.allocation.is_elastic  # where the rule applies
+        hint = "; unshare=true moves such trials when it pays" if movable and not spec.unshare else ""
         lines += (f"  shared devices    trials shared a device while others idled for {format_duration(s.shared_while_idle_s)} "
                   f"({s.shared_while_idle_device_s / 3600:,.1f} idle device-hours they could have used){hint}\n")
     if out_dir is not None:
