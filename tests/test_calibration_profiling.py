@@ -404,7 +404,7 @@ def test_what_no_run_could_see_is_listed_as_assumed_with_one_line_each(tmp_path)
     The profile then lists evaluation, checkpoint, the boundary's rest and start-up under
     `assumed:` with a reason each (printed as warnings), and its `measured:` block holds none
     of them, rather than 0 as if measured."""
-    from nasalloc.calibration.calibrate import warnings
+    from nasalloc.calibration.calibrate import assumption_warnings
     from nasalloc.calibration.report import WorkloadFacts, build_profile
 
     step = 1 / 256
@@ -425,7 +425,7 @@ def test_what_no_run_could_see_is_listed_as_assumed_with_one_line_each(tmp_path)
     assert expected <= set(profile["assumed"])
     assert not expected & set(profile["measured"])
     assert set(profile["measured"]["not_measured"]) == expected
-    lines = warnings(m, a)
+    lines = assumption_warnings(m, a)
     assert len(lines) == len(expected) + 1 and any(line.startswith("grad_bytes: not counted") for line in lines)
 
 
