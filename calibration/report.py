@@ -171,8 +171,8 @@ def plot_speedup(m: Measurements, a: Analysis, w: WorkloadFacts, path: Path) -> 
         ax.plot(grid, grid * bf * t1a / a.amdahl.predict(grid, bf), "--", color="C1", label=f"Amdahl (p={a.amdahl.shape:.3f})")
         ax.plot(grid, grid * bf * t1l / a.linear.predict(grid, bf), ":", color="C2", label=f"linear (e={a.linear.shape:.3f})")
     else:
-        ax.text(0.98, 0.02, a.baselines_note.replace(": ", ":\n", 1), transform=ax.transAxes, ha="right", va="bottom",
-                fontsize=7, color="0.3")
+        ax.text(0.02, 0.70, a.baselines_note.replace(": ", ":\n", 1), transform=ax.transAxes, ha="left", va="top",
+                fontsize=7, color="0.3")  # under the legend, where the rising curves are not
     ax.plot(grid, grid, color="0.6", lw=0.8, label="ideal")
     measured = a.data.k * a.data.batch_fraction * a.data.mean_s[0] / a.data.mean_s
     rel_se = np.array([np.std(m.step_samples[int(k)], ddof=1) / np.sqrt(len(m.step_samples[int(k)]))
@@ -219,7 +219,7 @@ def summary_lines(profile: dict[str, Any]) -> list[str]:
         f"fitted: {', '.join(fit['fitted'])}; measured: "
         + ", ".join(f"{k}={v:g}" for k, v in fit["measured"].items())
         + f"; optimizer {'converged' if fit['success'] else 'FAILED: ' + fit['message']}",
-        f"assumed (not identifiable from these k): {', '.join(profile['assumed']) or 'none'}",
+        f"assumed (not identifiable from these k, or not measured): {', '.join(profile['assumed']) or 'none'}",
         f"start-up {ov['startup_s']:.3f} s + {ov['startup_per_doubling_s']:.3f} s per doubling of k; eval "
         f"{ov['eval_s'] * 1e3:.1f} ms/epoch; checkpoint save {ov['checkpoint_save_s'] * 1e3:.1f} ms, restore "
         f"{ov['checkpoint_restore_s'] * 1e3:.1f} ms; epoch boundary {ov['decision_latency_s'] * 1e3:.1f} ms",
