@@ -13,6 +13,7 @@ from nasalloc.calibration.fit import (
     ModelScore,
     StepData,
     StepFit,
+    baselines_cannot_fit,
     bootstrap_step_fits,
     compare_models,
     fit_baseline,
@@ -40,6 +41,7 @@ class Analysis:
     startup_s: float
     startup_per_doubling_s: float
     startup_slope_assumed: bool
+    baselines_note: str | None = None  # why Amdahl and linear cannot fit these step times (None: they do)
 
     def speedup(self, model: StepTimeModel, k: np.ndarray, batch_fraction: np.ndarray) -> np.ndarray:
         """Throughput at k relative to one device under `model`: k b(k) T(1) / T(k)."""
@@ -71,4 +73,5 @@ def analyse(m: Measurements, settings: FitSettings, *, bootstrap: int, rng: np.r
     s0, s1, slope_assumed = fit_startup(m.startup_s)
     return Analysis(settings=settings, data=data, step=step, step_samples=samples, bootstrap_requested=bootstrap,
                     amdahl=fit_baseline("amdahl", data), linear=fit_baseline("linear", data), scores=scores, best=best,
-                    basis=basis, startup_s=s0, startup_per_doubling_s=s1, startup_slope_assumed=slope_assumed)
+                    basis=basis, startup_s=s0, startup_per_doubling_s=s1, startup_slope_assumed=slope_assumed,
+                    baselines_note=baselines_cannot_fit(data))

@@ -280,7 +280,7 @@ def _workload_facts(s: CalibrateSettings, m: Measurements, steps_first_epoch: in
                          global_batch=w.batch_per_device if w.scaling == "strong" else None, eval_scales=w.eval_scales)
 
 
-def warnings(m: Measurements, analysis: Analysis) -> list[str]:
+def assumption_warnings(m: Measurements, analysis: Analysis) -> list[str]:
     """One line per quantity the profile states without having measured it (listed under
     `assumed:`): the unmeasured costs, and the gradient size when it had to be assumed."""
     lines = list(m.assumptions().values())
@@ -335,7 +335,7 @@ def main(settings: CalibrateSettings, out_dir: Path) -> None:
                             space=settings.plan.space if settings.plan is not None else None, provenance=provenance)
     if not analysis.step.success:
         console.print(f"[yellow]warning: the step-time fit did not converge: {analysis.step.message}[/]")
-    for line in warnings(m, analysis):
+    for line in assumption_warnings(m, analysis):
         console.print(f"[yellow]warning: {line}[/]", soft_wrap=True)
     dump_profile(profile, out_dir / "profile.yaml")
     plot_speedup(m, analysis, w, out_dir / "speedup.png", name=profile["name"])

@@ -416,6 +416,22 @@ class BaselineFit:
         return f(self.t1_s, self.shape, k, batch_fraction)
 
 
+def baselines_cannot_fit(data: StepData) -> str | None:
+    """Why neither baseline can describe these step times (None: they can).
+
+    Both keep throughput at or above one device's (Amdahl's p and linear's e are >= 0, so
+    S(k) >= 1): a measured speed-up below 1 (k ranks slower than one device) is outside
+    both, and their fit then ends on the no-scaling bound, a flat line through neither the
+    k = 1 nor the k > 1 points. Said instead of drawn."""
+    i1 = int(np.argmin(data.k))
+    s = data.k * data.batch_fraction * (data.mean_s[i1] / data.batch_fraction[i1]) / data.mean_s / data.k[i1]
+    below = [(int(k), float(x)) for k, x in zip(data.k, s) if k > data.k[i1] and x < 1.0]
+    if not below:
+        return None
+    return ("Amdahl and linear scaling cannot fit: speed-up below 1 at "
+            + ", ".join(f"k={k} ({x:.2f})" for k, x in below) + "; both keep it >= 1")
+
+
 def fit_baseline(name: str, data: StepData) -> BaselineFit:
     """Fit T1 and the shape parameter (p in [0, 1], or e in (0, 1]) on log step time."""
     f = predict_amdahl if name == "amdahl" else predict_linear

@@ -46,6 +46,10 @@ Also measured:
 - evaluation per epoch and checkpoint save/restore: reported by `probe` from inside rank 0.
   Evaluation is the sampled configurations' mean; where none of them reported, the k = 1
   runs' evaluation of the reference configuration is kept.
+- sharing: for each m, one single-rank run alone on device 0 right before and one right
+  after (the reference: their mean brackets slow drift in the machine's speed), and m of
+  them at once on worker slots of device 0 in between; the per-trial slow-down uses only
+  step intervals inside the window where all m were running, over the reference's mean step.
 
 Nothing is claimed measured that was not. Runs that must see an epoch boundary (evaluation,
 checkpoint, the boundary's rest, start-up) run on to their first report, sized in steps, not
@@ -54,10 +58,6 @@ epoch once left `eval_s` and start-up out of a profile. What still was not seen 
 than calibration.max_steps, sharing runs that never overlapped) is listed under `assumed:` with
 a one-line reason that calibration prints as a warning (`Profiler.check_complete`); without a
 step time at every k calibration stops with one line.
-- sharing: for each m, one single-rank run alone on device 0 right before and one right
-  after (the reference: their mean brackets slow drift in the machine's speed), and m of
-  them at once on worker slots of device 0 in between; the per-trial slow-down uses only
-  step intervals inside the window where all m were running, over the reference's mean step.
 
 A busy machine (`fill_devices`, on by default): a search keeps every device busy, and
 devices that share a host (CPU slots share caches, memory bandwidth and, on a hyper-threaded

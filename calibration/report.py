@@ -106,7 +106,7 @@ def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: 
         "baselines": {
             "amdahl": {"equation": "S(k) = 1/((1-p) + p/k)", "t1_s": _g(a.amdahl.t1_s), "p": _g(a.amdahl.shape, 4)},
             "linear": {"equation": "S(k) = 1 + e(k-1)", "t1_s": _g(a.linear.t1_s), "e": _g(a.linear.shape, 4)},
-        },
+        } if a.baselines_note is None else {"cannot_fit": a.baselines_note},
         "comparison": {
             "best": a.best,
             "basis": a.basis,
@@ -223,8 +223,12 @@ def draw_speedup(ax: Any, m: Measurements, a: Analysis, w: WorkloadFacts, name: 
         label = f"extrapolated beyond measured k = {k_meas:g}" + ("\nassumed there (not measured):" + note if note else "")
         ax.plot(grid[beyond], fitted[beyond], color="C0", lw=1.4, ls=(0, (4, 2)), alpha=0.7, label=label)
     t1a, t1l = a.amdahl.t1_s, a.linear.t1_s
-    ax.plot(grid, grid * bf * t1a / a.amdahl.predict(grid, bf), "--", color="C1", label=f"Amdahl (p={a.amdahl.shape:.3f})")
-    ax.plot(grid, grid * bf * t1l / a.linear.predict(grid, bf), ":", color="C2", label=f"linear (e={a.linear.shape:.3f})")
+    if a.baselines_note is None:  # else a flat line through none of the points: said in a note instead
+        ax.plot(grid, grid * bf * t1a / a.amdahl.predict(grid, bf), "--", color="C1", label=f"Amdahl (p={a.amdahl.shape:.3f})")
+        ax.plot(grid, grid * bf * t1l / a.linear.predict(grid, bf), ":", color="C2", label=f"linear (e={a.linear.shape:.3f})")
+    else:
+        ax.text(0.02, 0.70, a.baselines_note.replace(": ", ":\n", 1), transform=ax.transAxes, ha="left", va="top",
+                fontsize=7, color="0.3")  # under the legend, where the rising curves are not
     ax.plot(grid, grid, color="0.6", lw=0.8, label="ideal")
     measured = a.data.k * a.data.batch_fraction * a.data.mean_s[0] / a.data.mean_s
     rel_se = np.array([np.std(m.step_samples[int(k)], ddof=1) / np.sqrt(len(m.step_samples[int(k)]))
@@ -257,8 +261,11 @@ def summary_table(m: Measurements, a: Analysis, profile: dict[str, Any]) -> Any:
     s_meas = a.data.k * a.data.batch_fraction * a.data.mean_s[0] / a.data.mean_s
     s_fit = a.speedup(a.step.model, a.data.k, a.data.batch_fraction)
     for i, k in enumerate(a.data.k.astype(int)):
+        baselines = (f"{am[i] * 1e3:.3f}", f"{li[i] * 1e3:.3f}") if a.baselines_note is None else ("n/a", "n/a")
         t.add_row(str(k), str(len(m.step_samples[int(k)])), f"{a.data.mean_s[i] * 1e3:.3f}", f"{fitted[i] * 1e3:.3f}",
-                  f"{am[i] * 1e3:.3f}", f"{li[i] * 1e3:.3f}", f"{s_meas[i]:.2f}", f"{s_fit[i]:.2f}")
+                  *baselines, f"{s_meas[i]:.2f}", f"{s_fit[i]:.2f}")
+    if a.baselines_note is not None:
+        t.caption = a.baselines_note
     return t
 
 
@@ -270,7 +277,7 @@ def summary_lines(profile: dict[str, Any]) -> list[str]:
         f"fitted: {', '.join(fit['fitted'])}; measured: "
         + ", ".join(f"{k}={v:g}" for k, v in fit["measured"].items())
         + f"; optimizer {'converged' if fit['success'] else 'FAILED: ' + fit['message']}",
-        f"assumed (not identifiable from these k): {', '.join(profile['assumed']) or 'none'}",
+        f"assumed (not identifiable from these k, or not measured): {', '.join(profile['assumed']) or 'none'}",
         f"start-up {ov['startup_s']:.3f} s + {ov['startup_per_doubling_s']:.3f} s per doubling of k; eval "
         f"{ov['eval_s'] * 1e3:.1f} ms/epoch; checkpoint save {ov['checkpoint_save_s'] * 1e3:.1f} ms, restore "
         f"{ov['checkpoint_restore_s'] * 1e3:.1f} ms; epoch boundary {ov['decision_latency_s'] * 1e3:.1f} ms",

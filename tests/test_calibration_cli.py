@@ -1,6 +1,8 @@
 """`nasalloc calibrate` end to end: CSV import, bad input (one line, exit 2, nothing written),
 and a real 2-rank gloo calibration of the digits CNN whose profile the simulator reads."""
 
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -143,6 +145,8 @@ def test_real_two_rank_gloo_calibration_of_digits_feeds_the_simulator(tmp_path, 
     assert "configurations: 2 sampled" in out
     assert measured["eval_s"] and measured["checkpoint_save_s"] and measured["checkpoint_restore_s"]
     assert data["hardware"]["backend"] == "gloo" and data["hardware"]["grad_bytes"] > 0
+    assert profile.provenance["host"] == socket.gethostname() and profile.provenance["cores"] == os.cpu_count()
+    assert profile.provenance["how"] == "nasalloc calibrate" and profile.provenance["device"] == data["hardware"]["device"]
     assert profile.epoch.step.grad_bytes == data["hardware"]["grad_bytes"]  # counted from the DDP model
     assert profile.epoch.samples_per_epoch == 37 * 32  # 1197 digits, batch 32, last partial batch dropped
     assert set(data["fit"]["fitted"]) == {"t_compute_s", "intra_bandwidth_Bps"}

@@ -404,7 +404,7 @@ def test_what_no_run_could_see_is_listed_as_assumed_with_one_line_each(tmp_path)
     The profile then lists evaluation, checkpoint, the boundary's rest and start-up under
     `assumed:` with a reason each (printed as warnings), and its `measured:` block holds none
     of them, rather than 0 as if measured."""
-    from nasalloc.calibration.calibrate import warnings
+    from nasalloc.calibration.calibrate import assumption_warnings
     from nasalloc.calibration.report import WorkloadFacts, build_profile
 
     step = 1 / 256
@@ -425,7 +425,7 @@ def test_what_no_run_could_see_is_listed_as_assumed_with_one_line_each(tmp_path)
     assert expected <= set(profile["assumed"])
     assert not expected & set(profile["measured"])
     assert set(profile["measured"]["not_measured"]) == expected
-    lines = warnings(m, a)
+    lines = assumption_warnings(m, a)
     assert len(lines) == len(expected) + 1 and any(line.startswith("grad_bytes: not counted") for line in lines)
 
 
@@ -437,3 +437,37 @@ def test_without_a_step_time_at_every_k_calibration_stops_with_one_line(tmp_path
     with pytest.raises(ProfilingFailed, match=r"no step time measured at k=2 \(fewer than 2 timed steps\)") as info:
         profiler.check_complete(m)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("k2_ms, note", [(4.0, "k=2 (0.73)"), (1.8, None)])
+def test_baselines_that_cannot_fit_a_speed_up_below_1_say_so_instead_of_a_flat_line(k2_ms, note, tmp_path):
+    """Issue 18: strong scaling, k = 1 at 2.904 ms per step, k = 2 at half the batch per rank.
+    At 4.0 ms the speed-up is 2 x 0.5 x 2.904 / 4.0 = 0.726: Amdahl and linear (both >= 1)
+    cannot fit it, and the report says so instead of a flat line through neither point. At
+    1.8 ms (speed-up 1.61) they fit and are shown."""
+    from rich.console import Console
+
+    from nasalloc.calibration.report import WorkloadFacts, build_profile, plot_speedup, summary_table
+
+    rng = np.random.default_rng(0)
+    m = Measurements(step_samples={1: 2.904e-3 * (1 + 0.01 * rng.standard_normal(50)),
+                                   2: k2_ms * 1e-3 * (1 + 0.01 * rng.standard_normal(50))},
+                     batch_fraction={1: 1.0, 2: 0.5})
+    a = analyse(m, FitSettings(gpus_per_node=2), bootstrap=0, rng=rng)
+    w = WorkloadFacts("x:y", 1184, 32, "strong", 32, False)
+    profile = build_profile("p", "d", m, a, w, [])
+    console = Console(record=True, width=200)
+    console.print(summary_table(m, a, profile))
+    text = console.export_text()
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines() if line.startswith("│")]
+    rows = [row for row in cells if row[0] in ("1", "2")]
+    assert len(rows) == 2
+    if note is None:
+        assert a.baselines_note is None and set(profile["fit"]["baselines"]) == {"amdahl", "linear"}
+        assert all(row[4] != "n/a" for row in rows)
+    else:
+        assert note in a.baselines_note and "cannot fit" in a.baselines_note
+        assert profile["fit"]["baselines"] == {"cannot_fit": a.baselines_note}
+        assert [row[4:6] for row in rows] == [["n/a", "n/a"]] * 2 and "cannot fit" in text
+    plot_speedup(m, a, w, tmp_path / "speedup.png")
+    assert (tmp_path / "speedup.png").stat().st_size > 0

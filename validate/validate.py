@@ -36,7 +36,7 @@ from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_allocation, format_duration
 from nasalloc.sim.profile import Profile, dump_profile, load_profile
-from nasalloc.sim.provenance import foreign_line
+from nasalloc.sim.provenance import COMPARED, foreign_line
 from nasalloc.sim.trace import TraceEvent, read_trace, write_json, write_trace
 from nasalloc.sim.workload import MetricSpec, ReplayWorkload
 from nasalloc.validate.compare import Comparison, Timings, compare, kendall_tau
@@ -356,11 +356,11 @@ EPOCH_ERROR_SUGGESTS = 0.10  # |epoch-time error| from which validate suggests m
 
 def foreign_lines(profile: Profile, runs: tuple[RealRun, ...]) -> list[str]:
     """One line per distinct machine the runs ran on that is not where the profile was measured."""
+    first: dict[tuple[Any, ...], RealRun] = {}
+    for run in runs:  # runs made on one machine: one line, naming the first of them
+        first.setdefault(tuple((run.machine or {}).get(key) for key in COMPARED), run)
     lines = [foreign_line(profile.name, profile.provenance, run.machine or {}, where=f"run {run.folder.name}")
-             for run in runs]
-    seen = {(run.machine or {}).get("host") for run in runs}
-    if len(seen) == 1:  # one machine: one line, not one per run
-        lines = lines[:1]
+             for run in first.values()]
     return [f"  {line}" for line in lines if line]
 
 
