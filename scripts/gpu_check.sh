@@ -7,7 +7,8 @@
 #
 # Here, once:      . .venv/bin/activate && bash scripts/gpu_prepare.sh     # writes .gpu_wheels/
 # There (device tool `run`, carry [".gpu_wheels"], timeout_s 600):  bash scripts/gpu_check.sh
-# Dry run on CPU:  DEVICE=cpu OUT=/tmp/x bash scripts/gpu_check.sh  (tiny sizes; the test suite runs it)
+# Dry run on CPU:  DEVICE=cpu OUT=/tmp/x bash scripts/gpu_check.sh  (tiny sizes; the test suite runs it
+#                  with BUDGET_SCALE=8 and a long TOTAL_S, so a busy machine slows it but cannot fail it)
 #
 # Steps (budget in s on cuda; each is also cut to the time left):
 #   facts      30  nvidia-smi (name, memory, driver, compute_mode, mig.mode.current), torch, cores;
@@ -40,6 +41,10 @@ case "$DEVICE" in
   cuda) INSTALL=${INSTALL:-1}; TOTAL_S=${TOTAL_S:-540} ;;
   cpu) INSTALL=${INSTALL:-0}; TOTAL_S=${TOTAL_S:-220} ;;
   *) echo "gpu_check: DEVICE=$DEVICE: allowed: cuda, cpu" >&2; exit 2 ;;
+esac
+BUDGET_SCALE=${BUDGET_SCALE:-1}  # every step's budget times this (a whole number >= 1)
+case "$BUDGET_SCALE" in
+  ''|*[!0-9]*|0) echo "gpu_check: BUDGET_SCALE=$BUDGET_SCALE: allowed: a whole number >= 1" >&2; exit 2 ;;
 esac
 OUT=${OUT:-$ROOT/outputs/gpu_check}
 if [ "$INSTALL" = 1 ] && ! ls "$WHEELS"/hydra_core-*.whl >/dev/null 2>&1; then
@@ -74,7 +79,7 @@ trap 'exit 143' TERM INT  # killed from outside: still pack what there is
 # run_step NAME BUDGET_S CMD...: run CMD with stderr into the log, within its budget and the
 # time left; -> CMD's exit status (124 after the budget).
 run_step() {
-  local name=$1 budget=$2 left rc
+  local name=$1 budget=$(($2 * BUDGET_SCALE)) left rc
   shift 2
   left=$((TOTAL_S - (SECONDS - START) - PACK_RESERVE_S))
   if [ "$left" -lt 10 ]; then fail "no time left for step '$name' (the whole check may take ${TOTAL_S} s)"; fi
@@ -87,7 +92,7 @@ run_step() {
   return "$rc"
 }
 step() {
-  local name=$1 budget=$2 rc
+  local name=$1 budget=$(($2 * BUDGET_SCALE)) rc
   run_step "$@"
   rc=$?
   [ "$rc" = 124 ] && fail "step '$name' ran past its ${budget} s budget (its output is above and in gpu_check.log)"
