@@ -257,17 +257,17 @@ def load(cfg: DictConfig) -> RunSettings:
     assert isinstance(raw, dict)
     raw.pop("hydra", None)
     resume = required(raw, "resume")
-    plan_given = required(raw, "plan")
     if resume:
         folder = require_run_folder(str(resume), "resume")
-        if plan_given is not None:
-            raise UserError(f"plan={plan_given}: a resumed run continues its own search ({folder / RUN_CONFIG}); "
+        if raw.get("plan") is not None:  # the other settings are ignored on resume; a plan would mislead
+            raise UserError(f"plan={raw['plan']}: a resumed run continues its own search ({folder / RUN_CONFIG}); "
                             "leave plan= out")
         return settings_here(read_run_config(folder), resume=folder)
     out_dir = raw.get("out_dir")
     if out_dir and (Path(str(out_dir)) / "trace.jsonl").exists():
         raise UserError(f"out_dir={out_dir}: already holds a run (trace.jsonl); continue it with resume={out_dir} "
                         "or choose another out_dir")
+    plan_given = required(raw, "plan")
     if plan_given is None:
         return settings_from(raw)
     plan = read_plan(str(plan_given))

@@ -51,7 +51,8 @@ _FIELDS = (*PLAN_KEYS, "train", "cluster", "predicted")
 
 _HEADER = ("# The search `nasalloc recommend` recommends; run exactly this search with\n"
            "#   nasalloc run plan={path}\n"
-           "# (scheduler, gpus_per_trial, elastic, seed and profile come from here; sim/plan.py)\n")
+           "# (scheduler, gpus_per_trial, elastic, seed, profile and, unless null, train come from here;\n"
+           "# cluster and predicted say what it was planned for; sim/plan.py)\n")
 
 
 @dataclass(frozen=True)

@@ -220,3 +220,10 @@ def test_an_entrypoint_in_the_current_folder_imports_without_pythonpath(tmp_path
 
 def test_no_empty_job_log_is_written(recommended):
     assert not list(recommended.glob("*.log"))
+
+
+def test_a_resumed_run_refuses_a_plan(tmp_path):
+    folder = _run_folder(tmp_path, "a", [])
+    plan = _toy_plan(tmp_path)
+    with pytest.raises(UserError, match=r"^plan=.*: a resumed run continues its own search"):
+        run_cmd.load(OmegaConf.create({"resume": str(folder), "plan": str(plan)}))
