@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nasalloc.execute.run import settings_from
+from nasalloc.execute.run import settings_from, shipped_backend
 from nasalloc.execute.search import run_search
 from nasalloc.execute.trainers.toy import curve
 from nasalloc.sim.cluster import machine, parse_allocation
@@ -131,7 +131,7 @@ def executed(case: Case, run_dir: Path) -> list[TraceEvent]:
                   "params": {"steps_per_epoch": 4, "scaling": "strong", "faults": faults}},
         "devices": {**shipped("devices", "cpu"), "count": case.devices},
         "gpus_per_trial": case.gpus_per_trial, "trial_timeout_s": 60, "checkpoint_every": 1, "progress": "none",
-        "target": None, "profile": None, "resume": None,
+        "target": None, "profile": None, "resume": None, **shipped_backend(),
     }
     if case.elastic is not None:  # the policy decides with the profile the simulator is given
         path = run_dir.parent / f"{run_dir.name}_profile.yaml"
