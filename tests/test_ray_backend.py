@@ -152,7 +152,7 @@ def test_shared_slots_with_a_crashed_actor_and_a_hung_rank_retry_and_complete(cl
     results = [(ev.trial, ev.epoch, ev.metric) for ev in events if ev.event == "result"]
     assert len(results) == 8 * 3
     assert all(m == pytest.approx(curve(configs[t]["quality"], e)) for t, e, m in results)
-    assert max(len({d for ev in events if ev.event == "start" for d in ev.devices}), 0) == NODES * SLOTS
+    assert len({d for ev in events if ev.event == "start" for d in ev.devices}) == NODES * SLOTS
     assert_nothing_left(budget)
 
 
@@ -164,24 +164,31 @@ def test_a_node_lost_mid_search_fails_its_trials_which_are_retried_and_the_searc
     raw = ray_raw(cluster, {"n_trials": 6, "max_epochs": 6, "max_retries": 2}, trial_timeout_s=60)
     raw["train"]["params"]["epoch_s"] = 0.5
     trace = tmp_path / "trace.jsonl"
-    lost: list[Any] = []
+    outcome: dict[str, Any] = {}
 
-    def kill_a_node() -> None:
-        wait_for(lambda: trace.is_file() and trace.read_text().count('"result"') >= 6, budget, "6 results")
-        victim = next(iter(cluster.worker_nodes))
-        lost.append(victim)
-        cluster.remove_node(victim, allow_graceful=False)
-        cluster.add_node(**cluster.node_args)
+    def search() -> None:  # in a thread: Ray adds nodes from the main thread only
+        try:
+            outcome["summary"] = run_search(settings_from(raw), tmp_path)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            outcome["error"] = exc
 
-    killer = threading.Thread(target=kill_a_node, daemon=True)
-    killer.start()
-    summary = run_search(settings_from(raw), tmp_path)
-    killer.join(timeout=budget.left())
-    assert lost, "the node was not killed during the search"
+    runner = threading.Thread(target=search, daemon=True)
+    runner.start()
+    wait_for(lambda: trace.is_file() and trace.read_text().count('"result"') >= 6, budget, "6 results")
+    lost = next(iter(cluster.worker_nodes))
+    cluster.remove_node(lost, allow_graceful=False)
+    cluster.add_node(**cluster.node_args)
+    runner.join(timeout=budget.left())
+    assert not runner.is_alive(), "the search did not end"
+    if "error" in outcome:
+        raise outcome["error"]
+    summary = outcome["summary"]
     events = read_trace(trace)
     check_history(events)
     fails = [ev for ev in events if ev.event == "fail"]
-    assert fails and all("died" in ev.info for ev in fails)
+    # its ranks died; a retry sent to a replacement actor that the dying node took down too
+    # fails while that actor starts
+    assert fails and all("died" in ev.info or "while starting" in ev.info for ev in fails), [ev.info for ev in fails]
     assert summary["completed"] + summary["stopped"] == 6 and summary["failed"] == 0
     configs = {ev.trial: ev.config for ev in events if ev.event == "start"}
     assert all(ev.metric == pytest.approx(curve(configs[ev.trial]["quality"], ev.epoch))
@@ -217,18 +224,3 @@ def test_driver_killed_then_resumed_leaves_nothing_behind_and_completes(cluster:
     assert summary["resumed"] and summary["backend"] == "ray"
     assert summary["completed"] + summary["stopped"] == 8
     assert_nothing_left(budget)
-
-
-def test_without_ray_backend_ray_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    """A Python where `import ray` fails (a module named ray that raises ImportError comes
-    first on the path) asked for backend=ray: one line saying how to install it, exit 2."""
-    fake = tmp_path / "noray"
-    fake.mkdir()
-    (fake / "ray.py").write_text("raise ImportError('No module named ray')\n", encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "nasalloc", "run", "backend=ray", f"out_dir={tmp_path / 'out'}"],
-                          capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "pip install 'nasalloc[ray]'" in lines[0], done.stderr
-    assert not (tmp_path / "out").exists()
