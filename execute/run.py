@@ -36,6 +36,7 @@ from nasalloc.sim.schedulers import scheduler_config
 from nasalloc.sim.space import SearchSpace
 
 RUN_CONFIG = "run_config.yaml"
+RAN_ON = "ran_on"  # run_config.yaml of a backend=ray run: the cluster's devices and gpus_per_node (not a setting)
 
 
 @dataclass
@@ -106,12 +107,15 @@ class RunConfig:
     backend: str  # local | ray
     ray: RayConfig
     storage: Path | None  # checkpoints (and trial logs) go here; None: the run folder
+    cluster: ClusterSpec | None  # backend=ray: the nodes it ran on, as its run folder records them (`RAN_ON`)
 
     def device_count(self) -> int | None:
         """Devices the config itself names (its ids, else its count); None for `devices=cuda`
         with count 0, which means every GPU present on the machine that ran it."""
         if self.devices.ids:
             return len(self.devices.ids)
+        if self.cluster is not None:
+            return self.cluster.gpus
         return self.devices.count or None
 
 
@@ -209,11 +213,15 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
     storage = required(raw, "storage")
     if storage is not None and (not isinstance(storage, str) or not storage):
         raise UserError(f"storage={storage!r}: a folder every node sees, or null for the run folder")
+    ran_on = raw.get(RAN_ON)  # a record of what a Ray run ran on, written by `main`
+    cluster = None
+    if ran_on is not None:
+        cluster = to_typed(ClusterSpec, {"name": "the run's Ray cluster", **ran_on}, RAN_ON)
     return RunConfig(
         scheduler=sched, space=space, train=train, devices=devices, gpus_per_trial=required(raw, "gpus_per_trial"),
         trial_timeout_s=float(timeout), checkpoint_every=every, target=None if target is None else float(target),
         seed=seed, progress=progress, profile=None if profile is None else str(profile), raw=raw, backend=backend,
-        ray=ray, storage=None if storage is None else Path(storage).expanduser().resolve(),
+        ray=ray, storage=None if storage is None else Path(storage).expanduser().resolve(), cluster=cluster,
     )
 
 
@@ -271,6 +279,10 @@ def settings_here(config: RunConfig, resume: Path | None = None) -> RunSettings:
                             config.devices.count or 1)
         found = ray_backend.discover(config.devices.kind, config.ray.slot_resource)
         cluster, cpus_per_node = found.spec, found.cpus_per_node
+        was = config.cluster
+        if was is not None and (was.gpus, was.gpus_per_node) != (cluster.gpus, cluster.gpus_per_node):
+            raise UserError(f"backend=ray: the run ran on {was.nodes} nodes of {was.gpus_per_node} devices, the cluster "
+                            f"now has {cluster.nodes} of {cluster.gpus_per_node}; resume it on the same shape of cluster")
         ids = list(range(cluster.gpus))
     else:
         ids = _device_ids(config.devices)
@@ -317,6 +329,8 @@ def main(settings: RunSettings, out_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if settings.resume is None:
         saved = {k: v for k, v in settings.raw.items() if k not in ("resume",)}
+        if settings.backend == "ray":  # `nasalloc validate` and `resume=` need the shape it ran on
+            saved[RAN_ON] = {"gpus": settings.cluster.gpus, "gpus_per_node": settings.cluster.gpus_per_node}
         (run_dir / RUN_CONFIG).write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
     summary = run_search(settings, run_dir)
     _print_summary(summary, run_dir)
