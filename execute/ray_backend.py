@@ -41,7 +41,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import Client, Listener
+from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,25 @@ def discover(device_kind: str, slot_resource: str) -> RayCluster:
                       cpus_per_node=int(min(c for _, c in per_node)))
 
 
+def no_delay(conn: Connection) -> Connection:
+    """Send small messages at once on this TCP connection (TCP_NODELAY). With Nagle's
+    algorithm a report waits for the ACK of the previous message, which the peer delays:
+    measured here, 45 ms per epoch against 6.5 ms on the local backend's Unix socket."""
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    finally:
+        sock.close()  # closes the duplicate only
+    return conn
+
+
+class _NoDelayListener(Listener):
+    """A TCP listener whose accepted connections send at once (`no_delay`)."""
+
+    def accept(self) -> Connection:
+        return no_delay(super().accept())
+
+
 class RankActor:
     """One warm worker slot on a node: set up once (`worker.prepare`), then serves the
     executor's jobs over TCP (`worker.serve`) until told to exit. Created by `RayBackend`
@@ -141,7 +160,7 @@ class RankActor:
     def serve(self, address: tuple[str, int], authkey: bytes, token: int) -> None:
         from nasalloc.execute.worker import serve
 
-        conn = Client(address, family="AF_INET", authkey=authkey)
+        conn = no_delay(Client(address, family="AF_INET", authkey=authkey))
         conn.send({**self.hello, "pid": token})  # the token stands for the pid the local backend matches
         serve(conn, self.device_kind)
 
@@ -212,7 +231,7 @@ class RayBackend(LocalBackend):
     # ----- where actors are and how they are reached -----------------------------------------
     def _listen(self) -> Listener:
         """A TCP listener at this node's address in the cluster (the actors connect to it)."""
-        return Listener((self._ray.util.get_node_ip_address(), 0), family="AF_INET", authkey=self._authkey)
+        return _NoDelayListener((self._ray.util.get_node_ip_address(), 0), family="AF_INET", authkey=self._authkey)
 
     def _spawn(self, slot: Slot) -> None:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
