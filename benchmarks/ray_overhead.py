@@ -25,7 +25,6 @@ starts when every worker is up (`worker_startup_s` in summary.json, printed too)
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import secrets
 import shutil
@@ -36,21 +35,6 @@ from typing import Any
 import yaml
 
 EPOCH_LOW, EPOCH_HIGH, STEPS = 0.4, 1.6, 4
-
-
-def toy_profile(gpus_per_node: int) -> dict[str, Any]:
-    """The toy trainer's exact timing: epoch_s at k = 1, epoch_s / k at k > 1, nothing else."""
-    return {
-        "name": "toy_sleep",
-        "workload": {"samples_per_epoch": STEPS * 8, "batch_per_device": 8, "scaling": "strong", "global_batch": 8},
-        "step_time": {"t_compute_s": EPOCH_LOW / STEPS},
-        "overheads": {"startup_s": 0.0, "eval_s": 0.0, "checkpoint_save_s": 0.0, "checkpoint_restore_s": 0.0,
-                      "decision_latency_s": 0.0},
-        "hardware": {"gpus_per_node": gpus_per_node},
-        "sharing": {1: 1.0, 2: 1.0},
-        "config_cost": {"params": {"epoch_s": {"type": "float", "low": EPOCH_LOW, "high": EPOCH_HIGH, "log": True,
-                                               "slope": math.log(EPOCH_HIGH / EPOCH_LOW), "center": 0.0}}, "norm": 1.0},
-    }
 
 
 def run_config(backend: str, devices: int, address: str, scheduler: dict[str, Any], params: dict[str, Any],
@@ -127,6 +111,8 @@ def main() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
+    from nasalloc.execute.trainers.toy import profile_data
+
     devices = args.nodes * args.slots
     work = Path(tempfile.mkdtemp(prefix="nasalloc-raybench-"))
     ray_tmp = tempfile.mkdtemp(prefix="nr-", dir="/tmp")
@@ -139,7 +125,8 @@ def main() -> None:
         profiles = {}
         for name, gpn in (("local", devices), ("ray", args.slots)):
             profiles[name] = str(work / f"toy_{name}.yaml")
-            Path(profiles[name]).write_text(yaml.safe_dump(toy_profile(gpn)), encoding="utf-8")
+            data = profile_data(gpn, EPOCH_LOW, EPOCH_HIGH, STEPS)
+            Path(profiles[name]).write_text(yaml.safe_dump(data), encoding="utf-8")
         sched = {"name": "asha", "n_trials": args.trials, "max_epochs": args.max_epochs, "eta": 3}
         params = {"steps_per_epoch": STEPS, "scaling": "strong", "faults": []}
         rows: dict[str, list[tuple[float, float, float]]] = {"local": [], "ray": []}

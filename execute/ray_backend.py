@@ -203,6 +203,7 @@ class RayBackend(LocalBackend):
         from ray.util.placement_group import placement_group, placement_group_table
 
         self._ray = ray
+        self._actor_class = ray.remote(RankActor)
         self._gpn = cluster.spec.gpus_per_node
         self._m = 1 + max(s.share for s in slots)
         self._rank_threads = rank_threads(threads_per_rank, self._gpn, cluster.cpus_per_node)
@@ -241,7 +242,7 @@ class RayBackend(LocalBackend):
                "PYTHONUNBUFFERED": "1"}
         if self._m > 1:  # trials share the device's cores: see backend.worker_env
             env["OMP_WAIT_POLICY"] = "PASSIVE"
-        actor = self._ray.remote(RankActor).options(
+        actor = self._actor_class.options(
             num_cpus=0, max_concurrency=2, max_restarts=0, **self._actor_resources,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self._groups_pg[node], on_node * self._m + slot.share),
         ).remote(env, self._rank_threads, self.device_kind, self._preload)
@@ -293,7 +294,7 @@ class RayBackend(LocalBackend):
         self._groups_pg = []
 
 
-def leftovers(run_job_id: str | None = None) -> tuple[list[str], list[str]]:
+def leftovers() -> tuple[list[str], list[str]]:
     """Actors of `RankActor` and placement groups still alive in the cluster (for checks
     after a run): -> (actor ids, placement group ids), read from the cluster's control store."""
     ray = import_ray()

@@ -42,14 +42,14 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from nasalloc.execute.ray_backend import leftovers  # noqa: E402
 from nasalloc.execute.run import settings_from  # noqa: E402
 from nasalloc.execute.search import run_search  # noqa: E402
-from nasalloc.execute.trainers.toy import curve  # noqa: E402
+from nasalloc.execute.trainers.toy import curve, profile_data  # noqa: E402
 from nasalloc.sim.cluster import ClusterSpec, parse_allocation  # noqa: E402
 from nasalloc.sim.engine import SimulationSpec, simulate  # noqa: E402
 from nasalloc.sim.profile import parse_profile  # noqa: E402
 from nasalloc.sim.schedulers import scheduler_config  # noqa: E402
 from nasalloc.sim.space import SearchSpace  # noqa: E402
 from nasalloc.sim.trace import read_trace  # noqa: E402
-from test_drivers_equivalent import SPACE, TOY, ToyCurves, closest_epoch_ends, decisions, toy_profile_data  # noqa: E402
+from test_drivers_equivalent import SPACE, TOY, ToyCurves, closest_epoch_ends, decisions  # noqa: E402
 from test_execute import Budget, check_history, toy_raw, wait_for  # noqa: E402
 from test_sim_support import scheduler_node  # noqa: E402
 
@@ -97,12 +97,9 @@ MARGIN_RAY_S = 0.25  # least time between two trials' epoch ends in the simulate
 def scaled_toy() -> tuple[dict[str, Any], Any]:
     """test_drivers_equivalent's toy space and profile with every epoch time `SCALE` x longer."""
     space = copy.deepcopy(SPACE)
-    space["epoch_s"].update(low=space["epoch_s"]["low"] * SCALE, high=space["epoch_s"]["high"] * SCALE)
-    data = toy_profile_data(SLOTS)
-    data["step_time"]["t_compute_s"] *= SCALE
-    cost = data["config_cost"]["params"]["epoch_s"]
-    cost.update(low=cost["low"] * SCALE, high=cost["high"] * SCALE)
-    return space, parse_profile(data, "toy profile")
+    low, high = space["epoch_s"]["low"] * SCALE, space["epoch_s"]["high"] * SCALE
+    space["epoch_s"].update(low=low, high=high)
+    return space, parse_profile(profile_data(SLOTS, low, high, steps=4), "toy profile")
 
 
 def test_per_rung_search_across_nodes_makes_the_simulators_decisions_on_the_same_devices(cluster: Any,
@@ -128,6 +125,8 @@ def test_per_rung_search_across_nodes_makes_the_simulators_decisions_on_the_same
     assert decisions(real) == decisions(sim)
     assert any(len(ev.devices) == NODES * SLOTS for ev in real if ev.event == "result"), "no trial ran on all nodes"
     assert any(len(ev.devices) == SLOTS for ev in real if ev.event == "result"), "no trial ran at k=2"
+    pairs = {ev.devices for ev in real if ev.event == "result" and len(ev.devices) == SLOTS}
+    assert pairs <= {(0, 1), (2, 3), (4, 5)}, f"k=2 not packed inside one node: {pairs}"
     assert summary["backend"] == "ray" and summary["gpus_per_node"] == SLOTS
     assert_nothing_left(budget)
 
@@ -199,13 +198,13 @@ def test_a_node_lost_mid_search_fails_its_trials_which_are_retried_and_the_searc
 def test_driver_killed_then_resumed_leaves_nothing_behind_and_completes(cluster: Any, tmp_path: Path) -> None:
     budget = Budget(280)
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "nasalloc", "run", "train=toy", "scheduler=asha", "scheduler.n_trials=8",
+    args = [sys.executable, "-m", "nasalloc", "run", "train=toy", "scheduler=asha", "scheduler.n_trials=6",
             "scheduler.max_epochs=9", "train.params.epoch_s=0.2", "progress=plain", f"out_dir={out}",
             "backend=ray", f"ray.address={cluster.address}", f"ray.slot_resource={SLOT}"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     trace = out / "trace.jsonl"
     try:
-        wait_for(lambda: trace.is_file() and trace.read_text().count('"result"') >= 8, budget, "8 results")
+        wait_for(lambda: trace.is_file() and trace.read_text().count('"result"') >= 6, budget, "6 results")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=budget.left())
     finally:
@@ -222,5 +221,5 @@ def test_driver_killed_then_resumed_leaves_nothing_behind_and_completes(cluster:
     assert events[: len(old)] == old
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed"] and summary["backend"] == "ray"
-    assert summary["completed"] + summary["stopped"] == 8
+    assert summary["completed"] + summary["stopped"] == 6
     assert_nothing_left(budget)
