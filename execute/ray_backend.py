@@ -284,13 +284,23 @@ class RayBackend(LocalBackend):
             self._remove_placement_groups()
 
     def _remove_placement_groups(self) -> None:
-        from ray.util.placement_group import remove_placement_group
+        """Remove the run's placement groups and wait (up to `PLACEMENT_TIMEOUT_S`) until Ray
+        has: removal is asynchronous, and a run started right after this one (a benchmark's
+        next repeat) would otherwise find the devices still reserved."""
+        from ray.util.placement_group import placement_group_table, remove_placement_group
 
         for pg in self._groups_pg:
             try:
                 remove_placement_group(pg)
             except Exception:  # noqa: BLE001 - already removed
                 pass
+        deadline = time.monotonic() + PLACEMENT_TIMEOUT_S
+        while self._groups_pg and time.monotonic() < deadline:
+            try:
+                self._groups_pg = [pg for pg in self._groups_pg if placement_group_table(pg).get("state") != "REMOVED"]
+            except Exception:  # noqa: BLE001 - the cluster is gone: nothing is held there any more
+                break
+            time.sleep(0.05)
         self._groups_pg = []
 
 
