@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import statistics
 import shutil
 import tempfile
 from pathlib import Path
@@ -140,8 +141,8 @@ def main() -> None:
                 print(f"repeat {r} {backend:>5}: makespan {summary['makespan_s']:.2f} s, simulator {pred:.2f} s "
                       f"(error {100 * (pred / summary['makespan_s'] - 1):+.1f}%), workers up in "
                       f"{summary['worker_startup_s']:.1f} s", flush=True)
-        ratios = sorted(ray_m / loc_m for (ray_m, _, _), (loc_m, _, _) in zip(rows["ray"], rows["local"]))
-        print(f"ray/local makespan ratio: {ratios[len(ratios) // 2]:.3f} (median of {len(ratios)}; same seed per "
+        ratios = [ray_m / loc_m for (ray_m, _, _), (loc_m, _, _) in zip(rows["ray"], rows["local"])]
+        print(f"ray/local makespan ratio: {statistics.median(ratios):.3f} (median of {len(ratios)}; same seed per "
               f"repeat, {args.trials} trials on {args.nodes} nodes x {args.slots} slots)")
         for backend in ("local", "ray"):
             job, epoch = fixed_cost(backend, devices, cluster.address, work)
