@@ -137,7 +137,7 @@ class _NoDelayListener(Listener):
 class RankActor:
     """One warm worker slot on a node: set up once (`worker.prepare`), then serves the
     executor's jobs over TCP (`worker.serve`) until told to exit. Created by `RayBackend`
-    with `max_concurrency=2`, so `free_port` answers while `serve` runs."""
+    with `max_concurrency=2`, so `rendezvous_address` answers while `serve` runs."""
 
     def __init__(self, env: dict[str, str], threads: int, device_kind: str, preload: str):
         os.environ.update(env)  # before torch is imported: thread pools read these at start
@@ -149,13 +149,15 @@ class RankActor:
         from nasalloc.execute.worker import prepare
 
         self.device_kind = device_kind
-        self.hello = {**prepare(threads, "", device_kind, preload), "node_ip": ip}
+        self.ip = ip
+        self.hello = prepare(threads, "", device_kind, preload)
 
-    def free_port(self) -> int:
-        """A TCP port free on this actor's node now (for a rendezvous led by this actor)."""
+    def rendezvous_address(self) -> tuple[str, int]:
+        """This actor's node address and a TCP port free there now (for a rendezvous led by
+        this actor; asked each time, since a lost node's actors come back on another node)."""
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("", 0))
-            return s.getsockname()[1]
+            return self.ip, s.getsockname()[1]
 
     def serve(self, address: tuple[str, int], authkey: bytes, token: int) -> None:
         from nasalloc.execute.worker import serve
@@ -200,7 +202,7 @@ class RayBackend(LocalBackend):
     def __init__(self, slots: list[Slot], device_kind: str, cluster: RayCluster, slot_resource: str, *,
                  threads_per_rank: int | None = None, preload: list[str] | None = None):
         ray = import_ray()
-        from ray.util.placement_group import placement_group, placement_group_table
+        from ray.util.placement_group import placement_group
 
         self._ray = ray
         self._actor_class = ray.remote(RankActor)
@@ -212,7 +214,6 @@ class RayBackend(LocalBackend):
         self._actor_resources: dict[str, Any] = (
             {"num_gpus": 1 / self._m} if res == "GPU" else {"resources": {res: 1 / self._m}})
         self._groups_pg: list[Any] = []
-        self._node_ip: list[str] = []
         try:
             for _ in range(cluster.spec.nodes):
                 pg = placement_group([{res: 1 / self._m}] * (self._gpn * self._m), strategy="STRICT_PACK")
@@ -221,9 +222,6 @@ class RayBackend(LocalBackend):
             if len(ray.wait(ready, num_returns=len(ready), timeout=PLACEMENT_TIMEOUT_S)[0]) < len(ready):
                 raise UserError(f"backend=ray: the cluster could not reserve {cluster.spec.nodes} nodes of "
                                 f"{self._gpn} {res} within {PLACEMENT_TIMEOUT_S:g} s (is another run holding them?)")
-            ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
-            for pg in self._groups_pg:
-                self._node_ip.append(ips[placement_group_table(pg)["bundles_to_node_id"][0]])
             super().__init__(slots, device_kind, threads_per_rank=threads_per_rank, pin_cpus=False, preload=preload)
         except BaseException:
             self._remove_placement_groups()
@@ -260,12 +258,11 @@ class RayBackend(LocalBackend):
 
     def _rendezvous(self, gid: int, spec: GroupSpec) -> dict[str, Any]:
         """TCP at the rank-0 actor's node, on a port that actor found free there."""
-        ip = self._node_ip[spec.slots[0].device // self._gpn]
         try:
-            port = self._ray.get(self._workers[spec.slots[0]].proc.actor.free_port.remote(),  # type: ignore[attr-defined]
-                                 timeout=WORKER_START_TIMEOUT_S)
+            ip, port = self._ray.get(self._workers[spec.slots[0]].proc.actor.rendezvous_address.remote(),  # type: ignore[attr-defined]
+                                     timeout=WORKER_START_TIMEOUT_S)
         except Exception:  # noqa: BLE001 - the actor is gone; its death fails the group
-            port = 0
+            ip, port = "127.0.0.1", 0
         return {"master_addr": ip, "master_port": port, "init_method": f"tcp://{ip}:{port}"}
 
     def _local_rank(self, slots: list[Slot], rank: int) -> int:

@@ -18,7 +18,8 @@ GPU do not keep each other's cached blocks.
 
 Run as ``python -m nasalloc.execute.worker`` by `backend.LocalBackend`; the connection
 address, thread count, pinned cores and device kind come in argv, the auth key in the
-environment.
+environment. `prepare` and `serve` are also what each warm Ray actor of
+`ray_backend.RayBackend` runs, so both backends run ranks with this one piece of code.
 """
 
 from __future__ import annotations
