@@ -46,13 +46,14 @@ def train_params(args: argparse.Namespace) -> dict[str, Any]:
 def run_config(args: argparse.Namespace, scheduler: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
     """A complete `nasalloc run` config: the shipped random scheduler and CPU devices (the one
     place their defaults are written) with this benchmark's settings over them."""
+    from nasalloc.execute.run import shipped_backend
     from nasalloc.sim.config import shipped
 
     return {
         "seed": 0, "scheduler": {**shipped("scheduler", "random"), **scheduler}, "train": train,
         "devices": {**shipped("devices", "cpu"), "count": args.slots},
         "gpus_per_trial": 1, "trial_timeout_s": 600, "checkpoint_every": args.checkpoint_every, "progress": "none",
-        "target": None, "profile": None, "resume": None, "unshare": True,
+        "target": None, "profile": None, "resume": None, "unshare": True, **shipped_backend(),
     }
 
 

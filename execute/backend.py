@@ -2,9 +2,10 @@
 
 The search loop (and calibration's launcher) only say "run this trial as k ranks on these
 slots", "here is the decision", "kill it", and read back events: `Report`, `Checkpointed`,
-`Ended`, `Failed`. `LocalBackend` implements that on one machine with warm workers
-(`worker.py`), one per device slot, connected over a Unix socket. A Ray or multi-node
-backend can implement the same four calls later.
+`Ended`, `Failed` (the `Backend` protocol). `LocalBackend` implements that on one machine with
+warm workers (`worker.py`), one per device slot, connected over a Unix socket;
+`ray_backend.RayBackend` implements it on a Ray cluster with the same worker code in warm
+actors, connected over TCP.
 
 Failure rule: if any rank of a group crashes, raises, dies or stays silent past the job's
 `timeout_s`, the whole group is torn down — every worker of the group is killed with its
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from collections.abc import Mapping
 from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from nasalloc.execute.devices import Slot, cuda_visible_device, rank_threads
 from nasalloc.execute.worker import AUTHKEY_ENV, PRELOAD_ENV
@@ -89,6 +90,25 @@ class Failed:
 
 
 Event = Report | Checkpointed | Ended | Failed
+
+
+class Backend(Protocol):
+    """What the search loop (`loop.SearchLoop`) and calibration's launcher need of the ranks:
+    groups of k ranks started on slots, told decisions, killed, and their events read."""
+
+    def start_group(self, spec: GroupSpec) -> int: ...
+
+    def decide(self, gid: int, decision: str, save: bool) -> None: ...
+
+    def kill_group(self, gid: int, info: str) -> None: ...
+
+    def running(self) -> list[int]: ...
+
+    def poll(self, timeout: float) -> list[Event]: ...
+
+    def wait_ready(self) -> None: ...
+
+    def shutdown(self) -> None: ...
 
 
 @dataclass
@@ -187,7 +207,7 @@ class LocalBackend:
         remove_stale_socket_dirs()
         self._tmp = Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-"))
         self._authkey = secrets.token_bytes(16)
-        self._listener = Listener(str(self._tmp / "w.sock"), family="AF_UNIX", authkey=self._authkey)
+        self._listener = self._listen()
         self._arrivals: queue.Queue = queue.Queue()
         self._closed = False
         threading.Thread(target=self._accept_loop, daemon=True).start()
@@ -210,6 +230,14 @@ class LocalBackend:
             raise
 
     # ----- workers -------------------------------------------------------------------------
+    def _listen(self) -> Listener:
+        """Where workers connect: a Unix socket in the backend's own folder."""
+        return Listener(str(self._tmp / "w.sock"), family="AF_UNIX", authkey=self._authkey)
+
+    def _rendezvous(self, gid: int, spec: GroupSpec) -> dict[str, Any]:
+        """How the ranks of group `gid` meet: a FileStore in the backend's folder (one machine)."""
+        return {"master_addr": "127.0.0.1", "master_port": _free_port(), "store_path": str(self._groups[gid].store)}
+
     def _accept_loop(self) -> None:
         while not self._closed:
             try:
@@ -312,7 +340,7 @@ class LocalBackend:
         self._next_group += 1
         store = self._tmp / f"store_{gid}"
         self._groups[gid] = _Group(spec, store, time.monotonic())
-        port = _free_port()
+        meet = self._rendezvous(gid, spec)
         for rank, slot in enumerate(spec.slots):
             w = self._workers[slot]
             if w.job is not None:
@@ -320,11 +348,11 @@ class LocalBackend:
             w.job = gid
             msg = {
                 "op": "job", "job": gid, "trial": spec.trial, "config": spec.config, "entrypoint": spec.entrypoint,
-                "rank": rank, "world_size": len(spec.slots), "local_rank": 0 if self.device_kind == "cuda" else rank,
+                "rank": rank, "world_size": len(spec.slots), "local_rank": self._local_rank(spec.slots, rank),
                 "start_epoch": spec.start_epoch, "until_epoch": spec.until_epoch,
                 "checkpoint_dir": str(spec.checkpoint_dir), "checkpoint_every": spec.checkpoint_every,
-                "log_path": None if spec.log_path is None else str(spec.log_path), "store_path": str(store),
-                "master_port": port, "pg_backend": "nccl" if self.device_kind == "cuda" else "gloo",
+                "log_path": None if spec.log_path is None else str(spec.log_path), **meet,
+                "pg_backend": "nccl" if self.device_kind == "cuda" else "gloo",
                 "device_kind": self.device_kind, "pg_timeout_s": max(30.0, spec.timeout_s),
                 "attempt": spec.attempt, "record_steps": spec.record_steps, "max_steps": spec.max_steps,
                 "require_decision": spec.require_decision,
@@ -335,6 +363,10 @@ class LocalBackend:
             else:
                 self._send(w, msg)
         return gid
+
+    def _local_rank(self, slots: list[Slot], rank: int) -> int:
+        """LOCAL_RANK as torchrun sets it: 0 on a GPU (each worker sees only its own GPU)."""
+        return 0 if self.device_kind == "cuda" else rank
 
     def decide(self, gid: int, decision: str, save: bool) -> None:
         """Send the scheduler's answer to every rank of the group (ranks wait in `report`)."""

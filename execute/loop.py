@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from nasalloc.execute.api import latest_checkpoint
-from nasalloc.execute.backend import Checkpointed, Ended, Failed, GroupSpec, LocalBackend, Report
+from nasalloc.execute.backend import Backend, Checkpointed, Ended, Failed, GroupSpec, Report
 from nasalloc.execute.devices import Slot, SlotMap
 from nasalloc.execute.journal import Journal
-from nasalloc.sim.cluster import Allocation, DevicePool, machine
+from nasalloc.sim.cluster import Allocation, ClusterSpec, DevicePool, machine
 from nasalloc.sim.dispatch import INTERRUPTED, Dispatcher, Segment
 from nasalloc.sim.elastic import ElasticPolicy
 from nasalloc.sim.schedulers.base import Job, Scheduler
@@ -36,6 +36,7 @@ class LoopOptions:
     entrypoint: str
     params: dict[str, Any]  # fixed training settings (train.params) merged under each trial's config
     run_dir: Path
+    storage: Path | None = None  # checkpoints and trial logs (None: run_dir); every node sees it
     checkpoint_every: int = 1
     trial_timeout_s: float = 120.0
     poll_s: float = 0.5
@@ -53,15 +54,16 @@ class LoopStats:
 
 
 class SearchLoop:
-    def __init__(self, scheduler: Scheduler, backend: LocalBackend, device_ids: list[int], allocation: Allocation,
+    def __init__(self, scheduler: Scheduler, backend: Backend, device_ids: list[int], allocation: Allocation,
                  journal: Journal, options: LoopOptions, *, restart: list[Job] | None = None, calls: int = 0,
                  best: tuple[float, int] | None = None, elastic: ElasticPolicy | None = None,
                  unshare: UnsharePolicy | None = None,
-                 on_change: Callable[[SearchLoop], None] | None = None):
+                 on_change: Callable[[SearchLoop], None] | None = None, cluster: ClusterSpec | None = None):
         self.scheduler = scheduler
         self.backend = backend
         self.slots = SlotMap(device_ids, allocation.slots_per_device)
-        self.pool = DevicePool(machine(len(device_ids)), allocation.ks)
+        # placement by the simulator's rule on the backend's devices (default: this machine, one node)
+        self.pool = DevicePool(cluster or machine(len(device_ids)), allocation.ks)
         self.journal = journal
         self.opt = options
         self.stats = LoopStats()
@@ -84,10 +86,10 @@ class SearchLoop:
 
     # ----- paths ---------------------------------------------------------------------------
     def checkpoint_dir(self, trial: int) -> Path:
-        return self.opt.run_dir / "checkpoints" / f"trial_{trial:04d}"
+        return (self.opt.storage or self.opt.run_dir) / "checkpoints" / f"trial_{trial:04d}"
 
     def log_path(self, trial: int) -> Path:
-        return self.opt.run_dir / "logs" / f"trial_{trial:04d}.log"
+        return (self.opt.storage or self.opt.run_dir) / "logs" / f"trial_{trial:04d}.log"
 
     def _checkpoint_epoch(self, trial: int, at_most: int) -> int:
         return latest_checkpoint(self.checkpoint_dir(trial), at_most=at_most)

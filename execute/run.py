@@ -6,6 +6,7 @@
     nasalloc run devices=cuda devices.ids=[0,1,2,3] train=synthetic
     nasalloc run resume=outputs/run/2026-01-01_12-00-00     # continue a killed run
     nasalloc run plan=outputs/recommend/2026-01-01_12-00-00/plan.yaml   # the search recommend planned
+    nasalloc run backend=ray ray.address=auto      # on the nodes of a Ray cluster (execute/ray_backend.py)
 
 `load` validates everything (scheduler, space, devices, allocation, that the entrypoint
 imports) before any folder exists; `main` starts the warm workers, runs `SearchLoop` and
@@ -35,7 +36,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from nasalloc.execute.devices import device_name
-from nasalloc.sim.cluster import ELASTIC, Allocation, machine
+from nasalloc.sim.cluster import ELASTIC, Allocation, ClusterSpec, machine
 from nasalloc.sim.profile import Profile
 from nasalloc.sim.config import require, required, to_typed, upgrade_saved
 from nasalloc.sim.errors import UserError
@@ -47,6 +48,7 @@ from nasalloc.sim.space import SearchSpace
 
 RUN_CONFIG = "run_config.yaml"
 MACHINE = "machine.yaml"  # where the run ran (sim/provenance.py), for `nasalloc validate`
+RAN_ON = "ran_on"  # run_config.yaml of a backend=ray run: the cluster's devices and gpus_per_node (not a setting)
 
 
 @dataclass
@@ -74,6 +76,23 @@ class TrainConfig:
     params: dict[str, Any]  # fixed, passed to every trial
 
 
+BACKENDS = ("local", "ray")
+
+
+@dataclass
+class RayConfig:
+    """The `ray` block of conf/run.yaml (read for backend=ray)."""
+
+    address: str | None  # "auto" or HOST:PORT of a running cluster; null: start a local Ray instance
+    slot_resource: str  # the custom resource that is one CPU slot on a CPU-only cluster
+
+    def __post_init__(self) -> None:
+        require(self.address is None or (isinstance(self.address, str) and self.address != ""),
+                f"address={self.address!r}: auto, HOST:PORT or null")
+        require(isinstance(self.slot_resource, str) and self.slot_resource != "",
+                f"slot_resource={self.slot_resource!r}: the name of a custom Ray resource")
+
+
 @dataclass
 class RunConfig:
     """A run's configuration checked value by value, but not against this machine.
@@ -98,12 +117,18 @@ class RunConfig:
     profile: str | None  # the profile the run was planned with (recorded for `nasalloc validate`)
     unshare: bool  # k = 1/m: move a sharing trial to an idle device when `profile` says it pays
     raw: dict[str, Any]  # the mapping it was read from, saved as run_config.yaml for resume
+    backend: str  # local | ray
+    ray: RayConfig
+    storage: Path | None  # checkpoints (and trial logs) go here; None: the run folder
+    cluster: ClusterSpec | None  # backend=ray: the nodes it ran on, as its run folder records them (`RAN_ON`)
 
     def device_count(self) -> int | None:
         """Devices the config itself names (its ids, else its count); None for `devices=cuda`
         with count 0, which means every GPU present on the machine that ran it."""
         if self.devices.ids:
             return len(self.devices.ids)
+        if self.cluster is not None:
+            return self.cluster.gpus
         return self.devices.count or None
 
 
@@ -126,8 +151,17 @@ class RunSettings:
     resume: Path | None
     raw: dict[str, Any]  # the composed config, saved for resume
     unshare: bool  # as RunConfig.unshare
-    profile: Profile | None = None  # the planning profile (the elastic and unshare policies decide with it)
+    profile: Profile | None  # the planning profile (the elastic and unshare policies decide with it)
+    backend: str  # local | ray
+    ray: RayConfig
+    storage: Path | None  # None: the run folder
+    cluster: ClusterSpec  # the devices as placement sees them (this machine: one node)
+    cpus_per_node: int  # backend=ray: the fewest CPUs of a node (threads of a rank on a CPU slot)
     plan_note: str | None = None  # with plan=PATH: how the planned cluster maps to these devices (printed first)
+
+    def storage_dir(self, run_dir: Path) -> Path:
+        """Where checkpoints and trial logs go (every node must see it with backend=ray)."""
+        return self.storage if self.storage is not None else Path(run_dir)
 
 
 def _device_ids(dev: DevicesConfig) -> list[int]:
@@ -190,11 +224,33 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
     unshare = required(raw, "unshare")
     if not isinstance(unshare, bool):
         raise UserError(f"unshare={unshare!r}: must be true or false")
+    backend = required(raw, "backend")
+    if backend not in BACKENDS:
+        raise UserError(f"backend={backend!r}: allowed: {', '.join(BACKENDS)}")
+    ray = to_typed(RayConfig, required(raw, "ray"), "ray")
+    storage = required(raw, "storage")
+    if storage is not None and (not isinstance(storage, str) or not storage):
+        raise UserError(f"storage={storage!r}: a folder every node sees, or null for the run folder")
+    ran_on = raw.get(RAN_ON)  # a record of what a Ray run ran on, written by `main`
+    cluster = None
+    if ran_on is not None:
+        cluster = to_typed(ClusterSpec, {"name": "the run's Ray cluster", **ran_on}, RAN_ON)
     return RunConfig(
         scheduler=sched, space=space, train=train, devices=devices, gpus_per_trial=required(raw, "gpus_per_trial"),
         trial_timeout_s=float(timeout), checkpoint_every=every, target=None if target is None else float(target),
-        seed=seed, progress=progress, profile=None if profile is None else str(profile), unshare=unshare, raw=raw,
+        seed=seed, progress=progress, profile=None if profile is None else str(profile), unshare=unshare, raw=raw, backend=backend,
+        ray=ray, storage=None if storage is None else Path(storage).expanduser().resolve(), cluster=cluster,
     )
+
+
+def shipped_backend() -> dict[str, Any]:
+    """The `backend`, `ray` and `storage` settings as conf/run.yaml ships them, for code that
+    builds a run config without composing one (tests, benchmarks)."""
+    from importlib import resources
+
+    text = (resources.files("nasalloc.conf") / "run.yaml").read_text(encoding="utf-8")
+    run = yaml.safe_load(text)
+    return {k: run[k] for k in ("backend", "ray", "storage")}
 
 
 def require_run_folder(folder: str | Path, key: str) -> Path:
@@ -219,6 +275,8 @@ def read_run_config(folder: Path) -> RunConfig:
     if not isinstance(raw, dict):
         raise UserError(f"{path}: not a mapping of settings")
     raw = upgrade_saved("run", raw)  # settings renamed since it was written get their current names
+    for key, value in shipped_backend().items():  # saved before backend=ray existed: it ran as these ship
+        raw.setdefault(key, value)
     try:
         return parse_run_config(raw)
     except UserError as exc:
@@ -232,18 +290,34 @@ def settings_here(config: RunConfig, resume: Path | None = None, allocation_key:
     from nasalloc.sim.elastic import resolve_allocation
     from nasalloc.sim.profile import load_profile
 
-    ids = _device_ids(config.devices)
+    cpus_per_node = 0
+    if config.backend == "ray":  # the cluster's devices, numbered node by node
+        from nasalloc.execute import ray_backend
+
+        ray_backend.connect(config.ray.address, config.devices.kind, config.ray.slot_resource,
+                            config.devices.count or 1)
+        found = ray_backend.discover(config.devices.kind, config.ray.slot_resource)
+        cluster, cpus_per_node = found.spec, found.cpus_per_node
+        was = config.cluster
+        if was is not None and (was.gpus, was.gpus_per_node) != (cluster.gpus, cluster.gpus_per_node):
+            raise UserError(f"backend=ray: the run ran on {was.nodes} nodes of {was.gpus_per_node} devices, the cluster "
+                            f"now has {cluster.nodes} of {cluster.gpus_per_node}; resume it on the same shape of cluster")
+        ids = list(range(cluster.gpus))
+    else:
+        ids = _device_ids(config.devices)
+        cluster = machine(len(ids))
     # the profile is recorded for `nasalloc validate` (a typo should fail now), and the
     # elastic policy decides with it
     profile = None if config.profile is None else load_profile(config.profile)
     elastic = required(config.raw, "elastic") if config.gpus_per_trial == ELASTIC else None
-    allocation = resolve_allocation(config.gpus_per_trial, machine(len(ids)), profile, elastic, key=allocation_key)
+    allocation = resolve_allocation(config.gpus_per_trial, cluster, profile, elastic, key=allocation_key)
     _check_entrypoint(config.train.entrypoint)
     return RunSettings(
         scheduler=config.scheduler, space=config.space, train=config.train, devices=config.devices, device_ids=ids,
         allocation=allocation, gpus_per_trial=allocation.label, trial_timeout_s=config.trial_timeout_s,
         checkpoint_every=config.checkpoint_every, target=config.target, seed=config.seed, progress=config.progress,
-        resume=resume, raw=config.raw, profile=profile, unshare=config.unshare,
+        resume=resume, raw=config.raw, profile=profile, unshare=config.unshare, backend=config.backend, ray=config.ray,
+        storage=config.storage, cluster=cluster, cpus_per_node=cpus_per_node,
     )
 
 
@@ -290,6 +364,8 @@ def main(settings: RunSettings, out_dir: Path) -> None:
     here = machine_here(settings.devices.kind, settings.device_ids)
     if settings.resume is None:
         saved = {k: v for k, v in settings.raw.items() if k not in ("resume",)}
+        if settings.backend == "ray":  # `nasalloc validate` and `resume=` need the shape it ran on
+            saved[RAN_ON] = {"gpus": settings.cluster.gpus, "gpus_per_node": settings.cluster.gpus_per_node}
         (run_dir / RUN_CONFIG).write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
         (run_dir / MACHINE).write_text(yaml.safe_dump(here, sort_keys=False), encoding="utf-8")
     if settings.profile is not None:
@@ -333,5 +409,5 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
 
 
 
-__all__ = ["RunConfig", "RunSettings", "DevicesConfig", "TrainConfig", "load", "main", "parse_run_config",
-           "read_run_config", "require_run_folder", "settings_from", "settings_here"]
+__all__ = ["BACKENDS", "RayConfig", "RunConfig", "RunSettings", "DevicesConfig", "TrainConfig", "load", "main", "parse_run_config",
+           "read_run_config", "require_run_folder", "shipped_backend", "settings_from", "settings_here"]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from nasalloc.execute.api import latest_checkpoint
-from nasalloc.execute.backend import LocalBackend
+from nasalloc.execute.backend import Backend, LocalBackend
 from nasalloc.execute.devices import SlotMap
 from nasalloc.execute.journal import Journal, replay
 from nasalloc.execute.loop import LoopOptions, SearchLoop
@@ -30,21 +30,22 @@ def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     scheduler = make_scheduler(settings.scheduler, settings.space, np.random.default_rng(settings.seed))
     trace_path = run_dir / "trace.jsonl"
+    storage = settings.storage_dir(run_dir)
     options = LoopOptions(entrypoint=settings.train.entrypoint, params=dict(settings.train.params), run_dir=run_dir,
-                          checkpoint_every=settings.checkpoint_every, trial_timeout_s=settings.trial_timeout_s)
+                          storage=storage, checkpoint_every=settings.checkpoint_every,
+                          trial_timeout_s=settings.trial_timeout_s)
     restart, offset, fixups, calls, best = [], 0.0, [], 0, None
     if settings.resume is not None:
         old = read_trace(trace_path, tolerate_torn_tail=True)
         write_trace(trace_path, old)  # drop a torn last line before appending
-        ckpt = run_dir / "checkpoints"
+        ckpt = storage / "checkpoints"
         rep = replay(old, scheduler, lambda tid, at_most: latest_checkpoint(ckpt / f"trial_{tid:04d}", at_most))
         restart, offset, fixups, calls, best = rep.restart, rep.makespan, rep.fixups, rep.calls, rep.best
     progress = Progress(len(settings.device_ids), settings.progress,
                         title=f"nasalloc run: {settings.scheduler.name}, {settings.train.name}, gpus_per_trial={settings.gpus_per_trial}")
     t0 = time.monotonic()
     slots = SlotMap(settings.device_ids, settings.allocation.slots_per_device).all_slots()
-    backend = LocalBackend(slots, settings.devices.kind, threads_per_rank=settings.devices.threads_per_rank or None,
-                           worker_log_dir=run_dir / "logs" / "workers", preload=[settings.train.entrypoint])
+    backend = make_backend(settings, slots, run_dir)
     journal = None
     try:
         backend.wait_ready()
@@ -54,13 +55,14 @@ def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
             journal.write(event, tid, epoch=epoch, devices=devices, info=info, time_s=offset)
         elastic = unshare = None
         if settings.allocation.is_elastic:  # the simulator's policy, on this machine's devices
-            profile = settings.profile.with_node_size(len(settings.device_ids))
+            profile = settings.profile.with_node_size(settings.cluster.gpus_per_node)
             elastic = ElasticPolicy(settings.allocation, profile, scheduler.milestones)
         elif moves_off_shared_devices(settings):  # the simulator's rule too (needs the profile's costs)
             profile = settings.profile.with_node_size(len(settings.device_ids))
             unshare = UnsharePolicy(profile, scheduler.milestones)
         loop = SearchLoop(scheduler, backend, settings.device_ids, settings.allocation, journal, options, restart=restart,
-                          calls=calls, best=best, elastic=elastic, unshare=unshare, on_change=progress.update)
+                          calls=calls, best=best, elastic=elastic, unshare=unshare, on_change=progress.update,
+                          cluster=settings.cluster)
         loop.run()
         progress.update(loop)
     finally:
@@ -72,7 +74,8 @@ def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
     summary = summarize(events, mode=scheduler.mode, n_devices=len(settings.device_ids), scheduler=scheduler.name,
                         gpus_per_trial=settings.gpus_per_trial, target=settings.target)
     summary.extra.update(interrupted=loop.interrupted, worker_startup_s=round(startup, 3), device_kind=settings.devices.kind,
-                         workload=settings.train.name, resumed=settings.resume is not None)
+                         workload=settings.train.name, resumed=settings.resume is not None, backend=settings.backend,
+                         gpus_per_node=settings.cluster.gpus_per_node)
     out = summary.to_dict()
     write_json(run_dir / "summary.json", out)
     _plots(events, len(settings.device_ids), scheduler.mode, run_dir, settings)
@@ -84,6 +87,18 @@ def moves_off_shared_devices(settings: Any) -> bool:
     trials that share (k = 1/m) and a profile to decide with; `nasalloc validate` re-simulates
     a run with the same answer."""
     return bool(settings.unshare) and settings.profile is not None and settings.allocation.ks[0] < 1
+
+
+def make_backend(settings: Any, slots: list, run_dir: Path) -> Backend:
+    """The run's backend: warm workers here (local) or warm actors on a Ray cluster (ray)."""
+    threads = settings.devices.threads_per_rank or None
+    if settings.backend == "ray":
+        from nasalloc.execute.ray_backend import RayBackend, RayCluster
+
+        return RayBackend(slots, settings.devices.kind, RayCluster(settings.cluster, settings.cpus_per_node),
+                          settings.ray.slot_resource, threads_per_rank=threads, preload=[settings.train.entrypoint])
+    return LocalBackend(slots, settings.devices.kind, threads_per_rank=threads,
+                        worker_log_dir=run_dir / "logs" / "workers", preload=[settings.train.entrypoint])
 
 
 def _plots(events: list, n_devices: int, mode: str, run_dir: Path, settings: Any) -> None:

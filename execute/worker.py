@@ -18,7 +18,8 @@ GPU do not keep each other's cached blocks.
 
 Run as ``python -m nasalloc.execute.worker`` by `backend.LocalBackend`; the connection
 address, thread count, pinned cores and device kind come in argv, the auth key in the
-environment.
+environment. `prepare` and `serve` are also what each warm Ray actor of
+`ray_backend.RayBackend` runs, so both backends run ranks with this one piece of code.
 """
 
 from __future__ import annotations
@@ -153,8 +154,11 @@ def run_job(conn: Connection, spec: dict[str, Any]) -> dict[str, Any]:
     rank, world = int(spec["rank"]), int(spec["world_size"])
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(spec["local_rank"]),
-        LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(spec["master_port"]),
+        LOCAL_WORLD_SIZE=str(world), MASTER_ADDR=spec.get("master_addr", "127.0.0.1"),
+        MASTER_PORT=str(spec["master_port"]),
     )
+    # one machine: a FileStore in the backend's folder; across nodes (Ray): TCP at rank 0's node
+    init_method = spec.get("init_method") or f"file://{spec['store_path']}"
     cuda = spec["device_kind"] == "cuda"
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")  # CUDA_VISIBLE_DEVICES shows only its GPU
     t0 = time.perf_counter()
@@ -170,7 +174,7 @@ def run_job(conn: Connection, spec: dict[str, Any]) -> dict[str, Any]:
             # device_id binds the group to this GPU, so NCCL creates its communicator here, at
             # init, even for one rank (and the first collective does not pay for it)
             dist.init_process_group(
-                spec["pg_backend"], init_method=f"file://{spec['store_path']}", rank=rank, world_size=world,
+                spec["pg_backend"], init_method=init_method, rank=rank, world_size=world,
                 timeout=timedelta(seconds=float(spec["pg_timeout_s"])), **({"device_id": device} if cuda else {}),
             )
             ctx = TrainingContext(
@@ -203,11 +207,11 @@ def run_job(conn: Connection, spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str]) -> None:
-    address, threads, cpus, device_kind = argv[0], int(argv[1]), argv[2], argv[3]
-    parent = os.getppid()
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    authkey = bytes.fromhex(os.environ.pop(AUTHKEY_ENV))
+def prepare(threads: int, cpus: str, device_kind: str, preload: str) -> dict[str, Any]:
+    """Set a fresh worker up before it says it is ready: the expensive imports, pinned cores
+    (`cpus`, "" for none), torch threads, the training function's imports (`preload`,
+    ";"-separated entrypoints) and, on a GPU, CUDA. -> the "ready" message (with "error" if
+    the GPU could not be set up). Shared by the local worker and the Ray rank actor."""
     import torch  # the expensive imports, paid once per worker
     import torch.distributed  # noqa: F401
 
@@ -219,7 +223,7 @@ def main(argv: list[str]) -> None:
         except (AttributeError, OSError):
             pass
     torch.set_num_threads(max(1, threads))
-    for entry in filter(None, os.environ.get(PRELOAD_ENV, "").split(";")):
+    for entry in filter(None, preload.split(";")):
         try:
             resolve_entrypoint(entry)  # warm the training function's imports too; errors surface per job
         except Exception:  # noqa: BLE001
@@ -231,11 +235,11 @@ def main(argv: list[str]) -> None:
         except Exception as exc:  # noqa: BLE001 - reported with the ready message, traceback in this worker's log
             traceback.print_exc()
             hello["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-    # Connect only now, set up: the executor accepts one worker at a time and waits for its
-    # "ready", so workers that connected first and then imported started one after another
-    # (4 workers on one CPU slot here: 10 s; each worker's set-up alone: 3 s).
-    conn = Client(address, family="AF_UNIX", authkey=authkey)
-    conn.send(hello)
+    return hello
+
+
+def serve(conn: Connection, device_kind: str) -> None:
+    """Run the jobs the executor sends over `conn` until it says "exit" or goes away."""
     while True:
         try:
             msg = conn.recv()
@@ -247,6 +251,20 @@ def main(argv: list[str]) -> None:
             conn.send(done)
         elif msg.get("op") == "exit":
             break
+
+
+def main(argv: list[str]) -> None:
+    address, threads, cpus, device_kind = argv[0], int(argv[1]), argv[2], argv[3]
+    parent = os.getppid()
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    authkey = bytes.fromhex(os.environ.pop(AUTHKEY_ENV))
+    hello = prepare(threads, cpus, device_kind, os.environ.get(PRELOAD_ENV, ""))
+    # Connect only now, set up: the executor accepts one worker at a time and waits for its
+    # "ready", so workers that connected first and then imported started one after another
+    # (4 workers on one CPU slot here: 10 s; each worker's set-up alone: 3 s).
+    conn = Client(address, family="AF_UNIX", authkey=authkey)
+    conn.send(hello)
+    serve(conn, device_kind)
     os._exit(0)
 
 

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 import yaml
 
-from nasalloc.execute.run import settings_from
+from nasalloc.execute.run import settings_from, shipped_backend
 from nasalloc.execute.search import run_search
-from nasalloc.execute.trainers.toy import curve
+from nasalloc.execute.trainers.toy import curve, profile_data
 from nasalloc.sim.cluster import machine, parse_allocation
 from nasalloc.sim.config import shipped
 from nasalloc.sim.dispatch import resume_epoch_of
@@ -53,18 +53,7 @@ def toy_profile(devices: int, sharing: float = 1.0) -> Any:
 
 
 def toy_profile_data(devices: int, sharing: float = 1.0) -> dict[str, Any]:
-    steps = 4
-    return {
-        "name": "toy_sleep",
-        "workload": {"samples_per_epoch": steps * 8, "batch_per_device": 8, "scaling": "strong", "global_batch": 8},
-        "step_time": {"t_compute_s": EPOCH_LOW / steps},
-        "overheads": {"startup_s": 0.0, "eval_s": 0.0, "checkpoint_save_s": 0.0, "checkpoint_restore_s": 0.0,
-                      "decision_latency_s": 0.0},
-        "hardware": {"gpus_per_node": devices},
-        "sharing": {1: 1.0, 2: sharing},
-        "config_cost": {"params": {"epoch_s": {"type": "float", "low": EPOCH_LOW, "high": EPOCH_HIGH, "log": True,
-                                               "slope": math.log(EPOCH_HIGH / EPOCH_LOW), "center": 0.0}}, "norm": 1.0},
-    }
+    return profile_data(devices, EPOCH_LOW, EPOCH_HIGH, steps=4, sharing=sharing)
 
 
 class _ToyRun(WorkloadRun):
@@ -138,7 +127,7 @@ def executed(case: Case, run_dir: Path) -> list[TraceEvent]:
                   "params": {"steps_per_epoch": 4, "scaling": "strong", "faults": faults}},
         "devices": {**shipped("devices", "cpu"), "count": case.devices},
         "gpus_per_trial": case.gpus_per_trial, "trial_timeout_s": 60, "checkpoint_every": 1, "progress": "none",
-        "target": None, "profile": None, "resume": None, "unshare": case.unshare is not None,
+        "target": None, "profile": None, "resume": None, "unshare": case.unshare is not None, **shipped_backend(),
     }
     if case.elastic is not None or case.unshare is not None:  # the policy decides with the simulator's profile
         path = run_dir.parent / f"{run_dir.name}_profile.yaml"

@@ -17,7 +17,7 @@ import pytest
 
 from nasalloc.execute.devices import Slot, SlotMap
 from nasalloc.execute.journal import Journal, replay
-from nasalloc.execute.run import settings_from
+from nasalloc.execute.run import settings_from, shipped_backend
 from nasalloc.execute.search import run_search
 from nasalloc.execute.trainers.toy import curve
 from nasalloc.sim.cluster import DevicePool, machine, parse_allocation
@@ -42,7 +42,7 @@ def toy_raw(scheduler: dict[str, Any] | None = None, **top: Any) -> dict[str, An
                   "params": params},
         "devices": {**shipped("devices", "cpu"), "count": 2},
         "gpus_per_trial": 1, "trial_timeout_s": 30, "checkpoint_every": 1, "progress": "none",
-        "target": None, "profile": None, "resume": None, "unshare": True,
+        "target": None, "profile": None, "resume": None, "unshare": True, **shipped_backend(),
     }
     raw.update(top)
     return raw

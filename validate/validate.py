@@ -94,7 +94,8 @@ def read_run(folder: Path, config: RunConfig, profile: Profile) -> RealRun:
         raise UserError(f"{trace_path}: no results recorded; nothing to validate")
     n = config.device_count() or _devices_in_trace(events, folder)
     kind = config.devices.kind
-    cluster = ClusterSpec(name=f"{n} {kind} devices", gpus=n, gpus_per_node=n)
+    # a Ray run records its nodes; a local run's devices are one node
+    cluster = config.cluster or ClusterSpec(name=f"{n} {kind} devices", gpus=n, gpus_per_node=n)
     elastic = required(config.raw, "elastic", f"{folder / RUN_CONFIG}: ") if config.gpus_per_trial == ELASTIC else None
     allocation = resolve_allocation(config.gpus_per_trial, cluster, profile, elastic,
                                     key=f"{folder / RUN_CONFIG}: gpus_per_trial")

@@ -40,6 +40,27 @@ def curve(quality: float, epoch: int) -> float:
 SAVE_MODES = ("exit_in_save", "hang_in_save")
 
 
+def profile_data(gpus_per_node: int, epoch_low: float, epoch_high: float, steps: int,
+                 sharing: float = 1.0) -> dict[str, Any]:
+    """This trainer's exact timing as a profile (for tests and benchmarks that compare the
+    simulator with real runs): a trial's epoch takes its config's `epoch_s` (log-uniform in
+    [epoch_low, epoch_high]) at k = 1 and epoch_s / k at k > 1 with ``scaling: strong``, and
+    nothing else costs time (no start-up, checkpoint or decision cost); `sharing` is what the
+    profile claims two trials on one device pay (the sleeping trainer itself pays nothing)."""
+    return {
+        "name": "toy_sleep",
+        "workload": {"samples_per_epoch": steps * 8, "batch_per_device": 8, "scaling": "strong", "global_batch": 8},
+        "step_time": {"t_compute_s": epoch_low / steps},
+        "overheads": {"startup_s": 0.0, "eval_s": 0.0, "checkpoint_save_s": 0.0, "checkpoint_restore_s": 0.0,
+                      "decision_latency_s": 0.0},
+        "hardware": {"gpus_per_node": gpus_per_node},
+        "sharing": {1: 1.0, 2: sharing},
+        "config_cost": {"params": {"epoch_s": {"type": "float", "low": epoch_low, "high": epoch_high, "log": True,
+                                               "slope": math.log(epoch_high / epoch_low), "center": 0.0}},
+                        "norm": 1.0},
+    }
+
+
 def _maybe_fault(config: dict[str, Any], ctx: TrainingContext, epoch: int, saving: bool = False) -> None:
     """Fire the faults set for this trial, rank and epoch: those of a save when `saving`."""
     for i, f in enumerate(config.get("faults") or []):

@@ -1,0 +1,158 @@
+"""backend=ray vs backend=local vs the simulator: the same toy search on the same slots.
+
+Starts its own Ray cluster on this machine (`--nodes` nodes of `--slots` CPU slots, every
+process on 127.0.0.1, token authentication with a token made here; stopped at the end) and
+runs one ASHA search of the `toy` trainer (sleeping epochs: each trial's `epoch_s` from its
+config, so the work is known and does not compete for the cores) three ways:
+
+- backend=local on nodes x slots CPU slots of this machine (one node);
+- backend=ray on the cluster (nodes of `--slots`; placement by node, like the simulator's);
+- the simulator, through `nasalloc validate`'s re-simulation of each run with the toy's
+  exact profile (epoch time = epoch_s / k, no other cost), so the prediction error is the
+  executor's own overhead and nothing else.
+
+Repeats alternate the order of the two backends. It then measures each backend's fixed cost
+per trial job and per epoch with zero-work epochs (searches of 1 and 11 epochs per trial),
+as `executor_overhead.py` does for the local one: the per-job figure is what a trial's
+start-up costs on that backend (actor messages, rendezvous, process group).
+
+    .venv/bin/python benchmarks/ray_overhead.py [--nodes 2 --slots 2 --trials 12 --repeats 2]
+
+Needs the [ray] extra. Worker (actor) start-up is excluded on both backends: the search clock
+starts when every worker is up (`worker_startup_s` in summary.json, printed too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import statistics
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EPOCH_LOW, EPOCH_HIGH, STEPS = 0.4, 1.6, 4
+
+
+def run_config(backend: str, devices: int, address: str, scheduler: dict[str, Any], params: dict[str, Any],
+               profile: str | None, seed: int) -> dict[str, Any]:
+    from nasalloc.execute.run import shipped_backend
+    from nasalloc.sim.config import shipped
+
+    space = {"quality": {"type": "float", "low": 0.1, "high": 1.0},
+             "epoch_s": {"type": "float", "low": EPOCH_LOW, "high": EPOCH_HIGH, "log": True}}
+    raw = {
+        "seed": seed, "scheduler": {**shipped("scheduler", scheduler["name"]), **scheduler},
+        "train": {"name": "toy", "entrypoint": "nasalloc.execute.trainers.toy:train", "space": space, "params": params},
+        "devices": {**shipped("devices", "cpu"), "count": devices},
+        "gpus_per_trial": 1, "trial_timeout_s": 120, "checkpoint_every": 1, "progress": "none",
+        "target": None, "profile": profile, "resume": None, **shipped_backend(),
+    }
+    raw["backend"] = backend
+    raw["ray"] = {**raw["ray"], "address": address}
+    return raw
+
+
+def run(raw: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Run the search as `nasalloc run` does (run_config.yaml saved, so validate can read it)."""
+    from nasalloc.execute.run import RAN_ON, RUN_CONFIG, settings_from
+    from nasalloc.execute.search import run_search
+
+    settings = settings_from(raw)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = dict(raw)
+    if settings.backend == "ray":
+        saved[RAN_ON] = {"gpus": settings.cluster.gpus, "gpus_per_node": settings.cluster.gpus_per_node}
+    (out / RUN_CONFIG).write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
+    return run_search(settings, out)
+
+
+def predicted_makespan(folder: Path, profile_path: str) -> float:
+    """The simulator's makespan for the run in `folder` (validate's re-simulation)."""
+    from nasalloc.execute.run import read_run_config
+    from nasalloc.sim.engine import simulate
+    from nasalloc.sim.profile import load_profile
+    from nasalloc.validate.validate import read_run
+
+    real = read_run(folder, read_run_config(folder), load_profile(profile_path))
+    return float(simulate(real.spec).summary.makespan_s)
+
+
+def fixed_cost(backend: str, devices: int, address: str, out: Path) -> tuple[float, float]:
+    """(seconds per trial job, seconds per epoch) of the executor's own work on `backend`."""
+    spans = {}
+    n = 4 * devices
+    for epochs in (1, 11):
+        raw = run_config(backend, devices, address, {"name": "random", "n_trials": n, "max_epochs": epochs},
+                         {"epoch_s": 0.0, "steps_per_epoch": 1}, None, 0)
+        raw["train"]["space"] = {"quality": {"type": "float", "low": 0.1, "high": 1.0}}
+        spans[epochs] = float(run(raw, out / f"{backend}_fixed_{epochs}")["makespan_s"])
+    jobs_per_slot = n / devices
+    per_epoch = (spans[11] - spans[1]) / (10 * jobs_per_slot)
+    return spans[1] / jobs_per_slot - per_epoch, per_epoch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nodes", type=int, default=2)
+    ap.add_argument("--slots", type=int, default=2, help="CPU slots per node")
+    ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--max-epochs", type=int, default=9)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    # before Ray is imported (it reads these at import): a token of this run's own, and the
+    # driver's own address lookup answering the loopback, where the nodes are
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from nasalloc.execute.trainers.toy import profile_data
+
+    devices = args.nodes * args.slots
+    work = Path(tempfile.mkdtemp(prefix="nasalloc-raybench-"))
+    ray_tmp = tempfile.mkdtemp(prefix="nr-", dir="/tmp")
+    node = {"node_ip_address": "127.0.0.1", "temp_dir": ray_tmp, "num_cpus": args.slots,
+            "resources": {"cpu_slot": args.slots}}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    try:
+        for _ in range(args.nodes - 1):
+            cluster.add_node(**node)
+        profiles = {}
+        for name, gpn in (("local", devices), ("ray", args.slots)):
+            profiles[name] = str(work / f"toy_{name}.yaml")
+            data = profile_data(gpn, EPOCH_LOW, EPOCH_HIGH, STEPS)
+            Path(profiles[name]).write_text(yaml.safe_dump(data), encoding="utf-8")
+        sched = {"name": "asha", "n_trials": args.trials, "max_epochs": args.max_epochs, "eta": 3}
+        params = {"steps_per_epoch": STEPS, "scaling": "strong", "faults": []}
+        rows: dict[str, list[tuple[float, float, float]]] = {"local": [], "ray": []}
+        for r in range(args.repeats):
+            for backend in (("local", "ray") if r % 2 == 0 else ("ray", "local")):
+                out = work / f"{backend}_{r}"
+                raw = run_config(backend, devices, cluster.address, sched, params, profiles[backend], seed=r)
+                summary = run(raw, out)
+                pred = predicted_makespan(out, profiles[backend])
+                rows[backend].append((float(summary["makespan_s"]), pred, float(summary["worker_startup_s"])))
+                print(f"repeat {r} {backend:>5}: makespan {summary['makespan_s']:.2f} s, simulator {pred:.2f} s "
+                      f"(error {100 * (pred / summary['makespan_s'] - 1):+.1f}%), workers up in "
+                      f"{summary['worker_startup_s']:.1f} s", flush=True)
+        ratios = [ray_m / loc_m for (ray_m, _, _), (loc_m, _, _) in zip(rows["ray"], rows["local"])]
+        print(f"ray/local makespan ratio: {statistics.median(ratios):.3f} (median of {len(ratios)}; same seed per "
+              f"repeat, {args.trials} trials on {args.nodes} nodes x {args.slots} slots)")
+        for backend in ("local", "ray"):
+            job, epoch = fixed_cost(backend, devices, cluster.address, work)
+            print(f"{backend:>5} fixed cost: {1000 * job:.1f} ms per trial job + {1000 * epoch:.1f} ms per epoch", flush=True)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

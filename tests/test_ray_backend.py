@@ -1,0 +1,225 @@
+"""backend=ray on a Ray cluster this module starts itself: 3 "nodes" of 2 CPU slots, all on
+127.0.0.1, shut down at the end.
+
+Set-up that must hold on a fresh machine and stay on this one:
+- token authentication with a token made here and passed in the environment
+  (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN), so nothing reads or writes ~/.ray/auth_token;
+- every Ray process bound to the loopback (node_ip_address=127.0.0.1); the driver is told
+  to see itself there too (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes Ray's own address
+  lookup answer the loopback), else it would look for the cluster at the machine's
+  network address. Both are set before `ray` is imported (Ray reads them at import);
+- Ray's session files in a temporary folder of this module's own, not /tmp/ray.
+
+After every run, failed or killed ones included, no rank actor and no placement group may
+be left in the cluster (`leftovers`, read from the cluster's control store).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+ray = pytest.importorskip("ray")
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from nasalloc.execute.ray_backend import leftovers  # noqa: E402
+from nasalloc.execute.run import settings_from  # noqa: E402
+from nasalloc.execute.search import run_search  # noqa: E402
+from nasalloc.execute.trainers.toy import curve, profile_data  # noqa: E402
+from nasalloc.sim.cluster import ClusterSpec, parse_allocation  # noqa: E402
+from nasalloc.sim.engine import SimulationSpec, simulate  # noqa: E402
+from nasalloc.sim.profile import parse_profile  # noqa: E402
+from nasalloc.sim.schedulers import scheduler_config  # noqa: E402
+from nasalloc.sim.space import SearchSpace  # noqa: E402
+from nasalloc.sim.trace import read_trace  # noqa: E402
+from test_drivers_equivalent import SPACE, TOY, ToyCurves, closest_epoch_ends, decisions  # noqa: E402
+from test_execute import Budget, check_history, toy_raw, wait_for  # noqa: E402
+from test_sim_support import scheduler_node  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+NODES, SLOTS = 3, 2
+SLOT = "cpu_slot"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    """The module's Ray cluster; the test process is connected to it by the first run."""
+    tmp = tempfile.mkdtemp(prefix="nr-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    node = {"node_ip_address": "127.0.0.1", "temp_dir": tmp, "num_cpus": SLOTS, "resources": {SLOT: SLOTS}}
+    c = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    try:
+        for _ in range(NODES - 1):
+            c.add_node(**node)
+        c.node_args = node  # for adding a node in place of a lost one
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ray_raw(cluster: Any, scheduler: dict[str, Any], **top: Any) -> dict[str, Any]:
+    raw = toy_raw(scheduler, **top)
+    raw.update(backend="ray", ray={**raw["ray"], "address": cluster.address, "slot_resource": SLOT})
+    return raw
+
+
+def assert_nothing_left(budget: Budget) -> None:
+    """No rank actor and no placement group of any run is alive (Ray removes those of a
+    killed executor's job by itself, a little later)."""
+    if not ray.is_initialized():
+        return
+    wait_for(lambda: leftovers() == ([], []), budget, "Ray to hold no rank actor or placement group")
+
+
+SCALE = 3.0  # epoch times 3x those of test_drivers_equivalent: a 6-rank epoch must still end well apart
+MARGIN_RAY_S = 0.25  # least time between two trials' epoch ends in the simulated trace (Ray adds more per epoch)
+
+
+def scaled_toy() -> tuple[dict[str, Any], Any]:
+    """test_drivers_equivalent's toy space and profile with every epoch time `SCALE` x longer."""
+    space = copy.deepcopy(SPACE)
+    low, high = space["epoch_s"]["low"] * SCALE, space["epoch_s"]["high"] * SCALE
+    space["epoch_s"].update(low=low, high=high)
+    return space, parse_profile(profile_data(SLOTS, low, high, steps=4), "toy profile")
+
+
+def test_per_rung_search_across_nodes_makes_the_simulators_decisions_on_the_same_devices(cluster: Any,
+                                                                                         tmp_path: Path) -> None:
+    """k = 1, then 2 (inside one node), then 6 (all three nodes, one gloo group of 6 actors):
+    every trial's events, devices included, are those of the simulator on a cluster of 3
+    nodes of 2 (same scheduler, seed and epoch times; see test_drivers_equivalent)."""
+    budget = Budget(200)
+    sched = {"name": "asha", "n_trials": 4, "max_epochs": 9, "eta": 3}
+    schedule = [1, 2, 6]
+    seed = 194
+    space, profile = scaled_toy()
+    spec = ClusterSpec(name="3 nodes", gpus=NODES * SLOTS, gpus_per_node=SLOTS)
+    sim = simulate(SimulationSpec(
+        scheduler=scheduler_config(scheduler_node(sched)), workload=ToyCurves(SearchSpace.from_config(space)),
+        profile=profile, cluster=spec, allocation=parse_allocation(schedule, spec), seed=seed)).events
+    assert closest_epoch_ends(sim) >= MARGIN_RAY_S, f"seed {seed}: epochs end too close in the simulated trace"
+    raw = ray_raw(cluster, sched, gpus_per_trial=schedule, seed=seed)
+    raw["train"] = {"name": "toy", "entrypoint": TOY, "space": space,
+                    "params": {"steps_per_epoch": 4, "scaling": "strong", "faults": []}}
+    summary = run_search(settings_from(raw), tmp_path)
+    real = read_trace(tmp_path / "trace.jsonl")
+    assert decisions(real) == decisions(sim)
+    assert any(len(ev.devices) == NODES * SLOTS for ev in real if ev.event == "result"), "no trial ran on all nodes"
+    assert any(len(ev.devices) == SLOTS for ev in real if ev.event == "result"), "no trial ran at k=2"
+    pairs = {ev.devices for ev in real if ev.event == "result" and len(ev.devices) == SLOTS}
+    assert pairs <= {(0, 1), (2, 3), (4, 5)}, f"k=2 not packed inside one node: {pairs}"
+    assert summary["backend"] == "ray" and summary["gpus_per_node"] == SLOTS
+    assert_nothing_left(budget)
+
+
+def test_shared_slots_with_a_crashed_actor_and_a_hung_rank_retry_and_complete(cluster: Any, tmp_path: Path) -> None:
+    """k = 1/2 (two actors per slot, 12 in all): trial 0's actor dies at epoch 2 (os._exit:
+    the actor crashes), trial 1 hangs at epoch 2 and only the timeout ends it; both are
+    retried from their checkpoint and every trial's metrics follow the toy curve."""
+    budget = Budget(280)
+    faults = [{"trial": 0, "epoch": 2, "mode": "exit"}, {"trial": 1, "epoch": 2, "mode": "hang"}]
+    raw = ray_raw(cluster, {"n_trials": 8, "max_epochs": 3, "max_retries": 1}, gpus_per_trial="1/2", faults=faults,
+                  trial_timeout_s=8)
+    summary = run_search(settings_from(raw), tmp_path)
+    events = read_trace(tmp_path / "trace.jsonl")
+    check_history(events)
+    fails = {ev.trial: ev.info for ev in events if ev.event == "fail"}
+    assert set(fails) == {0, 1}
+    assert "died" in fails[0] and "resume_epoch=1" in fails[0]
+    assert "no report for 8 s" in fails[1] and "resume_epoch=1" in fails[1]
+    assert summary["completed"] == 8 and summary["failed"] == 0
+    configs = {ev.trial: ev.config for ev in events if ev.event == "start"}
+    results = [(ev.trial, ev.epoch, ev.metric) for ev in events if ev.event == "result"]
+    assert len(results) == 8 * 3
+    assert all(m == pytest.approx(curve(configs[t]["quality"], e)) for t, e, m in results)
+    assert len({d for ev in events if ev.event == "start" for d in ev.devices}) == NODES * SLOTS
+    assert_nothing_left(budget)
+
+
+def test_a_node_lost_mid_search_fails_its_trials_which_are_retried_and_the_search_completes(cluster: Any,
+                                                                                            tmp_path: Path) -> None:
+    """The raylet of a worker node is killed (with every process of that node) while trials
+    run on it; a node joins in its place, as a cluster manager would bring one back."""
+    budget = Budget(280)
+    raw = ray_raw(cluster, {"n_trials": 6, "max_epochs": 6, "max_retries": 2}, trial_timeout_s=60)
+    raw["train"]["params"]["epoch_s"] = 0.5
+    trace = tmp_path / "trace.jsonl"
+    outcome: dict[str, Any] = {}
+
+    def search() -> None:  # in a thread: Ray adds nodes from the main thread only
+        try:
+            outcome["summary"] = run_search(settings_from(raw), tmp_path)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=search, daemon=True)
+    runner.start()
+    wait_for(lambda: trace.is_file() and trace.read_text().count('"result"') >= 6, budget, "6 results")
+    lost = next(iter(cluster.worker_nodes))
+    cluster.remove_node(lost, allow_graceful=False)
+    cluster.add_node(**cluster.node_args)
+    runner.join(timeout=budget.left())
+    assert not runner.is_alive(), "the search did not end"
+    if "error" in outcome:
+        raise outcome["error"]
+    summary = outcome["summary"]
+    events = read_trace(trace)
+    check_history(events)
+    fails = [ev for ev in events if ev.event == "fail"]
+    # its ranks died; a retry sent to a replacement actor that the dying node took down too
+    # fails while that actor starts
+    assert fails and all("died" in ev.info or "while starting" in ev.info for ev in fails), [ev.info for ev in fails]
+    assert summary["completed"] + summary["stopped"] == 6 and summary["failed"] == 0
+    configs = {ev.trial: ev.config for ev in events if ev.event == "start"}
+    assert all(ev.metric == pytest.approx(curve(configs[ev.trial]["quality"], ev.epoch))
+               for ev in events if ev.event == "result")
+    assert_nothing_left(budget)
+
+
+def test_driver_killed_then_resumed_leaves_nothing_behind_and_completes(cluster: Any, tmp_path: Path) -> None:
+    budget = Budget(280)
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "nasalloc", "run", "train=toy", "scheduler=asha", "scheduler.n_trials=6",
+            "scheduler.max_epochs=9", "train.params.epoch_s=0.2", "progress=plain", f"out_dir={out}",
+            "backend=ray", f"ray.address={cluster.address}", f"ray.slot_resource={SLOT}"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trace = out / "trace.jsonl"
+    try:
+        wait_for(lambda: trace.is_file() and trace.read_text().count('"result"') >= 6, budget, "6 results")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=budget.left())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    ray.init(address=cluster.address, ignore_reinit_error=True, log_to_driver=False)
+    assert_nothing_left(budget)  # the killed driver's actors and placement groups are gone
+    old = read_trace(trace, tolerate_torn_tail=True)
+    done = subprocess.run([sys.executable, "-m", "nasalloc", "run", f"resume={out}", "progress=plain"],
+                          capture_output=True, text=True, timeout=budget.left())
+    assert done.returncode == 0, done.stderr[-2000:]
+    events = read_trace(trace)
+    check_history(events)
+    assert events[: len(old)] == old
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed"] and summary["backend"] == "ray"
+    assert summary["completed"] + summary["stopped"] == 6
+    assert_nothing_left(budget)
