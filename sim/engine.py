@@ -13,8 +13,13 @@ This module only says how long things take, in simulated time, from the profile:
   (evaluation included; the factor is the profile's `config_cost`, 1 without it, computed
   once per trial; start-up, checkpoint and decision costs are not scaled); each epoch ends
   with a result, then the scheduler's decision takes `decision_latency_s` with the devices
-  held. PAUSE (the scheduler's, or a move to another allocation) adds a checkpoint save
-  before the devices are released.
+  held. Every epoch whose checkpoint the ranks write (`Segment.save`: every
+  `checkpoint_every` epochs, at PAUSE, a completed trial) adds `checkpoint_save_s`, as the
+  executor's rank 0 writes it before the next epoch or the end. A job's end (PAUSE, STOP,
+  completion) adds `release_s` before its devices are free: the ranks return, the group is
+  torn down, the executor hears of it. A job that starts from a checkpoint pays
+  `checkpoint_restore_s` on top of its start-up (the restore and the slower first epoch
+  after it, as calibration measures a paused trial resumed in a fresh group).
 - Measured epoch times (`sim/timings.py`): when the workload replays a recorded search whose
   records hold epoch times, epoch e of a trial takes the recorded time of that (trial, epoch)
   scaled by epoch_time(k) / epoch_time(k recorded) instead of epoch_time(k) x config_factor;
@@ -119,6 +124,7 @@ class _Engine:
         self.restore_s = ov.checkpoint_restore_s
         self.save_s = ov.checkpoint_save_s
         self.decision_s = ov.decision_latency_s
+        self.release_s = ov.release_s
         self.failures = {trial: epoch for trial, epoch in spec.failures}
         self.env = simpy.Environment(initial_time=0.0)
         self.workload = spec.workload.run(sched.max_epochs, profile.epoch.global_batch_at)
@@ -165,7 +171,7 @@ class _Engine:
         env, core, wl = self.env, self.core, self.workload
         tid, config, k = seg.trial, seg.config, seg.k
         epoch = checkpoint = seg.start_epoch
-        decision_s = self.decision_s
+        decision_s, save_s, release_s = self.decision_s, self.save_s, self.release_s
         factor = 1.0
         if self.config_factor is not None:
             factor = self.factors.get(tid)
@@ -197,10 +203,11 @@ class _Engine:
             told = result(env.now, tid, epoch, metric, test)
             if told is not _CONTINUE:
                 break
+            fixed = decision_s
             if seg.save:
                 checkpoint = epoch
-            fixed = decision_s
-        pause = decision_s + (self.save_s if told is _PAUSE else 0.0)
+                fixed += save_s
+        pause = decision_s + (save_s if seg.save else 0.0) + release_s
         if pause > 0:
             self.timeouts += 1
             yield env.timeout(pause)

@@ -10,7 +10,7 @@ Layout (every block but `name` and `workload`/`step_time` is optional; units in 
     step_time: {t_compute_s, gamma, grad_bytes, intra_bandwidth_Bps, intra_latency_s,
                 inter_bandwidth_Bps, inter_latency_s, straggler_cv}       # see sim/speedup.py
     overheads: {startup_s, startup_per_doubling_s, eval_s, eval_scales, checkpoint_save_s,
-                checkpoint_restore_s, decision_latency_s}
+                checkpoint_restore_s, decision_latency_s, release_s}
     sharing: {1: 1.0, 2: 1.8, 4: 3.5}     # m trials on one device -> per-trial slow-down
     uncertainty: {step_time_samples: [{t_compute_s: ..., ...}, ...]}   # e.g. bootstrap fits
     config_cost: {params: {width: {type: int, low: 4, high: 32, log: true, slope: 1.2, center: 0.5}},
@@ -22,6 +22,11 @@ Layout (every block but `name` and `workload`/`step_time` is optional; units in 
 Start-up cost of a job on k ranks: startup_s + startup_per_doubling_s * log2(k) (process
 group creation grows with the group; FACTS.md). `decision_latency_s` is the time between an
 epoch's end and the next epoch's start spent on reporting and the scheduler's decision.
+`checkpoint_save_s` is one checkpoint write (paid at every epoch the ranks checkpoint).
+`checkpoint_restore_s` is what a job resumed from a checkpoint pays on top of a fresh job's
+start-up: loading the checkpoint and the slower first epoch after it. `release_s` is the
+end of a job after its last decision and save: the ranks return, the process group is torn
+down and the devices are free (paid by every job; 0 when not measured).
 
 `config_cost` (optional) makes the epoch time depend on the trial's configuration: a trial
 with config c trains each epoch in epoch_time(k) x config_factor(c), where
@@ -66,6 +71,7 @@ class Overheads:
     checkpoint_save_s: float = 0.0
     checkpoint_restore_s: float = 0.0
     decision_latency_s: float = 0.0
+    release_s: float = 0.0
 
     def startup(self, k: float) -> float:
         return self.startup_s + self.startup_per_doubling_s * math.log2(max(k, 1.0))
