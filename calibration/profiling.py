@@ -21,6 +21,14 @@ Also measured:
   simulator adds before a trial's first epoch. Workers are warm, as in the executor; a
   worker's one-off first-job costs are taken by an unmeasured first run on all devices
   (`first_job_startup_s` records it) and Python start-up is `worker_start_s`.
+- pause and resume, as a search with rungs pays them: for each k, `startup_jobs` times, a
+  fresh job of the reference configuration is told PAUSE at its second report and saves its
+  checkpoint (the pause: from that report to the launcher hearing the job ended), then a new
+  job resumes it from that checkpoint in a fresh process group on the same k (its start-up,
+  measured as a fresh job's: the restart, the restore and the slower first epoch after it).
+  The fresh jobs' start-ups join the start-up samples. `checkpoint_restore_s` becomes what
+  a resume costs beyond a fresh job's start-up, and `release_s` what a pause costs beyond
+  the epoch boundary and the checkpoint write (`calibration/report.py`).
 - the configuration mix: with a search space, `configs` configurations are sampled from it
   (a seeded Latin hypercube, `sample_configs`) and each is run alone at k = 1 for
   `config_time_limit_s` and on to its first report if that comes later (at most
@@ -349,6 +357,7 @@ class Profiler:
             m.step_samples[k] = x
             if k not in m.startup_s:
                 self.measure_startup(launcher, k, m, mean)
+            self.measure_pause_resume(launcher, k, m)
             startup = m.startup_s.get(k)
             self.progress(f"k={k}: {len(x)} steps in {len(samples[k])} runs, mean {mean * 1e3:.3f} ms/step "
                           f"(+/- {100 * rse:.1f}%), start-up "
@@ -391,6 +400,57 @@ class Profiler:
         else:
             m.notes.append(f"start-up at k={k}: no fresh job reached the end of its first epoch within "
                            f"{cap} steps; not measured")
+
+    def measure_pause_resume(self, launcher: Launcher, k: int, m: Measurements) -> None:
+        """`startup_jobs` pause-and-resume pairs at k (module docstring): a fresh job paused at
+        its second report, then resumed from its checkpoint in a fresh group for two epochs."""
+        p = self.plan
+        user = {key: v for key, v in self.config.items() if key != probe.OPTIONS_KEY}
+        config = probe.wrap_config(p.entrypoint, user, checkpoints=0)
+        per_epoch = m.steps_per_epoch.get(k) or m.steps_per_epoch.get(1)
+        cap = 3 * per_epoch + p.warmup_steps if per_epoch else p.max_steps  # never reached before the last report
+        for _ in range(max(1, p.startup_jobs)):
+            paused, ckpt = self._run_job(launcher, k, config, cap, epochs=2, pause=True)
+            if len(paused.reports) < 2:
+                continue  # ended at the cap before its pause: nothing to resume from
+            resumed, _ = self._run_job(launcher, k, config, cap, epochs=2, start_epoch=2, checkpoint=ckpt)
+            fresh, again = fresh_job_timings(paused, p.warmup_steps), fresh_job_timings(resumed, p.warmup_steps)
+            m.pause_s.setdefault(k, []).append(max(0.0, paused.wall_s - paused.reports[-1][0]))
+            if fresh.startup_s is not None:
+                m.startup_s.setdefault(k, []).append(fresh.startup_s)
+            if again.startup_s is not None:
+                m.resume_s.setdefault(k, []).append(again.startup_s)
+        if k in m.resume_s and k in m.pause_s:
+            self.progress(f"k={k}: a resumed job starts {np.mean(m.resume_s[k]):.3f} s before its first epoch, "
+                          f"a pause takes {1e3 * np.mean(m.pause_s[k]):.1f} ms ({len(m.pause_s[k])} pairs)")
+        else:
+            m.notes.append(f"pause/resume at k={k}: no job reached its pause within {cap} steps; not measured")
+
+    def _run_job(self, launcher: Launcher, k: int, config: dict[str, Any], steps: int, *, epochs: int,
+                 start_epoch: int = 0, pause: bool = False, checkpoint: Path | None = None) -> tuple[RanksResult, Path]:
+        """One job at k beside the load groups (as `_run`), `epochs` epochs from `start_epoch`
+        (resumed from `checkpoint` when > 0), told PAUSE (and saving) at its last report with
+        `pause`, else STOP; -> its result and checkpoint folder."""
+        p = self.plan
+        self.runs += 1
+        what = "pause" if pause else "resume"
+        log = self.workdir / "logs" / f"k{k}_run{self.runs}_{what}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        ckpt = checkpoint or self.workdir / "checkpoints" / f"run{self.runs}"
+        slots = [Slot(d, 0) for d in p.device_ids[:k]]
+        load = self._load(p.device_ids[k:])
+        until = start_epoch + epochs
+        if load:
+            job = Job(slots, config, max_steps=steps, until_epoch=until, pause_at=until if pause else None,
+                      start_epoch=start_epoch)
+            r = run_jobs(launcher, probe.ENTRYPOINT, [job, *load], workdir=self.workdir / "load",
+                         timeout_s=p.timeout_s, log_paths=[log], checkpoint_dirs=[ckpt])[0]
+        else:
+            r = launcher.run(probe.ENTRYPOINT, config, slots, epochs=epochs, start_epoch=start_epoch, max_steps=steps,
+                             record_steps=True, timeout_s=p.timeout_s, checkpoint_dir=ckpt, log_path=log, pause=pause)
+        if not r.ok:
+            raise self._fail(f"k={k}, a job {'told PAUSE' if pause else 'resumed from a checkpoint'}", r, log)
+        return r, ckpt
 
     def measure_configs(self, launcher: Launcher, m: Measurements) -> None:
         """k = 1 step time of `configs` configurations sampled from the space (module docstring);

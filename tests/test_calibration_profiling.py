@@ -390,3 +390,36 @@ def test_an_unmeasured_evaluation_stops_calibration_with_one_line(tmp_path):
     m.eval_s = [0.02]
     with pytest.raises(ProfilingFailed, match="no epoch boundary at k=1 was followed by a step"):
         profiler._require_epoch_costs(m)
+
+
+class PausingLauncher(LoopLauncher):
+    """LoopLauncher whose resumed jobs (start_epoch > 0) start 30 ms later than fresh ones and
+    whose paused jobs end 15 ms after their last report (1 ms otherwise)."""
+
+    def run(self, *args, start_epoch=0, pause=False, **kwargs):
+        r = super().run(*args, **kwargs)
+        shift = 0.03 if start_epoch else 0.0
+        r.reports = [(t + shift, *rest) for t, *rest in r.reports]
+        r.step_times = [[x + shift for x in r.step_times[0]]]
+        r.wall_s = r.reports[-1][0] + (0.015 if pause else 0.001)
+        return r
+
+
+def test_pause_and_resume_are_measured_as_a_paused_trial_resumed_in_a_fresh_job(tmp_path):
+    """Fresh jobs start 0.05 s before their first step; a step takes 4 ms (37 per epoch), the
+    evaluation 20 ms, the report 1 ms after it: a fresh start-up is 0.05 - 0.004 + 0.001 =
+    0.047 s, a resumed one 0.03 s more, a pause 15 ms. The profile's restore is what a resume
+    costs beyond the start-up, its release the pause less the epoch boundary and the save."""
+    from types import SimpleNamespace
+
+    from nasalloc.calibration.report import release_cost, resume_cost
+
+    profiler = Profiler(busy_plan(), tmp_path, progress=lambda line: None)
+    m = Measurements(step_samples={}, steps_per_epoch={1: 37})
+    profiler.measure_pause_resume(PausingLauncher(step_s=0.004, steps_per_epoch=37), 1, m)
+    assert m.pause_s[1] == pytest.approx([0.015] * 2)
+    assert m.startup_s[1] == pytest.approx([0.047] * 2)
+    assert m.resume_s[1] == pytest.approx([0.077] * 2)
+    assert resume_cost(m, SimpleNamespace(startup_s=0.047, startup_per_doubling_s=0.0)) == pytest.approx(0.03)
+    m.decision_latency_s, m.checkpoint_save_s = [0.002], [0.003]
+    assert release_cost(m) == pytest.approx(0.010)
