@@ -423,3 +423,19 @@ def test_pause_and_resume_are_measured_as_a_paused_trial_resumed_in_a_fresh_job(
     assert resume_cost(m, SimpleNamespace(startup_s=0.047, startup_per_doubling_s=0.0)) == pytest.approx(0.03)
     m.decision_latency_s, m.checkpoint_save_s = [0.002], [0.003]
     assert release_cost(m) == pytest.approx(0.010)
+
+
+def test_every_shipped_scheduler_is_timed_through_a_whole_search():
+    """Each shipped scheduler runs its shipped search (BOHB: 49 trials over the digits space)
+    through the dispatch core; the block has a positive, finite time per ask and per result
+    for each (the values are this machine's: only their presence and sign are checked)."""
+    from nasalloc.calibration.calibrate import builtin_space
+    from nasalloc.calibration.scheduler_time import time_schedulers
+    from nasalloc.sim.profile import load_profile
+    from nasalloc.sim.schedulers import scheduler_names
+
+    times = time_schedulers(builtin_space(DIGITS), load_profile("digits_cpu"))
+    assert sorted(times) == scheduler_names()
+    for t in times.values():
+        assert set(t) == {"ask_s", "result_s"}
+        assert all(0 < v < 1 for v in t.values())
