@@ -21,11 +21,13 @@ Also measured:
   simulator adds before a trial's first epoch. Workers are warm, as in the executor; a
   worker's one-off first-job costs are taken by an unmeasured first run on all devices
   (`first_job_startup_s` records it) and Python start-up is `worker_start_s`.
-- pause and resume, as a search with rungs pays them: for each k, `startup_jobs` times, a
-  fresh job of the reference configuration is told PAUSE at its second report and saves its
-  checkpoint (the pause: from that report to the launcher hearing the job ended), then a new
-  job resumes it from that checkpoint in a fresh process group on the same k (its start-up,
-  measured as a fresh job's: the restart, the restore and the slower first epoch after it).
+- pause and resume, as a search with rungs pays them: for each k, `startup_jobs` fresh jobs
+  of new configurations (sampled as for start-up) are each told PAUSE at their second report
+  and save their checkpoint (the pause: from that report to the launcher hearing the job
+  ended); then each is resumed from its checkpoint in a fresh process group on the same k,
+  after the other pauses, so its workers ran other models since, as in a search (its
+  start-up, measured as a fresh job's: the restart, the restore and the slower first epoch
+  after it).
   The fresh jobs' start-ups join the start-up samples. `checkpoint_restore_s` becomes what
   a resume costs beyond a fresh job's start-up, and `release_s` what a pause costs beyond
   the epoch boundary and the checkpoint write (`calibration/report.py`).
@@ -402,20 +404,28 @@ class Profiler:
                            f"{cap} steps; not measured")
 
     def measure_pause_resume(self, launcher: Launcher, k: int, m: Measurements) -> None:
-        """`startup_jobs` pause-and-resume pairs at k (module docstring): a fresh job paused at
-        its second report, then resumed from its checkpoint in a fresh group for two epochs."""
+        """`startup_jobs` pause-and-resume pairs at k (module docstring): fresh jobs of new
+        configurations (as new trials), each paused at its second report; then each resumed
+        from its checkpoint in a fresh group for two epochs, after the others' pauses, so
+        that, as in a search, its workers ran other trials since (their caches hold other
+        models' shapes)."""
         p = self.plan
-        user = {key: v for key, v in self.config.items() if key != probe.OPTIONS_KEY}
-        config = probe.wrap_config(p.entrypoint, user, checkpoints=0)
+        n = max(1, p.startup_jobs)
+        if p.space and p.configs > 0:
+            configs = sample_configs(p.space, n, p.seed, p.config, stream=1 + self.fresh_drawn)
+            self.fresh_drawn += 1
+        else:
+            configs = [{key: v for key, v in self.config.items() if key != probe.OPTIONS_KEY}] * n
+        wrapped = [probe.wrap_config(p.entrypoint, c, checkpoints=0) for c in configs]
         per_epoch = m.steps_per_epoch.get(k) or m.steps_per_epoch.get(1)
         cap = 3 * per_epoch + p.warmup_steps if per_epoch else p.max_steps  # never reached before the last report
-        for _ in range(max(1, p.startup_jobs)):
-            paused, ckpt = self._run_job(launcher, k, config, cap, epochs=2, pause=True)
-            if len(paused.reports) < 2:
+        paused = [self._run_job(launcher, k, c, cap, epochs=2, pause=True) for c in wrapped]
+        for c, (first, ckpt) in zip(wrapped, paused):
+            if len(first.reports) < 2:
                 continue  # ended at the cap before its pause: nothing to resume from
-            resumed, _ = self._run_job(launcher, k, config, cap, epochs=2, start_epoch=2, checkpoint=ckpt)
-            fresh, again = fresh_job_timings(paused, p.warmup_steps), fresh_job_timings(resumed, p.warmup_steps)
-            m.pause_s.setdefault(k, []).append(max(0.0, paused.wall_s - paused.reports[-1][0]))
+            resumed, _ = self._run_job(launcher, k, c, cap, epochs=2, start_epoch=2, checkpoint=ckpt)
+            fresh, again = fresh_job_timings(first, p.warmup_steps), fresh_job_timings(resumed, p.warmup_steps)
+            m.pause_s.setdefault(k, []).append(max(0.0, first.wall_s - first.reports[-1][0]))
             if fresh.startup_s is not None:
                 m.startup_s.setdefault(k, []).append(fresh.startup_s)
             if again.startup_s is not None:
