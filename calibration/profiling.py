@@ -383,16 +383,21 @@ class Profiler:
         r, _ = self._run(launcher, k, steps, config=wrapped)
         return fresh_job_timings(r, self.plan.warmup_steps)
 
+    def _new_trials(self, n: int, fallback: dict[str, Any]) -> list[dict[str, Any]]:
+        """n configurations for jobs that stand for new trials: sampled from the space (a new
+        stream each call) when there is one, else `fallback` n times."""
+        p = self.plan
+        if not (p.space and p.configs > 0):
+            return [dict(fallback)] * n
+        self.fresh_drawn += 1
+        return sample_configs(p.space, n, p.seed, p.config, stream=self.fresh_drawn)
+
     def measure_startup(self, launcher: Launcher, k: int, m: Measurements, step_s: float) -> None:
         """`startup_jobs` fresh jobs at k, each until its second report (or the time box):
         new configurations sampled from the space when there is one, else the profiled one."""
         p = self.plan
         n = max(1, p.startup_jobs)
-        if p.space and p.configs > 0:
-            configs = sample_configs(p.space, n, p.seed, p.config, stream=1 + self.fresh_drawn)
-            self.fresh_drawn += 1
-        else:
-            configs = [dict(p.config)] * n
+        configs = self._new_trials(n, dict(p.config))
         steps_per_epoch = m.steps_per_epoch.get(k) or m.steps_per_epoch.get(1)
         cap = (2 * steps_per_epoch + p.warmup_steps + 2) if steps_per_epoch else self._time_box(p.time_limit_s / 3 / n, step_s)
         cap = min(cap, self._time_box(p.time_limit_s / n, step_s))
@@ -410,13 +415,9 @@ class Profiler:
         that, as in a search, its workers ran other trials since (their caches hold other
         models' shapes)."""
         p = self.plan
-        n = max(1, p.startup_jobs)
-        if p.space and p.configs > 0:
-            configs = sample_configs(p.space, n, p.seed, p.config, stream=1 + self.fresh_drawn)
-            self.fresh_drawn += 1
-        else:
-            configs = [{key: v for key, v in self.config.items() if key != probe.OPTIONS_KEY}] * n
-        wrapped = [probe.wrap_config(p.entrypoint, c, checkpoints=0) for c in configs]
+        reference = {key: v for key, v in self.config.items() if key != probe.OPTIONS_KEY}
+        wrapped = [probe.wrap_config(p.entrypoint, c, checkpoints=0)
+                   for c in self._new_trials(max(1, p.startup_jobs), reference)]
         per_epoch = m.steps_per_epoch.get(k) or m.steps_per_epoch.get(1)
         cap = 3 * per_epoch + p.warmup_steps if per_epoch else p.max_steps  # never reached before the last report
         paused = [self._run_job(launcher, k, c, cap, epochs=2, pause=True) for c in wrapped]
