@@ -295,7 +295,10 @@ def test_update_profile_of_a_per_rung_run_refits_every_allocation(tmp_path, caps
     run = _per_rung_run(tmp_path / "run")
     out = tmp_path / "validate"
     assert cli.main(["validate", f"run={run}", "update_profile=true", "plots=false", f"out_dir={out}"]) == 0
-    capsys.readouterr()
+    printed = capsys.readouterr().out
+    # every term on its own: the pause predicted as decision + write (0.00337 s), measured 0.5 s
+    assert "error per term: epoch " in printed and "; resume " in printed
+    assert "pause -99.3% (0.00337 s vs 0.5 s)" in printed
     update = json.loads((out / "validation.json").read_text())["profile_update"]
     assert update["measured_epoch_s"] == {"1": 10.0, "2": 6.0}
     decision, save, evaluation = 0.00134526, 0.00202608, 0.0207273
