@@ -67,8 +67,8 @@ def run_jobs(launcher: Launcher, entrypoint: str, jobs: list[Job], *, workdir: P
         ckpt = dirs[i] or workdir / f"job_{i}"
         spec = GroupSpec(
             trial=10_000 + i, config=dict(job.config), entrypoint=entrypoint, slots=list(job.slots),
-            start_epoch=job.start_epoch, until_epoch=UNTIL_EVER, checkpoint_dir=ckpt, log_path=log, timeout_s=timeout_s, record_steps=True,
-            max_steps=job.max_steps, require_decision=False,
+            start_epoch=job.start_epoch, until_epoch=UNTIL_EVER, checkpoint_dir=ckpt, log_path=log, timeout_s=timeout_s,
+            record_steps=True, max_steps=job.max_steps, require_decision=False,
         )
         gid = backend.start_group(spec)
         results[gid] = RanksResult(ok=False, info="", wall_s=0.0)
