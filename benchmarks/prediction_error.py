@@ -21,8 +21,9 @@ ranking of the allocations matches the measured one (measured: mean over repeats
 neighbours whose repeats a Welch t-test cannot separate are reported as ties); writes the
 same to `<work>/summary.json`. Targets (not a test): median makespan error under 10% and
 the ranking identical, for every scheduler. Run it on an otherwise idle machine: the
-calibration measures this machine as it is while it runs. The full benchmark takes about
-12 minutes on 2 idle cores; `--quick` (one repeat, 8 trials of at most 3 epochs) about 4.
+calibration measures this machine as it is while it runs. On the 2-core build machine at
+load average 15-36 the full benchmark took 44.5 minutes and `--quick` (one repeat, 8 trials
+of at most 3 epochs) 13 minutes; on idle cores both are shorter (not yet timed).
 """
 
 from __future__ import annotations
