@@ -333,6 +333,14 @@ def main(settings: CalibrateSettings, out_dir: Path) -> None:
     analysis = analyse(m, fit, bootstrap=settings.calibration.bootstrap, rng=np.random.default_rng(settings.seed))
     profile = build_profile(settings.name, desc, m, analysis, w, sources,
                             space=settings.plan.space if settings.plan is not None else None, provenance=provenance)
+    if settings.plan is not None:  # the schedulers run here, beside the training profiled here
+        from nasalloc.calibration.scheduler_time import time_schedulers
+        from nasalloc.sim.profile import parse_profile
+
+        times = time_schedulers(settings.plan.space, parse_profile(profile, "calibrated profile"), settings.seed)
+        profile["scheduler_time"] = {name: {key: float(f"{v:.3g}") for key, v in t.items()} for name, t in times.items()}
+        console.print("scheduler's own time per ask / per result: " + ", ".join(
+            f"{name} {1e3 * t['ask_s']:.3f} / {1e3 * t['result_s']:.3f} ms" for name, t in times.items()))
     if not analysis.step.success:
         console.print(f"[yellow]warning: the step-time fit did not converge: {analysis.step.message}[/]")
     for line in assumption_warnings(m, analysis):

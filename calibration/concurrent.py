@@ -34,20 +34,26 @@ UNTIL_EVER = 1_000_000
 @dataclass(frozen=True)
 class Job:
     """One group: its slots and config; it ends at `max_steps` steps (None: no limit) or at
-    the report of epoch `until_epoch`; a `load` job ends once the measured jobs have."""
+    the report of epoch `until_epoch`; a `load` job ends once the measured jobs have.
+    `pause_at`: at the report of that epoch the job is told PAUSE and saves its checkpoint,
+    as the executor tells a trial at a rung; `start_epoch` > 0 resumes from the checkpoint
+    of that epoch in its checkpoint folder, as the executor resumes a paused trial."""
 
     slots: list[Slot]
     config: dict[str, Any]
     max_steps: int | None = None
     until_epoch: int = UNTIL_EVER
     load: bool = False
+    pause_at: int | None = None
+    start_epoch: int = 0
 
 
 def run_jobs(launcher: Launcher, entrypoint: str, jobs: list[Job], *, workdir: Path,
              timeout_s: float = 600.0, log_paths: list[Path | None] | None = None,
              checkpoint_dirs: list[Path | None] | None = None) -> list[RanksResult]:
     """Start every job at once; -> one result per job, in order. Report times are seconds
-    since the jobs were dispatched. Nothing is saved; one failure stops the others.
+    since the jobs were dispatched. Nothing is saved but a pausing job's checkpoint (its
+    result's `wall_s` is when the launcher heard that the job ended); one failure stops the others.
     `log_paths` / `checkpoint_dirs` name the first jobs' files (the rest go under `workdir`)."""
     backend = launcher.backend
     workdir.mkdir(parents=True, exist_ok=True)  # workers open their logs there; they do not create folders
@@ -60,9 +66,9 @@ def run_jobs(launcher: Launcher, entrypoint: str, jobs: list[Job], *, workdir: P
         log = logs[i] or workdir / f"job_{i}.log"
         ckpt = dirs[i] or workdir / f"job_{i}"
         spec = GroupSpec(
-            trial=10_000 + i, config=dict(job.config), entrypoint=entrypoint, slots=list(job.slots), start_epoch=0,
-            until_epoch=UNTIL_EVER, checkpoint_dir=ckpt, log_path=log, timeout_s=timeout_s, record_steps=True,
-            max_steps=job.max_steps, require_decision=False,
+            trial=10_000 + i, config=dict(job.config), entrypoint=entrypoint, slots=list(job.slots),
+            start_epoch=job.start_epoch, until_epoch=UNTIL_EVER, checkpoint_dir=ckpt, log_path=log, timeout_s=timeout_s,
+            record_steps=True, max_steps=job.max_steps, require_decision=False,
         )
         gid = backend.start_group(spec)
         results[gid] = RanksResult(ok=False, info="", wall_s=0.0)
@@ -78,6 +84,9 @@ def run_jobs(launcher: Launcher, entrypoint: str, jobs: list[Job], *, workdir: P
             if isinstance(ev, Report):
                 r.reports.append((time.perf_counter() - t0, ev.epoch, ev.metric, ev.extra))
                 job = job_of[gid]
+                if job.pause_at is not None and ev.epoch >= job.pause_at:
+                    backend.decide(gid, "pause", save=True)
+                    continue
                 done = ev.epoch >= job.until_epoch or (job.load and not (measured & pending))
                 backend.decide(gid, "stop" if done else "continue", save=False)
             elif isinstance(ev, Ended):

@@ -38,6 +38,13 @@ class Measurements:
     startup_s[k]          seconds a fresh job on k ranks takes from dispatch to its first
                           report, less one epoch of the same job (one value per job): the
                           start-up a search's trace shows (see calibration/profiling.py).
+    resume_s[k]           seconds a job on k ranks resumed from a paused job's checkpoint, in a
+                          fresh process group, takes from dispatch to its first report, less
+                          one epoch of the same job: what a resume costs in a search's trace
+                          (restart, restore, the slower first epoch after it).
+    pause_s[k]            seconds from a job's report that is answered PAUSE (save the
+                          checkpoint) to the launcher hearing that the job ended: a pause as
+                          the executor pays it (decision round trip, save, the end of the job).
     eval_s, checkpoint_save_s, checkpoint_restore_s: per-epoch evaluation and per-checkpoint
                           costs at k = 1, one value per observation (with sampled
                           configurations, eval_s holds one steady mean per configuration).
@@ -64,6 +71,8 @@ class Measurements:
     share_samples: dict[int, np.ndarray] = field(default_factory=dict)
     share_reference: dict[int, np.ndarray] = field(default_factory=dict)
     startup_s: dict[int, list[float]] = field(default_factory=dict)
+    resume_s: dict[int, list[float]] = field(default_factory=dict)
+    pause_s: dict[int, list[float]] = field(default_factory=dict)
     eval_s: list[float] = field(default_factory=list)
     checkpoint_save_s: list[float] = field(default_factory=list)
     checkpoint_restore_s: list[float] = field(default_factory=list)
@@ -132,8 +141,11 @@ class Measurements:
         """Every per-epoch or start-up cost without a sample (the profile writes 0 for it) and
         everything in `assumed`, each with its one-line reason: what the profile lists under
         `assumed:` rather than claiming it measured."""
-        out = {key: f"{key}: not measured ({'not in the timings' if self.source.startswith('csv:') else 'no run showed it'}); "
-                    "the profile assumes 0 s" for key in OVERHEADS if not (self.startup_s if key == "startup_s" else getattr(self, key))}
+        why = "not in the timings" if self.source.startswith("csv:") else "no run showed it"
+        seen = {key: bool(getattr(self, key)) for key in OVERHEADS}
+        seen["checkpoint_restore_s"] |= bool(self.resume_s)  # a resumed job's extra start-up is the restore
+        seen["release_s"] = bool(self.pause_s)  # the end of a job: a measured pause less its parts
+        out = {key: f"{key}: not measured ({why}); the profile assumes 0 s" for key, ok in seen.items() if not ok}
         return {**out, **self.assumed}
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,8 +169,10 @@ class Measurements:
             out["sharing_step_time_samples_s"] = {int(m): _rounded(v) for m, v in self.share_samples.items()}
         if self.share_reference:
             out["sharing_reference_step_time_samples_s"] = {int(m): _rounded(v) for m, v in self.share_reference.items()}
-        if self.startup_s:
-            out["startup_s"] = {int(k): _rounded(v) for k, v in self.startup_s.items()}
+        for key in ("startup_s", "resume_s", "pause_s"):
+            per_k = getattr(self, key)
+            if per_k:
+                out[key] = {int(k): _rounded(v) for k, v in per_k.items()}
         for key in ("eval_s", "checkpoint_save_s", "checkpoint_restore_s", "decision_latency_s"):
             values = getattr(self, key)
             if values:

@@ -21,6 +21,16 @@ Also measured:
   simulator adds before a trial's first epoch. Workers are warm, as in the executor; a
   worker's one-off first-job costs are taken by an unmeasured first run on all devices
   (`first_job_startup_s` records it) and Python start-up is `worker_start_s`.
+- pause and resume, as a search with rungs pays them: for each k, `startup_jobs` fresh jobs
+  of new configurations (sampled as for start-up) are each told PAUSE at their second report
+  and save their checkpoint (the pause: from that report to the launcher hearing the job
+  ended); then each is resumed from its checkpoint in a fresh process group on the same k,
+  after the other pauses, so its workers ran other models since, as in a search (its
+  start-up, measured as a fresh job's: the restart, the restore and the slower first epoch
+  after it).
+  The fresh jobs' start-ups join the start-up samples. `checkpoint_restore_s` becomes what
+  a resume costs beyond a fresh job's start-up, and `release_s` what a pause costs beyond
+  the epoch boundary and the checkpoint write (`calibration/report.py`).
 - the configuration mix: with a search space, `configs` configurations are sampled from it
   (a seeded Latin hypercube, `sample_configs`) and each is run alone at k = 1 for
   `config_time_limit_s` and on to its first report if that comes later (at most
@@ -353,6 +363,7 @@ class Profiler:
             have = len(m.startup_s.get(k, []))
             if have < max(1, p.startup_jobs):  # none yet, or configuration jobs at k = 1 that never reported
                 self.measure_startup(launcher, k, m, mean, jobs=max(1, p.startup_jobs) - have)
+            self.measure_pause_resume(launcher, k, m)
             startup = m.startup_s.get(k)
             self.progress(f"k={k}: {len(x)} steps in {len(samples[k])} runs, mean {mean * 1e3:.3f} ms/step "
                           f"(+/- {100 * rse:.1f}%), start-up "
@@ -412,6 +423,15 @@ class Profiler:
         r, _ = self._run(launcher, k, steps, config=wrapped)
         return fresh_job_timings(r, self.plan.warmup_steps)
 
+    def _new_trials(self, n: int, fallback: dict[str, Any]) -> list[dict[str, Any]]:
+        """n configurations for jobs that stand for new trials: sampled from the space (a new
+        stream each call) when there is one, else `fallback` n times."""
+        p = self.plan
+        if not (p.space and p.configs > 0):
+            return [dict(fallback)] * n
+        self.fresh_drawn += 1
+        return sample_configs(p.space, n, p.seed, p.config, stream=self.fresh_drawn)
+
     def measure_startup(self, launcher: Launcher, k: int, m: Measurements, step_s: float, jobs: int | None = None) -> None:
         """`jobs` (default `startup_jobs`) fresh jobs at k, added to `m.startup_s[k]`: new
         configurations sampled from the space when there is one, else the profiled one.
@@ -423,11 +443,7 @@ class Profiler:
         epoch's length is known, else `UNTIL_REPORT_FACTOR` boxes."""
         p = self.plan
         n = max(1, p.startup_jobs if jobs is None else jobs)
-        if p.space and p.configs > 0:
-            configs = sample_configs(p.space, n, p.seed, p.config, stream=1 + self.fresh_drawn)
-            self.fresh_drawn += 1
-        else:
-            configs = [dict(p.config)] * n
+        configs = self._new_trials(n, dict(p.config))
         steps_per_epoch = m.steps_per_epoch.get(k) or m.steps_per_epoch.get(1)
         box = self._time_box(p.time_limit_s / n, step_s)
         cap = (2 * steps_per_epoch + p.warmup_steps + 2 if steps_per_epoch
@@ -440,6 +456,61 @@ class Profiler:
         if len(values) < n:
             m.notes.append(f"start-up at k={k}: {n - len(values)} of {n} fresh jobs did not reach the end of their "
                            f"first epoch within {cap} steps")
+
+    def measure_pause_resume(self, launcher: Launcher, k: int, m: Measurements) -> None:
+        """`startup_jobs` pause-and-resume pairs at k (module docstring): fresh jobs of new
+        configurations (as new trials), each paused at its second report; then each resumed
+        from its checkpoint in a fresh group for two epochs, after the others' pauses, so
+        that, as in a search, its workers ran other trials since (their caches hold other
+        models' shapes)."""
+        p = self.plan
+        reference = {key: v for key, v in self.config.items() if key != probe.OPTIONS_KEY}
+        wrapped = [probe.wrap_config(p.entrypoint, c, checkpoints=0)
+                   for c in self._new_trials(max(1, p.startup_jobs), reference)]
+        per_epoch = m.steps_per_epoch.get(k) or m.steps_per_epoch.get(1)
+        cap = 3 * per_epoch + p.warmup_steps if per_epoch else p.max_steps  # never reached before the last report
+        paused = [self._run_job(launcher, k, c, cap, epochs=2, pause=True) for c in wrapped]
+        for c, (first, ckpt) in zip(wrapped, paused):
+            if len(first.reports) < 2:
+                continue  # ended at the cap before its pause: nothing to resume from
+            resumed, _ = self._run_job(launcher, k, c, cap, epochs=2, start_epoch=2, checkpoint=ckpt)
+            fresh, again = fresh_job_timings(first, p.warmup_steps), fresh_job_timings(resumed, p.warmup_steps)
+            m.pause_s.setdefault(k, []).append(max(0.0, first.wall_s - first.reports[-1][0]))
+            if fresh.startup_s is not None:
+                m.startup_s.setdefault(k, []).append(fresh.startup_s)
+            if again.startup_s is not None:
+                m.resume_s.setdefault(k, []).append(again.startup_s)
+        if k in m.resume_s and k in m.pause_s:
+            self.progress(f"k={k}: a resumed job starts {np.mean(m.resume_s[k]):.3f} s before its first epoch, "
+                          f"a pause takes {1e3 * np.mean(m.pause_s[k]):.1f} ms ({len(m.pause_s[k])} pairs)")
+        else:
+            m.notes.append(f"pause/resume at k={k}: no job reached its pause within {cap} steps; not measured")
+
+    def _run_job(self, launcher: Launcher, k: int, config: dict[str, Any], steps: int, *, epochs: int,
+                 start_epoch: int = 0, pause: bool = False, checkpoint: Path | None = None) -> tuple[RanksResult, Path]:
+        """One job at k beside the load groups (as `_run`), `epochs` epochs from `start_epoch`
+        (resumed from `checkpoint` when > 0), told PAUSE (and saving) at its last report with
+        `pause`, else STOP; -> its result and checkpoint folder."""
+        p = self.plan
+        self.runs += 1
+        what = "pause" if pause else "resume"
+        log = self.workdir / "logs" / f"k{k}_run{self.runs}_{what}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        ckpt = checkpoint or self.workdir / "checkpoints" / f"run{self.runs}"
+        slots = [Slot(d, 0) for d in p.device_ids[:k]]
+        load = self._load(p.device_ids[k:])
+        until = start_epoch + epochs
+        if load:
+            job = Job(slots, config, max_steps=steps, until_epoch=until, pause_at=until if pause else None,
+                      start_epoch=start_epoch)
+            r = run_jobs(launcher, probe.ENTRYPOINT, [job, *load], workdir=self.workdir / "load",
+                         timeout_s=p.timeout_s, log_paths=[log], checkpoint_dirs=[ckpt])[0]
+        else:
+            r = launcher.run(probe.ENTRYPOINT, config, slots, epochs=epochs, start_epoch=start_epoch, max_steps=steps,
+                             record_steps=True, timeout_s=p.timeout_s, checkpoint_dir=ckpt, log_path=log, pause=pause)
+        if not r.ok:
+            raise self._fail(f"k={k}, a job {'told PAUSE' if pause else 'resumed from a checkpoint'}", r, log)
+        return r, ckpt
 
     def measure_configs(self, launcher: Launcher, m: Measurements) -> None:
         """k = 1 step time of `configs` configurations sampled from the space (module docstring);

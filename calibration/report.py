@@ -75,6 +75,27 @@ def plain(obj: Any) -> Any:
     return str(obj)
 
 
+def resume_cost(m: Measurements, a: Analysis) -> float:
+    """What a resumed job pays beyond a fresh job's start-up (the profile's
+    `checkpoint_restore_s`): mean over k of the resumed jobs' start-up less the fitted
+    start-up at k. It holds the restore and the slower first epoch after it, as a search's
+    trace shows them; without resume measurements (timings imported), the probe's timed
+    restore alone."""
+    if not m.resume_s:
+        return _mean(m.checkpoint_restore_s)
+    startup = {k: a.startup_s + a.startup_per_doubling_s * math.log2(k) for k in m.resume_s}
+    return max(0.0, float(np.mean([np.mean(v) - startup[k] for k, v in m.resume_s.items()])))
+
+
+def release_cost(m: Measurements) -> float:
+    """The end of a job after its last decision and save (`release_s`): a measured pause less
+    the epoch boundary (the decision round trip) and the checkpoint write; 0 unmeasured."""
+    if not m.pause_s:
+        return 0.0
+    pause = float(np.mean([x for v in m.pause_s.values() for x in v]))
+    return max(0.0, pause - _mean(m.decision_latency_s) - _mean(m.checkpoint_save_s))
+
+
 def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: WorkloadFacts,
                   sources: list[str], space: dict[str, Any] | None = None,
                   provenance: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -140,8 +161,9 @@ def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: 
             "eval_s": _g(_mean(m.eval_s)),
             "eval_scales": bool(w.eval_scales),
             "checkpoint_save_s": _g(_mean(m.checkpoint_save_s)),
-            "checkpoint_restore_s": _g(_mean(m.checkpoint_restore_s)),
+            "checkpoint_restore_s": _g(resume_cost(m, a)),
             "decision_latency_s": _g(_mean(m.decision_latency_s)),
+            "release_s": _g(release_cost(m)),
         },
         "sharing": sharing or {1: 1.0},
         **({"config_cost": cost.block} if cost.block is not None else {}),
@@ -280,7 +302,8 @@ def summary_lines(profile: dict[str, Any]) -> list[str]:
         f"assumed (not identifiable from these k, or not measured): {', '.join(profile['assumed']) or 'none'}",
         f"start-up {ov['startup_s']:.3f} s + {ov['startup_per_doubling_s']:.3f} s per doubling of k; eval "
         f"{ov['eval_s'] * 1e3:.1f} ms/epoch; checkpoint save {ov['checkpoint_save_s'] * 1e3:.1f} ms, restore "
-        f"{ov['checkpoint_restore_s'] * 1e3:.1f} ms; epoch boundary {ov['decision_latency_s'] * 1e3:.1f} ms",
+        f"{ov['checkpoint_restore_s'] * 1e3:.1f} ms beyond a fresh start-up (restore and first epoch after it); "
+        f"epoch boundary {ov['decision_latency_s'] * 1e3:.1f} ms; end of a job {ov.get('release_s', 0.0) * 1e3:.1f} ms",
         "sharing slow-down per trial: " + ", ".join(f"m={m_}: {f:.2f}x" for m_, f in profile["sharing"].items()),
     ]
     configs = (profile.get("measured") or {}).get("configs")

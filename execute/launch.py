@@ -62,11 +62,14 @@ class Launcher:
 
     def run(self, entrypoint: str, config: dict[str, Any], devices: list[int] | list[Slot], *, epochs: int = 1,
             start_epoch: int = 0, max_steps: int | None = None, record_steps: bool = True,
-            timeout_s: float = 600.0, checkpoint_dir: Path | None = None, log_path: Path | None = None) -> RanksResult:
+            timeout_s: float = 600.0, checkpoint_dir: Path | None = None, log_path: Path | None = None,
+            pause: bool = False) -> RanksResult:
         """Run `entrypoint` as len(devices) ranks for `epochs` epochs (or until `max_steps` steps).
 
-        Every report is answered CONTINUE until `start_epoch + epochs`, then STOP; nothing is
-        checkpointed. A crash, an exception or `timeout_s` without a report gives ok=False.
+        Every report is answered CONTINUE until `start_epoch + epochs`, then STOP (with
+        `pause`: PAUSE, and the ranks save the checkpoint, as a trial paused at a rung);
+        nothing else is checkpointed. A crash, an exception or `timeout_s` without a report
+        gives ok=False.
         """
         slots = [d if isinstance(d, Slot) else Slot(int(d), 0) for d in devices]
         self._runs += 1
@@ -86,7 +89,8 @@ class Launcher:
                     continue
                 if isinstance(ev, Report):
                     result.reports.append((time.perf_counter() - t0, ev.epoch, ev.metric, ev.extra))
-                    self.backend.decide(gid, "continue" if ev.epoch < until else "stop", save=False)
+                    last = ev.epoch >= until
+                    self.backend.decide(gid, "continue" if not last else "pause" if pause else "stop", save=last and pause)
                 elif isinstance(ev, Checkpointed):
                     pass
                 elif isinstance(ev, Ended):

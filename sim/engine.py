@@ -13,8 +13,13 @@ This module only says how long things take, in simulated time, from the profile:
   (evaluation included; the factor is the profile's `config_cost`, 1 without it, computed
   once per trial; start-up, checkpoint and decision costs are not scaled); each epoch ends
   with a result, then the scheduler's decision takes `decision_latency_s` with the devices
-  held. PAUSE (the scheduler's, or a move to another allocation) adds a checkpoint save
-  before the devices are released.
+  held. Every epoch whose checkpoint the ranks write (`Segment.save`: every
+  `checkpoint_every` epochs, at PAUSE, a completed trial) adds `checkpoint_save_s`, as the
+  executor's rank 0 writes it before the next epoch or the end. A job's end (PAUSE, STOP,
+  completion) adds `release_s` before its devices are free: the ranks return, the group is
+  torn down, the executor hears of it. A job that starts from a checkpoint pays
+  `checkpoint_restore_s` on top of its start-up (the restore and the slower first epoch
+  after it, as calibration measures a paused trial resumed in a fresh group).
 - Measured epoch times (`sim/timings.py`): when the workload replays a recorded search whose
   records hold epoch times, epoch e of a trial takes the recorded time of that (trial, epoch)
   scaled by epoch_time(k) / epoch_time(k recorded) instead of epoch_time(k) x config_factor;
@@ -28,8 +33,14 @@ This module only says how long things take, in simulated time, from the profile:
 - Failures (`SimulationSpec.failures`): the first attempt of a listed trial crashes at the
   end of training the listed epoch, before reporting it; the retry resumes from its newest
   checkpoint. This is how a real run's crashes are replayed.
+- The scheduler's own compute time (`Profile.scheduler_time`, calibrated per scheduler:
+  BOHB fits and samples its density model) is spent where the executor spends it: in its
+  one-threaded search loop, which answers nothing else meanwhile. Every `on_result` and
+  every `ask` occupies that loop for the calibrated time (`_LoopClock`); a job placed by the
+  loop starts once the loop is free, and the trial whose result was being decided gets its
+  answer then (both on top of their own costs above).
 - Simulated time is only what the models say: the scheduler's compute time is the profile's
-  `decision_latency_s`, never measured.
+  figure, never measured while simulating.
 """
 
 from __future__ import annotations
@@ -104,6 +115,36 @@ def effective_profile(spec: SimulationSpec) -> Profile:
     return profile.with_node_size(spec.cluster.node_size)
 
 
+class _LoopClock:
+    """The scheduler as the executor's one-threaded search loop runs it: each `ask` and
+    `on_result` keeps the loop busy for `ask_s` / `result_s` of simulated time after the
+    later of now and the end of the loop's previous call (`busy_until`). Everything else is
+    the scheduler's own (attribute access is passed through)."""
+
+    def __init__(self, sched: Any, env: simpy.Environment, ask_s: float, result_s: float):
+        self._sched, self._env = sched, env
+        self._ask_s, self._result_s = ask_s, result_s
+        self.busy_until = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sched, name)
+
+    def _occupy(self, seconds: float) -> None:
+        self.busy_until = max(self.busy_until, self._env.now) + seconds
+
+    def ask(self) -> Any:
+        self._occupy(self._ask_s)
+        return self._sched.ask()
+
+    def on_result(self, trial_id: int, epoch: int, metric: float) -> Decision:
+        self._occupy(self._result_s)
+        return self._sched.on_result(trial_id, epoch, metric)
+
+    def wait(self) -> float:
+        """Seconds from now until the loop is free (0 when it is)."""
+        return max(0.0, self.busy_until - self._env.now)
+
+
 class _Engine:
     def __init__(self, spec: SimulationSpec):
         self.spec = spec
@@ -124,19 +165,24 @@ class _Engine:
         self.restore_s = ov.checkpoint_restore_s
         self.save_s = ov.checkpoint_save_s
         self.decision_s = ov.decision_latency_s
+        self.release_s = ov.release_s
         self.failures = {trial: epoch for trial, epoch in spec.failures}
         self.env = simpy.Environment(initial_time=0.0)
+        ask_s, result_s = profile.scheduler_time(sched.name)
+        self.loop = _LoopClock(sched, self.env, ask_s, result_s) if ask_s > 0 or result_s > 0 else None
         self.workload = spec.workload.run(sched.max_epochs, profile.epoch.global_batch_at)
         self.times = self.workload.epoch_times(profile)  # recorded epoch times; None: the profile's
         self.events: list[TraceEvent] = []
         elastic = ElasticPolicy(alloc, profile, sched.milestones) if alloc.is_elastic else None
         unshare = UnsharePolicy(profile, sched.milestones) if spec.unshare and ks[0] < 1 else None
-        self.core = Dispatcher(sched, alloc, DevicePool(spec.cluster, ks), launch=self._launch, emit=self.events.append,
+        self.core = Dispatcher(sched if self.loop is None else self.loop,  # type: ignore[arg-type]
+                               alloc, DevicePool(spec.cluster, ks), launch=self._launch, emit=self.events.append,
                                elastic=elastic, unshare=unshare)
         self.timeouts = 0
 
     def _launch(self, seg: Segment) -> None:
-        self.env.process(self._segment(seg))
+        # the executor starts the job right after the loop's call that placed it
+        self.env.process(self._segment(seg, self.loop.wait() if self.loop is not None else 0.0))
 
     # ----- one epoch on a shared device (processor sharing) --------------------------------
     def _shared_epoch(self, device: int, work: float):  # noqa: ANN202 (generator)
@@ -167,18 +213,19 @@ class _Engine:
             process.interrupt()
 
     # ----- one placement of one trial: a simpy process --------------------------------------
-    def _segment(self, seg: Segment):  # noqa: ANN202 (generator)
+    def _segment(self, seg: Segment, placed_after: float):  # noqa: ANN202 (generator)
         env, core, wl = self.env, self.core, self.workload
         tid, config, k = seg.trial, seg.config, seg.k
         epoch = checkpoint = seg.start_epoch
-        decision_s = self.decision_s
+        decision_s, save_s, release_s = self.decision_s, self.save_s, self.release_s
         factor = 1.0
         if self.config_factor is not None:
             factor = self.factors.get(tid)
             if factor is None:
                 factor = self.factors[tid] = self.config_factor(config)
         epoch_s = self.epoch_s[k] * factor
-        fixed = self.startup_s[k] + (self.restore_s if epoch > 0 else 0.0)
+        loop = self.loop
+        fixed = placed_after + self.startup_s[k] + (self.restore_s if epoch > 0 else 0.0)
         shared = k < 1
         work = self.alone_s * factor
         crash_at = self.failures.get(tid) if seg.attempt == 0 else None
@@ -201,12 +248,14 @@ class _Engine:
                 return
             metric, test = wl.result(tid, config, epoch, k)
             told = result(env.now, tid, epoch, metric, test)
+            answered = loop.wait() if loop is not None else 0.0  # the loop decides (and asks) first
             if told is not _CONTINUE:
                 break
+            fixed = decision_s + answered
             if seg.save:
                 checkpoint = epoch
-            fixed = decision_s
-        pause = decision_s + (self.save_s if told is _PAUSE else 0.0)
+                fixed += save_s
+        pause = decision_s + answered + (save_s if seg.save else 0.0) + release_s
         if pause > 0:
             self.timeouts += 1
             yield env.timeout(pause)

@@ -11,8 +11,9 @@ Layout (every block but `name` and `workload`/`step_time` is optional; units in 
     step_time: {t_compute_s, gamma, grad_bytes, intra_bandwidth_Bps, intra_latency_s,
                 inter_bandwidth_Bps, inter_latency_s, straggler_cv}       # see sim/speedup.py
     overheads: {startup_s, startup_per_doubling_s, eval_s, eval_scales, checkpoint_save_s,
-                checkpoint_restore_s, decision_latency_s}
+                checkpoint_restore_s, decision_latency_s, release_s}
     sharing: {1: 1.0, 2: 1.8, 4: 3.5}     # m trials on one device -> per-trial slow-down
+    scheduler_time: {bohb: {ask_s: 0.0009, result_s: 0.0001}, ...}  # the scheduler's own compute per call
     uncertainty: {step_time_samples: [{t_compute_s: ..., ...}, ...]}   # e.g. bootstrap fits
     config_cost: {params: {width: {type: int, low: 4, high: 32, log: true, slope: 1.2, center: 0.5}},
                   floor: 0.3, norm: 1.03} # configuration-dependent epoch time (below)
@@ -23,6 +24,17 @@ Layout (every block but `name` and `workload`/`step_time` is optional; units in 
 Start-up cost of a job on k ranks: startup_s + startup_per_doubling_s * log2(k) (process
 group creation grows with the group; FACTS.md). `decision_latency_s` is the time between an
 epoch's end and the next epoch's start spent on reporting and the scheduler's decision.
+`checkpoint_save_s` is one checkpoint write (paid at every epoch the ranks checkpoint).
+`checkpoint_restore_s` is what a job resumed from a checkpoint pays on top of a fresh job's
+start-up: loading the checkpoint and the slower first epoch after it. `release_s` is the
+end of a job after its last decision and save: the ranks return, the process group is torn
+down and the devices are free (paid by every job; 0 when not measured).
+
+`scheduler_time` (optional): seconds of the scheduler's own computation per call, per
+scheduler name, as calibration timed it on this machine: `ask_s` per new job asked for
+(BOHB fits and samples its density model there), `result_s` per result told. The executor
+makes these calls in its one search loop, so the simulator charges them there
+(`sim/engine.py`); a scheduler not listed costs 0.
 
 `config_cost` (optional) makes the epoch time depend on the trial's configuration: a trial
 with config c trains each epoch in epoch_time(k) x config_factor(c), where
@@ -68,6 +80,7 @@ class Overheads:
     checkpoint_save_s: float = 0.0
     checkpoint_restore_s: float = 0.0
     decision_latency_s: float = 0.0
+    release_s: float = 0.0
 
     def startup(self, k: float) -> float:
         return self.startup_s + self.startup_per_doubling_s * math.log2(max(k, 1.0))
@@ -109,6 +122,11 @@ class Profile:
     raw: dict[str, Any] = field(default_factory=dict)  # the whole file, for round-tripping
     config_cost: ConfigCost | None = None
     provenance: dict[str, Any] | None = None  # where it was measured (sim/provenance.py); None: not said
+    scheduler_times: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (ask_s, result_s)
+
+    def scheduler_time(self, name: str) -> tuple[float, float]:
+        """(ask_s, result_s): the scheduler's own seconds per ask and per result (0 if not calibrated)."""
+        return self.scheduler_times.get(name, (0.0, 0.0))
 
     def epoch_time(self, k: float) -> float:
         return self.epoch.epoch_time(k)
@@ -147,7 +165,7 @@ class Profile:
 
 _STEP_KEYS = {f.name for f in dataclasses.fields(StepTimeModel)}
 _TOP_KEYS = {"name", "description", "sources", "hardware", "workload", "step_time", "overheads",
-             "sharing", "uncertainty", "assumed", "measured", "fit", "config_cost", "provenance"}
+             "sharing", "uncertainty", "assumed", "measured", "fit", "config_cost", "provenance", "scheduler_time"}
 _COST_PARAM_KEYS = ("type", "low", "high", "log", "slope", "center")
 
 
@@ -284,6 +302,19 @@ def _sharing(where: str, node: Any) -> dict[int, float]:
     return sharing
 
 
+def _scheduler_time(where: str, node: Any) -> dict[str, tuple[float, float]]:
+    """The `scheduler_time` block: name -> {ask_s, result_s} (seconds >= 0, both required)."""
+    out = {}
+    for name, times in _mapping(where, node).items():
+        times = _mapping(f"{where}.{name}", times, ("ask_s", "result_s"))
+        for key in ("ask_s", "result_s"):
+            if key not in times:
+                raise UserError(f"{where}.{name}.{key}: missing (seconds per call)")
+        out[str(name)] = (_number(f"{where}.{name}.ask_s", times["ask_s"]),
+                          _number(f"{where}.{name}.result_s", times["result_s"]))
+    return out
+
+
 def parse_profile(data: Any, source: str = "profile") -> Profile:
     """Validate a profile mapping (as loaded from YAML) into a Profile; UserError if bad.
 
@@ -355,6 +386,7 @@ def parse_profile(data: Any, source: str = "profile") -> Profile:
         description=str(data.get("description") or ""), sources=sources,
         hardware=hardware, step_time_samples=step_samples, assumed=assumed,
         raw=dict(data), config_cost=cost, provenance=provenance,
+        scheduler_times=_scheduler_time(f"{source}: scheduler_time", data.get("scheduler_time") or {}),
     )
 
 

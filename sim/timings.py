@@ -17,9 +17,10 @@ the recorded time already is this configuration's.
 What a recorded time spans depends on who recorded it. A `nasalloc run` trace has only the
 times of results, so the time of a job's first epoch spans the job's start-up (and the
 checkpoint restore of a resumed job), and every later one the decision after the epoch
-before. The simulator adds those costs itself, at the k it simulates, so they are taken out
-here: the profile's start-up(k_recorded), checkpoint_restore_s and decision_latency_s
-(`RecordedEpoch.startup/restore/decision`). A time that comes out below zero (the run
+before and the checkpoint written then (the executor writes one after every epoch it
+continues from). The simulator adds those costs itself, at the k it simulates, so they are
+taken out here: the profile's start-up(k_recorded), checkpoint_restore_s, and
+decision_latency_s + checkpoint_save_s (`RecordedEpoch.startup/restore/decision`). A time that comes out below zero (the run
 started faster than the profile says) counts as 0 s and is counted in the stats. Ray Tune's
 `time_this_iter_s`, Syne Tune's `st_worker_time` and a CSV's `epoch_seconds` are measured
 inside the training process between reports: nothing is taken out, and the profile adds the
@@ -89,7 +90,7 @@ class EpochTimes:
                 if rec.restore:
                     seconds -= ov.checkpoint_restore_s
                 if rec.decision:
-                    seconds -= ov.decision_latency_s
+                    seconds -= ov.decision_latency_s + ov.checkpoint_save_s
                 if seconds < 0:
                     self.clamped += 1
                     seconds = 0.0

@@ -471,3 +471,52 @@ def test_baselines_that_cannot_fit_a_speed_up_below_1_say_so_instead_of_a_flat_l
         assert [row[4:6] for row in rows] == [["n/a", "n/a"]] * 2 and "cannot fit" in text
     plot_speedup(m, a, w, tmp_path / "speedup.png")
     assert (tmp_path / "speedup.png").stat().st_size > 0
+
+
+class PausingLauncher(LoopLauncher):
+    """LoopLauncher whose resumed jobs (start_epoch > 0) start 30 ms later than fresh ones and
+    whose paused jobs end 15 ms after their last report (1 ms otherwise)."""
+
+    def run(self, *args, start_epoch=0, pause=False, **kwargs):
+        r = super().run(*args, **kwargs)
+        shift = 0.03 if start_epoch else 0.0
+        r.reports = [(t + shift, *rest) for t, *rest in r.reports]
+        r.step_times = [[x + shift for x in r.step_times[0]]]
+        r.wall_s = r.reports[-1][0] + (0.015 if pause else 0.001)
+        return r
+
+
+def test_pause_and_resume_are_measured_as_a_paused_trial_resumed_in_a_fresh_job(tmp_path):
+    """Fresh jobs start 0.05 s before their first step; a step takes 4 ms (37 per epoch), the
+    evaluation 20 ms, the report 1 ms after it: a fresh start-up is 0.05 - 0.004 + 0.001 =
+    0.047 s, a resumed one 0.03 s more, a pause 15 ms. The profile's restore is what a resume
+    costs beyond the start-up, its release the pause less the epoch boundary and the save."""
+    from types import SimpleNamespace
+
+    from nasalloc.calibration.report import release_cost, resume_cost
+
+    profiler = Profiler(busy_plan(), tmp_path, progress=lambda line: None)
+    m = Measurements(step_samples={}, steps_per_epoch={1: 37})
+    profiler.measure_pause_resume(PausingLauncher(step_s=0.004, steps_per_epoch=37), 1, m)
+    assert m.pause_s[1] == pytest.approx([0.015] * 2)
+    assert m.startup_s[1] == pytest.approx([0.047] * 2)
+    assert m.resume_s[1] == pytest.approx([0.077] * 2)
+    assert resume_cost(m, SimpleNamespace(startup_s=0.047, startup_per_doubling_s=0.0)) == pytest.approx(0.03)
+    m.decision_latency_s, m.checkpoint_save_s = [0.002], [0.003]
+    assert release_cost(m) == pytest.approx(0.010)
+
+
+def test_every_shipped_scheduler_is_timed_through_a_whole_search():
+    """Each shipped scheduler runs its shipped search (BOHB: 49 trials over the digits space)
+    through the dispatch core; the block has a positive, finite time per ask and per result
+    for each (the values are this machine's: only their presence and sign are checked)."""
+    from nasalloc.calibration.calibrate import builtin_space
+    from nasalloc.calibration.scheduler_time import time_schedulers
+    from nasalloc.sim.profile import load_profile
+    from nasalloc.sim.schedulers import scheduler_names
+
+    times = time_schedulers(builtin_space(DIGITS), load_profile("digits_cpu"))
+    assert sorted(times) == scheduler_names()
+    for t in times.values():
+        assert set(t) == {"ask_s", "result_s"}
+        assert all(0 < v < 1 for v in t.values())

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.slow
 def test_calibrate_recommend_run_validate(tmp_path, capsys):
     profile = tmp_path / "calibrate" / "profile.yaml"
     assert cli.main(["calibrate", "calibration.gpus_per_trial=[1]", "calibration.share=[]", "calibration.cpu_slots=1",
-                     "calibration.time_limit_s=2", "calibration.bootstrap=5", f"out_dir={tmp_path / 'calibrate'}"]) == 0
+                     "calibration.time_limit_s=2", "calibration.bootstrap=5", "calibration.startup_jobs=1",
+                     f"out_dir={tmp_path / 'calibrate'}"]) == 0
     assert load_profile(profile).epoch_time(1) > 0
 
     search = ["train=digits", "scheduler.n_trials=4", "scheduler.max_epochs=3", "seed=1"]

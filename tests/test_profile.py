@@ -30,6 +30,14 @@ def test_minimal_profile_gives_epoch_and_startup_times():
     assert p.with_step_sample(3).epoch_time(1) == pytest.approx(100 * 0.008 + 1.0)
 
 
+def test_scheduler_time_per_scheduler_and_zero_for_the_others(tmp_path):
+    path = tmp_path / "profile.yaml"
+    dump_profile({**MINIMAL, "scheduler_time": {"bohb": {"ask_s": 0.002, "result_s": 0.0005}}}, path)
+    p = load_profile(path)
+    assert p.scheduler_time("bohb") == (0.002, 0.0005)
+    assert p.scheduler_time("asha") == (0.0, 0.0)
+
+
 def test_dump_and_load_round_trip(tmp_path):
     path = tmp_path / "profile.yaml"
     dump_profile(MINIMAL, path)
@@ -67,6 +75,10 @@ def test_dump_and_load_round_trip(tmp_path):
         ({"assumed": [1]}, r"assumed=\[1\]: expected a list of strings"),
         ({"measured": [1]}, r"measured=\[1\]: expected a mapping"),
         ({"name": ""}, r"name='': must be a non-empty string"),
+        ({"scheduler_time": {"bohb": {"ask_s": 0.001}}}, r"scheduler_time.bohb.result_s: missing"),
+        ({"scheduler_time": {"bohb": {"ask_s": -1, "result_s": 0}}}, r"scheduler_time.bohb.ask_s=-1: must be >= 0"),
+        ({"scheduler_time": {"bohb": {"ask": 1, "result_s": 0}}}, r"scheduler_time.bohb.ask: unknown; allowed: ask_s"),
+        ({"scheduler_time": [1]}, r"scheduler_time=\[1\]: expected a mapping"),
     ],
 )
 def test_bad_profiles_fail_with_one_line(patch, message):

@@ -113,7 +113,7 @@ def test_curves_do_not_depend_on_the_allocation():
 ])
 @pytest.mark.parametrize("k", [0.25, 1, 4, 8, [1, 2, 4, 8], [0.5, 1, 4]])
 def test_invariants_for_every_scheduler(scheduler, k):
-    prof = make_profile(decision=0.25, save=2.0, restore=3.0, eval_s=1.0)
+    prof = make_profile(decision=0.25, save=2.0, restore=3.0, eval_s=1.0, release=0.5)
     result = simulate(make_spec(scheduler=scheduler, gpus=16, k=k, profile=prof))
     check_invariants(result)
     assert result.summary.best_metric is not None
@@ -186,7 +186,8 @@ def test_config_cost_scales_each_trials_epoch_time():
     for ev in result.events:
         if ev.event == "result":
             results.setdefault(ev.trial, []).append(ev.time)
-    epoch = {t: times[1] - times[0] - 0.5 for t, times in results.items()}  # one epoch (decision not scaled)
+    # one epoch: the gap less the decision and the checkpoint after it (neither scaled)
+    epoch = {t: times[1] - times[0] - 0.5 - 0.25 for t, times in results.items()}
     for t, times in results.items():
         f = profile.config_factor(configs[t])
         assert epoch[t] == pytest.approx(profile.epoch_time(1) * f)
@@ -195,3 +196,24 @@ def test_config_cost_scales_each_trials_epoch_time():
     assert configs[a]["width"] != configs[b]["width"]
     assert epoch[b] / epoch[a] == pytest.approx(profile.config_factor(configs[b]) / profile.config_factor(configs[a]))
     assert epoch[b] / epoch[a] > 1.2
+
+
+def test_the_schedulers_own_time_is_spent_in_the_one_search_loop():
+    """One device, 2 random-search trials of 2 epochs; start-up 5 s, epoch 40 s, no decision
+    latency; the scheduler's own time: 1 s per ask, 0.5 s per result. The loop asks for
+    trial 0 (busy until 1), which starts then: results at 1 + 5 + 40 = 46 and, after 0.5 s of
+    on_result, 46.5 + 40 = 86.5; its completion waits for the last on_result (87). The release
+    asks for trial 1 (busy until 88): results at 88 + 45 = 133 and 173.5, completion 174.
+    Without scheduler_time the same search takes 2 x (5 + 80) = 170 s."""
+    import dataclasses
+
+    base = make_profile(gpn=1)
+    spec = make_spec(k=1, gpus=1, gpn=1, scheduler={"name": "random", "n_trials": 2, "max_epochs": 2}, profile=base)
+    assert simulate(spec).summary.makespan_s == 170.0
+    timed = dataclasses.replace(base, scheduler_times={"random": (1.0, 0.5)})
+    result = simulate(dataclasses.replace(spec, profile=timed))
+    assert [e.time for e in result.events if e.event == "result"] == [46.0, 86.5, 133.0, 173.5]
+    assert [(e.time, e.trial) for e in result.events if e.event == "complete"] == [(87.0, 0), (174.0, 1)]
+    assert [(e.time, e.trial) for e in result.events if e.event == "start"] == [(0.0, 0), (87.0, 1)]
+    other = dataclasses.replace(base, scheduler_times={"bohb": (1.0, 0.5)})  # another scheduler's time: not charged
+    assert simulate(dataclasses.replace(spec, profile=other)).summary.makespan_s == 170.0

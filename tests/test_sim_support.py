@@ -24,7 +24,7 @@ SPACE = {
 
 def make_profile(*, t_compute=1.0, samples=400, batch=10, startup=5.0, per_doubling=1.0, eval_s=0.0,
                  save=0.0, restore=0.0, decision=0.0, bandwidth="inf", sharing=None, cv=0.0, gpn=4,
-                 config_cost=None) -> Profile:
+                 config_cost=None, release=0.0) -> Profile:
     return parse_profile({
         **({"config_cost": config_cost} if config_cost is not None else {}),
         "name": "test",
@@ -33,7 +33,8 @@ def make_profile(*, t_compute=1.0, samples=400, batch=10, startup=5.0, per_doubl
         "step_time": {"t_compute_s": t_compute, "grad_bytes": 1e8, "intra_bandwidth_Bps": bandwidth,
                       "inter_bandwidth_Bps": bandwidth, "straggler_cv": cv},
         "overheads": {"startup_s": startup, "startup_per_doubling_s": per_doubling, "eval_s": eval_s,
-                      "checkpoint_save_s": save, "checkpoint_restore_s": restore, "decision_latency_s": decision},
+                      "checkpoint_save_s": save, "checkpoint_restore_s": restore, "decision_latency_s": decision,
+                      "release_s": release},
         "sharing": sharing or {1: 1.0, 2: 1.8, 4: 3.5},
     })
 
@@ -124,8 +125,10 @@ def check_invariants(result: SimulationResult) -> None:
             base = _fixed(prof, 1.0, seg) + sum(b - a for a, b in _training_intervals(prof, seg, result.events))
         else:
             base = _expected(prof, k, seg)
-        extra = dur - base
-        if seg["end"] == "pause":
+        # the ranks checkpoint after every epoch they continue from (checkpoint_every = 1), at a
+        # PAUSE and at completion; every job's end pays the release
+        extra = dur - base - (seg["results"] - 1) * ov.checkpoint_save_s - ov.release_s
+        if seg["end"] in ("pause", "complete"):
             assert extra == pytest.approx(ov.checkpoint_save_s, abs=1e-6), seg
         else:  # a "stop" may end a PAUSE whose save was under way when the scheduler stopped it
             assert extra == pytest.approx(0.0, abs=1e-6) or extra == pytest.approx(ov.checkpoint_save_s, abs=1e-6), seg
@@ -154,7 +157,7 @@ def _training_intervals(prof: Profile, seg: dict, events: list[TraceEvent]) -> l
     out = []
     for r in results:
         out.append((begin, r))
-        begin = r + ov.decision_latency_s
+        begin = r + ov.decision_latency_s + ov.checkpoint_save_s  # checkpoint_every = 1: a save after each epoch
     return out
 
 

@@ -122,6 +122,31 @@ def test_start_up_is_read_per_trial_not_against_a_trace_wide_epoch():
     assert tm.startup_s == {1: pytest.approx(2.0)}
 
 
+def test_a_one_epoch_hold_is_read_against_the_trials_own_epoch_from_its_other_holds():
+    """A synchronous scheduler's first rung: one-epoch holds, paused, some resumed later.
+    Trials 0 and 1 (epochs 10 s and 30 s, start-up 2 s, resume 5 s) train one epoch, pause,
+    resume and train two more; trials 2 and 3 (epoch 60 s) train one epoch and stop. The
+    start-up of trial 0's and 1's one-epoch holds uses their own later gaps; trials 2 and 3
+    never show their epoch time, so they give no start-up sample (against a trace-wide
+    median epoch of 20 s they would say 42 s)."""
+    events = []
+    for trial, epoch in ((0, 10.0), (1, 30.0)):
+        d = (trial,)
+        events += [ev(0.0, "start", trial, 0, devices=d), ev(2.0 + epoch, "result", trial, 1, 0.5, devices=d),
+                   ev(2.0 + epoch, "pause", trial, 1, devices=d)]
+        t = 200.0 + 5.0 + epoch
+        events += [ev(200.0, "resume", trial, 1, devices=d), ev(t, "result", trial, 2, 0.6, devices=d),
+                   ev(t + epoch, "result", trial, 3, 0.7, devices=d), ev(t + epoch, "complete", trial, 3, devices=d)]
+    for trial in (2, 3):
+        d = (trial,)
+        events += [ev(100.0, "start", trial, 0, devices=d), ev(162.0, "result", trial, 1, 0.1, devices=d),
+                   ev(162.0, "stop", trial, 1, devices=d)]
+    tm = timings(sorted(events, key=lambda e: e.time))
+    assert tm.startup_s == {1: pytest.approx(2.0)}
+    assert tm.resume_s == {1: pytest.approx(5.0)}
+    assert tm.samples["starts"] == 2
+
+
 def test_ranking_pools_repeats_and_flags_pairs_inside_the_noise():
     from types import SimpleNamespace
 
@@ -261,7 +286,8 @@ def test_update_profile_of_a_per_rung_run_refits_every_allocation(tmp_path, caps
     """Each k of the schedule is measured by the devices its epochs held, and the refitted
     profile carries the run's own overheads. Expected values from the constructed trace and
     digits_cpu (37 steps per epoch at every k: 1184 samples, global batch 32; decision
-    0.00134526 s; evaluation 0.0207273 s, not split across ranks)."""
+    0.00134526 s; checkpoint write 0.00202608 s, after every epoch and in a pause;
+    evaluation 0.0207273 s, not split across ranks)."""
     import yaml
 
     from nasalloc import cli
@@ -269,16 +295,20 @@ def test_update_profile_of_a_per_rung_run_refits_every_allocation(tmp_path, caps
     run = _per_rung_run(tmp_path / "run")
     out = tmp_path / "validate"
     assert cli.main(["validate", f"run={run}", "update_profile=true", "plots=false", f"out_dir={out}"]) == 0
-    capsys.readouterr()
+    printed = capsys.readouterr().out
+    # every term on its own: the pause predicted as decision + write (0.00337 s), measured 0.5 s
+    assert "error per term: epoch " in printed and "; resume " in printed
+    assert "pause -99.3% (0.00337 s vs 0.5 s)" in printed
     update = json.loads((out / "validation.json").read_text())["profile_update"]
     assert update["measured_epoch_s"] == {"1": 10.0, "2": 6.0}
-    decision, evaluation = 0.00134526, 0.0207273
-    assert update["implied_step_s"] == {"1": pytest.approx((10.0 - decision - evaluation) / 37, rel=1e-9),
-                                        "2": pytest.approx((6.0 - decision - evaluation) / 37, rel=1e-9)}
+    decision, save, evaluation = 0.00134526, 0.00202608, 0.0207273
+    assert update["implied_step_s"] == {"1": pytest.approx((10.0 - decision - save - evaluation) / 37, rel=1e-9),
+                                        "2": pytest.approx((6.0 - decision - save - evaluation) / 37, rel=1e-9)}
     overheads = yaml.safe_load((out / "profile_updated.yaml").read_text())["overheads"]
     assert overheads["startup_s"] == pytest.approx(2.0)  # 12 s to the first result - one 10 s epoch
     assert overheads["checkpoint_restore_s"] == pytest.approx(3.0 - 2.0)  # resume 3 s - start-up
-    assert overheads["checkpoint_save_s"] == pytest.approx(0.5 - decision)  # pause 0.5 s - decision
+    assert overheads["checkpoint_save_s"] == save  # one write: kept from the profile
+    assert overheads["release_s"] == pytest.approx(0.5 - decision - save)  # pause 0.5 s - decision - write
 
 
 def test_a_schedule_holding_one_device_at_two_allocations_leaves_both_out(tmp_path):

@@ -38,8 +38,8 @@ def _run(folder, gpus_per_trial):
 def test_the_epoch_time_error_is_labelled_with_the_runs_allocation(tmp_path, capsys, k):
     run = _run(tmp_path / "run", k)
     assert cli.main(["validate", f"run={run}", "plots=false", f"out_dir={tmp_path / 'out'}"]) == 0
-    line = next(x for x in capsys.readouterr().out.splitlines() if "epoch time error" in x)
-    assert f"epoch time error k={k}: " in line
+    line = next(x for x in capsys.readouterr().out.splitlines() if "error per term" in x)
+    assert f"error per term: epoch k={k} " in line
     if k != 1:
         assert "k=1:" not in line
 

@@ -76,23 +76,27 @@ def timings(events: Sequence[TraceEvent]) -> Timings:
     """Medians of the trace's epoch gaps, start-up, resume and pause costs.
 
     Start-up (and resume) cost is taken per hold: its first result less the time since the
-    start, less *that hold's own* median epoch gap — configurations differ in epoch time,
-    and subtracting a trace-wide median would mix them. A hold with a single result falls
-    back to the trace-wide median epoch at its number of devices.
+    start, less *that trial's own* median epoch gap — configurations differ in epoch time
+    (on the digits CNN by up to 6x), and subtracting a trace-wide median would put that
+    spread into the start-up: a synchronous scheduler's first rung is made of one-epoch
+    holds. A hold with a single result uses the trial's gaps from its other holds on as
+    many devices; a trial that never trained two epochs in a row there gives no sample.
     """
     epoch: dict[int, list[float]] = {}
+    trial_gaps: dict[tuple[int, int], list[float]] = {}
     per_hold: list[tuple[Hold, list[float]]] = []
     pause: list[float] = []
     for h in holds(events):
         gaps = [b - a for a, b in zip(h.results, h.results[1:])]
         epoch.setdefault(h.devices, []).extend(gaps)
+        trial_gaps.setdefault((h.trial, h.devices), []).extend(gaps)
         per_hold.append((h, gaps))
         if h.results and h.end == "pause" and h.end_time is not None:
             pause.append(h.end_time - h.results[-1])
     epoch_med = {k: m for k, v in epoch.items() if (m := _median(v)) is not None}
     first: dict[tuple[str, int], list[float]] = {}
     for h, gaps in per_hold:
-        own = _median(gaps) if gaps else epoch_med.get(h.devices)
+        own = _median(gaps or trial_gaps[(h.trial, h.devices)])
         if h.results and own is not None:
             first.setdefault((h.begin, h.devices), []).append(max(0.0, h.results[0] - h.begin_time - own))
 
