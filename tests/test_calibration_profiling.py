@@ -390,11 +390,14 @@ def test_runs_under_load_are_extended_until_they_see_an_epoch_boundary(tmp_path)
     assert launcher.max_steps[12:14] == [769, 3001]
     assert m.steps_per_epoch[1] == 1000 and m.eval_s == [0.02] and m.checkpoint_save_s == [0.001]
     assert m.checkpoint_restore_s == [0.002] and len(m.decision_latency_s) == 1
-    # start-up at each k from startup_jobs = 2 fresh jobs, capped at two epochs (2 x 1000 + 3 warm-up + 2)
-    assert launcher.max_steps[14:] == [2005] * 4
-    assert len(m.startup_s[1]) == 2 and len(m.startup_s[2]) == 2
+    # at each k: start-up from startup_jobs = 2 fresh jobs, capped at two epochs (2 x 1000 + 3 warm-up + 2),
+    # then 2 pause-and-resume pairs, capped at three epochs (3 x 1000 + 3 warm-up); the paused jobs'
+    # start-ups count too
+    assert launcher.max_steps[14:] == ([2005] * 2 + [3003] * 4) * 2
+    assert len(m.startup_s[1]) == 4 and len(m.startup_s[2]) == 4
+    assert len(m.pause_s[1]) == 2 and len(m.resume_s[2]) == 2
     # first report at 0.05 + 999 steps + 20 ms eval + 1 ms, less one epoch (1000 steps + 20 ms)
-    assert m.startup_s[2] == pytest.approx([0.05 + 999 * step + 0.021 - (1000 * step + 0.02)] * 2)
+    assert m.startup_s[2] == pytest.approx([0.05 + 999 * step + 0.021 - (1000 * step + 0.02)] * 4)
     profiler.check_complete(m)
     assert m.assumed == {} and m.assumptions() == {}
 
@@ -416,7 +419,8 @@ def test_what_no_run_could_see_is_listed_as_assumed_with_one_line_each(tmp_path)
     profiler.measure_ks(launcher, [1, 2], m)
     assert launcher.max_steps[12:14] == [769, 3001]  # extended once, to calibration.max_steps, and no further
     profiler.check_complete(m)
-    expected = {"eval_s", "decision_latency_s", "checkpoint_save_s", "checkpoint_restore_s", "startup_s", "sharing.2"}
+    expected = {"eval_s", "decision_latency_s", "checkpoint_save_s", "checkpoint_restore_s", "startup_s", "release_s",
+                "sharing.2"}
     assert set(m.assumptions()) == expected
     assert all("\n" not in line and "not measured" in line for line in m.assumptions().values())
     assert "calibration.max_steps=3000" in m.assumptions()["eval_s"]
