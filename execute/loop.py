@@ -55,7 +55,7 @@ class SearchLoop:
     def __init__(self, scheduler: Scheduler, backend: LocalBackend, device_ids: list[int], allocation: Allocation,
                  journal: Journal, options: LoopOptions, *, restart: list[Job] | None = None, calls: int = 0,
                  best: tuple[float, int] | None = None, elastic: ElasticPolicy | None = None,
-                 on_change: Callable[[SearchLoop], None] | None = None):
+                 on_change: Callable[[SearchLoop], None] | None = None, stop: threading.Event | None = None):
         self.scheduler = scheduler
         self.backend = backend
         self.slots = SlotMap(device_ids, allocation.slots_per_device)
@@ -73,7 +73,7 @@ class SearchLoop:
         self.groups: dict[int, Segment] = {}  # process group id -> the segment it runs
         self.interrupted = False
         self._on_change = on_change
-        self._stop = threading.Event()
+        self._stop = stop if stop is not None else threading.Event()  # set by `request_stop`, or by the caller's own handler
 
     @property
     def running(self) -> dict[int, Segment]:

@@ -16,9 +16,10 @@ worker, while calibration leaves them out, skewing k = 1/4 (four workers) agains
 After each job it frees what the job left (`release_memory`), so trials taking turns on a
 GPU do not keep each other's cached blocks.
 
-Run as ``python -m nasalloc.execute.worker`` by `backend.LocalBackend`; the connection
-address, thread count, pinned cores and device kind come in argv, the auth key in the
-environment.
+Forked by the fork server of `backend.LocalBackend` (`forkserver.py`: torch is imported
+there once, and this `main` runs in the child), or run as ``python -m
+nasalloc.execute.worker``; the connection address, thread count, pinned cores, device kind
+and the worker's token come in argv, the auth key in the environment.
 """
 
 from __future__ import annotations
@@ -204,11 +205,14 @@ def run_job(conn: Connection, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
+    """Set up and serve jobs. argv: connection address, threads, cores to pin ("" = none),
+    device kind, and a token the executor recognises this worker by in its "ready"."""
     address, threads, cpus, device_kind = argv[0], int(argv[1]), argv[2], argv[3]
+    token = argv[4] if len(argv) > 4 else None
     parent = os.getppid()
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     authkey = bytes.fromhex(os.environ.pop(AUTHKEY_ENV))
-    import torch  # the expensive imports, paid once per worker
+    import torch  # imported by the fork server already (free here); paid once when run on its own
     import torch.distributed  # noqa: F401
 
     import nasalloc.execute.api  # noqa: F401
@@ -224,7 +228,9 @@ def main(argv: list[str]) -> None:
             resolve_entrypoint(entry)  # warm the training function's imports too; errors surface per job
         except Exception:  # noqa: BLE001
             pass
-    hello: dict[str, Any] = {"op": "ready", "pid": os.getpid()}
+    hello: dict[str, Any] = {"op": "ready", "pid": os.getpid(), "token": token}
+    print(f"worker pid {os.getpid()}: {device_kind}, {threads} threads, cores {cpus or 'any'}, "
+          f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}", flush=True)
     if device_kind == "cuda":
         try:
             warm_up_cuda()
