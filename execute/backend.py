@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
 from typing import Any
@@ -285,7 +285,7 @@ class LocalBackend:
         return sum(w.conn is not None for w in self._workers.values())
 
     def wait_ready(self, timeout: float = WORKER_START_TIMEOUT_S, stop: threading.Event | None = None,
-                   on_progress: Any = None) -> None:
+                   on_progress: Callable[[int, int], None] | None = None) -> None:
         """Block until every worker is connected.
 
         `WorkersDidNotStart` (one line) if a worker dies while starting or they are not all up
@@ -315,7 +315,7 @@ class LocalBackend:
                                              f"{w.proc.returncode} while starting{where}")
             assert self._server is not None
             if not self._server.alive:
-                raise WorkersDidNotStart(self._server._gone_message())
+                raise WorkersDidNotStart(self._server.gone_message())
             if time.monotonic() > deadline:
                 where = f"; their logs: {self._log_dir}" if self._log_dir else ""
                 raise WorkersDidNotStart(f"{total - ready} of {total} workers did not start within {timeout:.0f} s "
@@ -474,6 +474,8 @@ class LocalBackend:
 
     def shutdown(self) -> None:
         """Stop every worker (asking first, then SIGKILL) and remove the socket folder."""
+        if self._server is not None and not self._server.ready:
+            self._server.close()  # still importing (a Ctrl-C right at the start): nothing forked yet
         for w in self._workers.values():
             if w.conn is not None and w.job is None:
                 self._send(w, {"op": "exit"})

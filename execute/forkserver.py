@@ -2,11 +2,12 @@
 
 Why: a worker that starts as ``python -m nasalloc.execute.worker`` imports torch itself, and
 eight of them doing so at once on 2 cores took 13 s (issue 17; ``import torch`` alone is
-1.4 s of CPU here). The backend starts this server once instead; it imports torch,
-torch.distributed and the job code, and forks each worker from that state (a fork costs
-milliseconds). It also keeps one **spare**: a child forked ahead of need, in its own
-session, waiting to be told what it will be, so a replacement worker (the retry after a
-failed job) does not even wait for the fork.
+1.4 s of CPU here, torch._dynamo, which the first optimizer step imports, another 1 s). The
+backend starts this server once instead; it imports torch, torch._dynamo, torch.distributed
+and the job code, and forks each worker from that state (a fork costs milliseconds). It
+also keeps one **spare**: a child forked ahead of need, in its own session, waiting to be
+told what it will be, so a replacement worker (the retry after a failed job) does not even
+wait for the fork.
 
 CUDA safety: the server never initialises CUDA: it calls nothing in ``torch.cuda`` and does
 not import the user's training function (whose module may ask ``torch.cuda.is_available()``
@@ -30,6 +31,7 @@ Protocol (pickled tuples over a socketpair, `ForkServer` is the executor's end):
     <- ("spawned", id, pid)
     -> ("kill", id)                     SIGKILL the worker's process group
     <- ("exited", id, returncode)       a worker ended (returncode as subprocess gives it)
+    <- ("ready", -1)                    once, when the imports are done
 """
 
 from __future__ import annotations
@@ -112,16 +114,17 @@ class ForkServer:
         self._procs: dict[int, ForkedProcess] = {}
         self._next = 0
         self._gone = False
+        self.ready = False  # imports done (before that it has no child)
         self._lock = threading.Lock()
         threading.Thread(target=self._read_loop, daemon=True).start()
 
     def send(self, msg: tuple) -> None:
         if self._gone:
-            raise ServerGone(self._gone_message())
+            raise ServerGone(self.gone_message())
         try:
             self._conn.send(msg)
         except (OSError, ValueError):
-            raise ServerGone(self._gone_message()) from None
+            raise ServerGone(self.gone_message()) from None
 
     def spawn(self, argv: list[str], env: dict[str, str], log: Path | None) -> ForkedProcess:
         """Have the server's spare run ``worker.main(argv)`` with environment `env` (replacing
@@ -142,6 +145,9 @@ class ForkServer:
             except (EOFError, OSError):
                 break
             op, ident = msg[0], msg[1]
+            if op == "ready":
+                self.ready = True
+                continue
             proc = self._procs.get(ident)
             if proc is None:
                 continue
@@ -159,7 +165,7 @@ class ForkServer:
             if proc.returncode is None:
                 proc._exited(-signal.SIGKILL)
 
-    def _gone_message(self) -> str:
+    def gone_message(self) -> str:
         code = self.proc.poll()
         where = f" (log: {self.log})" if self.log else ""
         return f"the workers' fork server exited (status {code}){where}"
@@ -169,7 +175,10 @@ class ForkServer:
         return not self._gone and self.proc.poll() is None
 
     def close(self, timeout: float = 10.0) -> None:
-        """End the server: it kills every worker's process group, then exits."""
+        """End the server: it kills every worker's process group, then exits (at once if it
+        is still importing, e.g. on Ctrl-C during start-up: it has no child yet)."""
+        if not self.ready:
+            self.proc.kill()
         try:
             self._conn.close()
         except OSError:
@@ -202,10 +211,9 @@ class _Server:
             self._reap()
             if self.conn in ready:
                 try:
-                    msg = self.conn.recv()
-                except (EOFError, OSError):
+                    self._handle(self.conn.recv())
+                except (EOFError, OSError):  # the executor is gone
                     break
-                self._handle(msg)
         self._shutdown()
 
     def _handle(self, msg: tuple) -> None:
@@ -331,13 +339,16 @@ def _redirect_output(log: str | None) -> None:
 
 def main(argv: list[str]) -> None:
     conn = Connection(int(argv[0]))
-    # the expensive imports, once for every worker (nothing here touches CUDA)
+    # the expensive imports, once for every worker (nothing here touches CUDA). torch._dynamo
+    # is imported by the first optimizer step of any training function (~1 s of CPU each)
     import torch  # noqa: F401
+    import torch._dynamo  # noqa: F401
     import torch.distributed  # noqa: F401
 
     import nasalloc.execute.api  # noqa: F401
     import nasalloc.execute.worker  # noqa: F401
 
+    conn.send(("ready", -1))  # until now nothing was forked: the executor may simply kill this process
     _Server(conn).serve()
 
 

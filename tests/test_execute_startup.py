@@ -94,14 +94,22 @@ def test_an_impossible_slot_count_is_refused_before_any_worker_starts(
 # ----- the fork server ------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_workers_are_forked_in_their_own_sessions_and_end_with_a_killed_server(tmp_path: Path) -> None:
+def test_workers_are_forked_in_their_own_sessions_and_end_with_a_killed_server(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each worker is a child of the fork server (not of the executor), leads its own session
     (its process group is killed as one), and exits by itself when its parent, the server,
-    is SIGKILLed (the worker's parent watchdog)."""
-    backend = LocalBackend([Slot(0, 0), Slot(0, 1)], "cpu", worker_log_dir=tmp_path / "workers")
+    is SIGKILLed (the worker's parent watchdog). What libraries read once, when they load, is
+    in the server's own environment: the workers' thread count, and no spinning OpenMP
+    threads where two workers share the cores."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    backend = LocalBackend([Slot(0, 0), Slot(0, 1)], "cpu", threads_per_rank=1, worker_log_dir=tmp_path / "workers")
     try:
         backend.wait_ready(timeout=100)
         server = backend._server.proc.pid  # type: ignore[union-attr]
+        raw = Path(f"/proc/{server}/environ").read_bytes().split(b"\0")
+        server_env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+        assert server_env["OMP_WAIT_POLICY"] == "PASSIVE" and server_env["OMP_NUM_THREADS"] == "1"
+        assert "NASALLOC_WORKER_AUTHKEY" not in server_env  # each worker gets it in its own environment
         pids = backend.worker_pids()
         for pid in pids:
             stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
