@@ -66,6 +66,7 @@ def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
         rep = replay(old, scheduler, lambda tid, at_most: latest_checkpoint(ckpt / f"trial_{tid:04d}", at_most))
         restart, offset, fixups, calls, best = rep.restart, rep.makespan, rep.fixups, rep.calls, rep.best
     else:
+        run_dir.mkdir(parents=True, exist_ok=True)
         trace_path.touch()  # resumable from here on (an empty journal replays to a fresh start)
     stop = threading.Event()
     with stop_on_signals(stop):

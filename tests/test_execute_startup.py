@@ -12,11 +12,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from test_execute import Budget, check_history, run_workers, toy_raw, wait_for
+from test_execute import Budget, check_history, run_search_stopped_when, run_workers, toy_raw, wait_for
 
 from nasalloc.cli import main as cli_main
 from nasalloc.execute.backend import LocalBackend, StartInterrupted, WorkersDidNotStart
@@ -145,6 +144,24 @@ def test_workers_that_do_not_start_in_time_end_in_one_line_and_leave_no_process(
     assert not run_workers(tmp_path)  # the spare too: every process whose output goes to these logs
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_run_whose_workers_do_not_start_ends_in_one_line_and_stays_resumable(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    message = "2 of 2 workers did not start within 120 s (is the machine overloaded?)"
+
+    def never_ready(*_: object, **__: object) -> None:
+        raise WorkersDidNotStart(message)
+
+    monkeypatch.setattr(LocalBackend, "wait_ready", never_ready)
+    out = tmp_path / "run"
+    code = cli_main(["run", "train=toy", "progress=none", f"out_dir={out}"])
+    assert code == 1
+    assert capsys.readouterr().err == f"nasalloc run: {message}; continue with: nasalloc run resume={out}\n"
+    assert (out / "trace.jsonl").read_text() == "" and (out / "run_config.yaml").is_file()
+    assert not run_workers(out)  # the workers that did start were stopped
+
+
 # ----- Ctrl-C while the workers start (issue 18.1) --------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(270)
@@ -187,29 +204,11 @@ def test_the_progress_best_after_a_resume_counts_the_results_from_before_it(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A search stopped mid-way, then resumed: each progress line of the resumed run shows a
     best at least as good as the best result journaled before the resume."""
-    import threading
-
     raw = toy_raw({"name": "random", "n_trials": 4, "max_epochs": 3}, progress="plain", trial_timeout_s=600,
                   faults=[{"trial": 2, "epoch": 2, "mode": "hang"}])
-    finished = threading.Event()
-    budget = Budget(240)
-
-    def interrupt_when(path: Path) -> None:
-        while not finished.is_set() and budget.left() > 0.1:
-            if path.exists():
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            time.sleep(0.01)
-
     # trial 2 hangs in epoch 2: stop the search then (trials 0 and 1 have all their results)
     marker = tmp_path / "checkpoints" / "trial_0002" / "faulted_0_rank0"
-    watcher = threading.Thread(target=interrupt_when, args=(marker,), daemon=True)
-    watcher.start()
-    try:
-        first = run_search(settings_from(raw), tmp_path)
-    finally:
-        finished.set()
-        watcher.join()
+    first = run_search_stopped_when(raw, tmp_path, marker, Budget(240))
     assert first["interrupted"]
     old = [ev for ev in read_trace(tmp_path / "trace.jsonl") if ev.event == "result"]
     best = max(old, key=lambda ev: ev.metric)
