@@ -221,6 +221,7 @@ class LocalBackend:
             env = worker_env(os.environ, device_kind="cpu", device=0, threads=self._threads,
                              slots_share_cores=self._slots_share_cores, authkey_hex="", preload=self._preload)
             env.pop(AUTHKEY_ENV)
+            env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # a stray is_available() there: no CUDA init
             self._server = ForkServer(env, None if self._log_dir is None else self._log_dir / "forkserver.log")
             for s in self.slots:
                 self._spawn(s)

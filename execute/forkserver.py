@@ -337,10 +337,10 @@ def _redirect_output(log: str | None) -> None:
         os.close(fd)
 
 
-def main(argv: list[str]) -> None:
-    conn = Connection(int(argv[0]))
-    # the expensive imports, once for every worker (nothing here touches CUDA). torch._dynamo
-    # is imported by the first optimizer step of any training function (~1 s of CPU each)
+def import_shared() -> None:
+    """The expensive imports, once for every worker. Nothing here may touch CUDA (a test
+    checks that no ``torch.cuda`` function is called). torch._dynamo is imported by the first
+    optimizer step of any training function (~1 s of CPU in each worker otherwise)."""
     import torch  # noqa: F401
     import torch._dynamo  # noqa: F401
     import torch.distributed  # noqa: F401
@@ -348,6 +348,10 @@ def main(argv: list[str]) -> None:
     import nasalloc.execute.api  # noqa: F401
     import nasalloc.execute.worker  # noqa: F401
 
+
+def main(argv: list[str]) -> None:
+    conn = Connection(int(argv[0]))
+    import_shared()
     conn.send(("ready", -1))  # until now nothing was forked: the executor may simply kill this process
     _Server(conn).serve()
 

@@ -1,8 +1,9 @@
 """Live progress of a run: a rich panel on a terminal, plain lines otherwise.
 
 Shows the workers starting, then trials started / running / finished / failed, the best
-metric so far (a resumed run's included) and how many devices are busy. On a non-terminal (CI, a log file) it prints one line whenever a count
-changes, so logs stay short and greppable.
+metric so far (a resumed run's included) and how many devices are busy. On a non-terminal
+(CI, a log file) it prints one line whenever a count changes, so logs stay short and
+greppable.
 """
 
 from __future__ import annotations

@@ -91,6 +91,27 @@ def test_an_impossible_slot_count_is_refused_before_any_worker_starts(
 
 
 # ----- the fork server ------------------------------------------------------------------------
+def test_the_fork_server_imports_touch_no_cuda() -> None:
+    """What the fork server imports before forking calls no torch.cuda function (a fresh
+    Python: this one has imported them already). A CUDA call there would initialise the
+    driver, and no forked worker could use its GPU."""
+    script = """
+import torch
+calls = []
+for name in ("is_available", "device_count", "init", "_lazy_init", "current_device", "set_device",
+             "get_device_properties", "synchronize", "mem_get_info"):
+    def wrapped(*args, _name=name, _orig=getattr(torch.cuda, name), **kwargs):
+        calls.append(_name)
+        return _orig(*args, **kwargs)
+    setattr(torch.cuda, name, wrapped)
+from nasalloc.execute.forkserver import import_shared
+import_shared()
+print(calls, torch.cuda.is_initialized())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=250, check=True)
+    assert out.stdout.strip() == "[] False"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_workers_are_forked_in_their_own_sessions_and_end_with_a_killed_server(
@@ -109,6 +130,7 @@ def test_workers_are_forked_in_their_own_sessions_and_end_with_a_killed_server(
         server_env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
         assert server_env["OMP_WAIT_POLICY"] == "PASSIVE" and server_env["OMP_NUM_THREADS"] == "1"
         assert "NASALLOC_WORKER_AUTHKEY" not in server_env  # each worker gets it in its own environment
+        assert server_env["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"  # even is_available() there leaves CUDA alone
         pids = backend.worker_pids()
         for pid in pids:
             stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
