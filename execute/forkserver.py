@@ -110,7 +110,8 @@ class ForkServer:
             if out is not subprocess.DEVNULL:
                 out.close()
         self.log = log
-        self._conn = Connection(ours.detach())
+        self._sock = ours  # kept for `close`: shutdown() ends the reader's recv, close() would not
+        self._conn = Connection(os.dup(ours.fileno()))
         self._procs: dict[int, ForkedProcess] = {}
         self._next = 0
         self._gone = False
@@ -159,6 +160,7 @@ class ForkServer:
                 with self._lock:
                     self._procs.pop(ident, None)
         self._gone = True
+        self._conn.close()
         # the server killed its workers before exiting, or died and its workers' watchdogs end them
         for proc in list(self._procs.values()):
             proc._forked.set()
@@ -180,9 +182,10 @@ class ForkServer:
         if not self.ready:
             self.proc.kill()
         try:
-            self._conn.close()
+            self._sock.shutdown(socket.SHUT_RDWR)  # the server reads EOF (the reader thread too)
         except OSError:
             pass
+        self._sock.close()
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -354,6 +357,9 @@ def main(argv: list[str]) -> None:
     import_shared()
     conn.send(("ready", -1))  # until now nothing was forked: the executor may simply kill this process
     _Server(conn).serve()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # the interpreter's own teardown with torch loaded takes seconds, and frees nothing we need
 
 
 if __name__ == "__main__":
