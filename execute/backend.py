@@ -3,9 +3,11 @@
 The search loop (and calibration's launcher) only say "run this trial as k ranks on these
 slots", "here is the decision", "kill it", and read back events: `Report`, `Checkpointed`,
 `Ended`, `Failed` (the `Backend` protocol). `LocalBackend` implements that on one machine with
-warm workers (`worker.py`), one per device slot, connected over a Unix socket;
-`ray_backend.RayBackend` implements it on a Ray cluster with the same worker code in warm
-actors, connected over TCP.
+warm workers (`worker.py`), one per device slot, connected over a Unix socket. The workers are
+forked by a fork server (`forkserver.py`) that imported torch once, so eight of them are up in
+about the time one ``import torch`` takes, and a replaced worker is up in a fraction of a
+second. `ray_backend.RayBackend` implements the protocol on a Ray cluster with the same worker
+code in warm actors, connected over TCP.
 
 Failure rule: if any rank of a group crashes, raises, dies or stays silent past the job's
 `timeout_s`, the whole group is torn down — every worker of the group is killed with its
@@ -23,24 +25,32 @@ import os
 import queue
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
 from typing import Any, Protocol
 
 from nasalloc.execute.devices import Slot, cuda_visible_device, rank_threads
+from nasalloc.execute.forkserver import ForkedProcess, ForkServer, ServerGone
 from nasalloc.execute.worker import AUTHKEY_ENV, PRELOAD_ENV
 from nasalloc.sim.errors import UserError
 
 WORKER_START_TIMEOUT_S = 120.0
+
+
+class WorkersDidNotStart(RuntimeError):
+    """Workers died or stayed silent while starting (`LocalBackend.wait_ready`); the message
+    is one line naming how many were up and where their logs are."""
+
+
+class StartInterrupted(Exception):
+    """`wait_ready` was asked to stop (Ctrl-C / SIGTERM) before every worker was up."""
 
 
 @dataclass
@@ -106,7 +116,8 @@ class Backend(Protocol):
 
     def poll(self, timeout: float) -> list[Event]: ...
 
-    def wait_ready(self) -> None: ...
+    def wait_ready(self, timeout: float = ..., stop: threading.Event | None = None,
+                   on_progress: Callable[[int, int], None] | None = None) -> None: ...
 
     def shutdown(self) -> None: ...
 
@@ -114,7 +125,8 @@ class Backend(Protocol):
 @dataclass
 class _Worker:
     slot: Slot
-    proc: subprocess.Popen
+    proc: ForkedProcess
+    token: str  # says which worker a connection's "ready" comes from
     conn: Connection | None = None
     pid: int | None = None
     job: int | None = None  # group id it serves
@@ -221,8 +233,11 @@ class LocalBackend:
         self._workers: dict[Slot, _Worker] = {}
         self._groups: dict[int, _Group] = {}
         self._next_group = 0
+        self._spawned = 0
         self._events: list[Event] = []
+        self._server: ForkServer | None = None
         try:
+            self._server = self._start_server()
             for s in self.slots:
                 self._spawn(s)
         except BaseException:
@@ -230,6 +245,16 @@ class LocalBackend:
             raise
 
     # ----- workers -------------------------------------------------------------------------
+    def _start_server(self) -> ForkServer | None:
+        """The fork server the workers are forked from. Its environment is its workers' (what
+        libraries read once, when they load, is the same for all of them); each child sets its
+        own GPU after the fork."""
+        env = worker_env(os.environ, device_kind="cpu", device=0, threads=self._threads,
+                         slots_share_cores=self._slots_share_cores, authkey_hex="", preload=self._preload)
+        env.pop(AUTHKEY_ENV)
+        env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # a stray is_available() there: no CUDA init
+        return ForkServer(env, None if self._log_dir is None else self._log_dir / "forkserver.log")
+
     def _listen(self) -> Listener:
         """Where workers connect: a Unix socket in the backend's own folder."""
         return Listener(str(self._tmp / "w.sock"), family="AF_UNIX", authkey=self._authkey)
@@ -258,19 +283,16 @@ class LocalBackend:
         if self._pin:
             first = (slot.device * self._threads) % (os.cpu_count() or 1)
             cpus = ",".join(str(first + i) for i in range(self._threads))
-        log, log_path = subprocess.DEVNULL, None
+        log_path = None
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self._log_dir / f"worker_{slot.device}_{slot.share}.log"
-            log = open(log_path, "ab")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "nasalloc.execute.worker", str(self._tmp / "w.sock"), str(self._threads), cpus,
-             self.device_kind],
-            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-        )
-        if log is not subprocess.DEVNULL:
-            log.close()
-        self._workers[slot] = _Worker(slot, proc, log=log_path)
+        token = f"{slot.device}.{slot.share}.{self._spawned}"
+        self._spawned += 1
+        assert self._server is not None
+        proc = self._server.spawn([str(self._tmp / "w.sock"), str(self._threads), cpus, self.device_kind, token],
+                                  env, log_path)
+        self._workers[slot] = _Worker(slot, proc, token, log=log_path)
 
     def _take_arrivals(self) -> None:
         while True:
@@ -278,7 +300,7 @@ class LocalBackend:
                 hello, conn = self._arrivals.get_nowait()
             except queue.Empty:
                 return
-            w = next((w for w in self._workers.values() if w.proc.pid == hello.get("pid")), None)
+            w = next((w for w in self._workers.values() if w.token == hello.get("token")), None)
             if w is None:
                 conn.close()
                 continue
@@ -291,23 +313,46 @@ class LocalBackend:
                     g.last_activity = time.monotonic()
                 w.pending = None
 
-    def wait_ready(self, timeout: float = WORKER_START_TIMEOUT_S) -> None:
-        """Block until every worker is connected (RuntimeError if one dies or it takes too long).
+    def ready_count(self) -> int:
+        """Workers connected and ready (for start-up progress)."""
+        self._take_arrivals()
+        return sum(w.conn is not None for w in self._workers.values())
+
+    def wait_ready(self, timeout: float = WORKER_START_TIMEOUT_S, stop: threading.Event | None = None,
+                   on_progress: Callable[[int, int], None] | None = None) -> None:
+        """Block until every worker is connected.
+
+        `WorkersDidNotStart` (one line) if a worker dies while starting or they are not all up
+        within `timeout` s; `StartInterrupted` as soon as `stop` is set (a signal handler sets
+        it: Ctrl-C). `on_progress(ready, total)` is called whenever the count changes. The
+        caller shuts the backend down after either, which leaves no process behind.
 
         A worker that could not set up its GPU (CUDA warm-up) still connects, so that the
         error is read here, once, as one line naming its log (UserError), instead of as a
         failure of every trial.
         """
         deadline = time.monotonic() + timeout
-        while any(w.conn is None for w in self._workers.values()):
-            self._take_arrivals()
+        total, shown = len(self._workers), -1
+        while True:
+            ready = self.ready_count()
+            if ready != shown and on_progress is not None:
+                on_progress(ready, total)
+            shown = ready
+            if ready == total:
+                break
+            if stop is not None and stop.is_set():
+                raise StartInterrupted(f"interrupted while starting the workers ({ready} of {total} ready)")
             for w in self._workers.values():
                 if w.conn is None and w.proc.poll() is not None:
                     where = f" (log: {w.log})" if w.log else ""
-                    raise RuntimeError(f"worker for device {w.slot.device} exited with status {w.proc.returncode} "
-                                       f"while starting{where}")
+                    raise WorkersDidNotStart(f"the worker for device {w.slot.device} exited with status "
+                                             f"{w.proc.returncode} while starting{where}")
+            if self._server is not None and not self._server.alive:
+                raise WorkersDidNotStart(self._server.gone_message())
             if time.monotonic() > deadline:
-                raise RuntimeError(f"workers did not start within {timeout:.0f} s")
+                where = f"; their logs: {self._log_dir}" if self._log_dir else ""
+                raise WorkersDidNotStart(f"{total - ready} of {total} workers did not start within {timeout:.0f} s "
+                                         f"(is the machine overloaded?){where}")
             time.sleep(0.02)
         for w in self._workers.values():
             if w.start_error:
@@ -317,13 +362,10 @@ class LocalBackend:
 
     def _kill(self, w: _Worker) -> None:
         try:
-            os.killpg(w.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
+            w.proc.kill()
             w.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        except (ServerGone, subprocess.TimeoutExpired):
+            pass  # without its server a worker ends by itself (its parent watchdog)
         if w.conn is not None:
             w.conn.close()
 
@@ -469,6 +511,8 @@ class LocalBackend:
 
     def shutdown(self) -> None:
         """Stop every worker (asking first, then SIGKILL) and remove the socket folder."""
+        if self._server is not None and not self._server.ready:
+            self._server.close()  # still importing (a Ctrl-C right at the start): nothing forked yet
         for w in self._workers.values():
             if w.conn is not None and w.job is None:
                 self._send(w, {"op": "exit"})
@@ -479,12 +523,16 @@ class LocalBackend:
             except subprocess.TimeoutExpired:
                 pass
             self._kill(w)
+        if self._server is not None:
+            self._server.close()  # kills what is left (the spare too) and exits
         self._closed = True
         self._listener.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def worker_pids(self) -> list[int]:
-        return [w.proc.pid for w in self._workers.values()]
+        """The workers' pids (a worker just forked is waited for: milliseconds)."""
+        pids = [w.proc.wait_pid() for w in self._workers.values()]
+        return [p for p in pids if p is not None]
 
     def __enter__(self) -> LocalBackend:
         return self

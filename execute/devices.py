@@ -10,6 +10,7 @@ others; this module only picks a free one on each placed device.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -93,3 +94,61 @@ def device_name(kind: str, device: int = 0) -> str | None:
     if not torch.cuda.is_available() or device >= torch.cuda.device_count():
         return None
     return str(torch.cuda.get_device_name(device))
+
+
+# A warm worker is a whole torch process with its own thread pool; past a few per core they
+# only take turns on the cores (and `nasalloc run devices.count=999` on 2 cores started
+# hundreds of them and hung for minutes). 4 per core admits k = 1/4 on one slot per core.
+MAX_WORKERS_PER_CORE = 4
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, e.g. a container's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def process_rss_bytes() -> int:
+    """This process's resident memory: the executor, once it has imported the training
+    function, is what one warm worker is (Python + torch + that function's imports)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak, in KiB on Linux
+
+
+def available_memory_bytes() -> int:
+    """Memory available for new processes (MemAvailable: free plus reclaimable caches)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_capacity(what: str, kind: str, n_devices: int, slots_per_device: int, *, cores: int, worker_bytes: int,
+                   available_bytes: int) -> None:
+    """UserError (one line naming the limit) if this machine cannot hold the warm workers:
+    n_devices x slots_per_device processes. CPU slots: at most `MAX_WORKERS_PER_CORE` per
+    core. Any kind: their memory at `worker_bytes` each within `available_bytes`. `what`
+    names the setting in the message (e.g. ``devices.count=999``)."""
+    from nasalloc.sim.errors import UserError
+
+    workers = n_devices * slots_per_device
+    shared = f" ({n_devices} devices x {slots_per_device} trials sharing each)" if slots_per_device > 1 else ""
+    if kind == "cpu" and workers > MAX_WORKERS_PER_CORE * cores:
+        raise UserError(f"{what}: {workers} worker processes{shared} on {cores} cores; at most "
+                        f"{MAX_WORKERS_PER_CORE * cores} ({MAX_WORKERS_PER_CORE} per core)")
+    if workers * worker_bytes > available_bytes:
+        gib = 2**30
+        raise UserError(f"{what}: {workers} worker processes{shared} need about {workers * worker_bytes / gib:.1f} GiB "
+                        f"({worker_bytes / gib:.2f} GiB each, as measured here), {available_bytes / gib:.1f} GiB "
+                        f"available; at most {available_bytes // worker_bytes}")

@@ -58,7 +58,8 @@ class SearchLoop:
                  journal: Journal, options: LoopOptions, *, restart: list[Job] | None = None, calls: int = 0,
                  best: tuple[float, int] | None = None, elastic: ElasticPolicy | None = None,
                  unshare: UnsharePolicy | None = None,
-                 on_change: Callable[[SearchLoop], None] | None = None, cluster: ClusterSpec | None = None):
+                 on_change: Callable[[SearchLoop], None] | None = None, cluster: ClusterSpec | None = None,
+                 stop: threading.Event | None = None):
         self.scheduler = scheduler
         self.backend = backend
         self.slots = SlotMap(device_ids, allocation.slots_per_device)
@@ -78,7 +79,7 @@ class SearchLoop:
         self.groups: dict[int, Segment] = {}  # process group id -> the segment it runs
         self.interrupted = False
         self._on_change = on_change
-        self._stop = threading.Event()
+        self._stop = stop if stop is not None else threading.Event()  # set by `request_stop`, or by the caller's own handler
 
     @property
     def running(self) -> dict[int, Segment]:

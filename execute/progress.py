@@ -1,8 +1,9 @@
 """Live progress of a run: a rich panel on a terminal, plain lines otherwise.
 
-Shows trials started / running / finished / failed, the best metric so far and how many
-devices are busy. On a non-terminal (CI, a log file) it prints one line whenever a count
-changes, so logs stay short and greppable.
+Shows the workers starting, then trials started / running / finished / failed, the best
+metric so far (a resumed run's included) and how many devices are busy. On a non-terminal
+(CI, a log file) it prints one line whenever a count changes, so logs stay short and
+greppable.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Progress:
         self._t0 = time.monotonic()
         self._live: Any = None
         self._shown_messages = 0
+        self._last_start: str | None = None
         if mode == "rich":
             from rich.console import Console
             from rich.live import Live
@@ -40,12 +42,12 @@ class Progress:
         best = "-" if loop.stats.best is None else f"{loop.stats.best:.4g} (trial {loop.stats.best_trial})"
         return (started, len(loop.running), loop.stats.finished, loop.stats.failed, best, loop.pool.busy_devices)
 
-    def _render(self, state: tuple | None) -> Any:
+    def _render(self, state: tuple | None, starting: str = "starting workers ...") -> Any:
         from rich.table import Table
 
         t = Table(title=self.title, show_header=False, box=None)
         if state is None:
-            t.add_row("starting workers ...")
+            t.add_row(starting)
             return t
         started, running, finished, failed, best, busy = state
         t.add_row("trials", f"{started} started, {running} running, {finished} finished, {failed} failures")
@@ -53,6 +55,18 @@ class Progress:
         t.add_row("devices busy", f"{busy}/{self.n_devices}")
         t.add_row("elapsed", format_duration(time.monotonic() - self._t0))
         return t
+
+    def starting(self, ready: int, total: int) -> None:
+        """Worker start-up: "starting N workers…" at once, then how long they took; on a
+        terminal the panel counts them as they connect."""
+        if self.mode == "rich":
+            self._live.update(self._render(None, f"starting {total} workers … {ready}/{total} ready"))
+        elif ready == 0 or ready == total:
+            text = (f"starting {total} workers…" if ready < total
+                    else f"{total} workers ready in {format_duration(time.monotonic() - self._t0)}")
+            if text != self._last_start:
+                self._print(text)
+                self._last_start = text
 
     def update(self, loop: Any) -> None:
         for msg in loop.stats.messages[self._shown_messages :]:

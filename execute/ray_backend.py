@@ -163,7 +163,7 @@ class RankActor:
         from nasalloc.execute.worker import serve
 
         conn = no_delay(Client(address, family="AF_INET", authkey=authkey))
-        conn.send({**self.hello, "pid": token})  # the token stands for the pid the local backend matches
+        conn.send({**self.hello, "pid": token, "token": str(token)})  # the token: which worker this is
         serve(conn, self.device_kind)
 
 
@@ -228,6 +228,10 @@ class RayBackend(LocalBackend):
             raise
 
     # ----- where actors are and how they are reached -----------------------------------------
+    def _start_server(self) -> None:
+        """No fork server: the actors are Ray's worker processes."""
+        return None
+
     def _listen(self) -> Listener:
         """A TCP listener at this node's address in the cluster (the actors connect to it)."""
         return _NoDelayListener((self._ray.util.get_node_ip_address(), 0), family="AF_INET", authkey=self._authkey)
@@ -246,7 +250,7 @@ class RayBackend(LocalBackend):
         ).remote(env, self._rank_threads, self.device_kind, self._preload)
         token = next(self._tokens)
         serving = actor.serve.remote(self._listener.address, self._authkey, token)
-        self._workers[slot] = _Worker(slot, _ActorProc(actor, serving, token))  # type: ignore[arg-type]
+        self._workers[slot] = _Worker(slot, _ActorProc(actor, serving, token), str(token))  # type: ignore[arg-type]
 
     def _kill(self, w: _Worker) -> None:
         try:

@@ -191,6 +191,19 @@ def _check_entrypoint(entrypoint: str) -> None:
         raise UserError(f"train.entrypoint={entrypoint!r}: not a function")
 
 
+def _check_capacity(config: RunConfig, ids: list[int], allocation: Allocation) -> None:
+    """Refuse, before anything starts, more warm workers than this machine can hold (a few per
+    core on CPU slots; memory at a worker's size, measured as this process now that it has
+    imported the training function, as a worker does)."""
+    from nasalloc.execute.devices import available_memory_bytes, check_capacity, process_rss_bytes, usable_cores
+
+    what = f"devices.ids={list(config.devices.ids)}" if config.devices.ids else f"devices.count={len(ids)}"
+    if allocation.slots_per_device > 1:
+        what += f" with gpus_per_trial={format_allocation(allocation.label)}"
+    check_capacity(what, config.devices.kind, len(ids), allocation.slots_per_device, cores=usable_cores(),
+                   worker_bytes=process_rss_bytes(), available_bytes=available_memory_bytes())
+
+
 def parse_run_config(raw: dict[str, Any]) -> RunConfig:
     """Check a plain config mapping (composed Hydra config or saved run_config.yaml) value by
     value; nothing here looks at this machine (see `RunConfig`)."""
@@ -312,6 +325,8 @@ def settings_here(config: RunConfig, resume: Path | None = None, allocation_key:
     elastic = required(config.raw, "elastic") if config.gpus_per_trial == ELASTIC else None
     allocation = resolve_allocation(config.gpus_per_trial, cluster, profile, elastic, key=allocation_key)
     _check_entrypoint(config.train.entrypoint)
+    if config.backend == "local":  # a Ray cluster's nodes hold their own workers
+        _check_capacity(config, ids, allocation)
     return RunSettings(
         scheduler=config.scheduler, space=config.space, train=config.train, devices=config.devices, device_ids=ids,
         allocation=allocation, gpus_per_trial=allocation.label, trial_timeout_s=config.trial_timeout_s,
@@ -355,6 +370,7 @@ def load(cfg: DictConfig) -> RunSettings:
 
 
 def main(settings: RunSettings, out_dir: Path) -> None:
+    from nasalloc.execute.backend import StartInterrupted, WorkersDidNotStart
     from nasalloc.execute.search import run_search
 
     if settings.plan_note is not None:
@@ -372,7 +388,12 @@ def main(settings: RunSettings, out_dir: Path) -> None:
         line = foreign_line(settings.profile.name, settings.profile.provenance, here)
         if line:
             print(line, flush=True)
-    summary = run_search(settings, run_dir)
+    try:
+        summary = run_search(settings, run_dir)
+    except (StartInterrupted, WorkersDidNotStart) as exc:
+        # the workers are stopped; the folder is resumable (run_config.yaml, a trace, maybe empty)
+        sys.stderr.write(f"nasalloc run: {exc}; continue with: nasalloc run resume={run_dir}\n")
+        sys.exit(130 if isinstance(exc, StartInterrupted) else 1)
     _print_summary(summary, run_dir)
     if summary.get("interrupted"):
         sys.stderr.write(f"nasalloc run: interrupted; continue with: nasalloc run resume={run_dir}\n")

@@ -1,13 +1,23 @@
 """One search run from validated settings: build, (replay), loop, summarize, plot.
 
-The search clock starts once the warm workers are up (their start-up, ~2-5 s here, is paid
+The search clock starts once the warm workers are up (their start-up, ~2-3 s here, is paid
 once per run and reported as ``worker_startup_s`` in summary.json), so trace times measure
 the search itself, as the simulator models it with warm workers.
+
+Interrupts: from the first moment, Ctrl-C and SIGTERM only set a stop flag. During the
+workers' start-up it ends the start-up (`StartInterrupted`, after the workers are stopped);
+in the loop it ends the search resumably (`SearchLoop`). The run folder is resumable
+throughout: a new run's trace.jsonl exists (empty) before any worker starts, and
+run_config.yaml is written before that (`run.main`).
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +35,25 @@ from nasalloc.sim.trace import read_trace, summarize, write_json, write_trace
 from nasalloc.sim.unshare import UnsharePolicy
 
 
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """While inside: SIGINT and SIGTERM set `stop` instead of raising anywhere (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
 def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
-    """Run (or resume) the search described by `settings` in `run_dir`; -> summary dict."""
+    """Run (or resume) the search described by `settings` in `run_dir`; -> summary dict.
+
+    Raises `backend.StartInterrupted` (Ctrl-C/SIGTERM while the workers start) or
+    `backend.WorkersDidNotStart`; either way the workers are stopped and the folder is resumable."""
     run_dir = Path(run_dir)
     scheduler = make_scheduler(settings.scheduler, settings.space, np.random.default_rng(settings.seed))
     trace_path = run_dir / "trace.jsonl"
@@ -41,35 +68,41 @@ def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
         ckpt = storage / "checkpoints"
         rep = replay(old, scheduler, lambda tid, at_most: latest_checkpoint(ckpt / f"trial_{tid:04d}", at_most))
         restart, offset, fixups, calls, best = rep.restart, rep.makespan, rep.fixups, rep.calls, rep.best
-    progress = Progress(len(settings.device_ids), settings.progress,
-                        title=f"nasalloc run: {settings.scheduler.name}, {settings.train.name}, gpus_per_trial={settings.gpus_per_trial}")
-    t0 = time.monotonic()
-    slots = SlotMap(settings.device_ids, settings.allocation.slots_per_device).all_slots()
-    backend = make_backend(settings, slots, run_dir)
-    journal = None
-    try:
-        backend.wait_ready()
-        startup = time.monotonic() - t0
-        journal = Journal(trace_path, time_offset=offset)
-        for event, tid, epoch, devices, info in fixups:
-            journal.write(event, tid, epoch=epoch, devices=devices, info=info, time_s=offset)
-        elastic = unshare = None
-        if settings.allocation.is_elastic:  # the simulator's policy, on this machine's devices
-            profile = settings.profile.with_node_size(settings.cluster.gpus_per_node)
-            elastic = ElasticPolicy(settings.allocation, profile, scheduler.milestones)
-        elif moves_off_shared_devices(settings):  # the simulator's rule too (needs the profile's costs)
-            profile = settings.profile.with_node_size(len(settings.device_ids))
-            unshare = UnsharePolicy(profile, scheduler.milestones)
-        loop = SearchLoop(scheduler, backend, settings.device_ids, settings.allocation, journal, options, restart=restart,
-                          calls=calls, best=best, elastic=elastic, unshare=unshare, on_change=progress.update,
-                          cluster=settings.cluster)
-        loop.run()
-        progress.update(loop)
-    finally:
-        progress.close()
-        backend.shutdown()
-        if journal is not None:
-            journal.close()
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        trace_path.touch()  # resumable from here on (an empty journal replays to a fresh start)
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        progress = Progress(len(settings.device_ids), settings.progress,
+                            title=f"nasalloc run: {settings.scheduler.name}, {settings.train.name}, gpus_per_trial={settings.gpus_per_trial}")
+        t0 = time.monotonic()
+        slots = SlotMap(settings.device_ids, settings.allocation.slots_per_device).all_slots()
+        backend = None
+        journal = None
+        try:
+            backend = make_backend(settings, slots, run_dir)
+            backend.wait_ready(stop=stop, on_progress=progress.starting)
+            startup = time.monotonic() - t0
+            journal = Journal(trace_path, time_offset=offset)
+            for event, tid, epoch, devices, info in fixups:
+                journal.write(event, tid, epoch=epoch, devices=devices, info=info, time_s=offset)
+            elastic = unshare = None
+            profile = None if settings.profile is None else settings.profile.with_node_size(settings.cluster.gpus_per_node)
+            if settings.allocation.is_elastic:  # the simulator's policy, on this run's devices
+                elastic = ElasticPolicy(settings.allocation, profile, scheduler.milestones)
+            elif moves_off_shared_devices(settings):  # the simulator's rule too (needs the profile's costs)
+                unshare = UnsharePolicy(profile, scheduler.milestones)
+            loop = SearchLoop(scheduler, backend, settings.device_ids, settings.allocation, journal, options, restart=restart,
+                              calls=calls, best=best, elastic=elastic, unshare=unshare, on_change=progress.update,
+                              cluster=settings.cluster, stop=stop)
+            loop.run()
+            progress.update(loop)
+        finally:
+            progress.close()
+            if backend is not None:
+                backend.shutdown()
+            if journal is not None:
+                journal.close()
     events = read_trace(trace_path, tolerate_torn_tail=True)
     summary = summarize(events, mode=scheduler.mode, n_devices=len(settings.device_ids), scheduler=scheduler.name,
                         gpus_per_trial=settings.gpus_per_trial, target=settings.target)

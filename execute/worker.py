@@ -16,10 +16,12 @@ worker, while calibration leaves them out, skewing k = 1/4 (four workers) agains
 After each job it frees what the job left (`release_memory`), so trials taking turns on a
 GPU do not keep each other's cached blocks.
 
-Run as ``python -m nasalloc.execute.worker`` by `backend.LocalBackend`; the connection
-address, thread count, pinned cores and device kind come in argv, the auth key in the
-environment. `prepare` and `serve` are also what each warm Ray actor of
-`ray_backend.RayBackend` runs, so both backends run ranks with this one piece of code.
+Forked by the fork server of `backend.LocalBackend` (`forkserver.py`: torch is imported
+there once, and this `main` runs in the child), or run as ``python -m
+nasalloc.execute.worker``; the connection address, thread count, pinned cores, device kind
+and the worker's token come in argv, the auth key in the environment. `prepare` and `serve`
+are also what each warm Ray actor of `ray_backend.RayBackend` runs, so both backends run
+ranks with this one piece of code.
 """
 
 from __future__ import annotations
@@ -208,11 +210,12 @@ def run_job(conn: Connection, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def prepare(threads: int, cpus: str, device_kind: str, preload: str) -> dict[str, Any]:
-    """Set a fresh worker up before it says it is ready: the expensive imports, pinned cores
-    (`cpus`, "" for none), torch threads, the training function's imports (`preload`,
-    ";"-separated entrypoints) and, on a GPU, CUDA. -> the "ready" message (with "error" if
-    the GPU could not be set up). Shared by the local worker and the Ray rank actor."""
-    import torch  # the expensive imports, paid once per worker
+    """Set a fresh worker up before it says it is ready: the expensive imports (already done
+    by the fork server when forked from one), pinned cores (`cpus`, "" for none), torch
+    threads, the training function's imports (`preload`, ";"-separated entrypoints) and, on a
+    GPU, CUDA. -> the "ready" message (with "error" if the GPU could not be set up). Shared by
+    the local worker and the Ray rank actor."""
+    import torch  # imported by the fork server already (free here); paid once when run on its own
     import torch.distributed  # noqa: F401
 
     import nasalloc.execute.api  # noqa: F401
@@ -229,6 +232,8 @@ def prepare(threads: int, cpus: str, device_kind: str, preload: str) -> dict[str
         except Exception:  # noqa: BLE001
             pass
     hello: dict[str, Any] = {"op": "ready", "pid": os.getpid()}
+    print(f"worker pid {os.getpid()}: {device_kind}, {threads} threads, cores {cpus or 'any'}, "
+          f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}", flush=True)
     if device_kind == "cuda":
         try:
             warm_up_cuda()
@@ -254,11 +259,14 @@ def serve(conn: Connection, device_kind: str) -> None:
 
 
 def main(argv: list[str]) -> None:
+    """Set up and serve jobs. argv: connection address, threads, cores to pin ("" = none),
+    device kind, and a token the executor recognises this worker by in its "ready"."""
     address, threads, cpus, device_kind = argv[0], int(argv[1]), argv[2], argv[3]
+    token = argv[4] if len(argv) > 4 else None
     parent = os.getppid()
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     authkey = bytes.fromhex(os.environ.pop(AUTHKEY_ENV))
-    hello = prepare(threads, cpus, device_kind, os.environ.get(PRELOAD_ENV, ""))
+    hello = {**prepare(threads, cpus, device_kind, os.environ.get(PRELOAD_ENV, "")), "token": token}
     # Connect only now, set up: the executor accepts one worker at a time and waits for its
     # "ready", so workers that connected first and then imported started one after another
     # (4 workers on one CPU slot here: 10 s; each worker's set-up alone: 3 s).

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 
 
 @dataclass(frozen=True)
@@ -271,12 +272,18 @@ def main(argv: list[str] | None = None) -> int:
         validate(command, module, rest)
     except (UserError, UsageError) as exc:
         return _error(name, str(exc))
+    except KeyboardInterrupt:
+        _error(name, "interrupted (nothing written)")
+        return EXIT_INTERRUPTED
     saved = sys.argv
     sys.argv = [f"nasalloc {name}", *rest]
     try:
         _hydra_app(command, module)()
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:  # a command that handles Ctrl-C itself (run) says more, and exits 130 itself
+        _error(name, "interrupted")
+        return EXIT_INTERRUPTED
     finally:
         sys.argv = saved
     return 0

@@ -105,6 +105,30 @@ def wait_for(predicate: Any, budget: Budget, what: str) -> None:
         time.sleep(0.05)
 
 
+def run_search_stopped_when(raw: dict[str, Any], run_dir: Path, marker: Path, budget: Budget) -> dict[str, Any]:
+    """run_search of `raw` in `run_dir`, stopped as Ctrl-C would stop it once `marker` exists:
+    a SIGTERM to this process, which the search's own handler turns into a resumable stop."""
+    import signal
+    import threading
+
+    finished = threading.Event()
+
+    def interrupt() -> None:
+        while not finished.is_set() and budget.left() > 0.1:
+            if marker.exists():
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=interrupt, daemon=True)
+    watcher.start()
+    try:
+        return run_search(settings_from(raw), run_dir)
+    finally:
+        finished.set()
+        watcher.join()
+
+
 def check_history(events: list) -> None:
     """Per trial, holds and releases alternate; each hold reports epochs one after another
     from the checkpoint it started from, so an epoch is recorded twice only when a restart

@@ -11,11 +11,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from test_execute import Budget, check_history, child_pids, run_toy, run_workers, toy_raw, wait_for
+from test_execute import (Budget, check_history, child_pids, run_search_stopped_when, run_toy, run_workers, toy_raw,
+                          wait_for)
 
 from nasalloc.cli import main as cli_main
 from nasalloc.execute.run import settings_from
@@ -261,30 +261,11 @@ def test_hyperband_per_rung_with_failures_lost_checkpoints_and_an_interruption_t
     Every metric stays on the toy curve, which holds only when each job started from the
     checkpoint it was given (the toy carries its metric in the checkpoint).
     """
-    import signal as signals
-    import threading
-
     sched = {"name": "hyperband", "n_trials": 12, "max_epochs": 9, "min_epochs": 1, "eta": 3, "max_retries": 2}
     faults = [{"trial": -1, "epoch": 1, "mode": "exit_in_save"}, {"trial": 2, "epoch": 1, "mode": "raise"},
               {"trial": 8, "epoch": 1, "mode": "hang"}]
     raw = toy_raw(sched, gpus_per_trial=[1, 2], faults=faults, trial_timeout_s=600)
-    budget = Budget(240)
-    finished = threading.Event()
-
-    def interrupt_when_trial_8_hangs() -> None:
-        while not finished.is_set() and budget.left() > 0.1:
-            if _marker(tmp_path, 8, fault=2).exists():
-                os.kill(os.getpid(), signals.SIGTERM)  # the loop's handler (installed while it runs) stops it
-                return
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=interrupt_when_trial_8_hangs, daemon=True)
-    watcher.start()
-    try:
-        first = run_search(settings_from(raw), tmp_path)
-    finally:
-        finished.set()
-        watcher.join()
+    first = run_search_stopped_when(raw, tmp_path, _marker(tmp_path, 8, fault=2), Budget(240))  # trial 8 hangs
     assert first["interrupted"]
     before = read_trace(tmp_path / "trace.jsonl")
     assert ("pause", 8, 0, "interrupted") in [(ev.event, ev.trial, ev.epoch, ev.info) for ev in before]
