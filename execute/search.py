@@ -90,7 +90,8 @@ def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
             profile = None if settings.profile is None else settings.profile.with_node_size(settings.cluster.gpus_per_node)
             if settings.allocation.is_elastic:  # the simulator's policy, on this run's devices
                 elastic = ElasticPolicy(settings.allocation, profile, scheduler.milestones)
-            elif moves_off_shared_devices(settings):  # the simulator's rule too (needs the profile's costs)
+            elif settings.unshare and profile is not None:  # the simulator's rule (the core decides where it
+                # applies: trials sharing a spread device); without a profile nothing moves, as `validate` re-simulates it
                 unshare = UnsharePolicy(profile, scheduler.milestones)
             loop = SearchLoop(scheduler, backend, settings.device_ids, settings.allocation, journal, options, restart=restart,
                               calls=calls, best=best, elastic=elastic, unshare=unshare, on_change=progress.update,
@@ -113,13 +114,6 @@ def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
     write_json(run_dir / "summary.json", out)
     _plots(events, len(settings.device_ids), scheduler.mode, run_dir, settings)
     return out
-
-
-def moves_off_shared_devices(settings: Any) -> bool:
-    """Whether this run moves trials off shared devices (`sim/unshare.py`): ``unshare=true``,
-    trials that share (k = 1/m) and a profile to decide with; `nasalloc validate` re-simulates
-    a run with the same answer."""
-    return bool(settings.unshare) and settings.profile is not None and settings.allocation.ks[0] < 1
 
 
 def make_backend(settings: Any, slots: list, run_dir: Path) -> Backend:

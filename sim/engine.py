@@ -174,7 +174,7 @@ class _Engine:
         self.times = self.workload.epoch_times(profile)  # recorded epoch times; None: the profile's
         self.events: list[TraceEvent] = []
         elastic = ElasticPolicy(alloc, profile, sched.milestones) if alloc.is_elastic else None
-        unshare = UnsharePolicy(profile, sched.milestones) if spec.unshare and ks[0] < 1 else None
+        unshare = UnsharePolicy(profile, sched.milestones) if spec.unshare else None  # the core decides where it applies
         self.core = Dispatcher(sched if self.loop is None else self.loop,  # type: ignore[arg-type]
                                alloc, DevicePool(spec.cluster, ks), launch=self._launch, emit=self.events.append,
                                elastic=elastic, unshare=unshare)
