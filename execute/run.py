@@ -423,8 +423,9 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     keys = ("scheduler", "gpus_per_trial", "devices", "trials", "completed", "stopped", "failed", "epochs_trained",
-            "best_metric", "best_test_metric", "best_trial", "makespan_s", "time_to_target_s", "gpu_utilization",
-            "shared_while_idle_s")
+            "best_metric", "best_test_metric", "best_trial", "makespan_s", "time_to_target_s", "gpu_utilization")
+    if summary.get("shared_while_idle_s"):  # only trials sharing a device can; as `simulate` shows it
+        keys += ("shared_while_idle_s",)
     lines = [f"  {k:<17} {fmt(k, summary.get(k))}" for k in keys]
     print("nasalloc run: done\n" + "\n".join(lines) + f"\n  output            {run_dir}", flush=True)
 

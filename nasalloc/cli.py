@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import itertools
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,8 +233,24 @@ def _hydra_app(command: Command, module: Any) -> Any:
         except UserError as exc:
             sys.stderr.write(f"nasalloc {command.name}: {exc}\n")
             sys.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            if not _holds_only_hydra_record(out_dir):
+                raise  # what the command wrote stays (a run's folder is resumable)
+            shutil.rmtree(out_dir, ignore_errors=True)
+            sys.stderr.write(f"nasalloc {command.name}: interrupted (nothing written)\n")
+            sys.exit(EXIT_INTERRUPTED)
 
     return task
+
+
+def _holds_only_hydra_record(folder: Path) -> bool:
+    """True when `folder` holds nothing but the `.hydra/` record Hydra wrote before the command
+    began: a Ctrl-C at that moment would otherwise leave a folder that looks like output
+    (and that `nasalloc run resume=` refuses as not a run folder)."""
+    try:
+        return {p.name for p in folder.iterdir()} <= {".hydra"}
+    except OSError:
+        return False
 
 
 def _cwd_importable() -> None:

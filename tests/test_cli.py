@@ -105,3 +105,31 @@ def test_a_recorded_search_path_chooses_the_replay_workload(tmp_path, capsys):
     assert "Ray Tune experiment" in capsys.readouterr().out
     assert cli.main(["simulate", "workload=synthetic", f"workload.path={fixture}", f"out_dir={tmp_path / 'never'}"]) == 2
     assert "workload.path" in capsys.readouterr().err and not (tmp_path / "never").exists()
+
+
+def test_ctrl_c_before_a_command_wrote_anything_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    """Hydra makes the folder (with its .hydra record) before the command starts: a Ctrl-C in
+    that moment must not leave what looks like an output folder behind."""
+    import nasalloc.sim.simulate as simulate
+
+    def interrupted(settings, out_dir):
+        assert (out_dir / ".hydra").is_dir()  # Hydra's record is there when the command begins
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(simulate, "main", interrupted)
+    assert main(["simulate", f"out_dir={tmp_path / 'o'}"]) == 130
+    assert capsys.readouterr().err == "nasalloc simulate: interrupted (nothing written)\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_ctrl_c_after_a_command_wrote_something_keeps_what_it_wrote(tmp_path, capsys, monkeypatch):
+    import nasalloc.sim.simulate as simulate
+
+    def interrupted(settings, out_dir):
+        (out_dir / "trace.jsonl").write_text("", encoding="utf-8")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(simulate, "main", interrupted)
+    assert main(["simulate", f"out_dir={tmp_path / 'o'}"]) == 130
+    assert capsys.readouterr().err == "nasalloc simulate: interrupted\n"
+    assert (tmp_path / "o" / "trace.jsonl").exists() and (tmp_path / "o" / ".hydra").is_dir()

@@ -165,3 +165,13 @@ def test_the_report_says_how_long_trials_shared_while_devices_idled():
     moved = report(simulate(_spec(0.0, unshare=True)), None, 0.1)  # shared [160, 180) only
     assert "for 20.0 s" in moved and "unshare=true" not in moved
     assert "shared devices" not in report(simulate(make_spec(k=1)), None, 0.1)
+
+
+def test_run_prints_the_shared_while_idle_time_only_when_trials_shared_a_device_while_one_idled(capsys, tmp_path) -> None:
+    from nasalloc.execute.run import _print_summary
+
+    base = {"scheduler": "asha", "gpus_per_trial": 1.0, "makespan_s": 10.0}
+    _print_summary({**base, "shared_while_idle_s": 0.0}, tmp_path)
+    assert "shared_while_idle_s" not in capsys.readouterr().out  # k >= 1: trials never share
+    _print_summary({**base, "gpus_per_trial": 0.5, "shared_while_idle_s": 3.0}, tmp_path)
+    assert any(line.split()[:1] == ["shared_while_idle_s"] for line in capsys.readouterr().out.splitlines())
