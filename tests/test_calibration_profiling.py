@@ -8,7 +8,7 @@ import pytest
 
 from nasalloc.calibration.analysis import analyse
 from nasalloc.calibration.calibrate import TrainConf, builtin_space, search_space
-from nasalloc.calibration.fit import FitSettings
+from nasalloc.calibration.fit import FitSettings, predict_step_time
 from nasalloc.calibration.import_csv import read_timings
 from nasalloc.calibration.measurements import Measurements
 from nasalloc.calibration.probe import OPTIONS_KEY, _ProbeContext, wrap_config
@@ -203,13 +203,33 @@ def test_the_fit_describes_the_mean_configuration_and_keeps_the_raw_samples():
     m.reference_config, m.config_scale = {"width": 16}, 0.75
     a = analyse(m, FitSettings(gpus_per_node=2, grad_bytes=4e4), bootstrap=0, rng=np.random.default_rng(0))
     assert a.data.mean_s[0] == pytest.approx(0.75 * np.mean(m.step_samples[1]))
-    assert a.data.mean_s[1] / a.data.mean_s[0] == pytest.approx(np.mean(m.step_samples[2]) / np.mean(m.step_samples[1]))
+    # k = 2 (half the batch per rank): only its compute, half a k = 1 step, moves by the scale;
+    # its all-reduce is the reference configuration's as measured
+    compute_2 = 0.5 * np.mean(m.step_samples[1])
+    assert a.data.mean_s[1] == pytest.approx(np.mean(m.step_samples[2]) - 0.25 * compute_2)
     d = m.to_dict()
     assert d["step_time_summary"][1]["mean_s"] == pytest.approx(np.mean(m.step_samples[1]), rel=1e-5)  # raw
     assert d["configs"]["n"] == 3 and d["configs"]["scale"] == 0.75 and d["configs"]["reference_config"] == {"width": 16}
     assert d["configs"]["mean_step_s"] == pytest.approx(0.004) and d["configs"]["cv"] == pytest.approx(0.5)
     assert d["configs"]["sampled"][0] == {"config": {"width": 4}, "mean_step_s": 0.002, "steps": 50, "eval_s": 0.01,
                                           "startup_s": 0.02}
+
+
+def test_the_configuration_scale_moves_compute_and_keeps_the_measured_communication():
+    """Issue 16: scaling whole k = 2 steps by the configurations' level made every k = 2 epoch of
+    a communication-bound workload too slow by the scale. The fit at scale s must give s x the
+    compute and the same network parameters as the fit of the raw samples."""
+    # an exact model: k = 1 step 2 ms; k = 2: 1 ms compute + 3 ms all-reduce (no noise)
+    samples = {1: np.full(50, 0.002), 2: np.full(50, 0.004)}
+    settings = FitSettings(gpus_per_node=2, grad_bytes=4e4)
+    fits = {}
+    for scale in (1.0, 1.2):
+        m = Measurements(step_samples=dict(samples), batch_fraction={1: 1.0, 2: 0.5}, config_scale=scale)
+        fits[scale] = analyse(m, settings, bootstrap=0, rng=np.random.default_rng(0)).step.model
+    assert fits[1.2].t_compute_s == pytest.approx(1.2 * 0.002, rel=1e-4)
+    assert fits[1.2].intra_bandwidth_Bps == pytest.approx(fits[1.0].intra_bandwidth_Bps, rel=1e-4)
+    # the k = 2 step: 1.2 x 1 ms compute + the same 3 ms all-reduce = 4.2 ms (not 1.2 x 4 ms)
+    assert predict_step_time(fits[1.2], np.array([2.0]), 2, np.array([0.5]))[0] == pytest.approx(0.0042, rel=1e-3)
 
 
 class FakeLauncher:
