@@ -353,6 +353,46 @@ def test_the_probe_ends_a_time_boxed_job_one_step_after_its_first_report():
         early.step()  # the 3rd step
 
 
+class KLauncher(LoopLauncher):
+    """A LoopLauncher whose step time depends on the group size (`steps_s[k]`), used as the
+    `Launcher` of `Profiler.run`; records each run's k and its probe time box."""
+
+    def __init__(self, steps_s, steps_per_epoch):
+        super().__init__(steps_s[1], steps_per_epoch)
+        self.steps_s, self.runs = steps_s, []
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def run(self, entrypoint, config, devices, **kwargs):
+        self.step_s = self.steps_s[len(devices)]
+        self.runs.append((len(devices), config[OPTIONS_KEY].get("until_report_after")))
+        return super().run(entrypoint, config, devices, **kwargs)
+
+
+def test_the_configurations_time_boxes_are_sized_from_a_k1_step(tmp_path, monkeypatch):
+    """Issue 16: the first, unmeasured run is at the largest k (it warms every worker); its
+    step (3.5 ms at k = 2 on 2 CPU slots against 1 ms at k = 1) sized the configurations' k = 1
+    boxes, so the 0.3 s boxes held a third of their steps and their means were noisy. A short
+    k = 1 run after it sizes them."""
+    from nasalloc.calibration import profiling
+
+    launcher = KLauncher({1: 1 / 1024, 2: 3.5 / 1024}, steps_per_epoch=50)  # ~1 ms and ~3.4 ms, exact in binary
+    monkeypatch.setattr(profiling, "Launcher", launcher)
+    profiler = Profiler(busy_plan(), tmp_path, progress=lambda line: None)
+    profiler.run()
+    assert launcher.runs[0] == (2, None)  # the warm-up of every worker first
+    boxes = [box for k, box in launcher.runs if k == 1 and box is not None][:4]
+    assert boxes == [307] * 4  # the 4 configuration jobs: 0.3 s x 1024 steps per s (not 87)
+    assert profiler.step_estimates == {2: 3.5 / 1024, 1: 1 / 1024}
+
+
 def test_configuration_jobs_reach_their_first_report_when_the_step_estimate_is_too_fast(tmp_path):
     """The flaky calibration's root cause, with the numbers of a busy machine: digits has 37
     steps per epoch at 4 ms; a 10 ms pilot estimate boxes 0.3 s into 30 steps. Each job still
