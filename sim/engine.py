@@ -11,7 +11,9 @@ This module only says how long things take, in simulated time, from the profile:
 - A job on k devices: start-up cost(k) (+ checkpoint restore when it starts from a
   checkpoint), then one epoch after another of epoch_time(k) x config_factor(config)
   (evaluation included; the factor is the profile's `config_cost`, 1 without it, computed
-  once per trial; start-up, checkpoint and decision costs are not scaled); each epoch ends
+  once per trial; with `applies_to: compute` it scales only the compute and evaluation at
+  k > 1, `Profile.trial_epoch_time`; start-up, checkpoint and decision costs are not
+  scaled); each epoch ends
   with a result, then the scheduler's decision takes `decision_latency_s` with the devices
   held. Every epoch whose checkpoint the ranks write (`Segment.save`: every
   `checkpoint_every` epochs, at PAUSE, a completed trial) adds `checkpoint_save_s`, as the
@@ -160,6 +162,8 @@ class _Engine:
         self.slowdown = [profile.epoch.sharing_slowdown(j) for j in range(most + 1)]  # j trainers -> factor
         self.training: dict[int, list[Any]] = {}  # device -> processes in a shared epoch on it
         self.config_factor = profile.config_factor if profile.config_cost is not None else None
+        # k > 1 epochs whose factor scales the compute only (config_cost.applies_to: compute)
+        self.trial_epoch = profile.trial_epoch_time if profile.config_cost is not None and profile.config_cost.compute_only else None
         self.factors: dict[int, float] = {}  # trial -> its epoch-time factor (config_cost)
         self.startup_s = {float(k): profile.startup_time(float(k)) for k in ks}
         self.restore_s = ov.checkpoint_restore_s
@@ -223,7 +227,7 @@ class _Engine:
             factor = self.factors.get(tid)
             if factor is None:
                 factor = self.factors[tid] = self.config_factor(config)
-        epoch_s = self.epoch_s[k] * factor
+        epoch_s = self.epoch_s[k] * factor if self.trial_epoch is None or k <= 1 else self.trial_epoch(k, factor)
         loop = self.loop
         fixed = placed_after + self.startup_s[k] + (self.restore_s if epoch > 0 else 0.0)
         shared = k < 1

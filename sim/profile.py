@@ -16,7 +16,7 @@ Layout (every block but `name` and `workload`/`step_time` is optional; units in 
     scheduler_time: {bohb: {ask_s: 0.0009, result_s: 0.0001}, ...}  # the scheduler's own compute per call
     uncertainty: {step_time_samples: [{t_compute_s: ..., ...}, ...]}   # e.g. bootstrap fits
     config_cost: {params: {width: {type: int, low: 4, high: 32, log: true, slope: 1.2, center: 0.5}},
-                  floor: 0.3, norm: 1.03} # configuration-dependent epoch time (below)
+                  floor: 0.3, norm: 1.03, applies_to: compute} # configuration-dependent epoch time (below)
     assumed: [inter_latency_s, ...]       # parameters pinned, not measured
     measured: {...}                       # raw samples, kept verbatim
     fit: {...}                            # fit report, kept verbatim
@@ -50,6 +50,13 @@ floor 0 is the plain log-linear factor exp(...) / norm. Calibration fits the slo
 floor) from per-configuration k = 1 step times and sets `norm` so the mean factor over its
 sample of configurations is 1 (t_compute_s being the sample's mean). Without the block every
 factor is 1.
+
+`applies_to` (optional, default `epoch`) says what the factor multiplies at k > 1: `epoch`,
+the whole epoch_time(k); `compute`, only the configuration's own work, t_compute_s and
+eval_s, inside the step-time model, so the all-reduce at k > 1 stays the measured one (the
+factor is measured at k = 1, where a step is all compute). A k = 2 digits step on 2 CPU
+slots is two thirds all-reduce: `epoch` made the widest configurations' k = 2 epochs up to
+30% too slow (issue 16). At k <= 1 both are the same. Calibration writes `compute`.
 """
 
 from __future__ import annotations
@@ -95,6 +102,7 @@ class ConfigCost:
     terms: tuple[tuple[Domain, float, float], ...]  # (domain, slope, center)
     norm: float = 1.0
     floor: float = 0.0
+    compute_only: bool = False  # applies_to: compute (module docstring); False: the whole epoch
 
     def factor(self, config: Mapping[str, Any]) -> float:
         x = 0.0
@@ -134,6 +142,17 @@ class Profile:
     def config_factor(self, config: Mapping[str, Any]) -> float:
         """Epoch-time multiplier of a trial with `config` (1.0 without a `config_cost` block)."""
         return 1.0 if self.config_cost is None else self.config_cost.factor(config)
+
+    def trial_epoch_time(self, k: float, factor: float) -> float:
+        """Seconds per epoch at k of a trial whose `config_factor` is `factor`: epoch_time(k) x
+        factor, or with `config_cost.applies_to: compute` at k > 1, epoch_time(k) with
+        t_compute_s and eval_s x factor (the all-reduce unscaled)."""
+        if k <= 1 or self.config_cost is None or not self.config_cost.compute_only:
+            return self.epoch_time(k) * factor
+        epoch, step = self.epoch, self.epoch.step
+        scaled = dataclasses.replace(epoch, step=dataclasses.replace(step, t_compute_s=step.t_compute_s * factor),
+                                     eval_s=epoch.eval_s * factor)
+        return scaled.epoch_time(k)
 
     def startup_time(self, k: float) -> float:
         return self.overheads.startup(k)
@@ -179,9 +198,12 @@ def _config_cost(node: Any, where: str) -> ConfigCost:
     """The `config_cost` block (module docstring) as a ConfigCost; UserError naming the bad entry."""
     if not isinstance(node, Mapping):
         raise UserError(f"{where}: expected a mapping with params, norm and optionally floor")
-    unknown = sorted(set(node) - {"params", "norm", "floor"})
+    unknown = sorted(set(node) - {"params", "norm", "floor", "applies_to"})
     if unknown:
-        raise UserError(f"{where}.{unknown[0]}: unknown; allowed: floor, norm, params")
+        raise UserError(f"{where}.{unknown[0]}: unknown; allowed: applies_to, floor, norm, params")
+    applies_to = node.get("applies_to", "epoch")
+    if applies_to not in ("epoch", "compute"):
+        raise UserError(f"{where}.applies_to={applies_to!r}: allowed: epoch, compute")
     params = node.get("params")
     if not isinstance(params, Mapping) or not params:
         raise UserError(f"{where}.params: expected a non-empty mapping name -> {{type, low, high, log, slope, center}}")
@@ -214,7 +236,7 @@ def _config_cost(node: Any, where: str) -> ConfigCost:
         slope = _signed(f"{at}.slope", spec["slope"])
         center = _signed(f"{at}.center", spec.get("center", 0.5))
         terms.append((Domain(str(name), kind, low=low, high=high, log=log), slope, center))
-    return ConfigCost(terms=tuple(terms), norm=norm, floor=floor)
+    return ConfigCost(terms=tuple(terms), norm=norm, floor=floor, compute_only=applies_to == "compute")
 
 
 def _number(where: str, value: Any, *, positive: bool = False, allow_inf: bool = False) -> float:

@@ -198,6 +198,31 @@ def test_config_cost_scales_each_trials_epoch_time():
     assert epoch[b] / epoch[a] > 1.2
 
 
+def test_config_cost_applied_to_compute_leaves_the_all_reduce_of_a_k2_epoch_unscaled():
+    """Issue 16: the factor is measured at k = 1, where a step is all compute. At k = 2 (weak
+    scaling: 400 samples / 20 = 20 steps) a step is 1 s of compute + 1 s of all-reduce (1e8
+    bytes at 1e8 B/s, 2 (k-1)/k = 1); evaluation 4 s split over the 2 ranks. With
+    `applies_to: compute` a trial of factor f trains an epoch in 20 (f + 1) + 2 f seconds;
+    without it (the old profiles' meaning) in f x 42."""
+    params = {"width": {"type": "int", "low": 16, "high": 256, "log": True, "slope": 1.5, "center": 0.5}}
+    for applies_to in ("compute", None):
+        cost = {"params": params, "norm": 1.1, **({"applies_to": applies_to} if applies_to else {})}
+        profile = make_profile(decision=0.5, save=0.25, eval_s=4.0, bandwidth=1e8, config_cost=cost)
+        result = simulate(make_spec(k=2, profile=profile))
+        configs = {ev.trial: ev.config for ev in result.events if ev.event == "start"}
+        results: dict[int, list[float]] = {}
+        for ev in result.events:
+            if ev.event == "result":
+                results.setdefault(ev.trial, []).append(ev.time)
+        factors = []
+        for t, times in results.items():
+            f = profile.config_factor(configs[t])
+            factors.append(f)
+            epoch = times[1] - times[0] - 0.5 - 0.25  # less the decision and the save (not scaled)
+            assert epoch == pytest.approx(20 * (f + 1) + 2 * f if applies_to else 42 * f)
+        assert max(factors) / min(factors) > 1.5  # the configurations differ enough to tell the two apart
+
+
 def test_the_schedulers_own_time_is_spent_in_the_one_search_loop():
     """One device, 2 random-search trials of 2 epochs; start-up 5 s, epoch 40 s, no decision
     latency; the scheduler's own time: 1 s per ask, 0.5 s per result. The loop asks for
