@@ -11,7 +11,8 @@ Layout (every block but `name` and `workload`/`step_time` is optional; units in 
     step_time: {t_compute_s, gamma, grad_bytes, intra_bandwidth_Bps, intra_latency_s,
                 inter_bandwidth_Bps, inter_latency_s, straggler_cv}       # see sim/speedup.py
     overheads: {startup_s, startup_per_doubling_s, eval_s, eval_scales, checkpoint_save_s,
-                checkpoint_restore_s, decision_latency_s, release_s}
+                checkpoint_restore_s, decision_latency_s, release_s, release_per_doubling_s,
+                resume_s, resume_per_doubling_s}
     sharing: {1: 1.0, 2: 1.8, 4: 3.5}     # m trials on one device -> per-trial slow-down
     scheduler_time: {bohb: {ask_s: 0.0009, result_s: 0.0001}, ...}  # the scheduler's own compute per call
     uncertainty: {step_time_samples: [{t_compute_s: ..., ...}, ...]}   # e.g. bootstrap fits
@@ -28,7 +29,15 @@ epoch's end and the next epoch's start spent on reporting and the scheduler's de
 `checkpoint_restore_s` is what a job resumed from a checkpoint pays on top of a fresh job's
 start-up: loading the checkpoint and the slower first epoch after it. `release_s` is the
 end of a job after its last decision and save: the ranks return, the process group is torn
-down and the devices are free (paid by every job; 0 when not measured).
+down and the devices are free (paid by every job; 0 when not measured); with
+`release_per_doubling_s` it is release_s + release_per_doubling_s * log2(k) (a larger group
+takes longer to tear down). `resume_s` (optional) is what a job resumed from a checkpoint
+pays before its first epoch, measured as such (a paused trial resumed in a fresh group):
+resume(k) = resume_s + resume_per_doubling_s * log2(k), in place of start-up(k) +
+checkpoint_restore_s. On 2 CPU slots a resume costs 6 ms at k = 1 and 28 ms at k = 2, while
+fresh jobs cost 17 ms at both (their first-seen configurations pay more; a resumed one was
+seen before): start-up + one restore was 17 ms at either k (issue 16). Without `resume_s`,
+start-up(k) + checkpoint_restore_s.
 
 `scheduler_time` (optional): seconds of the scheduler's own computation per call, per
 scheduler name, as calibration timed it on this machine: `ask_s` per new job asked for
@@ -88,9 +97,21 @@ class Overheads:
     checkpoint_restore_s: float = 0.0
     decision_latency_s: float = 0.0
     release_s: float = 0.0
+    release_per_doubling_s: float = 0.0
+    resume_s: float | None = None  # None: a resume costs startup(k) + checkpoint_restore_s
+    resume_per_doubling_s: float = 0.0
 
     def startup(self, k: float) -> float:
         return self.startup_s + self.startup_per_doubling_s * math.log2(max(k, 1.0))
+
+    def release(self, k: float) -> float:
+        return self.release_s + self.release_per_doubling_s * math.log2(max(k, 1.0))
+
+    def resume(self, k: float) -> float | None:
+        """A resumed job's cost before its first epoch at k (None: not measured as such)."""
+        if self.resume_s is None:
+            return None
+        return self.resume_s + self.resume_per_doubling_s * math.log2(max(k, 1.0))
 
 
 @dataclass(frozen=True)

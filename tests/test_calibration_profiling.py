@@ -557,7 +557,7 @@ def test_pause_and_resume_are_measured_as_a_paused_trial_resumed_in_a_fresh_job(
     costs beyond the start-up, its release the pause less the epoch boundary and the save."""
     from types import SimpleNamespace
 
-    from nasalloc.calibration.report import release_cost, resume_cost
+    from nasalloc.calibration.report import release_cost, resume_cost, resume_fit
 
     profiler = Profiler(busy_plan(), tmp_path, progress=lambda line: None)
     m = Measurements(step_samples={}, steps_per_epoch={1: 37})
@@ -567,7 +567,24 @@ def test_pause_and_resume_are_measured_as_a_paused_trial_resumed_in_a_fresh_job(
     assert m.resume_s[1] == pytest.approx([0.077] * 2)
     assert resume_cost(m, SimpleNamespace(startup_s=0.047, startup_per_doubling_s=0.0)) == pytest.approx(0.03)
     m.decision_latency_s, m.checkpoint_save_s = [0.002], [0.003]
-    assert release_cost(m) == pytest.approx(0.010)
+    assert release_cost(m) == pytest.approx((0.010, 0.0))  # one k: no slope
+    assert resume_fit(m) == {"resume_s": pytest.approx(0.077), "resume_per_doubling_s": 0.0}
+
+
+def test_resume_and_release_are_fitted_per_k():
+    """Issue 16, the quiet machine's calibration: resumed jobs cost 6.4 ms at k = 1 and 28 ms
+    at k = 2, pauses 6 ms and 17.5 ms, with 3.2 ms of them the epoch boundary and the save.
+    One pooled restore and release put about the same on both k; per k (log2 k = 0, 1):
+    resume(k) = 6.4 ms + 21.6 ms x log2 k, release(k) = 2.8 ms + 11.5 ms x log2 k."""
+    from nasalloc.calibration.report import release_cost, resume_fit
+
+    m = Measurements(step_samples={}, resume_s={1: [0.0054, 0.0074], 2: [0.027, 0.029]},
+                     pause_s={1: [0.005, 0.007], 2: [0.017, 0.018]},
+                     decision_latency_s=[0.002], checkpoint_save_s=[0.0012])
+    assert release_cost(m) == pytest.approx((0.006 - 0.0032, 0.0175 - 0.006))
+    fit = resume_fit(m)
+    assert fit["resume_s"] == pytest.approx(0.0064) and fit["resume_per_doubling_s"] == pytest.approx(0.028 - 0.0064)
+    assert resume_fit(Measurements(step_samples={})) == {}  # imported timings: start-up + restore stands for it
 
 
 def test_every_shipped_scheduler_is_timed_through_a_whole_search():
