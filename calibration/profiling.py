@@ -624,15 +624,26 @@ class Profiler:
                       f"slow-down {np.mean(x) / alone:.2f}x per trial (alone before/after: "
                       f"{np.mean(ref[:len(ref) - len(after)]) * 1e3:.3f}/{np.mean(after) * 1e3 if len(after) else float('nan'):.3f} ms)")
 
+    def _launcher(self, devices: list[int], slots_per_device: int, folder: str) -> Launcher:
+        p = self.plan
+        self.progress(f"starting {len(devices) * slots_per_device} warm workers ({p.device_kind}, devices {devices}"
+                      + (f", {slots_per_device} per device)" if slots_per_device > 1 else ")"))
+        return Launcher(p.device_kind, devices, slots_per_device=slots_per_device, threads_per_rank=plan_threads(p),
+                        workdir=self.workdir / folder, preload=[p.entrypoint])
+
     def run(self) -> Measurements:
         p = self.plan
         m = Measurements(step_samples={}, batch_fraction=dict(p.batch_fraction), hardware=hardware_facts(p))
-        slots_per_device = max([1, *p.share])
+        shares = sorted(s for s in p.share if s >= 2)
         used = p.device_ids if p.fill_devices else p.device_ids[: max(p.gpus_per_trial)]
         t0 = time.perf_counter()
-        self.progress(f"starting {len(used) * slots_per_device} warm workers ({p.device_kind}, devices {used})")
-        with Launcher(p.device_kind, used, slots_per_device=slots_per_device, threads_per_rank=plan_threads(p),
-                      workdir=self.workdir / "launcher", preload=[p.entrypoint]) as launcher:
+        # Workers set up as the search's are: at k >= 1 the executor starts one worker per
+        # device, at k = 1/m m of them, and where several share cores their OpenMP threads wait
+        # passively (`backend.worker_env`, read once when torch loads): a k = 1 search of the
+        # synthetic trainer at 2 threads per worker took 3x as long so. Calibration ran every
+        # measurement on the sharing set-up (issue 16); now one launcher for everything
+        # measured at k >= 1 and another for sharing.
+        with self._launcher(used, 1, "launcher") as launcher:
             m.hardware["worker_start_s"] = round(time.perf_counter() - t0, 4)
             # Every worker's first job pays one-off costs (CUDA context, data loading, lazy
             # imports) that the executor's warm workers pay once per search, not per trial:
@@ -656,8 +667,11 @@ class Profiler:
                 m.config_scale = scale
                 self.progress(f"k=1 level: the configurations' mean step; the reference configuration's precise runs "
                               f"scaled x{scale:.3f}")
-            for share in sorted(s for s in p.share if s >= 2):
-                self.measure_sharing(launcher, share, m)
+        if shares:
+            with self._launcher(used, max(shares), "launcher_shared") as launcher:
+                self._run(launcher, 1, p.warmup_steps + 2)  # unmeasured: slot 0's one-off first-job costs
+                for share in shares:
+                    self.measure_sharing(launcher, share, m)
         if self.grad_bytes:
             m.hardware["grad_bytes"] = max(self.grad_bytes)
         self.check_complete(m)

@@ -393,6 +393,31 @@ def test_the_configurations_time_boxes_are_sized_from_a_k1_step(tmp_path, monkey
     assert profiler.step_estimates == {2: 3.5 / 1024, 1: 1 / 1024}
 
 
+def test_k_runs_use_one_worker_per_device_and_sharing_its_own_launcher(tmp_path, monkeypatch):
+    """Issue 16: the executor starts one worker per device at k >= 1 and m per device at
+    k = 1/m (then their OpenMP threads wait passively, `backend.worker_env`); calibration ran
+    everything on m per device. Now every k >= 1 measurement runs on a launcher with one
+    worker per device and sharing on one with m."""
+    from nasalloc.calibration import profiling
+
+    opened = []
+
+    def launcher(kind, devices, *, slots_per_device, **kwargs):
+        fake = KLauncher({1: 1 / 1024, 2: 3.5 / 1024}, steps_per_epoch=50)
+        fake.slots_per_device = slots_per_device
+        opened.append(fake)
+        return fake
+
+    shared = []
+    monkeypatch.setattr(profiling, "Launcher", launcher)
+    monkeypatch.setattr(Profiler, "measure_sharing",
+                        lambda self, launcher, share, m: shared.append((launcher.slots_per_device, share)))
+    Profiler(busy_plan(share=[2]), tmp_path, progress=lambda line: None).run()
+    assert [f.slots_per_device for f in opened] == [1, 2]
+    assert {k for k, _ in opened[0].runs} == {1, 2} and len(opened[0].runs) > 10  # configurations, k rounds, ...
+    assert shared == [(2, 2)] and len(opened[1].runs) == 1  # its one unmeasured warm-up run, then sharing
+
+
 def test_configuration_jobs_reach_their_first_report_when_the_step_estimate_is_too_fast(tmp_path):
     """The flaky calibration's root cause, with the numbers of a busy machine: digits has 37
     steps per epoch at 4 ms; a 10 ms pilot estimate boxes 0.3 s into 30 steps. Each job still
