@@ -35,7 +35,7 @@ takes longer to tear down). `resume_s` (optional) is what a job resumed from a c
 pays before its first epoch, measured as such (a paused trial resumed in a fresh group):
 resume(k) = resume_s + resume_per_doubling_s * log2(k), in place of start-up(k) +
 checkpoint_restore_s. On 2 CPU slots a resume costs 6 ms at k = 1 and 28 ms at k = 2, while
-fresh jobs cost 17 ms at both (their first-seen configurations pay more; a resumed one was
+fresh jobs cost 15-17 ms at both (their first-seen configurations pay more; a resumed one was
 seen before): start-up + one restore was 17 ms at either k (issue 16). Without `resume_s`,
 start-up(k) + checkpoint_restore_s.
 
@@ -64,8 +64,9 @@ factor is 1.
 the whole epoch_time(k); `compute`, only the configuration's own work, t_compute_s and
 eval_s, inside the step-time model, so the all-reduce at k > 1 stays the measured one (the
 factor is measured at k = 1, where a step is all compute). A k = 2 digits step on 2 CPU
-slots is two thirds all-reduce: `epoch` made the widest configurations' k = 2 epochs up to
-30% too slow (issue 16). At k <= 1 both are the same. Calibration writes `compute`.
+slots is four fifths all-reduce: `epoch` made the widest configurations' k = 2 epochs
+12-17% too slow, the narrowest 5-8% too fast (issue 16). At k <= 1 both are the same.
+Calibration writes `compute`.
 """
 
 from __future__ import annotations
