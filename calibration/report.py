@@ -320,7 +320,10 @@ def summary_lines(profile: dict[str, Any]) -> list[str]:
         f"start-up {ov['startup_s']:.3f} s + {ov['startup_per_doubling_s']:.3f} s per doubling of k; eval "
         f"{ov['eval_s'] * 1e3:.1f} ms/epoch; checkpoint save {ov['checkpoint_save_s'] * 1e3:.1f} ms, restore "
         f"{ov['checkpoint_restore_s'] * 1e3:.1f} ms beyond a fresh start-up (restore and first epoch after it); "
-        f"epoch boundary {ov['decision_latency_s'] * 1e3:.1f} ms; end of a job {ov.get('release_s', 0.0) * 1e3:.1f} ms",
+        f"epoch boundary {ov['decision_latency_s'] * 1e3:.1f} ms; end of a job {ov.get('release_s', 0.0) * 1e3:.1f} ms + "
+        f"{ov.get('release_per_doubling_s', 0.0) * 1e3:.1f} ms per doubling of k"
+        + (f"; a resumed job {ov['resume_s']:.3f} s + {ov.get('resume_per_doubling_s', 0.0):.3f} s per doubling of k "
+           "before its first epoch" if "resume_s" in ov else ""),
         "sharing slow-down per trial: " + ", ".join(f"m={m_}: {f:.2f}x" for m_, f in profile["sharing"].items()),
     ]
     configs = (profile.get("measured") or {}).get("configs")
