@@ -61,12 +61,12 @@ class Analysis:
 def analyse(m: Measurements, settings: FitSettings, *, bootstrap: int, rng: np.random.Generator) -> Analysis:
     """Fit the step-time model (cv measured from k = 1), bootstrap it, fit baselines and start-up.
 
-    The step samples are scaled to the mean over sampled configurations first
+    The step samples' compute is scaled to the mean over sampled configurations first
     (`Measurements.scaled_step_samples`), so t_compute_s describes the search's typical
-    configuration; ratios between k (and the straggler cv) are those measured."""
+    configuration; the communication and the straggler cv are those measured."""
     steps = m.scaled_step_samples()  # the search's typical configuration (config_scale = 1 without sampling)
     data = StepData.from_samples(steps, m.batch_fraction)
-    cv = robust_cv(steps[1])
+    cv = robust_cv(m.step_samples[1])  # the relative spread of the steps as measured
     step = fit_step_time(data, settings, straggler_cv=cv)
     samples = bootstrap_step_fits(steps, m.batch_fraction, settings, step, bootstrap, rng) if bootstrap > 0 else []
     scores, best, basis = compare_models(data, settings, step.model.straggler_cv)

@@ -293,6 +293,7 @@ def fit_config_cost(configs: Sequence[Mapping[str, Any]], space: Mapping[str, An
     block: dict[str, Any] = {"params": params, "norm": norm}
     if name == FLOOR_POWER:
         block["floor"] = floor
+    block["applies_to"] = "compute"  # measured at k = 1: the configuration's compute, not the all-reduce
     return ConfigCostFit(block, n=n, selection_path=path,
                          rms_log_residual=float(math.sqrt(np.mean(resid ** 2))),
                          rms_log_spread=float(math.sqrt(np.mean((y - y.mean()) ** 2))),

@@ -279,7 +279,8 @@ class Profiler:
         self.config = probe.wrap_config(plan.entrypoint, plan.config, checkpoints=plan.checkpoints)
         self.grad_bytes: list[float] = []
         self.runs = 0
-        self.step_estimate_s: float | None = None  # from the unmeasured first run: sizes time-boxed runs
+        self.step_estimate_s: float | None = None  # a k = 1 step from the unmeasured first runs: sizes k = 1 boxes
+        self.step_estimates: dict[int, float] = {}  # k -> a step from an unmeasured run at k: sizes boxes at k
         self.fresh_drawn = 0  # configurations drawn for start-up jobs so far
 
     def _fail(self, where: str, r: RanksResult, log: Path) -> ProfilingFailed:
@@ -341,7 +342,7 @@ class Profiler:
         p = self.plan
         ks = sorted(ks)
         samples: dict[int, list[np.ndarray]] = {k: [] for k in ks}
-        step_s: dict[int, float | None] = {k: self.step_estimate_s for k in ks}
+        step_s: dict[int, float | None] = {k: self.step_estimates.get(k, self.step_estimate_s) for k in ks}
         for r in range(max(1, p.rounds)):
             for k in ks if r % 2 == 0 else ks[::-1]:  # k order reversed every round (ABBA)
                 steps = self._time_box(p.time_limit_s / max(1, p.rounds), step_s[k]) + p.warmup_steps
@@ -404,6 +405,14 @@ class Profiler:
             if cap >= p.max_steps:
                 return
             cap *= EXTEND_FACTOR
+
+    def _estimate(self, k: int, r: RanksResult, skip: int) -> None:
+        """Note an unmeasured run's median step at k (its first `skip` intervals left out)."""
+        d = np.diff(r.step_times[0])[skip:] if r.step_times and len(r.step_times[0]) > 1 else np.empty(0)
+        if len(d):
+            self.step_estimates[k] = float(np.median(d))
+            if k == 1 or 1 not in self.step_estimates:
+                self.step_estimate_s = self.step_estimates[k]
 
     def _time_box(self, seconds: float, step_s: float | None) -> int:
         """Steps that fit in `seconds` (at least warm-up + pilot, at most max_steps)."""
@@ -615,24 +624,41 @@ class Profiler:
                       f"slow-down {np.mean(x) / alone:.2f}x per trial (alone before/after: "
                       f"{np.mean(ref[:len(ref) - len(after)]) * 1e3:.3f}/{np.mean(after) * 1e3 if len(after) else float('nan'):.3f} ms)")
 
+    def _launcher(self, devices: list[int], slots_per_device: int, folder: str) -> Launcher:
+        p = self.plan
+        self.progress(f"starting {len(devices) * slots_per_device} warm workers ({p.device_kind}, devices {devices}"
+                      + (f", {slots_per_device} per device)" if slots_per_device > 1 else ")"))
+        return Launcher(p.device_kind, devices, slots_per_device=slots_per_device, threads_per_rank=plan_threads(p),
+                        workdir=self.workdir / folder, preload=[p.entrypoint])
+
     def run(self) -> Measurements:
         p = self.plan
         m = Measurements(step_samples={}, batch_fraction=dict(p.batch_fraction), hardware=hardware_facts(p))
-        slots_per_device = max([1, *p.share])
+        shares = sorted(s for s in p.share if s >= 2)
         used = p.device_ids if p.fill_devices else p.device_ids[: max(p.gpus_per_trial)]
         t0 = time.perf_counter()
-        self.progress(f"starting {len(used) * slots_per_device} warm workers ({p.device_kind}, devices {used})")
-        with Launcher(p.device_kind, used, slots_per_device=slots_per_device, threads_per_rank=plan_threads(p),
-                      workdir=self.workdir / "launcher", preload=[p.entrypoint]) as launcher:
+        # Workers set up as the search's are: at k >= 1 the executor starts one worker per
+        # device, at k = 1/m m of them, and where several share cores their OpenMP threads wait
+        # passively (`backend.worker_env`, read once when torch loads): a k = 1 search of the
+        # synthetic trainer at 2 threads per worker took 3x as long so. Calibration ran every
+        # measurement on the sharing set-up (issue 16); now one launcher for everything
+        # measured at k >= 1 and another for sharing.
+        with self._launcher(used, 1, "launcher") as launcher:
             m.hardware["worker_start_s"] = round(time.perf_counter() - t0, 4)
             # Every worker's first job pays one-off costs (CUDA context, data loading, lazy
             # imports) that the executor's warm workers pay once per search, not per trial:
             # one short unmeasured run on all devices takes them out of the start-up samples.
-            r, t_call = self._run(launcher, max(p.gpus_per_trial), p.warmup_steps + 2)
+            top = max(p.gpus_per_trial)
+            r, t_call = self._run(launcher, top, p.warmup_steps + 2)
             if r.step_times and r.step_times[0]:
                 m.hardware["first_job_startup_s"] = round(r.step_times[0][0] - t_call, 4)
-                d = np.diff(r.step_times[0])
-                self.step_estimate_s = float(np.median(d)) if len(d) else None
+                self._estimate(top, r, skip=0)  # its few steps are all warm-up: their median
+            if top > 1:
+                # The k = 1 jobs (the configurations' time boxes above all) are sized from a k = 1
+                # step: sized from the k = top step, the 1 s boxes of the digits configurations
+                # held 0.3 s on 2 CPU slots (a k = 2 step there is 3.5 x a k = 1 step), too short
+                # for their means (issue 16).
+                self._estimate(1, self._run(launcher, 1, p.warmup_steps + p.pilot_steps)[0], skip=p.warmup_steps)
             if p.space and p.configs > 0:
                 self.measure_configs(launcher, m)
             self.measure_ks(launcher, list(p.gpus_per_trial), m)
@@ -641,8 +667,11 @@ class Profiler:
                 m.config_scale = scale
                 self.progress(f"k=1 level: the configurations' mean step; the reference configuration's precise runs "
                               f"scaled x{scale:.3f}")
-            for share in sorted(s for s in p.share if s >= 2):
-                self.measure_sharing(launcher, share, m)
+        if shares:
+            with self._launcher(used, max(shares), "launcher_shared") as launcher:
+                self._run(launcher, 1, p.warmup_steps + 2)  # unmeasured: slot 0's one-off first-job costs
+                for share in shares:
+                    self.measure_sharing(launcher, share, m)
         if self.grad_bytes:
             m.hardware["grad_bytes"] = max(self.grad_bytes)
         self.check_complete(m)

@@ -11,15 +11,18 @@ This module only says how long things take, in simulated time, from the profile:
 - A job on k devices: start-up cost(k) (+ checkpoint restore when it starts from a
   checkpoint), then one epoch after another of epoch_time(k) x config_factor(config)
   (evaluation included; the factor is the profile's `config_cost`, 1 without it, computed
-  once per trial; start-up, checkpoint and decision costs are not scaled); each epoch ends
+  once per trial; with `applies_to: compute` it scales only the compute and evaluation at
+  k > 1, `Profile.trial_epoch_time`; start-up, checkpoint and decision costs are not
+  scaled); each epoch ends
   with a result, then the scheduler's decision takes `decision_latency_s` with the devices
   held. Every epoch whose checkpoint the ranks write (`Segment.save`: every
   `checkpoint_every` epochs, at PAUSE, a completed trial) adds `checkpoint_save_s`, as the
   executor's rank 0 writes it before the next epoch or the end. A job's end (PAUSE, STOP,
-  completion) adds `release_s` before its devices are free: the ranks return, the group is
-  torn down, the executor hears of it. A job that starts from a checkpoint pays
-  `checkpoint_restore_s` on top of its start-up (the restore and the slower first epoch
-  after it, as calibration measures a paused trial resumed in a fresh group).
+  completion) adds release(k) before its devices are free: the ranks return, the group is
+  torn down, the executor hears of it. A job that starts from a checkpoint pays resume(k)
+  instead of its start-up when the profile has `resume_s` (calibration measures a paused
+  trial resumed in a fresh group: the restart, the restore and the slower first epoch after
+  it), else `checkpoint_restore_s` on top of its start-up.
 - Measured epoch times (`sim/timings.py`): when the workload replays a recorded search whose
   records hold epoch times, epoch e of a trial takes the recorded time of that (trial, epoch)
   scaled by epoch_time(k) / epoch_time(k recorded) instead of epoch_time(k) x config_factor;
@@ -160,12 +163,16 @@ class _Engine:
         self.slowdown = [profile.epoch.sharing_slowdown(j) for j in range(most + 1)]  # j trainers -> factor
         self.training: dict[int, list[Any]] = {}  # device -> processes in a shared epoch on it
         self.config_factor = profile.config_factor if profile.config_cost is not None else None
+        # k > 1 epochs whose factor scales the compute only (config_cost.applies_to: compute)
+        self.trial_epoch = profile.trial_epoch_time if profile.config_cost is not None and profile.config_cost.compute_only else None
         self.factors: dict[int, float] = {}  # trial -> its epoch-time factor (config_cost)
         self.startup_s = {float(k): profile.startup_time(float(k)) for k in ks}
         self.restore_s = ov.checkpoint_restore_s
+        # k -> a resumed job's cost, where the profile measured it as such (else start-up + restore)
+        self.resume_s = {float(k): ov.resume(float(k)) for k in ks} if ov.resume_s is not None else None
         self.save_s = ov.checkpoint_save_s
         self.decision_s = ov.decision_latency_s
-        self.release_s = ov.release_s
+        self.release_s = {float(k): ov.release(float(k)) for k in ks}
         self.failures = {trial: epoch for trial, epoch in spec.failures}
         self.env = simpy.Environment(initial_time=0.0)
         ask_s, result_s = profile.scheduler_time(sched.name)
@@ -217,15 +224,18 @@ class _Engine:
         env, core, wl = self.env, self.core, self.workload
         tid, config, k = seg.trial, seg.config, seg.k
         epoch = checkpoint = seg.start_epoch
-        decision_s, save_s, release_s = self.decision_s, self.save_s, self.release_s
+        decision_s, save_s, release_s = self.decision_s, self.save_s, self.release_s[k]
         factor = 1.0
         if self.config_factor is not None:
             factor = self.factors.get(tid)
             if factor is None:
                 factor = self.factors[tid] = self.config_factor(config)
-        epoch_s = self.epoch_s[k] * factor
+        epoch_s = self.epoch_s[k] * factor if self.trial_epoch is None or k <= 1 else self.trial_epoch(k, factor)
         loop = self.loop
-        fixed = placed_after + self.startup_s[k] + (self.restore_s if epoch > 0 else 0.0)
+        if epoch > 0 and self.resume_s is not None:
+            fixed = placed_after + self.resume_s[k]
+        else:
+            fixed = placed_after + self.startup_s[k] + (self.restore_s if epoch > 0 else 0.0)
         shared = k < 1
         work = self.alone_s * factor
         crash_at = self.failures.get(tid) if seg.attempt == 0 else None

@@ -11,12 +11,13 @@ Layout (every block but `name` and `workload`/`step_time` is optional; units in 
     step_time: {t_compute_s, gamma, grad_bytes, intra_bandwidth_Bps, intra_latency_s,
                 inter_bandwidth_Bps, inter_latency_s, straggler_cv}       # see sim/speedup.py
     overheads: {startup_s, startup_per_doubling_s, eval_s, eval_scales, checkpoint_save_s,
-                checkpoint_restore_s, decision_latency_s, release_s}
+                checkpoint_restore_s, decision_latency_s, release_s, release_per_doubling_s,
+                resume_s, resume_per_doubling_s}
     sharing: {1: 1.0, 2: 1.8, 4: 3.5}     # m trials on one device -> per-trial slow-down
     scheduler_time: {bohb: {ask_s: 0.0009, result_s: 0.0001}, ...}  # the scheduler's own compute per call
     uncertainty: {step_time_samples: [{t_compute_s: ..., ...}, ...]}   # e.g. bootstrap fits
     config_cost: {params: {width: {type: int, low: 4, high: 32, log: true, slope: 1.2, center: 0.5}},
-                  floor: 0.3, norm: 1.03} # configuration-dependent epoch time (below)
+                  floor: 0.3, norm: 1.03, applies_to: compute} # configuration-dependent epoch time (below)
     assumed: [inter_latency_s, ...]       # parameters pinned, not measured
     measured: {...}                       # raw samples, kept verbatim
     fit: {...}                            # fit report, kept verbatim
@@ -28,7 +29,15 @@ epoch's end and the next epoch's start spent on reporting and the scheduler's de
 `checkpoint_restore_s` is what a job resumed from a checkpoint pays on top of a fresh job's
 start-up: loading the checkpoint and the slower first epoch after it. `release_s` is the
 end of a job after its last decision and save: the ranks return, the process group is torn
-down and the devices are free (paid by every job; 0 when not measured).
+down and the devices are free (paid by every job; 0 when not measured); with
+`release_per_doubling_s` it is release_s + release_per_doubling_s * log2(k) (a larger group
+takes longer to tear down). `resume_s` (optional) is what a job resumed from a checkpoint
+pays before its first epoch, measured as such (a paused trial resumed in a fresh group):
+resume(k) = resume_s + resume_per_doubling_s * log2(k), in place of start-up(k) +
+checkpoint_restore_s. On 2 CPU slots a resume costs 6 ms at k = 1 and 28 ms at k = 2, while
+fresh jobs cost 15-17 ms at both (their first-seen configurations pay more; a resumed one was
+seen before): start-up + one restore was 17 ms at either k (issue 16). Without `resume_s`,
+start-up(k) + checkpoint_restore_s.
 
 `scheduler_time` (optional): seconds of the scheduler's own computation per call, per
 scheduler name, as calibration timed it on this machine: `ask_s` per new job asked for
@@ -50,6 +59,14 @@ floor 0 is the plain log-linear factor exp(...) / norm. Calibration fits the slo
 floor) from per-configuration k = 1 step times and sets `norm` so the mean factor over its
 sample of configurations is 1 (t_compute_s being the sample's mean). Without the block every
 factor is 1.
+
+`applies_to` (optional, default `epoch`) says what the factor multiplies at k > 1: `epoch`,
+the whole epoch_time(k); `compute`, only the configuration's own work, t_compute_s and
+eval_s, inside the step-time model, so the all-reduce at k > 1 stays the measured one (the
+factor is measured at k = 1, where a step is all compute). A k = 2 digits step on 2 CPU
+slots is four fifths all-reduce: `epoch` made the widest configurations' k = 2 epochs
+12-17% too slow, the narrowest 5-8% too fast (issue 16). At k <= 1 both are the same.
+Calibration writes `compute`.
 """
 
 from __future__ import annotations
@@ -81,9 +98,21 @@ class Overheads:
     checkpoint_restore_s: float = 0.0
     decision_latency_s: float = 0.0
     release_s: float = 0.0
+    release_per_doubling_s: float = 0.0
+    resume_s: float | None = None  # None: a resume costs startup(k) + checkpoint_restore_s
+    resume_per_doubling_s: float = 0.0
 
     def startup(self, k: float) -> float:
         return self.startup_s + self.startup_per_doubling_s * math.log2(max(k, 1.0))
+
+    def release(self, k: float) -> float:
+        return self.release_s + self.release_per_doubling_s * math.log2(max(k, 1.0))
+
+    def resume(self, k: float) -> float | None:
+        """A resumed job's cost before its first epoch at k (None: not measured as such)."""
+        if self.resume_s is None:
+            return None
+        return self.resume_s + self.resume_per_doubling_s * math.log2(max(k, 1.0))
 
 
 @dataclass(frozen=True)
@@ -95,6 +124,7 @@ class ConfigCost:
     terms: tuple[tuple[Domain, float, float], ...]  # (domain, slope, center)
     norm: float = 1.0
     floor: float = 0.0
+    compute_only: bool = False  # applies_to: compute (module docstring); False: the whole epoch
 
     def factor(self, config: Mapping[str, Any]) -> float:
         x = 0.0
@@ -134,6 +164,17 @@ class Profile:
     def config_factor(self, config: Mapping[str, Any]) -> float:
         """Epoch-time multiplier of a trial with `config` (1.0 without a `config_cost` block)."""
         return 1.0 if self.config_cost is None else self.config_cost.factor(config)
+
+    def trial_epoch_time(self, k: float, factor: float) -> float:
+        """Seconds per epoch at k of a trial whose `config_factor` is `factor`: epoch_time(k) x
+        factor, or with `config_cost.applies_to: compute` at k > 1, epoch_time(k) with
+        t_compute_s and eval_s x factor (the all-reduce unscaled)."""
+        if k <= 1 or self.config_cost is None or not self.config_cost.compute_only:
+            return self.epoch_time(k) * factor
+        epoch, step = self.epoch, self.epoch.step
+        scaled = dataclasses.replace(epoch, step=dataclasses.replace(step, t_compute_s=step.t_compute_s * factor),
+                                     eval_s=epoch.eval_s * factor)
+        return scaled.epoch_time(k)
 
     def startup_time(self, k: float) -> float:
         return self.overheads.startup(k)
@@ -179,9 +220,12 @@ def _config_cost(node: Any, where: str) -> ConfigCost:
     """The `config_cost` block (module docstring) as a ConfigCost; UserError naming the bad entry."""
     if not isinstance(node, Mapping):
         raise UserError(f"{where}: expected a mapping with params, norm and optionally floor")
-    unknown = sorted(set(node) - {"params", "norm", "floor"})
+    unknown = sorted(set(node) - {"params", "norm", "floor", "applies_to"})
     if unknown:
-        raise UserError(f"{where}.{unknown[0]}: unknown; allowed: floor, norm, params")
+        raise UserError(f"{where}.{unknown[0]}: unknown; allowed: applies_to, floor, norm, params")
+    applies_to = node.get("applies_to", "epoch")
+    if applies_to not in ("epoch", "compute"):
+        raise UserError(f"{where}.applies_to={applies_to!r}: allowed: epoch, compute")
     params = node.get("params")
     if not isinstance(params, Mapping) or not params:
         raise UserError(f"{where}.params: expected a non-empty mapping name -> {{type, low, high, log, slope, center}}")
@@ -214,7 +258,7 @@ def _config_cost(node: Any, where: str) -> ConfigCost:
         slope = _signed(f"{at}.slope", spec["slope"])
         center = _signed(f"{at}.center", spec.get("center", 0.5))
         terms.append((Domain(str(name), kind, low=low, high=high, log=log), slope, center))
-    return ConfigCost(terms=tuple(terms), norm=norm, floor=floor)
+    return ConfigCost(terms=tuple(terms), norm=norm, floor=floor, compute_only=applies_to == "compute")
 
 
 def _number(where: str, value: Any, *, positive: bool = False, allow_inf: bool = False) -> float:

@@ -19,7 +19,8 @@ times of results, so the time of a job's first epoch spans the job's start-up (a
 checkpoint restore of a resumed job), and every later one the decision after the epoch
 before and the checkpoint written then (the executor writes one after every epoch it
 continues from). The simulator adds those costs itself, at the k it simulates, so they are
-taken out here: the profile's start-up(k_recorded), checkpoint_restore_s, and
+taken out here: the profile's start-up(k_recorded), checkpoint_restore_s (for a resumed
+job, resume(k_recorded) instead of both when the profile has `resume_s`), and
 decision_latency_s + checkpoint_save_s (`RecordedEpoch.startup/restore/decision`). A time that comes out below zero (the run
 started faster than the profile says) counts as 0 s and is counted in the stats. Ray Tune's
 `time_this_iter_s`, Syne Tune's `st_worker_time` and a CSV's `epoch_seconds` are measured
@@ -85,10 +86,13 @@ class EpochTimes:
             for epoch, rec in trial.items():
                 k = float(rec.k)
                 seconds = rec.seconds
-                if rec.startup:
-                    seconds -= profile.startup_time(k)
-                if rec.restore:
-                    seconds -= ov.checkpoint_restore_s
+                if rec.restore and ov.resume_s is not None:  # a resume measured as such (sim/profile.py)
+                    seconds -= ov.resume(k)  # type: ignore[operator]
+                else:
+                    if rec.startup:
+                        seconds -= profile.startup_time(k)
+                    if rec.restore:
+                        seconds -= ov.checkpoint_restore_s
                 if rec.decision:
                     seconds -= ov.decision_latency_s + ov.checkpoint_save_s
                 if seconds < 0:

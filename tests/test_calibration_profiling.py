@@ -8,7 +8,7 @@ import pytest
 
 from nasalloc.calibration.analysis import analyse
 from nasalloc.calibration.calibrate import TrainConf, builtin_space, search_space
-from nasalloc.calibration.fit import FitSettings
+from nasalloc.calibration.fit import FitSettings, predict_step_time
 from nasalloc.calibration.import_csv import read_timings
 from nasalloc.calibration.measurements import Measurements
 from nasalloc.calibration.probe import OPTIONS_KEY, _ProbeContext, wrap_config
@@ -203,13 +203,33 @@ def test_the_fit_describes_the_mean_configuration_and_keeps_the_raw_samples():
     m.reference_config, m.config_scale = {"width": 16}, 0.75
     a = analyse(m, FitSettings(gpus_per_node=2, grad_bytes=4e4), bootstrap=0, rng=np.random.default_rng(0))
     assert a.data.mean_s[0] == pytest.approx(0.75 * np.mean(m.step_samples[1]))
-    assert a.data.mean_s[1] / a.data.mean_s[0] == pytest.approx(np.mean(m.step_samples[2]) / np.mean(m.step_samples[1]))
+    # k = 2 (half the batch per rank): only its compute, half a k = 1 step, moves by the scale;
+    # its all-reduce is the reference configuration's as measured
+    compute_2 = 0.5 * np.mean(m.step_samples[1])
+    assert a.data.mean_s[1] == pytest.approx(np.mean(m.step_samples[2]) - 0.25 * compute_2)
     d = m.to_dict()
     assert d["step_time_summary"][1]["mean_s"] == pytest.approx(np.mean(m.step_samples[1]), rel=1e-5)  # raw
     assert d["configs"]["n"] == 3 and d["configs"]["scale"] == 0.75 and d["configs"]["reference_config"] == {"width": 16}
     assert d["configs"]["mean_step_s"] == pytest.approx(0.004) and d["configs"]["cv"] == pytest.approx(0.5)
     assert d["configs"]["sampled"][0] == {"config": {"width": 4}, "mean_step_s": 0.002, "steps": 50, "eval_s": 0.01,
                                           "startup_s": 0.02}
+
+
+def test_the_configuration_scale_moves_compute_and_keeps_the_measured_communication():
+    """Issue 16: scaling whole k = 2 steps by the configurations' level made every k = 2 epoch of
+    a communication-bound workload too slow by the scale. The fit at scale s must give s x the
+    compute and the same network parameters as the fit of the raw samples."""
+    # an exact model: k = 1 step 2 ms; k = 2: 1 ms compute + 3 ms all-reduce (no noise)
+    samples = {1: np.full(50, 0.002), 2: np.full(50, 0.004)}
+    settings = FitSettings(gpus_per_node=2, grad_bytes=4e4)
+    fits = {}
+    for scale in (1.0, 1.2):
+        m = Measurements(step_samples=dict(samples), batch_fraction={1: 1.0, 2: 0.5}, config_scale=scale)
+        fits[scale] = analyse(m, settings, bootstrap=0, rng=np.random.default_rng(0)).step.model
+    assert fits[1.2].t_compute_s == pytest.approx(1.2 * 0.002, rel=1e-4)
+    assert fits[1.2].intra_bandwidth_Bps == pytest.approx(fits[1.0].intra_bandwidth_Bps, rel=1e-4)
+    # the k = 2 step: 1.2 x 1 ms compute + the same 3 ms all-reduce = 4.2 ms (not 1.2 x 4 ms)
+    assert predict_step_time(fits[1.2], np.array([2.0]), 2, np.array([0.5]))[0] == pytest.approx(0.0042, rel=1e-3)
 
 
 class FakeLauncher:
@@ -331,6 +351,71 @@ def test_the_probe_ends_a_time_boxed_job_one_step_after_its_first_report():
     early.step()
     with pytest.raises(StopTraining):
         early.step()  # the 3rd step
+
+
+class KLauncher(LoopLauncher):
+    """A LoopLauncher whose step time depends on the group size (`steps_s[k]`), used as the
+    `Launcher` of `Profiler.run`; records each run's k and its probe time box."""
+
+    def __init__(self, steps_s, steps_per_epoch):
+        super().__init__(steps_s[1], steps_per_epoch)
+        self.steps_s, self.runs = steps_s, []
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def run(self, entrypoint, config, devices, **kwargs):
+        self.step_s = self.steps_s[len(devices)]
+        self.runs.append((len(devices), config[OPTIONS_KEY].get("until_report_after")))
+        return super().run(entrypoint, config, devices, **kwargs)
+
+
+def test_the_configurations_time_boxes_are_sized_from_a_k1_step(tmp_path, monkeypatch):
+    """Issue 16: the first, unmeasured run is at the largest k (it warms every worker); its
+    step (3.5 ms at k = 2 on 2 CPU slots against 1 ms at k = 1) sized the configurations' k = 1
+    boxes, so the 0.3 s boxes held a third of their steps and their means were noisy. A short
+    k = 1 run after it sizes them."""
+    from nasalloc.calibration import profiling
+
+    launcher = KLauncher({1: 1 / 1024, 2: 3.5 / 1024}, steps_per_epoch=50)  # ~1 ms and ~3.4 ms, exact in binary
+    monkeypatch.setattr(profiling, "Launcher", launcher)
+    profiler = Profiler(busy_plan(), tmp_path, progress=lambda line: None)
+    profiler.run()
+    assert launcher.runs[0] == (2, None)  # the warm-up of every worker first
+    boxes = [box for k, box in launcher.runs if k == 1 and box is not None][:4]
+    assert boxes == [307] * 4  # the 4 configuration jobs: 0.3 s x 1024 steps per s (not 87)
+    assert profiler.step_estimates == {2: 3.5 / 1024, 1: 1 / 1024}
+
+
+def test_k_runs_use_one_worker_per_device_and_sharing_its_own_launcher(tmp_path, monkeypatch):
+    """Issue 16: the executor starts one worker per device at k >= 1 and m per device at
+    k = 1/m (then their OpenMP threads wait passively, `backend.worker_env`); calibration ran
+    everything on m per device. Now every k >= 1 measurement runs on a launcher with one
+    worker per device and sharing on one with m."""
+    from nasalloc.calibration import profiling
+
+    opened = []
+
+    def launcher(kind, devices, *, slots_per_device, **kwargs):
+        fake = KLauncher({1: 1 / 1024, 2: 3.5 / 1024}, steps_per_epoch=50)
+        fake.slots_per_device = slots_per_device
+        opened.append(fake)
+        return fake
+
+    shared = []
+    monkeypatch.setattr(profiling, "Launcher", launcher)
+    monkeypatch.setattr(Profiler, "measure_sharing",
+                        lambda self, launcher, share, m: shared.append((launcher.slots_per_device, share)))
+    Profiler(busy_plan(share=[2]), tmp_path, progress=lambda line: None).run()
+    assert [f.slots_per_device for f in opened] == [1, 2]
+    assert {k for k, _ in opened[0].runs} == {1, 2} and len(opened[0].runs) > 10  # configurations, k rounds, ...
+    assert shared == [(2, 2)] and len(opened[1].runs) == 1  # its one unmeasured warm-up run, then sharing
 
 
 def test_configuration_jobs_reach_their_first_report_when_the_step_estimate_is_too_fast(tmp_path):
@@ -497,7 +582,7 @@ def test_pause_and_resume_are_measured_as_a_paused_trial_resumed_in_a_fresh_job(
     costs beyond the start-up, its release the pause less the epoch boundary and the save."""
     from types import SimpleNamespace
 
-    from nasalloc.calibration.report import release_cost, resume_cost
+    from nasalloc.calibration.report import release_cost, resume_cost, resume_fit
 
     profiler = Profiler(busy_plan(), tmp_path, progress=lambda line: None)
     m = Measurements(step_samples={}, steps_per_epoch={1: 37})
@@ -507,7 +592,24 @@ def test_pause_and_resume_are_measured_as_a_paused_trial_resumed_in_a_fresh_job(
     assert m.resume_s[1] == pytest.approx([0.077] * 2)
     assert resume_cost(m, SimpleNamespace(startup_s=0.047, startup_per_doubling_s=0.0)) == pytest.approx(0.03)
     m.decision_latency_s, m.checkpoint_save_s = [0.002], [0.003]
-    assert release_cost(m) == pytest.approx(0.010)
+    assert release_cost(m) == pytest.approx((0.010, 0.0))  # one k: no slope
+    assert resume_fit(m) == {"resume_s": pytest.approx(0.077), "resume_per_doubling_s": 0.0}
+
+
+def test_resume_and_release_are_fitted_per_k():
+    """Issue 16, the quiet machine's calibration: resumed jobs cost 6.4 ms at k = 1 and 28 ms
+    at k = 2, pauses 6 ms and 17.5 ms, with 3.2 ms of them the epoch boundary and the save.
+    One pooled restore and release put about the same on both k; per k (log2 k = 0, 1):
+    resume(k) = 6.4 ms + 21.6 ms x log2 k, release(k) = 2.8 ms + 11.5 ms x log2 k."""
+    from nasalloc.calibration.report import release_cost, resume_fit
+
+    m = Measurements(step_samples={}, resume_s={1: [0.0054, 0.0074], 2: [0.027, 0.029]},
+                     pause_s={1: [0.005, 0.007], 2: [0.017, 0.018]},
+                     decision_latency_s=[0.002], checkpoint_save_s=[0.0012])
+    assert release_cost(m) == pytest.approx((0.006 - 0.0032, 0.0175 - 0.006))
+    fit = resume_fit(m)
+    assert fit["resume_s"] == pytest.approx(0.0064) and fit["resume_per_doubling_s"] == pytest.approx(0.028 - 0.0064)
+    assert resume_fit(Measurements(step_samples={})) == {}  # imported timings: start-up + restore stands for it
 
 
 def test_every_shipped_scheduler_is_timed_through_a_whole_search():

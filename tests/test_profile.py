@@ -155,6 +155,27 @@ def test_config_cost_floor_by_hand_and_floor_zero_is_the_log_linear_factor():
     assert floored.config_factor({"width": 4}) / floored.config_factor({}) > plain.config_factor({"width": 4}) / plain.config_factor({})
 
 
+def test_config_cost_applies_to_says_whether_the_all_reduce_is_scaled(tmp_path):
+    """`applies_to: compute` scales t_compute_s and eval_s inside the step-time model at k > 1;
+    the default (`epoch`, every profile written before it) scales the whole epoch; at k = 1
+    both are epoch_time(1) x factor. Round-trips through the YAML."""
+    data = {**MINIMAL, "config_cost": {**COST, "applies_to": "compute"}}
+    path = tmp_path / "profile.yaml"
+    dump_profile(data, path)
+    compute, whole = load_profile(path), parse_profile({**MINIMAL, "config_cost": COST})
+    assert compute.config_cost.compute_only and not whole.config_cost.compute_only
+    epoch, step = whole.epoch, whole.epoch.step
+    f = 1.7
+    assert whole.trial_epoch_time(2, f) == whole.epoch_time(2) * f
+    assert compute.trial_epoch_time(1, f) == whole.epoch_time(1) * f
+    # by hand at k = 2 (weak scaling: 1000 / 20 = 50 steps of the full per-rank batch; the
+    # evaluation split over the 2 ranks): 50 x (f x 0.01 s + 1e6 B / 1e9 B/s) + f x 1 s / 2
+    assert epoch.steps_per_epoch(2) == 50 and epoch.eval_scales and step.straggler_cv == 0
+    by_hand = 50 * (f * 0.01 + 1e6 / 1e9) + f * 1.0 / 2
+    assert compute.trial_epoch_time(2, f) == pytest.approx(by_hand, rel=1e-12)
+    assert compute.trial_epoch_time(2, f) < whole.trial_epoch_time(2, f)  # the all-reduce is not scaled up
+
+
 def test_config_cost_with_floor_round_trips(tmp_path):
     path = tmp_path / "profile.yaml"
     data = {**MINIMAL, "config_cost": {**COST, "floor": 0.35}}
@@ -179,6 +200,7 @@ def _cost(**width):
         ({**_cost(), "floor": -0.1}, r"config_cost.floor=-0.1: must be >= 0"),
         ({**_cost(), "floor": 1}, r"config_cost.floor=1: must be < 1"),
         ({**_cost(), "floor": "x"}, r"config_cost.floor='x': must be a number"),
+        ({**_cost(), "applies_to": "step"}, r"config_cost.applies_to='step': allowed: epoch, compute"),
         (_cost(type="categorical"), r"params.width.type='categorical': allowed: float, int"),
         (_cost(slope="steep"), r"params.width.slope='steep': must be a finite number"),
         (_cost(low=40), r"params.width: low=40 must not exceed high=32"),

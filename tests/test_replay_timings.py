@@ -140,14 +140,22 @@ def test_recorded_k_setting_is_the_k_of_records_that_do_not_say(tmp_path):
     assert simulate(spec).summary.makespan_s == pytest.approx(12.0)
 
 
-def test_a_replayed_nasalloc_trace_reproduces_its_run(tmp_path):
+@pytest.mark.parametrize("resume", [None, (3.0, 2.5)])
+def test_a_replayed_nasalloc_trace_reproduces_its_run(tmp_path, resume):
     # A run with start-up (5 s + 1 s per doubling), decision (0.5 s), checkpoint save and
     # restore, per-configuration epoch cost and pauses (ASHA's promotion variant), at k=2.
     # Replaying its trace with the same profile and scheduler seed gives the same search: the
     # trace's first epoch of each job less start-up (and restore), later ones less the
-    # decision, plus what the engine adds back, are the recorded result times.
+    # decision, plus what the engine adds back, are the recorded result times. With a resume
+    # measured as such (resume_s 3 s + 2.5 s per doubling, issue 16) a resumed job's first
+    # epoch is less resume(k) instead.
+    import dataclasses
+
     cost = {"params": {"width": {"type": "int", "low": 16, "high": 256, "log": True, "slope": 1.5, "center": 0.5}}, "norm": 1.0}
     profile = make_profile(decision=0.5, save=2.0, restore=1.5, config_cost=cost)
+    if resume is not None:
+        profile = dataclasses.replace(profile, overheads=dataclasses.replace(
+            profile.overheads, resume_s=resume[0], resume_per_doubling_s=resume[1]))
     sched = {"name": "asha", "n_trials": 12, "max_epochs": 9, "eta": 3, "variant": "promotion"}
     first = simulate(make_spec(k=2, scheduler=sched, profile=profile, seed=4))
     assert any(ev.event == "resume" for ev in first.events)  # restores happened

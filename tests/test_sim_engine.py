@@ -198,6 +198,72 @@ def test_config_cost_scales_each_trials_epoch_time():
     assert epoch[b] / epoch[a] > 1.2
 
 
+def test_config_cost_applied_to_compute_leaves_the_all_reduce_of_a_k2_epoch_unscaled():
+    """Issue 16: the factor is measured at k = 1, where a step is all compute. At k = 2 (weak
+    scaling: 400 samples / 20 = 20 steps) a step is 1 s of compute + 1 s of all-reduce (1e8
+    bytes at 1e8 B/s, 2 (k-1)/k = 1); evaluation 4 s split over the 2 ranks. With
+    `applies_to: compute` a trial of factor f trains an epoch in 20 (f + 1) + 2 f seconds;
+    without it (the old profiles' meaning) in f x 42."""
+    params = {"width": {"type": "int", "low": 16, "high": 256, "log": True, "slope": 1.5, "center": 0.5}}
+    for applies_to in ("compute", None):
+        cost = {"params": params, "norm": 1.1, **({"applies_to": applies_to} if applies_to else {})}
+        profile = make_profile(decision=0.5, save=0.25, eval_s=4.0, bandwidth=1e8, config_cost=cost)
+        result = simulate(make_spec(k=2, profile=profile))
+        configs = {ev.trial: ev.config for ev in result.events if ev.event == "start"}
+        results: dict[int, list[float]] = {}
+        for ev in result.events:
+            if ev.event == "result":
+                results.setdefault(ev.trial, []).append(ev.time)
+        factors = []
+        for t, times in results.items():
+            f = profile.config_factor(configs[t])
+            factors.append(f)
+            epoch = times[1] - times[0] - 0.5 - 0.25  # less the decision and the save (not scaled)
+            assert epoch == pytest.approx(20 * (f + 1) + 2 * f if applies_to else 42 * f)
+        assert max(factors) / min(factors) > 1.5  # the configurations differ enough to tell the two apart
+
+
+def test_a_resumed_job_and_the_end_of_a_job_cost_what_the_profile_measured_at_their_k():
+    """Issue 16: with `resume_s` (+ per doubling) a job that starts from a checkpoint pays
+    resume(k) before its first epoch instead of start-up(k) + checkpoint_restore_s, and every
+    job's end pays release(k). ASHA on the per-rung schedule [1, 2]: rung 0 at k = 1, every
+    promotion resumes at k = 2. Start-up 5 s + 1 s per doubling, restore 7 s (not paid),
+    resume 2 s + 3 s per doubling, release 0.5 s + 0.25 s per doubling; decision 0.1 s, save
+    0.2 s (at a pause or a completion, not at a stop)."""
+    import dataclasses
+
+    from nasalloc.sim.cluster import ClusterSpec, parse_allocation
+
+    base = make_profile(decision=0.1, save=0.2, restore=7.0, release=0.5, gpn=2)
+    profile = dataclasses.replace(base, overheads=dataclasses.replace(
+        base.overheads, resume_s=2.0, resume_per_doubling_s=3.0, release_per_doubling_s=0.25))
+    spec = make_spec(k=parse_allocation([1, 2], ClusterSpec("test", 2, 2)), gpus=2, gpn=2, profile=profile,
+                     scheduler={"name": "asha", "n_trials": 8, "max_epochs": 9})
+    events = simulate(spec).events
+    resumed = seen_end = 0
+    open_at: dict[int, tuple[str, float, int]] = {}
+    last_result: dict[int, float] = {}
+    for ev in events:
+        if ev.event in ("start", "resume"):
+            open_at[ev.trial] = (ev.event, ev.time, len(ev.devices))
+        elif ev.event == "result" and ev.trial in open_at:
+            kind, t0, k = open_at.pop(ev.trial)
+            before = ev.time - t0 - profile.epoch_time(k)  # what the job paid before its first epoch
+            if kind == "resume":
+                assert k == 2 and before == pytest.approx(2.0 + 3.0)  # resume(2), no restore on top
+                resumed += 1
+            else:
+                assert before == pytest.approx(5.0 + 1.0 * (k - 1))  # start-up(k)
+        if ev.event == "result":
+            last_result[ev.trial] = ev.time
+        elif ev.event in ("pause", "stop", "complete") and ev.devices:
+            release = 0.5 + 0.25 * (len(ev.devices) - 1)  # release(k), k = 1 or 2
+            save = 0.0 if ev.event == "stop" else 0.2  # a stopped trial keeps no checkpoint
+            assert ev.time - last_result[ev.trial] == pytest.approx(0.1 + save + release)
+            seen_end += len(ev.devices) == 2
+    assert resumed >= 2 and seen_end >= 2
+
+
 def test_the_schedulers_own_time_is_spent_in_the_one_search_loop():
     """One device, 2 random-search trials of 2 epochs; start-up 5 s, epoch 40 s, no decision
     latency; the scheduler's own time: 1 s per ask, 0.5 s per result. The loop asks for

@@ -305,10 +305,40 @@ def test_update_profile_of_a_per_rung_run_refits_every_allocation(tmp_path, caps
     assert update["implied_step_s"] == {"1": pytest.approx((10.0 - decision - save - evaluation) / 37, rel=1e-9),
                                         "2": pytest.approx((6.0 - decision - save - evaluation) / 37, rel=1e-9)}
     overheads = yaml.safe_load((out / "profile_updated.yaml").read_text())["overheads"]
-    assert overheads["startup_s"] == pytest.approx(2.0)  # 12 s to the first result - one 10 s epoch
-    assert overheads["checkpoint_restore_s"] == pytest.approx(3.0 - 2.0)  # resume 3 s - start-up
+    # 12 s to the first result - one 10 s epoch gap; that gap holds a decision and a write the
+    # first epoch does not pay, so the start-up is 2 s + both
+    assert overheads["startup_s"] == pytest.approx(2.0 + decision + save)
+    assert overheads["checkpoint_restore_s"] == pytest.approx(3.0 - 2.0)  # resume 3 s - start-up (both + the same)
     assert overheads["checkpoint_save_s"] == save  # one write: kept from the profile
     assert overheads["release_s"] == pytest.approx(0.5 - decision - save)  # pause 0.5 s - decision - write
+
+
+def test_update_profile_refits_a_measured_resume_per_k_and_keeps_what_one_k_cannot_tell():
+    """A profile whose resume(k) was measured as such (`resume_s`, issue 16): the runs' resume
+    at k = 2 (trace: 20 ms after the epoch gap, which holds the decision and the write a
+    first epoch does not pay) refits its level with the profile's slope kept (one k cannot
+    tell a slope); the pause refits release_s and keeps release_per_doubling_s."""
+    import yaml
+
+    from nasalloc.sim.profile import load_profile, parse_profile
+    from nasalloc.validate.validate import refit_profile
+
+    base = load_profile("digits_cpu")
+    raw = dict(base.raw)
+    raw["overheads"] = {**raw["overheads"], "resume_s": 0.005, "resume_per_doubling_s": 0.02,
+                        "release_s": 0.003, "release_per_doubling_s": 0.011}
+    profile = parse_profile(raw, "test")
+    ov = profile.overheads
+    boundary = ov.decision_latency_s + ov.checkpoint_save_s
+    measured = {1.0: {"epoch_s": None, "startup_s": 0.004, "resume_s": None, "pause_s": 0.012},
+                2.0: {"epoch_s": None, "startup_s": None, "resume_s": 0.020, "pause_s": 0.012}}
+    data, _ = refit_profile(profile, measured, "cpu")
+    refit = data["overheads"]
+    assert refit["resume_s"] == pytest.approx(0.020 + boundary - 0.02 * 1)  # log2(2) = 1, the slope kept
+    assert refit["resume_per_doubling_s"] == 0.02
+    assert refit["release_s"] == pytest.approx(0.012 - boundary) and refit["release_per_doubling_s"] == 0.011
+    assert refit["startup_s"] == pytest.approx(0.004 + boundary)
+    assert yaml.safe_dump(data) and parse_profile(data, "refit").overheads.resume(2) == pytest.approx(0.020 + boundary)
 
 
 def test_a_schedule_holding_one_device_at_two_allocations_leaves_both_out(tmp_path):

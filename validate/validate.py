@@ -35,7 +35,7 @@ from nasalloc.sim.elastic import resolve_allocation
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_allocation, format_duration
-from nasalloc.sim.profile import Profile, dump_profile, load_profile
+from nasalloc.sim.profile import Overheads, Profile, dump_profile, load_profile
 from nasalloc.sim.provenance import COMPARED, foreign_line
 from nasalloc.sim.trace import TraceEvent, read_trace, write_json, write_trace
 from nasalloc.sim.workload import MetricSpec, ReplayWorkload
@@ -179,6 +179,18 @@ def _by_allocation(run: RealRun, t: Timings) -> dict[float, dict[str, float | No
     return out
 
 
+def _per_doubling(per_k: dict[int, list[float]], slope: float) -> tuple[float, float]:
+    """(level, slope) of cost(k) = level + slope log2 k from measurements per k: fitted as
+    calibration fits start-up when they cover two k or more; from one k the slope cannot be
+    told, so the profile's is kept and only the level is refitted."""
+    from nasalloc.calibration.fit import fit_startup
+
+    if len(per_k) >= 2:
+        base, per_doubling, _ = fit_startup(per_k)
+        return base, per_doubling
+    return max(0.0, float(np.median([x - slope * math.log2(k) for k, v in per_k.items() for x in v]))), slope
+
+
 def refit_profile(profile: Profile, measured: dict[float, dict[str, float | None]], backend: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The profile's mapping with step time, sharing and overheads refitted to what the runs
     measured; and a report of what changed. Parameters the runs cannot identify keep their
@@ -187,7 +199,6 @@ def refit_profile(profile: Profile, measured: dict[float, dict[str, float | None
         FITTABLE,
         FitSettings,
         StepData,
-        fit_startup,
         fit_step_time,
         plan_parameters,
     )
@@ -231,18 +242,26 @@ def refit_profile(profile: Profile, measured: dict[float, dict[str, float | None
             m = round(1 / k)
             # at least 1: sharing a device does not make a trial faster (below 1 is noise)
             sharing[m] = max(1.0, max(v["epoch_s"] - decision - ov.checkpoint_save_s, 1e-9) / new_epoch.epoch_time(1))
-    startups = {max(1, int(k)): [v["startup_s"]] for k, v in measured.items() if v["startup_s"] is not None}
+    # The trace's start-up and resume are the first result less the trial's epoch gap, and
+    # that gap holds the decision and the checkpoint write after each epoch, which the first
+    # epoch of a job does not pay: the profile's start-up is the trace's plus those two.
+    boundary = decision + ov.checkpoint_save_s
+    startups = {max(1, int(k)): [v["startup_s"] + boundary] for k, v in measured.items() if v["startup_s"] is not None}
     data = dict(profile.raw)
     overheads = dict(data.get("overheads") or {})
     if startups:
-        base, per_doubling, _ = fit_startup(startups)
-        overheads["startup_s"], overheads["startup_per_doubling_s"] = base, per_doubling
-    resumes = [v["resume_s"] - overheads.get("startup_s", ov.startup_s) for v in measured.values() if v["resume_s"] is not None]
-    if resumes:
-        overheads["checkpoint_restore_s"] = max(0.0, float(np.median(resumes)))
+        overheads["startup_s"], overheads["startup_per_doubling_s"] = _per_doubling(startups, ov.startup_per_doubling_s)
+    resumed = {max(1, int(k)): [v["resume_s"] + boundary] for k, v in measured.items() if v["resume_s"] is not None}
+    if resumed and ov.resume_s is not None:  # the profile's resume(k) is measured as such: refit it per k
+        overheads["resume_s"], overheads["resume_per_doubling_s"] = _per_doubling(resumed, ov.resume_per_doubling_s)
+    elif resumed:
+        start = Overheads(**{f.name: overheads.get(f.name, getattr(ov, f.name)) for f in dataclasses.fields(Overheads)})
+        restores = [x - start.startup(k) for k, v in resumed.items() for x in v]
+        overheads["checkpoint_restore_s"] = max(0.0, float(np.median(restores)))
     # a pause is decision + checkpoint write + the end of the job: the write is the one every
-    # checkpointed epoch pays, so the rest goes to the end of the job (release_s)
-    pauses = [v["pause_s"] - decision - ov.checkpoint_save_s for v in measured.values() if v["pause_s"] is not None]
+    # checkpointed epoch pays, so the rest goes to the end of the job, release(k); the trace
+    # gives one pause per run (k is not told apart): its level is refitted, its slope kept
+    pauses = [v["pause_s"] - boundary for v in measured.values() if v["pause_s"] is not None]
     if pauses:
         overheads["release_s"] = max(0.0, float(np.median(pauses)))
     data["step_time"] = {**(data.get("step_time") or {}), **{f.name: getattr(step, f.name) for f in dataclasses.fields(step)}}
