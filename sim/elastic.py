@@ -116,8 +116,11 @@ class ElasticPolicy:
         self._factors: dict[int, float] = {}
         ov = profile.overheads
         self._epoch = {k: profile.epoch_time(k) for k in [float(allocation.schedule[0]), *self.targets] if k >= 1}
-        self._move = {k: ov.checkpoint_save_s + ov.release_s + profile.startup_time(k) + ov.checkpoint_restore_s
-                      for k in self.targets}
+        if ov.resume_s is None:  # a resume costs start-up + restore
+            self._move = {k: ov.checkpoint_save_s + ov.release_s + profile.startup_time(k) + ov.checkpoint_restore_s
+                          for k in self.targets}
+        else:  # measured as such: resume(k) (sim/profile.py)
+            self._move = {k: ov.checkpoint_save_s + ov.release_s + ov.resume(k) for k in self.targets}  # type: ignore[operator]
 
     # ----- the model ------------------------------------------------------------------------
     def _epoch_time(self, k: float, sharers: int = 0) -> float:

@@ -10,6 +10,7 @@ resume on the device placement would give it now (the "reallocate" pause and res
 per-rung moves). It moves when
 
     gain = window x (sharing(j) - sharing(j'))  >  cost = save + start-up(k) + restore
+                                                    (save + resume(k) where the profile measured it)
 
 - j: the trials holding its device now, itself included; j': those on the device it would
   move to, plus itself (1 on an idle device). The engine trains a trial at 1 / sharing(j) of
@@ -51,8 +52,12 @@ class UnsharePolicy:
         self.milestones = sorted(milestones)
         self.survive = survival(self.milestones)
         ov = profile.overheads
-        self._restart = ov.checkpoint_save_s + ov.checkpoint_restore_s
-        self._startup = profile.startup_time
+        if ov.resume_s is None:  # a resume costs start-up + restore
+            self._restart = ov.checkpoint_save_s + ov.checkpoint_restore_s
+            self._startup = profile.startup_time
+        else:  # measured as such: resume(k) (sim/profile.py)
+            self._restart = ov.checkpoint_save_s
+            self._startup = ov.resume  # type: ignore[assignment]
         self._factors: dict[int, float] = {}
 
     def _config_factor(self, seg: Segment) -> float:

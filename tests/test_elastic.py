@@ -19,7 +19,7 @@ from test_sim_support import check_invariants, make_spec
 
 
 def profile(*, epoch_s: float = 100.0, scaling: str = "ideal", startup: float = 2.0, save: float = 1.0,
-            restore: float = 1.0, sharing2: float = 2.0, gpn: int = 8):
+            restore: float = 1.0, sharing2: float = 2.0, gpn: int = 8, resume: float | None = None):
     """Epoch time `epoch_s` on one device; "ideal": epoch_s / k on k devices; "none": the
     same on any k (communication eats the gain)."""
     step = {"t_compute_s": epoch_s / 4}
@@ -30,7 +30,7 @@ def profile(*, epoch_s: float = 100.0, scaling: str = "ideal", startup: float = 
         "workload": {"samples_per_epoch": 32, "batch_per_device": 8, "scaling": "strong", "global_batch": 8},
         "step_time": step,
         "overheads": {"startup_s": startup, "eval_s": 0.0, "checkpoint_save_s": save, "checkpoint_restore_s": restore,
-                      "decision_latency_s": 0.0},
+                      "decision_latency_s": 0.0, **({} if resume is None else {"resume_s": resume})},
         "hardware": {"gpus_per_node": gpn},
         "sharing": {1: 1.0, 2: sharing2},
     }, "hand profile")
@@ -72,6 +72,20 @@ def test_a_trial_grows_when_the_gain_beats_the_move():
                           ("resume", 1, (0, 1), "reallocate")]
     assert [e.time for e in result.events if e.event == "pause"] == [pytest.approx(103.0)]
     assert result.summary.makespan_s == pytest.approx(514.0)
+
+
+def test_a_measured_resume_is_what_a_move_costs():
+    """Start-up 2, restore 1, but a resume measured as 60 s (`resume_s`): the move costs save 1
+    + 60 s, more than the 50 s it saves over the one epoch left, so the trial stays on one
+    device: 2 + 2 x 100 + a save after each epoch = 204 s. (Priced as start-up + restore, 4 s,
+    the move would pay.) With 8 epochs left it pays and the resumed job pays the 60 s: 2 +
+    100 + 1 (pause 103) + 60 + 50 (result 2 at 213) + 7 x (1 + 50) + 1 = 571 s."""
+    stays = _one_trial(profile(resume=60.0), max_epochs=2)
+    assert not [e for e in stays.events if e.info == "reallocate"]
+    assert stays.summary.makespan_s == pytest.approx(204.0)
+    moves = _one_trial(profile(resume=60.0), max_epochs=9)
+    assert [e.time for e in moves.events if e.event == "result"][:2] == [pytest.approx(102.0), pytest.approx(213.0)]
+    assert moves.summary.makespan_s == pytest.approx(571.0)
 
 
 def test_no_move_when_the_model_predicts_no_gain():

@@ -146,6 +146,19 @@ def test_gain_is_the_shared_window_times_the_slowdown_saved_and_cost_the_restart
     assert policy.pays(core, seg, 1, 1) is (gain > 10)
 
 
+def test_the_cost_is_save_and_the_resume_where_the_profile_measured_a_resume():
+    """resume_s 4 (+ 1 per doubling, none below k = 1) in place of start-up 5 + restore 3."""
+    import dataclasses
+
+    from nasalloc.sim.unshare import UnsharePolicy
+
+    _, core, seg = _policy_setup(0)
+    profile = make_profile(gpn=2, save=2.0, restore=3.0, sharing={1: 1.0, 2: 1.5})
+    measured = dataclasses.replace(profile, overheads=dataclasses.replace(
+        profile.overheads, resume_s=4.0, resume_per_doubling_s=1.0))
+    assert UnsharePolicy(measured, [1, 3, 9]).gain_and_cost(core, seg, 1, 1) == pytest.approx((160 * 0.5, 2 + 4))
+
+
 def test_a_device_with_as_many_trials_is_no_better():
     policy, core, seg = _policy_setup(0, target_holds=1)  # device 1 holds one other trial: 2 there too
     assert policy.gain_and_cost(core, seg, 1, 1)[0] == 0.0 and not policy.pays(core, seg, 1, 1)
