@@ -80,6 +80,13 @@ load trials on each other device, as the search at k = 1/m has.
 
 Timestamps are `time.perf_counter()` (CLOCK_MONOTONIC, shared by all processes of a
 machine), so the launcher's clock and the workers' stamps can be subtracted.
+
+On a Ray cluster (`plan.ray`, `nasalloc calibrate backend=ray`) all of this runs unchanged on
+the `RayBackend`'s warm actors, the devices numbered node by node: a k beyond one node spans
+nodes, and every start-up job pays what a trial job of `nasalloc run backend=ray` pays (the
+job message over TCP, the rendezvous at its rank-0 actor, the process group across nodes).
+Only differences of one rank's own stamps, or of the launcher's clock, are used there, except
+`first_job_startup_s`, which is left out (rank 0 may run on another node's clock).
 """
 
 from __future__ import annotations
@@ -91,7 +98,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -101,6 +108,9 @@ from nasalloc.calibration.measurements import Measurements
 from nasalloc.execute.devices import Slot, device_name, rank_threads
 from nasalloc.execute.launch import Launcher, RanksResult
 from nasalloc.sim.errors import UserError
+
+if TYPE_CHECKING:
+    from nasalloc.execute.ray_backend import RayTarget
 
 Progress = Callable[[str], None]
 UNTIL_REPORT_FACTOR = 10  # a configuration job waits for its first report up to this many time boxes
@@ -137,6 +147,7 @@ class ProfilingPlan:
     seed: int  # seeds the configurations sampled from `space`
     fill_devices: bool  # measure with every other device busy (load groups), as a search runs
     timeout_s: float = 300.0  # not a setting: silence after which the launcher declares a group hung
+    ray: RayTarget | None = None  # backend=ray: the cluster whose devices `device_ids` number, node by node (None: here)
 
 
 class ProfilingFailed(UserError):
@@ -623,14 +634,15 @@ class Profiler:
         t0 = time.perf_counter()
         self.progress(f"starting {len(used) * slots_per_device} warm workers ({p.device_kind}, devices {used})")
         with Launcher(p.device_kind, used, slots_per_device=slots_per_device, threads_per_rank=plan_threads(p),
-                      workdir=self.workdir / "launcher", preload=[p.entrypoint]) as launcher:
+                      workdir=self.workdir / "launcher", preload=[p.entrypoint], ray=p.ray) as launcher:
             m.hardware["worker_start_s"] = round(time.perf_counter() - t0, 4)
             # Every worker's first job pays one-off costs (CUDA context, data loading, lazy
             # imports) that the executor's warm workers pay once per search, not per trial:
             # one short unmeasured run on all devices takes them out of the start-up samples.
             r, t_call = self._run(launcher, max(p.gpus_per_trial), p.warmup_steps + 2)
             if r.step_times and r.step_times[0]:
-                m.hardware["first_job_startup_s"] = round(r.step_times[0][0] - t_call, 4)
+                if p.ray is None:  # on Ray, rank 0 may stamp another node's clock
+                    m.hardware["first_job_startup_s"] = round(r.step_times[0][0] - t_call, 4)
                 d = np.diff(r.step_times[0])
                 self.step_estimate_s = float(np.median(d)) if len(d) else None
             if p.space and p.configs > 0:
@@ -665,16 +677,24 @@ def hardware_facts(plan: ProfilingPlan) -> dict[str, Any]:
         facts["cuda"] = str(torch.version.cuda)
     facts["cores"] = os.cpu_count()
     facts["threads_per_rank"] = plan_threads(plan)
+    if plan.ray is not None:  # measured on the cluster's nodes, not (only) here
+        spec = plan.ray.cluster.spec
+        facts.update(gpus_per_node=spec.gpus_per_node, ray={
+            "nodes": spec.nodes, "devices_per_node": spec.gpus_per_node, "cpus_per_node": plan.ray.cluster.cpus_per_node,
+            "resource": "GPU" if plan.device_kind == "cuda" else plan.ray.slot_resource})
     return facts
 
 
 def plan_threads(plan: ProfilingPlan) -> int:
     """Threads per rank while profiling: the rule `nasalloc run` uses (`rank_threads`) over the
     devices present, whichever of them a measurement uses and however many trials share one,
-    so the steps are timed with the threads the search's ranks will have."""
+    so the steps are timed with the threads the search's ranks will have. On Ray, as
+    `RayBackend` counts them: a node's CPUs over its devices."""
+    if plan.ray is not None:
+        return rank_threads(plan.threads_per_rank, plan.ray.cluster.spec.gpus_per_node, plan.ray.cluster.cpus_per_node)
     return rank_threads(plan.threads_per_rank, len(plan.device_ids), os.cpu_count() or 1)
 
 
 def profile_training(plan: ProfilingPlan, workdir: Path, progress: Progress = print) -> Measurements:
-    """Run the profiling plan on this machine; raise ProfilingFailed (a UserError) if the training function fails."""
+    """Run the profiling plan on this machine (or on `plan.ray`'s cluster); raise ProfilingFailed (a UserError) if the training function fails."""
     return Profiler(plan, workdir, progress).run()

@@ -52,6 +52,7 @@ from nasalloc.sim.errors import UserError
 
 INSTALL_HINT = "backend=ray needs Ray, which is not installed here; install it with: pip install 'nasalloc[ray]'"
 PLACEMENT_TIMEOUT_S = 60.0
+REACH_TIMEOUT_S = 5.0  # ray.address=HOST:PORT must accept a TCP connection within this (Ray itself retries for minutes)
 
 
 def import_ray() -> Any:
@@ -72,6 +73,21 @@ class RayCluster:
     cpus_per_node: int
 
 
+@dataclass(frozen=True)
+class RayTarget:
+    """Where a `RayBackend` puts its ranks: the connected cluster as `discover` found it, and
+    the resource that is one CPU slot there (the executor's run and calibration's `Launcher`
+    build their backend from this)."""
+
+    cluster: RayCluster
+    slot_resource: str
+
+    def describe(self, device_kind: str) -> str:
+        """E.g. "Ray, 3 nodes of 2 cpu_slot" (for a profile's provenance and progress lines)."""
+        spec = self.cluster.spec
+        return f"Ray, {spec.nodes} nodes of {spec.gpus_per_node} {device_resource(device_kind, self.slot_resource)}"
+
+
 def device_resource(device_kind: str, slot_resource: str) -> str:
     """The Ray resource that is one device: a GPU, or a CPU slot's custom resource."""
     return "GPU" if device_kind == "cuda" else slot_resource
@@ -83,6 +99,8 @@ def connect(address: str | None, device_kind: str, slot_resource: str, count: in
     ray = import_ray()
     if ray.is_initialized():
         return
+    if address and address != "auto" and "://" not in address:
+        _check_reachable(address)
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
     if address:
         kwargs["address"] = address
@@ -94,6 +112,19 @@ def connect(address: str | None, device_kind: str, slot_resource: str, count: in
         ray.init(**kwargs)
     except ConnectionError as exc:
         raise UserError(f"ray.address={address}: cannot join a Ray cluster there ({str(exc).splitlines()[0]})") from None
+
+
+def _check_reachable(address: str) -> None:
+    """A one-line UserError unless HOST:PORT accepts a TCP connection within `REACH_TIMEOUT_S`:
+    `ray.init` would otherwise retry an unreachable address for minutes before failing."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"ray.address={address}: expected auto or HOST:PORT (the head node's GCS, e.g. 10.0.0.1:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise UserError(f"ray.address={address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+                        "with `ray start --head`, or give its address (ray.address=auto on one of its nodes)") from None
 
 
 def discover(device_kind: str, slot_resource: str) -> RayCluster:
@@ -315,4 +346,4 @@ def leftovers() -> tuple[list[str], list[str]]:
     return [a["ActorID"] for a in actors], [p["placement_group_id"] for p in pgs]
 
 
-__all__ = ["INSTALL_HINT", "RankActor", "RayBackend", "RayCluster", "connect", "discover", "import_ray", "leftovers"]
+__all__ = ["INSTALL_HINT", "RankActor", "RayBackend", "RayCluster", "RayTarget", "connect", "discover", "import_ray", "leftovers"]
