@@ -31,6 +31,7 @@ from nasalloc.calibration.import_csv import read_timings
 from nasalloc.calibration.measurements import Measurements
 from nasalloc.calibration.profiling import ProfilingPlan, profile_training
 from nasalloc.calibration.report import WorkloadFacts, build_profile, plot_speedup, summary_lines, summary_table
+from nasalloc.execute.backend import WorkersDidNotStart
 from nasalloc.execute.run import BACKENDS, RayConfig
 from nasalloc.sim.config import require, required, to_typed
 from nasalloc.sim.errors import UserError
@@ -362,7 +363,10 @@ def main(settings: CalibrateSettings, out_dir: Path) -> None:
                       + (f", {plan.configs} configurations from its search space" if plan.space and plan.configs else "")
                       + (f", sharing m = {', '.join(map(str, plan.share))}" if plan.share else "")
                       + f" (up to {plan.time_limit_s:g} s each)")
-        m = profile_training(plan, out_dir / "profiling", progress=lambda line: console.print(f"  {line}"))
+        try:
+            m = profile_training(plan, out_dir / "profiling", progress=lambda line: console.print(f"  {line}"))
+        except WorkersDidNotStart as exc:  # workers (Ray: a lost node's actors) that never came: one line, not a traceback
+            raise UserError(f"calibration stopped: {exc}") from None
         steps_first = m.steps_per_epoch.get(1)
         if fit.grad_bytes is None and m.hardware.get("grad_bytes"):
             fit = FitSettings(gpus_per_node=fit.gpus_per_node, grad_bytes=float(m.hardware["grad_bytes"]),

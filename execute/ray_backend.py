@@ -30,7 +30,11 @@ executor's Ray job).
 
 A lost node takes its actors with it: their trial fails and is retried by the dispatch core
 (elsewhere if devices are free); the lost node's placement group is re-placed by Ray when a
-node with the room joins, and its actors start there.
+node with the room joins, and its actors start there. If none joins, a trial sent to those
+devices waits for actors that never start: once they have not started within
+`worker_start_timeout_s` (`backend.WORKER_START_TIMEOUT_S`), the run ends with one line
+(`WorkersDidNotStart`), the folder resumable on a cluster of the same shape. (Going on with
+the remaining devices would need the dispatch core to drop devices from its pool mid-search.)
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
-from nasalloc.execute.backend import WORKER_START_TIMEOUT_S, GroupSpec, LocalBackend, _Worker
+from nasalloc.execute.backend import GroupSpec, LocalBackend, _Worker
 from nasalloc.execute.devices import Slot, rank_threads
 from nasalloc.sim.cluster import ClusterSpec
 from nasalloc.sim.errors import UserError
@@ -230,6 +234,8 @@ class _ActorProc:
 class RayBackend(LocalBackend):
     """`LocalBackend`'s group handling with its workers as warm actors on a Ray cluster."""
 
+    NOT_BACK = "was its node lost, and no node with the room joined in its place?"
+
     def __init__(self, slots: list[Slot], device_kind: str, cluster: RayCluster, slot_resource: str, *,
                  threads_per_rank: int | None = None, preload: list[str] | None = None):
         ray = import_ray()
@@ -295,7 +301,7 @@ class RayBackend(LocalBackend):
         """TCP at the rank-0 actor's node, on a port that actor found free there."""
         try:
             ip, port = self._ray.get(self._workers[spec.slots[0]].proc.actor.rendezvous_address.remote(),  # type: ignore[attr-defined]
-                                     timeout=WORKER_START_TIMEOUT_S)
+                                     timeout=self.worker_start_timeout_s)
         except Exception:  # noqa: BLE001 - the actor is gone; its death fails the group
             ip, port = "127.0.0.1", 0
         return {"master_addr": ip, "master_port": port, "init_method": f"tcp://{ip}:{port}"}

@@ -156,6 +156,22 @@ def test_shared_slots_with_a_crashed_actor_and_a_hung_rank_retry_and_complete(cl
     assert_nothing_left(budget)
 
 
+def search_in_thread(raw: dict[str, Any], run_dir: Path) -> tuple[threading.Thread, dict[str, Any]]:
+    """`run_search` started in a thread (Ray adds and removes nodes from the main thread
+    only) -> the thread and what it leaves: "summary", or "error" (the exception it raised)."""
+    outcome: dict[str, Any] = {}
+
+    def search() -> None:
+        try:
+            outcome["summary"] = run_search(settings_from(raw), run_dir)
+        except BaseException as exc:  # noqa: BLE001 - the test examines it
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=search, daemon=True)
+    runner.start()
+    return runner, outcome
+
+
 def test_a_node_lost_mid_search_fails_its_trials_which_are_retried_and_the_search_completes(cluster: Any,
                                                                                             tmp_path: Path) -> None:
     """The raylet of a worker node is killed (with every process of that node) while trials
@@ -164,16 +180,7 @@ def test_a_node_lost_mid_search_fails_its_trials_which_are_retried_and_the_searc
     raw = ray_raw(cluster, {"n_trials": 6, "max_epochs": 6, "max_retries": 2}, trial_timeout_s=60)
     raw["train"]["params"]["epoch_s"] = 0.5
     trace = tmp_path / "trace.jsonl"
-    outcome: dict[str, Any] = {}
-
-    def search() -> None:  # in a thread: Ray adds nodes from the main thread only
-        try:
-            outcome["summary"] = run_search(settings_from(raw), tmp_path)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            outcome["error"] = exc
-
-    runner = threading.Thread(target=search, daemon=True)
-    runner.start()
+    runner, outcome = search_in_thread(raw, tmp_path)
     wait_for(lambda: trace.is_file() and trace.read_text().count('"result"') >= 6, budget, "6 results")
     lost = next(iter(cluster.worker_nodes))
     cluster.remove_node(lost, allow_graceful=False)
@@ -194,6 +201,40 @@ def test_a_node_lost_mid_search_fails_its_trials_which_are_retried_and_the_searc
     assert all(ev.metric == pytest.approx(curve(configs[ev.trial]["quality"], ev.epoch))
                for ev in events if ev.event == "result")
     assert_nothing_left(budget)
+
+
+def test_a_node_lost_for_good_ends_the_run_in_bounded_time_with_one_line(cluster: Any, tmp_path: Path,
+                                                                        monkeypatch: Any) -> None:
+    """A worker node is stopped and none joins in its place: the retries sent to its devices
+    wait for actors that cannot start. Once they have not started within the workers' start
+    timeout (8 s here instead of 120 s), the run ends with `WorkersDidNotStart` naming the
+    likely cause, and nothing of it is left in the cluster. Then a node joins again (for the
+    tests after this one)."""
+    from nasalloc.execute import backend as backend_module
+    from nasalloc.execute.backend import WorkersDidNotStart
+
+    monkeypatch.setattr(backend_module, "WORKER_START_TIMEOUT_S", 8.0)
+    budget = Budget(200)
+    raw = ray_raw(cluster, {"n_trials": 12, "max_epochs": 6, "max_retries": 3}, trial_timeout_s=60)
+    raw["train"]["params"]["epoch_s"] = 0.5
+    trace = tmp_path / "trace.jsonl"
+    runner, outcome = search_in_thread(raw, tmp_path)
+    try:
+        wait_for(lambda: trace.is_file() and trace.read_text().count('"result"') >= 6, budget, "6 results")
+        # graceful: its raylet tells the cluster it is gone, so the tests after this one do not
+        # find it still counted alive (an ungraceful loss is noticed after missed heartbeats)
+        cluster.remove_node(next(iter(cluster.worker_nodes)), allow_graceful=True)
+        runner.join(timeout=budget.left())
+        assert not runner.is_alive(), "the run did not end"
+        error = outcome.get("error")
+        assert isinstance(error, WorkersDidNotStart), outcome
+        assert "was not ready 8 s after it was started, and a trial waits for it" in str(error)
+        assert "was its node lost" in str(error) and "\n" not in str(error)
+        assert_nothing_left(budget)
+        assert any(ev.event == "fail" and "died" in ev.info for ev in read_trace(trace, tolerate_torn_tail=True))
+    finally:
+        cluster.add_node(**cluster.node_args)
+        wait_for(lambda: sum(n["Alive"] for n in ray.nodes()) == NODES, Budget(60), f"{NODES} nodes alive")
 
 
 def test_driver_killed_then_resumed_leaves_nothing_behind_and_completes(cluster: Any, tmp_path: Path) -> None:
