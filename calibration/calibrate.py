@@ -5,6 +5,12 @@ must import), k against the devices present, and an imported CSV (parsed in full
 profiles (`profiling`), fits (`analysis`) and writes profile.yaml, speedup.png and a table
 (`report`). The profile goes through `sim.profile.dump_profile`, so the simulator reads it
 as is: `nasalloc simulate profile=<out_dir>/profile.yaml`.
+
+With `backend=ray` the devices present are a Ray cluster's (`ray.address`, joined as `nasalloc
+run backend=ray` joins it), numbered node by node: the default k list then reaches across
+nodes, so the inter-node terms and the start-up per doubling are fitted from measurements, and
+every job runs on the run's own `RayBackend` (calibration/profiling.py). The profile's
+`hardware.ray` and `provenance.how` say so.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -25,11 +31,16 @@ from nasalloc.calibration.import_csv import read_timings
 from nasalloc.calibration.measurements import Measurements
 from nasalloc.calibration.profiling import ProfilingPlan, profile_training
 from nasalloc.calibration.report import WorkloadFacts, build_profile, plot_speedup, summary_lines, summary_table
+from nasalloc.execute.backend import WorkersDidNotStart
+from nasalloc.execute.run import BACKENDS, RayConfig
 from nasalloc.sim.config import require, required, to_typed
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_duration
 from nasalloc.sim.profile import dump_profile
 from nasalloc.sim.provenance import FIELDS, this_machine
+
+if TYPE_CHECKING:
+    from nasalloc.execute.ray_backend import RayTarget
 
 
 @dataclass
@@ -84,7 +95,8 @@ class CalibrationConf:
 
     def __post_init__(self) -> None:
         require(self.device in ("auto", "cpu", "cuda"), f"device={self.device!r}: allowed: auto, cpu, cuda")
-        require(self.backend in ("auto", "cpu", "cuda"), f"backend={self.backend!r}: allowed: auto, cpu, cuda")
+        require(self.backend in ("auto", "cpu", "cuda"), f"backend={self.backend!r}: allowed: auto, cpu, cuda (the "
+                "communication priors; where the ranks run is the top-level backend=local|ray)")
         require(all(m >= 2 for m in self.share), f"share={self.share}: each m (trials per device) must be >= 2")
         require(self.cpu_slots is None or self.cpu_slots >= 1, f"cpu_slots={self.cpu_slots}: must be >= 1 or null")
         require(self.threads_per_rank is None or self.threads_per_rank >= 1,
@@ -161,7 +173,7 @@ def _check_entrypoint(entrypoint: str) -> None:
         raise UserError(f"train.entrypoint={entrypoint!r}: not a function")
 
 
-def _ks(c: CalibrationConf, n: int, kind: str) -> list[int]:
+def _ks(c: CalibrationConf, n: int, kind: str, where: str = "present") -> list[int]:
     if c.gpus_per_trial is None:
         ks, k = [], 1
         while k <= n:
@@ -176,8 +188,30 @@ def _ks(c: CalibrationConf, n: int, kind: str) -> list[int]:
         if k > n:
             what = "GPUs" if kind == "cuda" else "CPU slots"
             raise UserError(f"calibration.gpus_per_trial={list(c.gpus_per_trial)}: k={k} is more than the {n} {what} "
-                            f"present; allowed: 1..{n}")
+                            f"{where}; allowed: 1..{n}")
     return ks
+
+
+def join_ray(c: CalibrationConf, ray_conf: RayConfig) -> tuple[str, RayTarget]:
+    """backend=ray: join the cluster as `nasalloc run` does (or start a local Ray instance of
+    `calibration.cpu_slots` slots) -> (device kind, the cluster's devices); one-line errors
+    for Ray missing, an unreachable address, no device resource, or settings the cluster decides."""
+    from nasalloc.execute import ray_backend
+
+    if c.cpu_slots is not None and ray_conf.address is not None:
+        raise UserError(f"calibration.cpu_slots={c.cpu_slots}: with backend=ray ray.address={ray_conf.address} the "
+                        f"devices are the cluster's ({ray_conf.slot_resource} resources of its nodes); leave it null")
+    kind = c.device if c.device != "auto" or ray_conf.address is not None else _device_kind(c)
+    count = c.cpu_slots or len(devices_present("cpu", None))
+    ray_backend.connect(ray_conf.address, "cpu" if kind == "auto" else kind, ray_conf.slot_resource, count)
+    if kind == "auto":  # the cluster's GPUs if it has any, as calibration.device=auto takes this machine's
+        kind = "cuda" if ray_backend.import_ray().cluster_resources().get("GPU", 0) > 0 else "cpu"
+    target = ray_backend.RayTarget(ray_backend.discover(kind, ray_conf.slot_resource), ray_conf.slot_resource)
+    gpn = target.cluster.spec.gpus_per_node
+    if c.gpus_per_node is not None and c.gpus_per_node != gpn:
+        raise UserError(f"calibration.gpus_per_node={c.gpus_per_node}: the Ray cluster's nodes hold {gpn} devices each; "
+                        "leave it null (backend=ray measures on the cluster's nodes)")
+    return kind, target
 
 
 def builtin_space(entrypoint: str) -> dict[str, Any] | None:
@@ -224,8 +258,15 @@ def load(cfg: DictConfig) -> CalibrateSettings:
     for key in ("name", "description", "timings"):
         if required(raw, key) is not None and not isinstance(raw[key], str):
             raise UserError(f"{key}={raw[key]!r}: must be a string or null")
+    where = required(raw, "backend")
+    if where not in BACKENDS:
+        raise UserError(f"backend={where!r}: allowed: {', '.join(BACKENDS)} (where the ranks run; the communication "
+                        "priors are calibration.backend=auto|cpu|cuda)")
+    ray_conf = to_typed(RayConfig, required(raw, "ray"), "ray")
     timings = Path(raw["timings"]).expanduser() if raw["timings"] else None
     imported = plan = None
+    if timings is not None and where == "ray":
+        raise UserError(f"backend=ray: timings={raw['timings']} runs nothing (it imports timings); leave one of them out")
     if timings is not None:
         imported = read_timings(timings, lambda k: batch_fraction_at(k, train))
         if train.samples_per_epoch is None:
@@ -242,14 +283,19 @@ def load(cfg: DictConfig) -> CalibrateSettings:
         imported.hardware.update({"device_kind": backend, "gpus_per_node": gpn, "source": f"timings CSV {timings}"})
         name = raw["name"] or timings.stem
     else:
-        kind = _device_kind(calib)
-        ids = devices_present(kind, calib.cpu_slots)
+        target = None
+        if where == "ray":
+            kind, target = join_ray(calib, ray_conf)
+            ids = list(range(target.cluster.spec.gpus))
+        else:
+            kind = _device_kind(calib)
+            ids = devices_present(kind, calib.cpu_slots)
         if not ids:
             raise UserError(f"calibration.device={calib.device}: no devices found")
         _check_entrypoint(train.entrypoint)
-        ks = _ks(calib, len(ids), kind)
+        ks = _ks(calib, len(ids), kind, "present" if target is None else "of the Ray cluster")
         backend = kind if calib.backend == "auto" else calib.backend
-        gpn = calib.gpus_per_node or len(ids)
+        gpn = target.cluster.spec.gpus_per_node if target is not None else calib.gpus_per_node or len(ids)
         plan = ProfilingPlan(
             entrypoint=train.entrypoint, config=dict(train.config), device_kind=kind, device_ids=ids,
             gpus_per_trial=ks, share=list(calib.share), threads_per_rank=calib.threads_per_rank,
@@ -257,10 +303,10 @@ def load(cfg: DictConfig) -> CalibrateSettings:
             pilot_steps=calib.pilot_steps, max_steps=calib.max_steps, rounds=calib.rounds,
             time_limit_s=calib.time_limit_s, checkpoints=calib.checkpoints, space=search_space(train),
             configs=calib.configs, config_time_limit_s=calib.config_time_limit_s, startup_jobs=calib.startup_jobs,
-            seed=int(seed), fill_devices=bool(calib.fill_devices),
+            seed=int(seed), fill_devices=bool(calib.fill_devices), ray=target,
         )
         short = train.entrypoint.split(":")[0].rsplit(".", 1)[-1]
-        name = raw["name"] or f"{short}-{kind}"
+        name = raw["name"] or f"{short}-{kind}" + ("-ray" if target is not None else "")
     fit = FitSettings(gpus_per_node=gpn, grad_bytes=train.grad_bytes, backend=backend, given=dict(calib.assume))
     return CalibrateSettings(name=str(name), description=raw["description"], train=train, calibration=calib,
                              seed=int(seed), timings=timings, imported=imported, plan=plan, fit=fit)
@@ -311,24 +357,29 @@ def main(settings: CalibrateSettings, out_dir: Path) -> None:
     else:
         plan = settings.plan
         assert plan is not None
-        console.print(f"calibrate: profiling {plan.entrypoint} on {plan.device_kind} at k = "
+        on_ray = plan.ray.describe(plan.device_kind) if plan.ray is not None else None  # "Ray, 3 nodes of 2 cpu_slot"
+        console.print(f"calibrate: profiling {plan.entrypoint} on {plan.device_kind}{f' ({on_ray})' if on_ray else ''} at k = "
                       f"{', '.join(map(str, plan.gpus_per_trial))}"
                       + (f", {plan.configs} configurations from its search space" if plan.space and plan.configs else "")
                       + (f", sharing m = {', '.join(map(str, plan.share))}" if plan.share else "")
                       + f" (up to {plan.time_limit_s:g} s each)")
-        m = profile_training(plan, out_dir / "profiling", progress=lambda line: console.print(f"  {line}"))
+        try:
+            m = profile_training(plan, out_dir / "profiling", progress=lambda line: console.print(f"  {line}"))
+        except WorkersDidNotStart as exc:  # workers (Ray: a lost node's actors) that never came: one line, not a traceback
+            raise UserError(f"calibration stopped: {exc}") from None
         steps_first = m.steps_per_epoch.get(1)
         if fit.grad_bytes is None and m.hardware.get("grad_bytes"):
             fit = FitSettings(gpus_per_node=fit.gpus_per_node, grad_bytes=float(m.hardware["grad_bytes"]),
                               backend=fit.backend, given=fit.given)
         device = m.hardware.get("device", plan.device_kind)
-        provenance = this_machine(str(device), how="nasalloc calibrate")
-        sources = [f"measured by nasalloc calibrate on {time.strftime('%Y-%m-%d', time.gmtime())}: {plan.entrypoint}, "
+        how = "nasalloc calibrate" + (f" backend=ray ({on_ray})" if on_ray else "")
+        provenance = this_machine(str(device), how=how)
+        sources = [f"measured by {how} on {time.strftime('%Y-%m-%d', time.gmtime())}: {plan.entrypoint}, "
                    f"k = {', '.join(map(str, plan.gpus_per_trial))} on {device}, {m.hardware.get('backend')}"]
         knobs = ", ".join(f"{k}={v}" for k, v in settings.train.config.items())
         desc = settings.description or (f"{plan.entrypoint} ({knobs}), {settings.train.scaling} scaling, measured at "
                                         f"k = {', '.join(map(str, plan.gpus_per_trial))} on {device} "
-                                        f"({m.hardware.get('backend')})")
+                                        f"({m.hardware.get('backend')}{', ' + on_ray if on_ray else ''})")
     w = _workload_facts(settings, m, steps_first)
     analysis = analyse(m, fit, bootstrap=settings.calibration.bootstrap, rng=np.random.default_rng(settings.seed))
     profile = build_profile(settings.name, desc, m, analysis, w, sources,

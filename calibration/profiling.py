@@ -80,6 +80,13 @@ load trials on each other device, as the search at k = 1/m has.
 
 Timestamps are `time.perf_counter()` (CLOCK_MONOTONIC, shared by all processes of a
 machine), so the launcher's clock and the workers' stamps can be subtracted.
+
+On a Ray cluster (`plan.ray`, `nasalloc calibrate backend=ray`) all of this runs unchanged on
+the `RayBackend`'s warm actors, the devices numbered node by node: a k beyond one node spans
+nodes, and every start-up job pays what a trial job of `nasalloc run backend=ray` pays (the
+job message over TCP, the rendezvous at its rank-0 actor, the process group across nodes).
+Only differences of one rank's own stamps, or of the launcher's clock, are used there, except
+`first_job_startup_s`, which is left out (rank 0 may run on another node's clock).
 """
 
 from __future__ import annotations
@@ -91,7 +98,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -101,6 +108,9 @@ from nasalloc.calibration.measurements import Measurements
 from nasalloc.execute.devices import Slot, device_name, rank_threads
 from nasalloc.execute.launch import Launcher, RanksResult
 from nasalloc.sim.errors import UserError
+
+if TYPE_CHECKING:
+    from nasalloc.execute.ray_backend import RayTarget
 
 Progress = Callable[[str], None]
 UNTIL_REPORT_FACTOR = 10  # a configuration job waits for its first report up to this many time boxes
@@ -137,6 +147,7 @@ class ProfilingPlan:
     seed: int  # seeds the configurations sampled from `space`
     fill_devices: bool  # measure with every other device busy (load groups), as a search runs
     timeout_s: float = 300.0  # not a setting: silence after which the launcher declares a group hung
+    ray: RayTarget | None = None  # backend=ray: the cluster whose devices `device_ids` number, node by node (None: here)
 
 
 class ProfilingFailed(UserError):
@@ -629,7 +640,7 @@ class Profiler:
         self.progress(f"starting {len(devices) * slots_per_device} warm workers ({p.device_kind}, devices {devices}"
                       + (f", {slots_per_device} per device)" if slots_per_device > 1 else ")"))
         return Launcher(p.device_kind, devices, slots_per_device=slots_per_device, threads_per_rank=plan_threads(p),
-                        workdir=self.workdir / folder, preload=[p.entrypoint])
+                        workdir=self.workdir / folder, preload=[p.entrypoint], ray=p.ray)
 
     def run(self) -> Measurements:
         p = self.plan
@@ -651,7 +662,8 @@ class Profiler:
             top = max(p.gpus_per_trial)
             r, t_call = self._run(launcher, top, p.warmup_steps + 2)
             if r.step_times and r.step_times[0]:
-                m.hardware["first_job_startup_s"] = round(r.step_times[0][0] - t_call, 4)
+                if p.ray is None:  # on Ray, rank 0 may stamp another node's clock
+                    m.hardware["first_job_startup_s"] = round(r.step_times[0][0] - t_call, 4)
                 self._estimate(top, r, skip=0)  # its few steps are all warm-up: their median
             if top > 1:
                 # The k = 1 jobs (the configurations' time boxes above all) are sized from a k = 1
@@ -694,16 +706,24 @@ def hardware_facts(plan: ProfilingPlan) -> dict[str, Any]:
         facts["cuda"] = str(torch.version.cuda)
     facts["cores"] = os.cpu_count()
     facts["threads_per_rank"] = plan_threads(plan)
+    if plan.ray is not None:  # measured on the cluster's nodes, not (only) here
+        spec = plan.ray.cluster.spec
+        facts.update(gpus_per_node=spec.gpus_per_node, ray={
+            "nodes": spec.nodes, "devices_per_node": spec.gpus_per_node, "cpus_per_node": plan.ray.cluster.cpus_per_node,
+            "resource": "GPU" if plan.device_kind == "cuda" else plan.ray.slot_resource})
     return facts
 
 
 def plan_threads(plan: ProfilingPlan) -> int:
     """Threads per rank while profiling: the rule `nasalloc run` uses (`rank_threads`) over the
     devices present, whichever of them a measurement uses and however many trials share one,
-    so the steps are timed with the threads the search's ranks will have."""
+    so the steps are timed with the threads the search's ranks will have. On Ray, as
+    `RayBackend` counts them: a node's CPUs over its devices."""
+    if plan.ray is not None:
+        return rank_threads(plan.threads_per_rank, plan.ray.cluster.spec.gpus_per_node, plan.ray.cluster.cpus_per_node)
     return rank_threads(plan.threads_per_rank, len(plan.device_ids), os.cpu_count() or 1)
 
 
 def profile_training(plan: ProfilingPlan, workdir: Path, progress: Progress = print) -> Measurements:
-    """Run the profiling plan on this machine; raise ProfilingFailed (a UserError) if the training function fails."""
+    """Run the profiling plan on this machine (or on `plan.ray`'s cluster); raise ProfilingFailed (a UserError) if the training function fails."""
     return Profiler(plan, workdir, progress).run()

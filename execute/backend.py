@@ -133,6 +133,7 @@ class _Worker:
     pending: dict[str, Any] | None = None  # job message to send once ready
     start_error: str | None = None  # what went wrong setting up its device (CUDA warm-up), if anything
     log: Path | None = None  # where its own output goes (outside jobs)
+    spawned: float = field(default_factory=time.monotonic)  # when it was started (a replacement: when it replaced one)
 
 
 @dataclass
@@ -236,6 +237,8 @@ class LocalBackend:
         self._spawned = 0
         self._events: list[Event] = []
         self._server: ForkServer | None = None
+        # a worker a job waits for must connect within this after its start (read here, so a test can shorten it)
+        self.worker_start_timeout_s = WORKER_START_TIMEOUT_S
         try:
             self._server = self._start_server()
             for s in self.slots:
@@ -245,6 +248,8 @@ class LocalBackend:
             raise
 
     # ----- workers -------------------------------------------------------------------------
+    NOT_BACK = "is the machine overloaded?"  # why a started worker may never connect (`poll`)
+
     def _start_server(self) -> ForkServer | None:
         """The fork server the workers are forked from. Its environment is its workers' (what
         libraries read once, when they load, is the same for all of them); each child sets its
@@ -437,7 +442,9 @@ class LocalBackend:
         return list(self._groups)
 
     def poll(self, timeout: float) -> list[Event]:
-        """Wait up to `timeout` s for something to happen; -> events in arrival order."""
+        """Wait up to `timeout` s for something to happen; -> events in arrival order.
+        `WorkersDidNotStart` when a worker a job waits for has not connected within
+        `worker_start_timeout_s` of its start (on Ray: a lost node that none replaced)."""
         self._take_arrivals()
         conns = {w.conn: w for w in self._workers.values() if w.conn is not None}
         starting = any(w.conn is None for w in self._workers.values())
@@ -449,6 +456,11 @@ class LocalBackend:
             if w.conn is None and w.proc.poll() is not None:
                 self._worker_died(w, f"worker exited with status {w.proc.returncode} while starting")
         now = time.monotonic()
+        for w in self._workers.values():
+            if w.conn is None and w.pending is not None and now - w.spawned > self.worker_start_timeout_s:
+                raise WorkersDidNotStart(f"the worker for device {w.slot.device} was not ready "
+                                         f"{self.worker_start_timeout_s:.0f} s after it was started, and a trial waits "
+                                         f"for it ({self.NOT_BACK})")
         for gid, g in list(self._groups.items()):
             if g.undelivered == 0 and now - g.last_activity > g.spec.timeout_s:
                 self.kill_group(gid, f"no report for {g.spec.timeout_s:g} s (trial_timeout_s): rank hung")

@@ -1,7 +1,10 @@
 """Run k ranks of a training function outside a search: the launcher calibration reuses.
 
 `Launcher` keeps warm workers on a set of devices (so repeated measurements do not pay the
-~1.7 s Python + torch start-up each time); `Launcher.run` runs one training function as a DDP group
+~1.7 s Python + torch start-up each time): the executor's `LocalBackend` on this machine, or
+with `ray=` its `RayBackend` on the devices of a Ray cluster, numbered node by node (warm
+actors; a job's rendezvous at its rank-0 actor), so calibration measures what a search on
+that backend pays; `Launcher.run` runs one training function as a DDP group
 on some of those devices for a number of epochs (or steps) and returns what happened,
 including each rank's per-step timestamps. `run_ranks` is the one-shot form.
 
@@ -18,10 +21,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nasalloc.execute.backend import Checkpointed, Ended, Failed, GroupSpec, LocalBackend, Report
 from nasalloc.execute.devices import Slot
+
+if TYPE_CHECKING:
+    from nasalloc.execute.ray_backend import RayTarget
 
 
 @dataclass
@@ -42,17 +48,27 @@ class RanksResult:
 
 
 class Launcher:
-    """Warm workers on `device_ids` (CPU slots or GPU indices); run DDP groups on them."""
+    """Warm workers on `device_ids` (CPU slots or GPU indices; with `ray`, the cluster's devices
+    numbered node by node); run DDP groups on them. With `ray`, every node must see `workdir`
+    (the workers write their logs and checkpoints there)."""
 
     def __init__(self, device_kind: str, device_ids: list[int], *, slots_per_device: int = 1,
-                 threads_per_rank: int | None = None, workdir: Path | None = None, preload: list[str] | None = None):
+                 threads_per_rank: int | None = None, workdir: Path | None = None, preload: list[str] | None = None,
+                 ray: RayTarget | None = None):
         self.device_kind = device_kind
         self._slots = [Slot(d, s) for d in device_ids for s in range(slots_per_device)]
         self._own_workdir = workdir is None  # a temporary one is removed on close unless a run failed
         self._workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="nasalloc-launch-"))
         self._failed = False
-        self.backend = LocalBackend(self._slots, device_kind, threads_per_rank=threads_per_rank,
-                                    worker_log_dir=self._workdir / "logs", preload=preload)
+        self.backend: LocalBackend
+        if ray is not None:
+            from nasalloc.execute.ray_backend import RayBackend
+
+            self.backend = RayBackend(self._slots, device_kind, ray.cluster, ray.slot_resource,
+                                      threads_per_rank=threads_per_rank, preload=preload)
+        else:
+            self.backend = LocalBackend(self._slots, device_kind, threads_per_rank=threads_per_rank,
+                                        worker_log_dir=self._workdir / "logs", preload=preload)
         try:
             self.backend.wait_ready()
         except BaseException:  # no `with` block will close it: stop the workers that did start

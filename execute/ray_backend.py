@@ -30,7 +30,11 @@ executor's Ray job).
 
 A lost node takes its actors with it: their trial fails and is retried by the dispatch core
 (elsewhere if devices are free); the lost node's placement group is re-placed by Ray when a
-node with the room joins, and its actors start there.
+node with the room joins, and its actors start there. If none joins, a trial sent to those
+devices waits for actors that never start: once they have not started within
+`worker_start_timeout_s` (`backend.WORKER_START_TIMEOUT_S`), the run ends with one line
+(`WorkersDidNotStart`), the folder resumable on a cluster of the same shape. (Going on with
+the remaining devices would need the dispatch core to drop devices from its pool mid-search.)
 """
 
 from __future__ import annotations
@@ -45,13 +49,14 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
-from nasalloc.execute.backend import WORKER_START_TIMEOUT_S, GroupSpec, LocalBackend, _Worker
+from nasalloc.execute.backend import GroupSpec, LocalBackend, _Worker
 from nasalloc.execute.devices import Slot, rank_threads
 from nasalloc.sim.cluster import ClusterSpec
 from nasalloc.sim.errors import UserError
 
 INSTALL_HINT = "backend=ray needs Ray, which is not installed here; install it with: pip install 'nasalloc[ray]'"
 PLACEMENT_TIMEOUT_S = 60.0
+REACH_TIMEOUT_S = 5.0  # ray.address=HOST:PORT must accept a TCP connection within this (Ray itself retries for minutes)
 
 
 def import_ray() -> Any:
@@ -72,6 +77,21 @@ class RayCluster:
     cpus_per_node: int
 
 
+@dataclass(frozen=True)
+class RayTarget:
+    """Where a `RayBackend` puts its ranks: the connected cluster as `discover` found it, and
+    the resource that is one CPU slot there (the executor's run and calibration's `Launcher`
+    build their backend from this)."""
+
+    cluster: RayCluster
+    slot_resource: str
+
+    def describe(self, device_kind: str) -> str:
+        """E.g. "Ray, 3 nodes of 2 cpu_slot" (for a profile's provenance and progress lines)."""
+        spec = self.cluster.spec
+        return f"Ray, {spec.nodes} nodes of {spec.gpus_per_node} {device_resource(device_kind, self.slot_resource)}"
+
+
 def device_resource(device_kind: str, slot_resource: str) -> str:
     """The Ray resource that is one device: a GPU, or a CPU slot's custom resource."""
     return "GPU" if device_kind == "cuda" else slot_resource
@@ -83,6 +103,8 @@ def connect(address: str | None, device_kind: str, slot_resource: str, count: in
     ray = import_ray()
     if ray.is_initialized():
         return
+    if address and address != "auto" and "://" not in address:
+        _check_reachable(address)
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
     if address:
         kwargs["address"] = address
@@ -94,6 +116,19 @@ def connect(address: str | None, device_kind: str, slot_resource: str, count: in
         ray.init(**kwargs)
     except ConnectionError as exc:
         raise UserError(f"ray.address={address}: cannot join a Ray cluster there ({str(exc).splitlines()[0]})") from None
+
+
+def _check_reachable(address: str) -> None:
+    """A one-line UserError unless HOST:PORT accepts a TCP connection within `REACH_TIMEOUT_S`:
+    `ray.init` would otherwise retry an unreachable address for minutes before failing."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"ray.address={address}: expected auto or HOST:PORT (the head node's GCS, e.g. 10.0.0.1:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise UserError(f"ray.address={address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+                        "with `ray start --head`, or give its address (ray.address=auto on one of its nodes)") from None
 
 
 def discover(device_kind: str, slot_resource: str) -> RayCluster:
@@ -199,6 +234,8 @@ class _ActorProc:
 class RayBackend(LocalBackend):
     """`LocalBackend`'s group handling with its workers as warm actors on a Ray cluster."""
 
+    NOT_BACK = "was its node lost, and no node with the room joined in its place?"
+
     def __init__(self, slots: list[Slot], device_kind: str, cluster: RayCluster, slot_resource: str, *,
                  threads_per_rank: int | None = None, preload: list[str] | None = None):
         ray = import_ray()
@@ -264,7 +301,7 @@ class RayBackend(LocalBackend):
         """TCP at the rank-0 actor's node, on a port that actor found free there."""
         try:
             ip, port = self._ray.get(self._workers[spec.slots[0]].proc.actor.rendezvous_address.remote(),  # type: ignore[attr-defined]
-                                     timeout=WORKER_START_TIMEOUT_S)
+                                     timeout=self.worker_start_timeout_s)
         except Exception:  # noqa: BLE001 - the actor is gone; its death fails the group
             ip, port = "127.0.0.1", 0
         return {"master_addr": ip, "master_port": port, "init_method": f"tcp://{ip}:{port}"}
@@ -315,4 +352,4 @@ def leftovers() -> tuple[list[str], list[str]]:
     return [a["ActorID"] for a in actors], [p["placement_group_id"] for p in pgs]
 
 
-__all__ = ["INSTALL_HINT", "RankActor", "RayBackend", "RayCluster", "connect", "discover", "import_ray", "leftovers"]
+__all__ = ["INSTALL_HINT", "RankActor", "RayBackend", "RayCluster", "RayTarget", "connect", "discover", "import_ray", "leftovers"]

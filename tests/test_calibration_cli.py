@@ -62,6 +62,12 @@ def test_csv_import_builds_a_profile_without_running_anything(tmp_path, capsys):
     (["calibration.share=[1]"], "calibration.share"),
     (["calibration.configs=-1"], "calibration.configs=-1"),
     (["train.space={width:{type:integer}}"], "train.space.width.type='integer'"),
+    # where the ranks run (backend) and the communication priors (calibration.backend) are told apart
+    (["backend=foo"], "backend='foo': allowed: local, ray (where the ranks run; the communication priors are "
+                      "calibration.backend=auto|cpu|cuda)"),
+    (["calibration.backend=gloo"], "calibration.backend='gloo': allowed: auto, cpu, cuda (the communication priors; "
+                                   "where the ranks run is the top-level backend=local|ray)"),
+    (["backend=ray", "timings=t.csv", "train.samples_per_epoch=10"], "backend=ray: timings=t.csv runs nothing"),
 ])
 def test_bad_settings_give_one_line_and_exit_2(tmp_path, capsys, args, needle):
     rc, out, err = run(capsys, *args, f"out_dir={tmp_path / 'out'}")
@@ -201,3 +207,22 @@ def test_what_a_timings_csv_does_not_say_is_assumed_and_a_later_mismatch_is_name
     rc, out, err = run(capsys, f"timings={csv}", "train.samples_per_epoch=50000", "calibration.gpus_per_node=4",
                        "calibration.backend=cuda", f"out_dir={tmp_path / 'given'}", "calibration.bootstrap=0")
     assert rc == 0 and not {"gpus_per_node", "device_kind"} & set(load_profile(tmp_path / "given" / "profile.yaml").assumed)
+
+
+def test_calibrate_on_ray_at_an_address_nothing_answers_is_one_line_and_exit_2(tmp_path):
+    """ray.address=HOST:PORT where no Ray cluster listens: one line within seconds (Ray itself
+    retries such an address for minutes), exit 2, no output folder."""
+    pytest.importorskip("ray")
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "nasalloc", "calibrate", "backend=ray", f"ray.address=127.0.0.1:{port}",
+                           f"out_dir={out}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"ray.address=127.0.0.1:{port}: no Ray cluster answers there" in lines[0], done.stderr
+    assert not out.exists()

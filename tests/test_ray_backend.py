@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
@@ -155,6 +156,22 @@ def test_shared_slots_with_a_crashed_actor_and_a_hung_rank_retry_and_complete(cl
     assert_nothing_left(budget)
 
 
+def search_in_thread(raw: dict[str, Any], run_dir: Path) -> tuple[threading.Thread, dict[str, Any]]:
+    """`run_search` started in a thread (Ray adds and removes nodes from the main thread
+    only) -> the thread and what it leaves: "summary", or "error" (the exception it raised)."""
+    outcome: dict[str, Any] = {}
+
+    def search() -> None:
+        try:
+            outcome["summary"] = run_search(settings_from(raw), run_dir)
+        except BaseException as exc:  # noqa: BLE001 - the test examines it
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=search, daemon=True)
+    runner.start()
+    return runner, outcome
+
+
 def test_a_node_lost_mid_search_fails_its_trials_which_are_retried_and_the_search_completes(cluster: Any,
                                                                                             tmp_path: Path) -> None:
     """The raylet of a worker node is killed (with every process of that node) while trials
@@ -163,16 +180,7 @@ def test_a_node_lost_mid_search_fails_its_trials_which_are_retried_and_the_searc
     raw = ray_raw(cluster, {"n_trials": 6, "max_epochs": 6, "max_retries": 2}, trial_timeout_s=60)
     raw["train"]["params"]["epoch_s"] = 0.5
     trace = tmp_path / "trace.jsonl"
-    outcome: dict[str, Any] = {}
-
-    def search() -> None:  # in a thread: Ray adds nodes from the main thread only
-        try:
-            outcome["summary"] = run_search(settings_from(raw), tmp_path)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            outcome["error"] = exc
-
-    runner = threading.Thread(target=search, daemon=True)
-    runner.start()
+    runner, outcome = search_in_thread(raw, tmp_path)
     wait_for(lambda: trace.is_file() and trace.read_text().count('"result"') >= 6, budget, "6 results")
     lost = next(iter(cluster.worker_nodes))
     cluster.remove_node(lost, allow_graceful=False)
@@ -193,6 +201,40 @@ def test_a_node_lost_mid_search_fails_its_trials_which_are_retried_and_the_searc
     assert all(ev.metric == pytest.approx(curve(configs[ev.trial]["quality"], ev.epoch))
                for ev in events if ev.event == "result")
     assert_nothing_left(budget)
+
+
+def test_a_node_lost_for_good_ends_the_run_in_bounded_time_with_one_line(cluster: Any, tmp_path: Path,
+                                                                        monkeypatch: Any) -> None:
+    """A worker node is stopped and none joins in its place: the retries sent to its devices
+    wait for actors that cannot start. Once they have not started within the workers' start
+    timeout (8 s here instead of 120 s), the run ends with `WorkersDidNotStart` naming the
+    likely cause, and nothing of it is left in the cluster. Then a node joins again (for the
+    tests after this one)."""
+    from nasalloc.execute import backend as backend_module
+    from nasalloc.execute.backend import WorkersDidNotStart
+
+    monkeypatch.setattr(backend_module, "WORKER_START_TIMEOUT_S", 8.0)
+    budget = Budget(200)
+    raw = ray_raw(cluster, {"n_trials": 12, "max_epochs": 6, "max_retries": 3}, trial_timeout_s=60)
+    raw["train"]["params"]["epoch_s"] = 0.5
+    trace = tmp_path / "trace.jsonl"
+    runner, outcome = search_in_thread(raw, tmp_path)
+    try:
+        wait_for(lambda: trace.is_file() and trace.read_text().count('"result"') >= 6, budget, "6 results")
+        # graceful: its raylet tells the cluster it is gone, so the tests after this one do not
+        # find it still counted alive (an ungraceful loss is noticed after missed heartbeats)
+        cluster.remove_node(next(iter(cluster.worker_nodes)), allow_graceful=True)
+        runner.join(timeout=budget.left())
+        assert not runner.is_alive(), "the run did not end"
+        error = outcome.get("error")
+        assert isinstance(error, WorkersDidNotStart), outcome
+        assert "was not ready 8 s after it was started, and a trial waits for it" in str(error)
+        assert "was its node lost" in str(error) and "\n" not in str(error)
+        assert_nothing_left(budget)
+        assert any(ev.event == "fail" and "died" in ev.info for ev in read_trace(trace, tolerate_torn_tail=True))
+    finally:
+        cluster.add_node(**cluster.node_args)
+        wait_for(lambda: sum(n["Alive"] for n in ray.nodes()) == NODES, Budget(60), f"{NODES} nodes alive")
 
 
 def test_driver_killed_then_resumed_leaves_nothing_behind_and_completes(cluster: Any, tmp_path: Path) -> None:
@@ -223,3 +265,88 @@ def test_driver_killed_then_resumed_leaves_nothing_behind_and_completes(cluster:
     assert summary["resumed"] and summary["backend"] == "ray"
     assert summary["completed"] + summary["stopped"] == 6
     assert_nothing_left(budget)
+
+
+# ----- nasalloc calibrate backend=ray, then a run with that profile, then validate -------------
+# Tiny settings: every k once for ~1 s, one start-up job per k, no sharing, no sampled
+# configurations; the test asserts what was measured and where, never how fast.
+CALIBRATE_TINY = ["calibration.device=cpu", "calibration.share=[]", "calibration.time_limit_s=1",
+                  "calibration.rounds=1", "calibration.pilot_steps=10", "calibration.warmup_steps=3",
+                  "calibration.configs=0", "calibration.startup_jobs=1", "calibration.bootstrap=0",
+                  "calibration.checkpoints=1", "calibration.fill_devices=false"]
+
+
+def rank_actors() -> dict[str, str]:
+    """Every rank actor the cluster has seen, dead or alive: actor id -> its node's id."""
+    if not ray.is_initialized():
+        return {}
+    return {a["ActorID"]: a["Address"]["NodeID"] for a in ray._private.state.actors().values()
+            if "RankActor" in str(a.get("ActorClassName", ""))}
+
+
+def test_calibrate_on_ray_measures_across_nodes_and_validate_reads_a_ray_run_with_that_profile(
+        cluster: Any, tmp_path: Path, capsys: Any) -> None:
+    """calibrate backend=ray on 3 nodes of 2 slots: the default k list is 1, 2, 4 (doubling up
+    to the 6 slots), k = 4 spans two nodes, so the inter-node bandwidth and the start-up per
+    doubling come from measurements; then `nasalloc run backend=ray` with that profile, and
+    `nasalloc validate` re-simulates it on the run's 3 nodes of 2 with a per-term report."""
+    from nasalloc.cli import main
+    from nasalloc.sim.profile import load_profile
+
+    budget = Budget(280)
+    where = ["backend=ray", f"ray.address={cluster.address}", f"ray.slot_resource={SLOT}"]
+    cal = tmp_path / "cal"
+    before = rank_actors()
+    rc = main(["calibrate", *where, *CALIBRATE_TINY, f"out_dir={cal}"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    # the jobs ran on rank actors of the cluster: one per device used (k up to 4, no load, no
+    # sharing), on the two nodes that devices 0-3 number
+    actors = {a: node for a, node in rank_actors().items() if a not in before}
+    assert len(actors) == 4 and len(set(actors.values())) == 2, actors
+    data = yaml.safe_load((cal / "profile.yaml").read_text())
+    profile = load_profile(cal / "profile.yaml")
+    measured = data["measured"]
+    assert sorted(measured["step_time_samples_s"]) == [1, 2, 4]
+    assert sorted(measured["startup_s"]) == [1, 2, 4]
+    assert data["hardware"]["gpus_per_node"] == SLOTS
+    assert data["hardware"]["ray"] == {"nodes": NODES, "devices_per_node": SLOTS, "cpus_per_node": SLOTS, "resource": SLOT}
+    assert data["hardware"]["threads_per_rank"] == 1  # a node's 2 CPUs over its 2 slots, as the Ray run counts them
+    assert profile.provenance["how"] == f"nasalloc calibrate backend=ray (Ray, {NODES} nodes of {SLOTS} {SLOT})"
+    assert {"intra_bandwidth_Bps", "inter_bandwidth_Bps"} <= set(data["fit"]["fitted"])
+    assert "inter_bandwidth_Bps" not in profile.assumed and "startup_per_doubling_s" not in profile.assumed
+    assert data["fit"]["startup"]["slope_assumed"] is False
+    assert "first_job_startup_s" not in data["hardware"]  # another node's clock: not subtracted
+    assert_nothing_left(budget)
+
+    run_dir = tmp_path / "run"
+    rc = main(["run", *where, "train=digits", "scheduler=asha", "scheduler.n_trials=4", "scheduler.max_epochs=3",
+               "gpus_per_trial=2", f"profile={cal / 'profile.yaml'}", "progress=none", f"out_dir={run_dir}"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert_nothing_left(budget)
+    val = tmp_path / "val"
+    rc = main(["validate", f"run={run_dir}", "plots=false", f"out_dir={val}"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    report = json.loads((val / "validation.json").read_text())["runs"][0]
+    assert (report["devices"], report["gpus_per_node"]) == (NODES * SLOTS, SLOTS)  # the Ray run's nodes, from ran_on
+    assert report["makespan_s"]["error"] is not None and report["epoch_s"] and report["startup_s"]
+    assert f"on {NODES * SLOTS} devices ({NODES} nodes of {SLOTS})" in out and "error per term" in out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["ray.slot_resource=tpu_slot"], "backend=ray devices=cpu: no node of the Ray cluster offers a custom resource 'tpu_slot'"),
+    (["calibration.gpus_per_node=4"], "calibration.gpus_per_node=4: the Ray cluster's nodes hold 2 devices each"),
+    (["calibration.cpu_slots=4"], "calibration.cpu_slots=4: with backend=ray ray.address="),
+    (["calibration.gpus_per_trial=[1,8]"], "k=8 is more than the 6 CPU slots of the Ray cluster"),
+])
+def test_calibrate_on_ray_refuses_what_the_cluster_cannot_hold_in_one_line(cluster: Any, tmp_path: Path, capsys: Any,
+                                                                           args: list[str], needle: str) -> None:
+    from nasalloc.cli import main
+
+    rc = main(["calibrate", "backend=ray", f"ray.address={cluster.address}", "calibration.device=cpu", *args,
+               f"out_dir={tmp_path / 'out'}"])
+    _, err = capsys.readouterr()
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()

@@ -329,6 +329,7 @@ def _run_report(run: RealRun, c: Comparison) -> dict[str, Any]:
         "scheduler": run.spec.scheduler.name,
         "gpus_per_trial": str(run.spec.allocation),
         "devices": run.spec.cluster.gpus,
+        "gpus_per_node": run.spec.cluster.gpus_per_node,  # a Ray run's nodes (run_config.yaml's ran_on); else all
         "seed": run.spec.seed,
         "makespan_s": c.makespan_s,
         "gpu_utilization": c.gpu_utilization,
@@ -437,7 +438,9 @@ def main(settings: ValidateSettings, out_dir: Path) -> None:
             _plot_timelines(result.events, run, out_dir / f"timeline_{stem}.png")
         alloc = run.spec.allocation
         lines.append(
-            f"  {run.folder.name}: {run.spec.scheduler.name}, k={run.spec.allocation} on {run.spec.cluster.gpus} devices\n"
+            f"  {run.folder.name}: {run.spec.scheduler.name}, k={run.spec.allocation} on {run.spec.cluster.gpus} devices"
+            + (f" ({run.spec.cluster.nodes} nodes of {run.spec.cluster.gpus_per_node})" if run.spec.cluster.nodes > 1 else "")
+            + "\n"
             f"    makespan   predicted {format_duration(c.makespan_s['predicted'])}, "
             f"measured {format_duration(c.makespan_s['measured'])}, "
             f"error {_pct(c.makespan_s['error'])}\n"
