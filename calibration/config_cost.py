@@ -1,8 +1,10 @@
-"""Fit the profile's `config_cost` block (sim/profile.py) from per-configuration step times.
+"""Fit the profile's `config_cost` block (sim/profile.py) from per-configuration epoch times.
 
 Calibration times `configs` configurations sampled from the search space at k = 1
-(`Measurements.configs`). Their step times differ (a width changes the model's compute); the
-simulator multiplies each trial's epoch time by
+(`Measurements.configs`). Their step and evaluation times differ (a width changes the model's
+compute); each one's epoch is steps_per_epoch x its mean step + its evaluation (the step
+time alone where the evaluation was not timed, `fit_config_cost`). The simulator multiplies
+each trial's epoch time by
 
     config_factor(c) = (floor + (1 - floor) * exp(sum_j slope_j * (u_j(c) - center_j))) / norm
 
@@ -78,6 +80,7 @@ class ConfigCostFit:
     candidate_floor: float | None = None  # the floor + power fit's floor on the whole sample, when tried
     loo: dict[str, float | str] = field(default_factory=dict)  # model -> LOO rms log error, or why not tried
     selection_path: list[str] = field(default_factory=list)  # forward selection of the parameters (select_parameters)
+    fitted_to: str = "step"  # "epoch": k = 1 epoch times (steps x step + evaluation); "step": step times
 
     def report(self) -> dict[str, Any]:
         """The profile's `fit.config_cost` entry."""
@@ -88,7 +91,7 @@ class ConfigCostFit:
         return {"model": "epoch time x (floor + (1 - floor) x exp(sum_j slope_j*(u_j - center_j)))/norm; "
                          "u_j = unit coordinate of parameter j",
                 "chosen": self.model, "floor": self.floor,
-                "method": f"ridge least squares of log(k=1 step time) on centered unit coordinates (ridge {RIDGE:g} "
+                "method": f"ridge least squares of log(k=1 {self.fitted_to} time) on centered unit coordinates (ridge {RIDGE:g} "
                           f"x mean sum of squares per parameter), {LOG_LINEAR} (floor 0) and {FLOOR_POWER} "
                           f"(floor in [0, {MAX_FLOOR:g}], scipy least_squares); norm: mean factor over the sample = 1",
                 "selection": f"leave-one-out rms log error; {FLOOR_POWER} only if more than {LOO_TIE:.0%} lower "
@@ -233,11 +236,20 @@ def select_parameters(u: np.ndarray, y: np.ndarray, names: Sequence[str],
 
 
 def fit_config_cost(configs: Sequence[Mapping[str, Any]], space: Mapping[str, Any] | None,
-                    ridge: float = RIDGE, try_floor: bool = True) -> ConfigCostFit:
-    """`configs`: [{config: {...}, mean_step_s: ...}, ...]; `space`: the search space they were
-    sampled from (the `space:` mapping of sim/space.py). Fits both candidate models and keeps
-    the one with the lower leave-one-out error (module docstring); `try_floor=False` fits the
-    log-linear model only (to compare against, or to reproduce an older profile)."""
+                    ridge: float = RIDGE, try_floor: bool = True, steps_per_epoch: int | None = None) -> ConfigCostFit:
+    """`configs`: [{config: {...}, mean_step_s: ..., eval_s: ...}, ...]; `space`: the search
+    space they were sampled from (the `space:` mapping of sim/space.py). Fits both candidate
+    models and keeps the one with the lower leave-one-out error (module docstring);
+    `try_floor=False` fits the log-linear model only (to compare against, or to reproduce an
+    older profile).
+
+    With `steps_per_epoch` (at k = 1) and every configuration's `eval_s`, what is fitted is
+    each configuration's epoch time, steps_per_epoch x mean step + eval_s, since the factor
+    multiplies a whole epoch, evaluation included; evaluation can grow with the model much
+    faster than a training step (issue 16: the digits CNN's evaluation takes 3.4 ms at width
+    4 and 38 ms at width 32, its step 0.81 and 1.48 ms, and a factor fitted to the steps made
+    the wide configurations' epochs 14% too short, the narrow ones' 14% too long). Without
+    them, the step time alone."""
     n = len(configs)
     if n < MIN_CONFIGS:
         return ConfigCostFit(None, f"{n} configuration{'s' if n != 1 else ''} timed (needs >= {MIN_CONFIGS})", n=n)
@@ -247,7 +259,9 @@ def fit_config_cost(configs: Sequence[Mapping[str, Any]], space: Mapping[str, An
     if not domains:
         return ConfigCostFit(None, "no numeric parameters in the search space", n=n)
     u_all = np.array([[d.to_unit(c["config"][d.name]) for d in domains] for c in configs], dtype=float)
-    y = np.log(np.array([c["mean_step_s"] for c in configs], dtype=float))
+    by_epoch = bool(steps_per_epoch) and all(c.get("eval_s") is not None for c in configs)
+    y = np.log(np.array([epoch_cost(c, steps_per_epoch) if by_epoch and steps_per_epoch else c["mean_step_s"]
+                         for c in configs], dtype=float))
     selected, path = select_parameters(u_all, y, [d.name for d in domains], ridge)
     if not selected:
         return ConfigCostFit(None, "no parameter predicts held-out configurations' step times better than their "
@@ -294,11 +308,16 @@ def fit_config_cost(configs: Sequence[Mapping[str, Any]], space: Mapping[str, An
     if name == FLOOR_POWER:
         block["floor"] = floor
     block["applies_to"] = "compute"  # measured at k = 1: the configuration's compute, not the all-reduce
-    return ConfigCostFit(block, n=n, selection_path=path,
+    return ConfigCostFit(block, n=n, selection_path=path, fitted_to="epoch" if by_epoch else "step",
                          rms_log_residual=float(math.sqrt(np.mean(resid ** 2))),
                          rms_log_spread=float(math.sqrt(np.mean((y - y.mean()) ** 2))),
                          factors=[float(v) for v in raw / norm], model=name, floor=floor,
                          candidate_floor=candidate_floor, loo=loo)
+
+
+def epoch_cost(config: Mapping[str, Any], steps_per_epoch: int) -> float:
+    """A timed configuration's epoch at k = 1: its steps at the mean step time, then its evaluation."""
+    return float(config["mean_step_s"]) * steps_per_epoch + float(config["eval_s"])
 
 
 def describe(block: Mapping[str, Any] | None, report: Mapping[str, Any] | None) -> str | None:

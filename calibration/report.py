@@ -156,7 +156,8 @@ def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: 
         "bootstrap": {"requested": a.bootstrap_requested, "succeeded": len(a.step_samples),
                       "method": "refits on raw step samples resampled with replacement within each k"},
     }
-    cost = fit_config_cost(m.configs, space)
+    # the factor multiplies the whole epoch at k = 1: fitted to the configurations' epochs
+    cost = fit_config_cost(m.configs, space, steps_per_epoch=math.ceil(w.samples_per_epoch / w.batch_per_device))
     fit_block["config_cost"] = cost.report()
     release = release_cost(m)
     hardware = {**m.hardware, "gpus_per_node": int(a.settings.gpus_per_node)}

@@ -176,3 +176,21 @@ def test_floor_model_needs_five_configurations():
     assert fit.loo[FLOOR_POWER] == "not tried: 4 configurations (needs >= 5)"
     assert fit.report()["loo_rms_log_error"][FLOOR_POWER] == "not tried: 4 configurations (needs >= 5)"
     assert "floor + power not tried: 4 configurations (needs >= 5)" in describe(fit.block, fit.report())
+
+
+def test_with_steps_per_epoch_the_factor_follows_each_configurations_epoch_evaluation_included():
+    """Equal steps, an evaluation that grows with the width: the epoch (100 steps of 1 ms and
+    the evaluation) is what the factor multiplies. Fitted to the epochs, the factor of each
+    configuration is its epoch over the sample's mean epoch; fitted to the steps alone there
+    is nothing to fit."""
+    sp = {"width": {"type": "int", "low": 4, "high": 32, "log": True}}
+    dom = SearchSpace.from_config(sp).domains[0]
+    timed = [{"config": {"width": w}, "mean_step_s": 0.001, "eval_s": 0.01 * math.exp(2.0 * dom.to_unit(w))}
+             for w in (4, 5, 6, 8, 10, 13, 16, 20, 25, 32)]
+    epochs = np.array([100 * 0.001 + t["eval_s"] for t in timed])
+    fit = fit_config_cost(timed, sp, steps_per_epoch=100)
+    assert fit.fitted_to == "epoch" and "log(k=1 epoch time)" in fit.report()["method"]
+    assert fit.factors == pytest.approx(list(epochs / epochs.mean()), rel=0.03)
+    assert fit_config_cost(timed, sp).block is None  # the steps alone: every configuration the same
+    no_eval = [{k: v for k, v in t.items() if k != "eval_s"} for t in timed]
+    assert fit_config_cost(no_eval, sp, steps_per_epoch=100).fitted_to == "step"
