@@ -23,7 +23,8 @@ same to `<work>/summary.json`. Targets (not a test): median makespan error under
 the ranking identical, for every scheduler. Run it on an otherwise idle machine: the
 calibration measures this machine as it is while it runs. On the 2-core build machine at
 load average 15-36 the full benchmark took 44.5 minutes and `--quick` (one repeat, 8 trials
-of at most 3 epochs) 13 minutes; on idle cores both are shorter (not yet timed).
+of at most 3 epochs) 13 minutes; on the otherwise idle machine (load average about 1) the full
+benchmark takes 8 minutes.
 """
 
 from __future__ import annotations
