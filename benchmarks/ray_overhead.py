@@ -162,7 +162,8 @@ def main() -> None:
         calibrated = calibrate_on_ray(cluster.address, work / "calibrate")
         cal = yaml.safe_load(calibrated.read_text())
         print(f"calibrated on Ray ({cal['provenance']['how']}): start-up {cal['overheads']['startup_s']:.3f} s + "
-              f"{cal['overheads']['startup_per_doubling_s']:.3f} s per doubling of k; assumed: "
+              f"{cal['overheads']['startup_per_doubling_s']:.3f} s per doubling of k + "
+              f"{cal['overheads'].get('startup_inter_node_s', 0.0):.3f} s across nodes; assumed: "
               f"{', '.join(cal['assumed']) or 'nothing'}", flush=True)
         profiles = {}
         for name, gpn in (("local", devices), ("ray", args.slots)):

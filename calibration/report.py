@@ -83,7 +83,7 @@ def resume_cost(m: Measurements, a: Analysis) -> float:
     restore alone."""
     if not m.resume_s:
         return _mean(m.checkpoint_restore_s)
-    startup = {k: a.startup_s + a.startup_per_doubling_s * math.log2(k) for k in m.resume_s}
+    startup = {k: a.startup_s + a.startup_per_doubling_s * math.log2(k) + _across_nodes(a, k) for k in m.resume_s}
     return max(0.0, float(np.mean([np.mean(v) - startup[k] for k, v in m.resume_s.items()])))
 
 
@@ -100,13 +100,19 @@ def release_cost(m: Measurements) -> tuple[float, float]:
     return base, per_doubling
 
 
-def resume_fit(m: Measurements) -> dict[str, float]:
+def _across_nodes(a: Analysis, k: int) -> float:
+    """The start-up step a job at k pays for spanning nodes (0 inside one node, or unmeasured)."""
+    return (a.startup_inter_node_s or 0.0) if k > a.settings.gpus_per_node else 0.0
+
+
+def resume_fit(m: Measurements, a: Analysis) -> dict[str, float]:
     """The profile's resume(k) = resume_s + resume_per_doubling_s * log2(k), fitted to the
-    resumed jobs' own start-ups as start-up is (`fit_startup`); {} without resume measurements
-    (timings imported: start-up + checkpoint_restore_s stands for it)."""
+    resumed jobs' own start-ups as start-up is (`fit_startup`), less the start-up's step for
+    jobs across nodes (the simulator adds it back, `Profile.resume_time`); {} without resume
+    measurements (timings imported: start-up + checkpoint_restore_s stands for it)."""
     if not any(len(v) for v in m.resume_s.values()):
         return {}
-    base, per_doubling, _ = fit_startup(m.resume_s)
+    base, per_doubling, _ = fit_startup({k: [x - _across_nodes(a, k) for x in v] for k, v in m.resume_s.items()})
     return {"resume_s": _g(base), "resume_per_doubling_s": _g(per_doubling)}
 
 
@@ -149,7 +155,10 @@ def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: 
                                 "heldout_rel_error": None if s.heldout_rel_error is None else _g(s.heldout_rel_error, 4)}
                        for s in a.scores},
         },
-        "startup": {"equation": "startup(k) = startup_s + startup_per_doubling_s*log2(k)",
+        "startup": {"equation": "startup(k) = startup_s + startup_per_doubling_s*log2(k)"
+                                + ("" if a.startup_inter_node_s is None else
+                                   " (+ startup_inter_node_s for k > gpus_per_node, fitted as the mean excess of the "
+                                   "jobs across nodes over the line fitted inside one node)"),
                     "definition": "per fresh job at k: dispatch to first report, less one epoch of the same job "
                                   "(steps of its first epoch x its steady step + its steady evaluation)",
                     "slope_assumed": a.startup_slope_assumed},
@@ -181,7 +190,8 @@ def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: 
             "decision_latency_s": _g(_mean(m.decision_latency_s)),
             "release_s": _g(release[0]),
             "release_per_doubling_s": _g(release[1]),
-            **resume_fit(m),
+            **resume_fit(m, a),
+            **({} if a.startup_inter_node_s is None else {"startup_inter_node_s": _g(a.startup_inter_node_s)}),
         },
         "sharing": sharing or {1: 1.0},
         **({"config_cost": cost.block} if cost.block is not None else {}),
@@ -318,7 +328,8 @@ def summary_lines(profile: dict[str, Any]) -> list[str]:
         + ", ".join(f"{k}={v:g}" for k, v in fit["measured"].items())
         + f"; optimizer {'converged' if fit['success'] else 'FAILED: ' + fit['message']}",
         f"assumed (not identifiable from these k, or not measured): {', '.join(profile['assumed']) or 'none'}",
-        f"start-up {ov['startup_s']:.3f} s + {ov['startup_per_doubling_s']:.3f} s per doubling of k; eval "
+        f"start-up {ov['startup_s']:.3f} s + {ov['startup_per_doubling_s']:.3f} s per doubling of k"
+        + (f" + {ov['startup_inter_node_s']:.3f} s across nodes" if "startup_inter_node_s" in ov else "") + "; eval "
         f"{ov['eval_s'] * 1e3:.1f} ms/epoch; checkpoint save {ov['checkpoint_save_s'] * 1e3:.1f} ms, restore "
         f"{ov['checkpoint_restore_s'] * 1e3:.1f} ms beyond a fresh start-up (restore and first epoch after it); "
         f"epoch boundary {ov['decision_latency_s'] * 1e3:.1f} ms; end of a job {ov.get('release_s', 0.0) * 1e3:.1f} ms + "

@@ -120,7 +120,7 @@ class ElasticPolicy:
             self._move = {k: ov.checkpoint_save_s + ov.release_s + profile.startup_time(k) + ov.checkpoint_restore_s
                           for k in self.targets}
         else:  # measured as such: resume(k) (sim/profile.py)
-            self._move = {k: ov.checkpoint_save_s + ov.release_s + ov.resume(k) for k in self.targets}  # type: ignore[operator]
+            self._move = {k: ov.checkpoint_save_s + ov.release_s + profile.resume_time(k) for k in self.targets}  # type: ignore[operator]
 
     # ----- the model ------------------------------------------------------------------------
     def _epoch_time(self, k: float, sharers: int = 0) -> float:

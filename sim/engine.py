@@ -169,7 +169,7 @@ class _Engine:
         self.startup_s = {float(k): profile.startup_time(float(k)) for k in ks}
         self.restore_s = ov.checkpoint_restore_s
         # k -> a resumed job's cost, where the profile measured it as such (else start-up + restore)
-        self.resume_s = {float(k): ov.resume(float(k)) for k in ks} if ov.resume_s is not None else None
+        self.resume_s = {float(k): profile.resume_time(float(k)) for k in ks} if ov.resume_s is not None else None
         self.save_s = ov.checkpoint_save_s
         self.decision_s = ov.decision_latency_s
         self.release_s = {float(k): ov.release(float(k)) for k in ks}

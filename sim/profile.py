@@ -12,7 +12,7 @@ Layout (every block but `name` and `workload`/`step_time` is optional; units in 
                 inter_bandwidth_Bps, inter_latency_s, straggler_cv}       # see sim/speedup.py
     overheads: {startup_s, startup_per_doubling_s, eval_s, eval_scales, checkpoint_save_s,
                 checkpoint_restore_s, decision_latency_s, release_s, release_per_doubling_s,
-                resume_s, resume_per_doubling_s}
+                resume_s, resume_per_doubling_s, startup_inter_node_s}
     sharing: {1: 1.0, 2: 1.8, 4: 3.5}     # m trials on one device -> per-trial slow-down
     scheduler_time: {bohb: {ask_s: 0.0009, result_s: 0.0001}, ...}  # the scheduler's own compute per call
     uncertainty: {step_time_samples: [{t_compute_s: ..., ...}, ...]}   # e.g. bootstrap fits
@@ -34,7 +34,11 @@ down and the devices are free (paid by every job; 0 when not measured); with
 takes longer to tear down). `resume_s` (optional) is what a job resumed from a checkpoint
 pays before its first epoch, measured as such (a paused trial resumed in a fresh group):
 resume(k) = resume_s + resume_per_doubling_s * log2(k), in place of start-up(k) +
-checkpoint_restore_s. On 2 CPU slots a resume costs 6 ms at k = 1 and 28 ms at k = 2, while
+checkpoint_restore_s. `startup_inter_node_s` (default 0) is what a job spanning nodes (k >
+gpus_per_node) pays on top of start-up(k) and resume(k): its rendezvous and process group
+across nodes, a step at the node boundary that no log2 k line follows (on the Ray test
+cluster, nodes of 2 CPU slots: 7 ms at k = 1, 9 ms at k = 2, 83 ms at k = 4 over two nodes).
+On 2 CPU slots a resume costs 6 ms at k = 1 and 28 ms at k = 2, while
 fresh jobs cost 15-17 ms at both (their first-seen configurations pay more; a resumed one was
 seen before): start-up + one restore was 17 ms at either k (issue 16). Without `resume_s`,
 start-up(k) + checkpoint_restore_s.
@@ -101,6 +105,7 @@ class Overheads:
     release_per_doubling_s: float = 0.0
     resume_s: float | None = None  # None: a resume costs startup(k) + checkpoint_restore_s
     resume_per_doubling_s: float = 0.0
+    startup_inter_node_s: float = 0.0  # added to start-up and resume of a job spanning nodes (Profile.startup_time)
 
     def startup(self, k: float) -> float:
         return self.startup_s + self.startup_per_doubling_s * math.log2(max(k, 1.0))
@@ -177,7 +182,19 @@ class Profile:
         return scaled.epoch_time(k)
 
     def startup_time(self, k: float) -> float:
+        """A fresh job's start-up at k: startup(k), plus `startup_inter_node_s` when the job
+        spans nodes (k > gpus_per_node: the rendezvous and process group across nodes)."""
+        if k > self.epoch.gpus_per_node:
+            return self.overheads.startup(k) + self.overheads.startup_inter_node_s
         return self.overheads.startup(k)
+
+    def resume_time(self, k: float) -> float | None:
+        """A resumed job's cost before its first epoch at k, where the profile measured it as
+        such (`resume_s`; plus `startup_inter_node_s` across nodes); None: start-up + restore."""
+        resume = self.overheads.resume(k)
+        if resume is None or k <= self.epoch.gpus_per_node:
+            return resume
+        return resume + self.overheads.startup_inter_node_s
 
     def with_node_size(self, gpus_per_node: int) -> Profile:
         """The same profile on nodes of `gpus_per_node` (where inter-node terms start)."""

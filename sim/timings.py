@@ -87,7 +87,7 @@ class EpochTimes:
                 k = float(rec.k)
                 seconds = rec.seconds
                 if rec.restore and ov.resume_s is not None:  # a resume measured as such (sim/profile.py)
-                    seconds -= ov.resume(k)  # type: ignore[operator]
+                    seconds -= profile.resume_time(k)  # type: ignore[operator]
                 else:
                     if rec.startup:
                         seconds -= profile.startup_time(k)

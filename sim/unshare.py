@@ -57,7 +57,7 @@ class UnsharePolicy:
             self._startup = profile.startup_time
         else:  # measured as such: resume(k) (sim/profile.py)
             self._restart = ov.checkpoint_save_s
-            self._startup = ov.resume  # type: ignore[assignment]
+            self._startup = profile.resume_time  # type: ignore[assignment]
         self._factors: dict[int, float] = {}
 
     def _config_factor(self, seg: Segment) -> float:

@@ -18,6 +18,7 @@ from nasalloc.calibration.fit import (
     compare_models,
     fit_baseline,
     fit_startup,
+    fit_startup_across_nodes,
     fit_step_time,
     plan_parameters,
     predict_amdahl,
@@ -174,3 +175,16 @@ def test_startup_intercept_and_slope_per_doubling():
     s0, s1, assumed = fit_startup({1: [1.0, 1.02], 2: [1.5, 1.48], 4: [2.0, 2.0]})
     assert (s0, s1, assumed) == (pytest.approx(1.0, abs=0.02), pytest.approx(0.5, abs=0.02), False)
     assert fit_startup({1: [0.3, 0.5]}) == (pytest.approx(0.4), 0.0, True)
+
+
+def test_start_up_across_nodes_is_a_step_above_the_line_fitted_inside_one_node():
+    """Nodes of 2: k = 1, 2 inside one node lie on 7 ms + 2 ms per doubling; k = 4 over two
+    nodes took 83 ms, 83 - (7 + 2 x 2) = 72 ms above that line. With nodes of 4 every k is
+    inside one node: one log2 k line over all, no step."""
+    samples = {1: [0.006, 0.008], 2: [0.009, 0.009], 4: [0.080, 0.086]}
+    s0, s1, assumed, inter = fit_startup_across_nodes(samples, 2)
+    assert (s0, s1, assumed) == (pytest.approx(0.007), pytest.approx(0.002), False)
+    assert inter == pytest.approx(0.072)
+    assert fit_startup_across_nodes(samples, 4) == (*fit_startup(samples), None)
+    # only k = 1 inside a node: no slope can be told from the step (assumed 0)
+    assert fit_startup_across_nodes({1: [0.01], 4: [0.05]}, 1) == (pytest.approx(0.01), 0.0, True, pytest.approx(0.04))

@@ -2,6 +2,7 @@
 intervals, sharing windows, start-up of fresh jobs, and the sampled-configuration mix."""
 
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,6 +26,9 @@ from nasalloc.calibration.profiling import (
 )
 from nasalloc.execute.launch import RanksResult
 from nasalloc.sim.space import SearchSpace
+
+# an Analysis as resume_fit reads it: every k measured inside one node (no start-up step across nodes)
+INSIDE_ONE_NODE = SimpleNamespace(startup_inter_node_s=None, settings=SimpleNamespace(gpus_per_node=8))
 
 
 def result(stamps, reports=()):
@@ -590,10 +594,11 @@ def test_pause_and_resume_are_measured_as_a_paused_trial_resumed_in_a_fresh_job(
     assert m.pause_s[1] == pytest.approx([0.015] * 2)
     assert m.startup_s[1] == pytest.approx([0.047] * 2)
     assert m.resume_s[1] == pytest.approx([0.077] * 2)
-    assert resume_cost(m, SimpleNamespace(startup_s=0.047, startup_per_doubling_s=0.0)) == pytest.approx(0.03)
+    assert resume_cost(m, SimpleNamespace(startup_s=0.047, startup_per_doubling_s=0.0, startup_inter_node_s=None,
+                                      settings=SimpleNamespace(gpus_per_node=2))) == pytest.approx(0.03)
     m.decision_latency_s, m.checkpoint_save_s = [0.002], [0.003]
     assert release_cost(m) == pytest.approx((0.010, 0.0))  # one k: no slope
-    assert resume_fit(m) == {"resume_s": pytest.approx(0.077), "resume_per_doubling_s": 0.0}
+    assert resume_fit(m, INSIDE_ONE_NODE) == {"resume_s": pytest.approx(0.077), "resume_per_doubling_s": 0.0}
 
 
 def test_resume_and_release_are_fitted_per_k():
@@ -607,9 +612,9 @@ def test_resume_and_release_are_fitted_per_k():
                      pause_s={1: [0.005, 0.007], 2: [0.017, 0.018]},
                      decision_latency_s=[0.002], checkpoint_save_s=[0.0012])
     assert release_cost(m) == pytest.approx((0.006 - 0.0032, 0.0175 - 0.006))
-    fit = resume_fit(m)
+    fit = resume_fit(m, INSIDE_ONE_NODE)
     assert fit["resume_s"] == pytest.approx(0.0064) and fit["resume_per_doubling_s"] == pytest.approx(0.028 - 0.0064)
-    assert resume_fit(Measurements(step_samples={})) == {}  # imported timings: start-up + restore stands for it
+    assert resume_fit(Measurements(step_samples={}), INSIDE_ONE_NODE) == {}  # imported timings: start-up + restore stands for it
 
 
 def test_every_shipped_scheduler_is_timed_through_a_whole_search():

@@ -214,3 +214,23 @@ def test_bad_config_cost_fails_with_one_line(block, message):
     with pytest.raises(UserError, match=message) as info:
         parse_profile({**MINIMAL, "config_cost": block})
     assert "\n" not in str(info.value)
+
+
+def test_a_job_across_nodes_pays_the_inter_node_start_up_on_its_start_up_and_resume():
+    """Nodes of 2; start-up 1 s + 0.5 s per doubling, resume 2 s + 1 s per doubling, 3 s
+    more across nodes: k = 2 (one node) 1.5 s / 3 s, k = 4 (two nodes) 1 + 1 + 3 = 5 s / 2 + 2
+    + 3 = 7 s. Without resume_s, resume_time is None (start-up + restore stands for it)."""
+    import dataclasses
+
+    def prof(**ov):
+        return parse_profile({"name": "n", "hardware": {"gpus_per_node": 2},
+                              "workload": {"samples_per_epoch": 10, "batch_per_device": 1, "scaling": "weak"},
+                              "step_time": {"t_compute_s": 1.0},
+                              "overheads": {"startup_s": 1.0, "startup_per_doubling_s": 0.5, **ov}}, "test")
+
+    p = prof(resume_s=2.0, resume_per_doubling_s=1.0, startup_inter_node_s=3.0)
+    assert [p.startup_time(k) for k in (1, 2, 4)] == [1.0, 1.5, 5.0]
+    assert [p.resume_time(k) for k in (1, 2, 4)] == [2.0, 3.0, 7.0]
+    assert prof(startup_inter_node_s=3.0).resume_time(4) is None
+    assert prof().startup_time(4) == 2.0  # older profiles: no step
+    assert dataclasses.replace(p, epoch=dataclasses.replace(p.epoch, gpus_per_node=4)).startup_time(4) == 2.0

@@ -316,6 +316,8 @@ def test_calibrate_on_ray_measures_across_nodes_and_validate_reads_a_ray_run_wit
     assert {"intra_bandwidth_Bps", "inter_bandwidth_Bps"} <= set(data["fit"]["fitted"])
     assert "inter_bandwidth_Bps" not in profile.assumed and "startup_per_doubling_s" not in profile.assumed
     assert data["fit"]["startup"]["slope_assumed"] is False
+    # k = 1, 2 inside a node give the line, k = 4 over two nodes the step above it
+    assert data["overheads"]["startup_inter_node_s"] >= 0.0 and "k > gpus_per_node" in data["fit"]["startup"]["equation"]
     assert "first_job_startup_s" not in data["hardware"]  # another node's clock: not subtracted
     assert_nothing_left(budget)
 

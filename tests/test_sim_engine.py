@@ -264,6 +264,32 @@ def test_a_resumed_job_and_the_end_of_a_job_cost_what_the_profile_measured_at_th
     assert resumed >= 2 and seen_end >= 2
 
 
+def test_a_job_across_nodes_pays_the_inter_node_start_up_on_top():
+    """`startup_inter_node_s` 10 s: on nodes of 2, per-rung [1, 4] (every promotion resumes
+    on 4 devices, two nodes) pays resume(4) = 2 + 3 x log2 4 = 8 s, plus 10 s; the k = 1 jobs
+    inside a node pay start-up(1) = 5 s only."""
+    import dataclasses
+
+    from nasalloc.sim.cluster import ClusterSpec, parse_allocation
+
+    base = make_profile(gpn=2)
+    profile = dataclasses.replace(base, overheads=dataclasses.replace(
+        base.overheads, resume_s=2.0, resume_per_doubling_s=3.0, startup_inter_node_s=10.0))
+    spec = make_spec(k=parse_allocation([1, 4], ClusterSpec("test", 4, 2)), gpus=4, gpn=2, profile=profile,
+                     scheduler={"name": "asha", "n_trials": 8, "max_epochs": 9})
+    paid: dict[str, list[float]] = {"start": [], "resume": []}
+    open_at: dict[int, tuple[str, float, int]] = {}
+    for ev in simulate(spec).events:
+        if ev.event in ("start", "resume"):
+            open_at[ev.trial] = (ev.event, ev.time, len(ev.devices))
+        elif ev.event == "result" and ev.trial in open_at:
+            kind, t0, k = open_at.pop(ev.trial)
+            paid[kind].append(ev.time - t0 - profile.epoch_time(k))
+            assert k == (4 if kind == "resume" else 1)
+    assert paid["start"] and paid["start"] == pytest.approx([5.0] * len(paid["start"]))
+    assert paid["resume"] and paid["resume"] == pytest.approx([2.0 + 3.0 * 2 + 10.0] * len(paid["resume"]))
+
+
 def test_the_schedulers_own_time_is_spent_in_the_one_search_loop():
     """One device, 2 random-search trials of 2 epochs; start-up 5 s, epoch 40 s, no decision
     latency; the scheduler's own time: 1 s per ask, 0.5 s per result. The loop asks for
