@@ -259,9 +259,8 @@ def fit_config_cost(configs: Sequence[Mapping[str, Any]], space: Mapping[str, An
     if not domains:
         return ConfigCostFit(None, "no numeric parameters in the search space", n=n)
     u_all = np.array([[d.to_unit(c["config"][d.name]) for d in domains] for c in configs], dtype=float)
-    by_epoch = bool(steps_per_epoch) and all(c.get("eval_s") is not None for c in configs)
-    y = np.log(np.array([epoch_cost(c, steps_per_epoch) if by_epoch and steps_per_epoch else c["mean_step_s"]
-                         for c in configs], dtype=float))
+    steps = steps_per_epoch if steps_per_epoch and all(c.get("eval_s") is not None for c in configs) else None
+    y = np.log(np.array([epoch_cost(c, steps) if steps else c["mean_step_s"] for c in configs], dtype=float))
     selected, path = select_parameters(u_all, y, [d.name for d in domains], ridge)
     if not selected:
         return ConfigCostFit(None, "no parameter predicts held-out configurations' step times better than their "
@@ -308,7 +307,7 @@ def fit_config_cost(configs: Sequence[Mapping[str, Any]], space: Mapping[str, An
     if name == FLOOR_POWER:
         block["floor"] = floor
     block["applies_to"] = "compute"  # measured at k = 1: the configuration's compute, not the all-reduce
-    return ConfigCostFit(block, n=n, selection_path=path, fitted_to="epoch" if by_epoch else "step",
+    return ConfigCostFit(block, n=n, selection_path=path, fitted_to="epoch" if steps else "step",
                          rms_log_residual=float(math.sqrt(np.mean(resid ** 2))),
                          rms_log_spread=float(math.sqrt(np.mean((y - y.mean()) ** 2))),
                          factors=[float(v) for v in raw / norm], model=name, floor=floor,

@@ -290,7 +290,6 @@ class Profiler:
         self.config = probe.wrap_config(plan.entrypoint, plan.config, checkpoints=plan.checkpoints)
         self.grad_bytes: list[float] = []
         self.runs = 0
-        self.step_estimate_s: float | None = None  # a k = 1 step from the unmeasured first runs: sizes k = 1 boxes
         self.step_estimates: dict[int, float] = {}  # k -> a step from an unmeasured run at k: sizes boxes at k
         self.fresh_drawn = 0  # configurations drawn for start-up jobs so far
 
@@ -417,13 +416,17 @@ class Profiler:
                 return
             cap *= EXTEND_FACTOR
 
+    @property
+    def step_estimate_s(self) -> float | None:
+        """The step that sizes k = 1 boxes: a k = 1 step if one was taken, else the first
+        estimate (the warm-up at the largest k); None before any."""
+        return self.step_estimates.get(1, next(iter(self.step_estimates.values()), None))
+
     def _estimate(self, k: int, r: RanksResult, skip: int) -> None:
         """Note an unmeasured run's median step at k (its first `skip` intervals left out)."""
         d = np.diff(r.step_times[0])[skip:] if r.step_times and len(r.step_times[0]) > 1 else np.empty(0)
         if len(d):
             self.step_estimates[k] = float(np.median(d))
-            if k == 1 or 1 not in self.step_estimates:
-                self.step_estimate_s = self.step_estimates[k]
 
     def _time_box(self, seconds: float, step_s: float | None) -> int:
         """Steps that fit in `seconds` (at least warm-up + pilot, at most max_steps)."""

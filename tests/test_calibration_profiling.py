@@ -428,7 +428,7 @@ def test_configuration_jobs_reach_their_first_report_when_the_step_estimate_is_t
     runs on to its first report (step 37) and one step more, so every configuration's
     evaluation (20 ms) and start-up are measured."""
     profiler = Profiler(busy_plan(), tmp_path, progress=lambda line: None)
-    profiler.step_estimate_s = 0.010
+    profiler.step_estimates[1] = 0.010
     launcher = LoopLauncher(step_s=0.004, steps_per_epoch=37)
     m = Measurements(step_samples={})
     profiler.measure_configs(launcher, m)
@@ -447,7 +447,7 @@ def test_without_configuration_evaluations_the_k1_runs_evaluation_is_kept(tmp_pa
     end of the first epoch may take 3 x time_limit_s (6 s, 1500 steps) and does. Its
     evaluation is kept (it was dropped, and the profile said 0)."""
     profiler = Profiler(busy_plan(time_limit_s=2.0), tmp_path, progress=lambda line: None)
-    profiler.step_estimate_s = 0.004
+    profiler.step_estimates[1] = 0.004
     launcher = LoopLauncher(step_s=0.004, steps_per_epoch=1000)
     m = Measurements(step_samples={})
     profiler.measure_configs(launcher, m)
@@ -469,7 +469,7 @@ def test_runs_under_load_are_extended_until_they_see_an_epoch_boundary(tmp_path)
     left unmeasured."""
     step = 1 / 256
     profiler = Profiler(busy_plan(), tmp_path, progress=lambda line: None)
-    profiler.step_estimate_s = step
+    profiler.step_estimates[1] = step
     launcher = LoopLauncher(step_s=step, steps_per_epoch=1000)
     m = Measurements(step_samples={})
     profiler.measure_configs(launcher, m)
@@ -501,7 +501,7 @@ def test_what_no_run_could_see_is_listed_as_assumed_with_one_line_each(tmp_path)
 
     step = 1 / 256
     profiler = Profiler(busy_plan(share=[2]), tmp_path, progress=lambda line: None)
-    profiler.step_estimate_s = step
+    profiler.step_estimates[1] = step
     launcher = LoopLauncher(step_s=step, steps_per_epoch=10**6)
     m = Measurements(step_samples={}, batch_fraction={1: 1.0, 2: 0.5})
     profiler.measure_configs(launcher, m)
