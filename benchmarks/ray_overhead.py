@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import secrets
 import statistics
 import shutil
 import tempfile
@@ -140,71 +138,56 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=9)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
-    # before Ray is imported (it reads these at import): a token of this run's own, and the
-    # driver's own address lookup answering the loopback, where the nodes are
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-    from ray.cluster_utils import Cluster
-
+    from nasalloc.execute.local_ray_cluster import local_ray_cluster
     from nasalloc.execute.trainers.toy import profile_data
 
     devices = args.nodes * args.slots
     work = Path(tempfile.mkdtemp(prefix="nasalloc-raybench-"))
-    ray_tmp = tempfile.mkdtemp(prefix="nr-", dir="/tmp")
-    node = {"node_ip_address": "127.0.0.1", "temp_dir": ray_tmp, "num_cpus": args.slots,
-            "resources": {"cpu_slot": args.slots}}
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
     try:
-        for _ in range(args.nodes - 1):
-            cluster.add_node(**node)
-        calibrated = calibrate_on_ray(cluster.address, work / "calibrate")
-        cal = yaml.safe_load(calibrated.read_text())
-        print(f"calibrated on Ray ({cal['provenance']['how']}): start-up {cal['overheads']['startup_s']:.3f} s + "
-              f"{cal['overheads']['startup_per_doubling_s']:.3f} s per doubling of k + "
-              f"{cal['overheads'].get('startup_inter_node_s', 0.0):.3f} s across nodes; assumed: "
-              f"{', '.join(cal['assumed']) or 'nothing'}", flush=True)
-        profiles = {}
-        for name, gpn in (("local", devices), ("ray", args.slots)):
-            profiles[name] = str(work / f"toy_{name}.yaml")
-            data = profile_data(gpn, EPOCH_LOW, EPOCH_HIGH, STEPS)
-            Path(profiles[name]).write_text(yaml.safe_dump(data), encoding="utf-8")
-        sched = {"name": "asha", "n_trials": args.trials, "max_epochs": args.max_epochs, "eta": 3}
-        params = {"steps_per_epoch": STEPS, "scaling": "strong", "faults": []}
-        rows: dict[str, list[tuple[float, float, float]]] = {"local": [], "ray": []}
-        validated: list[dict[str, Any]] = []
-        for r in range(args.repeats):
-            for backend in (("local", "ray") if r % 2 == 0 else ("ray", "local")):
-                out = work / f"{backend}_{r}"
-                planned = str(calibrated) if backend == "ray" else profiles[backend]
-                raw = run_config(backend, devices, cluster.address, sched, params, planned, seed=r)
-                summary = run(raw, out)
-                pred = predicted_makespan(out, profiles[backend])
-                if backend == "ray":
-                    validated.append(validate_run(out, work / f"validate_{r}"))
-                rows[backend].append((float(summary["makespan_s"]), pred, float(summary["worker_startup_s"])))
-                print(f"repeat {r} {backend:>5}: makespan {summary['makespan_s']:.2f} s, simulator {pred:.2f} s "
-                      f"(error {100 * (pred / summary['makespan_s'] - 1):+.1f}%), workers up in "
-                      f"{summary['worker_startup_s']:.1f} s", flush=True)
-        ratios = [ray_m / loc_m for (ray_m, _, _), (loc_m, _, _) in zip(rows["ray"], rows["local"])]
-        print(f"ray/local makespan ratio: {statistics.median(ratios):.3f} (median of {len(ratios)}; same seed per "
-              f"repeat, {args.trials} trials on {args.nodes} nodes x {args.slots} slots)")
-        errors = [v["makespan_s"]["error"] for v in validated]
-        print(f"validate on the Ray runs with the profile calibrated on Ray: makespan error "
-              f"{', '.join(f'{100 * e:+.1f}%' for e in errors)} (median |error| "
-              f"{100 * statistics.median(abs(e) for e in errors):.1f}%)")
-        for v in validated:
-            s1 = v["startup_s"].get("1") or v["startup_s"].get(1) or {}
-            print(f"start-up per trial job at k=1 on Ray: measured in the run's trace {s1.get('measured', float('nan')):.3f} s, "
-                  f"the calibrated profile's {s1.get('predicted', float('nan')):.3f} s")
-        for backend in ("local", "ray"):
-            job, epoch = fixed_cost(backend, devices, cluster.address, work)
-            print(f"{backend:>5} fixed cost: {1000 * job:.1f} ms per trial job + {1000 * epoch:.1f} ms per epoch", flush=True)
+        with local_ray_cluster(args.nodes, args.slots, "cpu_slot") as cluster:
+            calibrated = calibrate_on_ray(cluster.address, work / "calibrate")
+            cal = yaml.safe_load(calibrated.read_text())
+            print(f"calibrated on Ray ({cal['provenance']['how']}): start-up {cal['overheads']['startup_s']:.3f} s + "
+                  f"{cal['overheads']['startup_per_doubling_s']:.3f} s per doubling of k + "
+                  f"{cal['overheads'].get('startup_inter_node_s', 0.0):.3f} s across nodes; assumed: "
+                  f"{', '.join(cal['assumed']) or 'nothing'}", flush=True)
+            profiles = {}
+            for name, gpn in (("local", devices), ("ray", args.slots)):
+                profiles[name] = str(work / f"toy_{name}.yaml")
+                data = profile_data(gpn, EPOCH_LOW, EPOCH_HIGH, STEPS)
+                Path(profiles[name]).write_text(yaml.safe_dump(data), encoding="utf-8")
+            sched = {"name": "asha", "n_trials": args.trials, "max_epochs": args.max_epochs, "eta": 3}
+            params = {"steps_per_epoch": STEPS, "scaling": "strong", "faults": []}
+            rows: dict[str, list[tuple[float, float, float]]] = {"local": [], "ray": []}
+            validated: list[dict[str, Any]] = []
+            for r in range(args.repeats):
+                for backend in (("local", "ray") if r % 2 == 0 else ("ray", "local")):
+                    out = work / f"{backend}_{r}"
+                    planned = str(calibrated) if backend == "ray" else profiles[backend]
+                    raw = run_config(backend, devices, cluster.address, sched, params, planned, seed=r)
+                    summary = run(raw, out)
+                    pred = predicted_makespan(out, profiles[backend])
+                    if backend == "ray":
+                        validated.append(validate_run(out, work / f"validate_{r}"))
+                    rows[backend].append((float(summary["makespan_s"]), pred, float(summary["worker_startup_s"])))
+                    print(f"repeat {r} {backend:>5}: makespan {summary['makespan_s']:.2f} s, simulator {pred:.2f} s "
+                          f"(error {100 * (pred / summary['makespan_s'] - 1):+.1f}%), workers up in "
+                          f"{summary['worker_startup_s']:.1f} s", flush=True)
+            ratios = [ray_m / loc_m for (ray_m, _, _), (loc_m, _, _) in zip(rows["ray"], rows["local"])]
+            print(f"ray/local makespan ratio: {statistics.median(ratios):.3f} (median of {len(ratios)}; same seed per "
+                  f"repeat, {args.trials} trials on {args.nodes} nodes x {args.slots} slots)")
+            errors = [v["makespan_s"]["error"] for v in validated]
+            print(f"validate on the Ray runs with the profile calibrated on Ray: makespan error "
+                  f"{', '.join(f'{100 * e:+.1f}%' for e in errors)} (median |error| "
+                  f"{100 * statistics.median(abs(e) for e in errors):.1f}%)")
+            for v in validated:
+                s1 = v["startup_s"].get("1") or v["startup_s"].get(1) or {}
+                print(f"start-up per trial job at k=1 on Ray: measured in the run's trace {s1.get('measured', float('nan')):.3f} s, "
+                      f"the calibrated profile's {s1.get('predicted', float('nan')):.3f} s")
+            for backend in ("local", "ray"):
+                job, epoch = fixed_cost(backend, devices, cluster.address, work)
+                print(f"{backend:>5} fixed cost: {1000 * job:.1f} ms per trial job + {1000 * epoch:.1f} ms per epoch", flush=True)
     finally:
-        ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
 
 

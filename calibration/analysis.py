@@ -10,6 +10,7 @@ import numpy as np
 from nasalloc.calibration.fit import (
     BaselineFit,
     FitSettings,
+    LineFit,
     ModelScore,
     StepData,
     StepFit,
@@ -38,10 +39,7 @@ class Analysis:
     scores: list[ModelScore]
     best: str
     basis: str
-    startup_s: float
-    startup_per_doubling_s: float
-    startup_slope_assumed: bool
-    startup_inter_node_s: float | None = None  # the step for jobs across nodes (None: no k on one side measured)
+    startup: LineFit  # start-up(k), with its step for jobs across nodes where both sides were measured
     baselines_note: str | None = None  # why Amdahl and linear cannot fit these step times (None: they do)
 
     def speedup(self, model: StepTimeModel, k: np.ndarray, batch_fraction: np.ndarray) -> np.ndarray:
@@ -71,9 +69,7 @@ def analyse(m: Measurements, settings: FitSettings, *, bootstrap: int, rng: np.r
     step = fit_step_time(data, settings, straggler_cv=cv)
     samples = bootstrap_step_fits(steps, m.batch_fraction, settings, step, bootstrap, rng) if bootstrap > 0 else []
     scores, best, basis = compare_models(data, settings, step.model.straggler_cv)
-    s0, s1, slope_assumed, inter = fit_startup_across_nodes(m.startup_s, settings.gpus_per_node)
     return Analysis(settings=settings, data=data, step=step, step_samples=samples, bootstrap_requested=bootstrap,
                     amdahl=fit_baseline("amdahl", data), linear=fit_baseline("linear", data), scores=scores, best=best,
-                    basis=basis, startup_s=s0, startup_per_doubling_s=s1, startup_slope_assumed=slope_assumed,
-                    startup_inter_node_s=inter,
+                    basis=basis, startup=fit_startup_across_nodes(m.startup_s, settings.gpus_per_node),
                     baselines_note=baselines_cannot_fit(data))

@@ -507,37 +507,64 @@ def compare_models(data: StepData, settings: FitSettings, straggler_cv: float) -
 # ----------------------------------------------------------------------------- overheads
 
 
-def fit_startup(startup_s: Mapping[int, Sequence[float]]) -> tuple[float, float, bool]:
-    """startup(k) = startup_s + startup_per_doubling_s * log2(k), least squares with slope >= 0.
+@dataclass(frozen=True)
+class LineFit:
+    """cost(k) = base + per_doubling * log2(k), plus across_nodes for a job spanning nodes:
+    how start-up, resume and the end of a job grow with k.
 
-    -> (startup_s, startup_per_doubling_s, slope_assumed): the slope is pinned to 0 (assumed)
-    when only one k was measured.
+    Every term is a duration, so every term is >= 0 and the fit is least squares inside
+    those bounds. A measured cost near 0 less its parts comes out below 0 from noise alone
+    (a k = 1 pause less the decision and the save: -2.3 ms on a busy machine); the bounded
+    fit writes 0 for it, which the profile accepts, and `held` keeps what the fit would have
+    said without the bound, so the report can say the bound was hit rather than hide it.
     """
+
+    base: float
+    per_doubling: float
+    slope_assumed: bool  # one k measured: the slope cannot be told, so it is 0 by assumption
+    across_nodes: float | None = None  # None: no job across nodes, or none inside one, measured
+    held: Mapping[str, float] = field(default_factory=dict)  # term -> its value without the bound (< 0)
+
+    def at(self, k: float, gpus_per_node: int) -> float:
+        """The cost of a job on k devices (k > gpus_per_node spans nodes)."""
+        across = (self.across_nodes or 0.0) if k > gpus_per_node else 0.0
+        return self.base + self.per_doubling * math.log2(max(1.0, k)) + across
+
+
+def fit_startup(startup_s: Mapping[int, Sequence[float]]) -> LineFit:
+    """startup(k) = startup_s + startup_per_doubling_s * log2(k), least squares with both
+    terms >= 0 (`LineFit`). From one k the slope is assumed 0 and the level is the mean, at
+    least 0; no samples at all give (0, 0), assumed."""
     ks = [k for k, v in startup_s.items() if len(v)]
     if not ks:
-        return 0.0, 0.0, True
+        return LineFit(0.0, 0.0, True)
     x = np.concatenate([np.full(len(startup_s[k]), math.log2(k)) for k in ks])
     y = np.concatenate([np.asarray(startup_s[k], dtype=float) for k in ks])
     if len(set(ks)) < 2:
-        return float(np.mean(y)), 0.0, True
-    res = optimize.lsq_linear(np.column_stack([np.ones_like(x), x]), y, bounds=([0.0, 0.0], [np.inf, np.inf]))
-    return float(res.x[0]), float(res.x[1]), False
+        level = float(np.mean(y))
+        return LineFit(max(0.0, level), 0.0, True, held={"base": level} if level < 0 else {})
+    design = np.column_stack([np.ones_like(x), x])
+    res = optimize.lsq_linear(design, y, bounds=([0.0, 0.0], [np.inf, np.inf]), method="bvls")  # exact active set
+    free = np.linalg.lstsq(design, y, rcond=None)[0]
+    held = {term: float(value) for term, value, active in zip(("base", "per_doubling"), free, res.active_mask)
+            if value < 0 and active != 0}
+    return LineFit(float(res.x[0]), float(res.x[1]), False, held=held)
 
 
-def fit_startup_across_nodes(startup_s: Mapping[int, Sequence[float]],
-                             gpus_per_node: int) -> tuple[float, float, bool, float | None]:
+def fit_startup_across_nodes(startup_s: Mapping[int, Sequence[float]], gpus_per_node: int) -> LineFit:
     """startup(k) = startup_s + startup_per_doubling_s * log2(k), plus startup_inter_node_s
     for k > gpus_per_node: the line is fitted to the jobs inside one node (`fit_startup`), the
     jobs across nodes give the step above it (their mean excess over the line, at least 0).
     A job across nodes pays a rendezvous and process group over the network, a step at the
     node boundary; fitted as one log2 k line, it pulled the line to 0 s at k = 1 on the Ray
     test cluster (7, 9 and 83 ms at k = 1, 2, 4 on nodes of 2).
-    -> (startup_s, startup_per_doubling_s, slope_assumed, startup_inter_node_s), the last None
-    when no k on one side of the node boundary was measured (then `fit_startup` over all)."""
+    `across_nodes` is None when no k on one side of the node boundary was measured (then
+    `fit_startup` over all)."""
     inside = {k: v for k, v in startup_s.items() if k <= gpus_per_node and len(v)}
     across = {k: v for k, v in startup_s.items() if k > gpus_per_node and len(v)}
     if not inside or not across:
-        return (*fit_startup(startup_s), None)
-    base, slope, assumed = fit_startup(inside)
-    excess = [x - base - slope * math.log2(k) for k, v in across.items() for x in v]
-    return base, slope, assumed, max(0.0, float(np.mean(excess)))
+        return fit_startup(startup_s)
+    line = fit_startup(inside)
+    excess = float(np.mean([x - line.at(k, gpus_per_node) for k, v in across.items() for x in v]))
+    held = {**line.held, **({"across_nodes": excess} if excess < 0 else {})}
+    return dataclasses.replace(line, across_nodes=max(0.0, excess), held=held)

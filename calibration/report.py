@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 from nasalloc.calibration.analysis import Analysis
 from nasalloc.calibration.config_cost import describe as describe_config_cost
 from nasalloc.calibration.config_cost import fit_config_cost
-from nasalloc.calibration.fit import FITTABLE, fit_startup
+from nasalloc.calibration.fit import FITTABLE, LineFit, fit_startup
 from nasalloc.calibration.measurements import Measurements
 from nasalloc.sim.speedup import StepTimeModel
 
@@ -75,45 +76,74 @@ def plain(obj: Any) -> Any:
     return str(obj)
 
 
+# The profile keys of each fitted line's terms (`LineFit.held` names the terms).
+_STARTUP_KEYS = {"base": "startup_s", "per_doubling": "startup_per_doubling_s", "across_nodes": "startup_inter_node_s"}
+_RESUME_KEYS = {"base": "resume_s", "per_doubling": "resume_per_doubling_s"}
+_RELEASE_KEYS = {"base": "release_s", "per_doubling": "release_per_doubling_s"}
+
+
+def _held(line: LineFit, keys: Mapping[str, str]) -> dict[str, float]:
+    """`line`'s terms that its bound held, under their `overheads.` keys."""
+    return {f"overheads.{keys[term]}": value for term, value in line.held.items()}
+
+
 def resume_cost(m: Measurements, a: Analysis) -> float:
     """What a resumed job pays beyond a fresh job's start-up (the profile's
     `checkpoint_restore_s`): mean over k of the resumed jobs' start-up less the fitted
     start-up at k. It holds the restore and the slower first epoch after it, as a search's
     trace shows them; without resume measurements (timings imported), the probe's timed
-    restore alone."""
+    restore alone. Unbounded: below 0 is possible (noise), and `build_profile` bounds it."""
     if not m.resume_s:
         return _mean(m.checkpoint_restore_s)
-    startup = {k: a.startup_s + a.startup_per_doubling_s * math.log2(k) + _across_nodes(a, k) for k in m.resume_s}
-    return max(0.0, float(np.mean([np.mean(v) - startup[k] for k, v in m.resume_s.items()])))
+    gpn = a.settings.gpus_per_node
+    return float(np.mean([np.mean(v) - a.startup.at(k, gpn) for k, v in m.resume_s.items()]))
 
 
-def release_cost(m: Measurements) -> tuple[float, float]:
+def release_cost(m: Measurements) -> LineFit:
     """The end of a job after its last decision and save, release(k) = release_s +
     release_per_doubling_s * log2(k): per k, the measured pauses less the epoch boundary (the
     decision round trip) and the checkpoint write, fitted as start-up is (`fit_startup`);
     (0, 0) unmeasured. A k = 2 group takes longer to end than one rank: on 2 CPU slots 17 ms
-    against 6 ms, which one pooled mean (12 ms) put on both (issue 16)."""
+    against 6 ms, which one pooled mean (12 ms) put on both."""
     if not m.pause_s:
-        return 0.0, 0.0
+        return LineFit(0.0, 0.0, True)
     boundary = _mean(m.decision_latency_s) + _mean(m.checkpoint_save_s)
-    base, per_doubling, _ = fit_startup({k: [x - boundary for x in v] for k, v in m.pause_s.items()})
-    return base, per_doubling
+    return fit_startup({k: [x - boundary for x in v] for k, v in m.pause_s.items()})
 
 
-def _across_nodes(a: Analysis, k: int) -> float:
-    """The start-up step a job at k pays for spanning nodes (0 inside one node, or unmeasured)."""
-    return (a.startup_inter_node_s or 0.0) if k > a.settings.gpus_per_node else 0.0
-
-
-def resume_fit(m: Measurements, a: Analysis) -> dict[str, float]:
+def resume_fit(m: Measurements, a: Analysis) -> LineFit | None:
     """The profile's resume(k) = resume_s + resume_per_doubling_s * log2(k), fitted to the
     resumed jobs' own start-ups as start-up is (`fit_startup`), less the start-up's step for
-    jobs across nodes (the simulator adds it back, `Profile.resume_time`); {} without resume
+    jobs across nodes (the simulator adds it back, `Profile.resume_time`); None without resume
     measurements (timings imported: start-up + checkpoint_restore_s stands for it)."""
     if not any(len(v) for v in m.resume_s.values()):
-        return {}
-    base, per_doubling, _ = fit_startup({k: [x - _across_nodes(a, k) for x in v] for k, v in m.resume_s.items()})
-    return {"resume_s": _g(base), "resume_per_doubling_s": _g(per_doubling)}
+        return None
+    across = a.startup.across_nodes or 0.0
+    gpn = a.settings.gpus_per_node
+    return fit_startup({k: [x - (across if k > gpn else 0.0) for x in v] for k, v in m.resume_s.items()})
+
+
+def bounded_overheads(values: Mapping[str, float], held: dict[str, float]) -> dict[str, float]:
+    """Every overhead is a duration, so >= 0 (what `Profile` accepts): a value below 0 (a
+    mean of differences near 0, or a term no bounded fit produced) is written as 0, and what
+    it was goes into `held` under its `overheads.` key."""
+    out = {}
+    for key, value in values.items():
+        if value < 0:
+            held.setdefault(f"overheads.{key}", value)
+        out[key] = _g(max(0.0, value))
+    return out
+
+
+def bounded_sharing(measured: Mapping[int, float], held: dict[str, float]) -> dict[int, float]:
+    """m -> slow-down, each at least 1 (m trials on a device do not each run faster than one
+    alone: a ratio below 1 is noise, written as 1 and recorded in `held`)."""
+    out = {}
+    for m_, ratio in measured.items():
+        if ratio < 1.0:
+            held.setdefault(f"sharing.{m_}", ratio)
+        out[int(m_)] = _g(max(1.0, ratio))
+    return out
 
 
 def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: WorkloadFacts,
@@ -126,10 +156,11 @@ def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: 
     ks = a.data.k
     step = a.step
     assumed = sorted(step.assumed)
-    if a.startup_slope_assumed:
+    if a.startup.slope_assumed:
         assumed.append("startup_per_doubling_s")
     assumed += [key for key in m.assumptions() if key not in assumed]  # not measured: stated, not claimed
-    sharing = {int(s): _g(f) for s, f in m.sharing_slowdown().items()}
+    held: dict[str, float] = {}  # profile key -> what the fit gave before its bound held it
+    sharing = bounded_sharing(m.sharing_slowdown(), held)
     fitted_keys = tuple(n for n in FITTABLE if n in step.fitted) + (("straggler_cv",) if "straggler_cv" in step.measured else ())
     measured_speedup = a.data.k * a.data.batch_fraction * a.data.mean_s[0] / a.data.mean_s
     fit_block: dict[str, Any] = {
@@ -156,12 +187,12 @@ def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: 
                        for s in a.scores},
         },
         "startup": {"equation": "startup(k) = startup_s + startup_per_doubling_s*log2(k)"
-                                + ("" if a.startup_inter_node_s is None else
+                                + ("" if a.startup.across_nodes is None else
                                    " (+ startup_inter_node_s for k > gpus_per_node, fitted as the mean excess of the "
                                    "jobs across nodes over the line fitted inside one node)"),
                     "definition": "per fresh job at k: dispatch to first report, less one epoch of the same job "
                                   "(steps of its first epoch x its steady step + its steady evaluation)",
-                    "slope_assumed": a.startup_slope_assumed},
+                    "slope_assumed": a.startup.slope_assumed},
         "bootstrap": {"requested": a.bootstrap_requested, "succeeded": len(a.step_samples),
                       "method": "refits on raw step samples resampled with replacement within each k"},
     }
@@ -169,6 +200,28 @@ def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: 
     cost = fit_config_cost(m.configs, space, steps_per_epoch=math.ceil(w.samples_per_epoch / w.batch_per_device))
     fit_block["config_cost"] = cost.report()
     release = release_cost(m)
+    resume = resume_fit(m, a)
+    for line, keys in ((a.startup, _STARTUP_KEYS), (release, _RELEASE_KEYS), (resume, _RESUME_KEYS)):
+        if line is not None:
+            held.update(_held(line, keys))
+    overheads = bounded_overheads({
+        "startup_s": a.startup.base,
+        "startup_per_doubling_s": a.startup.per_doubling,
+        "eval_s": _mean(m.eval_s),
+        "checkpoint_save_s": _mean(m.checkpoint_save_s),
+        "checkpoint_restore_s": resume_cost(m, a),
+        "decision_latency_s": _mean(m.decision_latency_s),
+        "release_s": release.base,
+        "release_per_doubling_s": release.per_doubling,
+        **({} if resume is None else {"resume_s": resume.base, "resume_per_doubling_s": resume.per_doubling}),
+        **({} if a.startup.across_nodes is None else {"startup_inter_node_s": a.startup.across_nodes}),
+    }, held)
+    if held:
+        fit_block["held_at_bound"] = {
+            "note": "fitted below the physical bound (a duration below 0, a sharing slow-down below 1): noise "
+                    "around a value at the bound; the profile holds the bound",
+            "fitted": {key: _g(value) for key, value in sorted(held.items())},
+        }
     hardware = {**m.hardware, "gpus_per_node": int(a.settings.gpus_per_node)}
     return plain({
         "name": name,
@@ -180,19 +233,7 @@ def build_profile(name: str, description: str, m: Measurements, a: Analysis, w: 
                      "batch_per_device": int(w.batch_per_device), "scaling": w.scaling,
                      "global_batch": None if w.global_batch is None else int(w.global_batch)},
         "step_time": _step_dict(step.model),
-        "overheads": {
-            "startup_s": _g(a.startup_s),
-            "startup_per_doubling_s": _g(a.startup_per_doubling_s),
-            "eval_s": _g(_mean(m.eval_s)),
-            "eval_scales": bool(w.eval_scales),
-            "checkpoint_save_s": _g(_mean(m.checkpoint_save_s)),
-            "checkpoint_restore_s": _g(resume_cost(m, a)),
-            "decision_latency_s": _g(_mean(m.decision_latency_s)),
-            "release_s": _g(release[0]),
-            "release_per_doubling_s": _g(release[1]),
-            **resume_fit(m, a),
-            **({} if a.startup_inter_node_s is None else {"startup_inter_node_s": _g(a.startup_inter_node_s)}),
-        },
+        "overheads": {**overheads, "eval_scales": bool(w.eval_scales)},
         "sharing": sharing or {1: 1.0},
         **({"config_cost": cost.block} if cost.block is not None else {}),
         "uncertainty": {"step_time_samples": [_step_dict(s, fitted_keys) for s in a.step_samples]},
@@ -350,4 +391,8 @@ def summary_lines(profile: dict[str, Any]) -> list[str]:
         lines.append(cost_line)
     if fit["at_bounds"]:
         lines.append(f"warning: {', '.join(fit['at_bounds'])} ended on a bound (the data lies outside the model there)")
+    held = (fit.get("held_at_bound") or {}).get("fitted") or {}
+    if held:
+        lines.append("held at the bound (measurement noise around it): " + ", ".join(
+            f"{key} fitted {value:.3g}, written {1 if key.startswith('sharing.') else 0}" for key, value in held.items()))
     return lines

@@ -172,9 +172,27 @@ def test_baselines_recover_their_own_parameters_and_fitted_speedup_never_exceeds
 
 
 def test_startup_intercept_and_slope_per_doubling():
-    s0, s1, assumed = fit_startup({1: [1.0, 1.02], 2: [1.5, 1.48], 4: [2.0, 2.0]})
-    assert (s0, s1, assumed) == (pytest.approx(1.0, abs=0.02), pytest.approx(0.5, abs=0.02), False)
-    assert fit_startup({1: [0.3, 0.5]}) == (pytest.approx(0.4), 0.0, True)
+    line = fit_startup({1: [1.0, 1.02], 2: [1.5, 1.48], 4: [2.0, 2.0]})
+    assert (line.base, line.per_doubling, line.slope_assumed) == (pytest.approx(1.0, abs=0.02), pytest.approx(0.5, abs=0.02), False)
+    assert line.held == {} and line.at(4, 8) == pytest.approx(line.base + 2 * line.per_doubling)
+    one = fit_startup({1: [0.3, 0.5]})
+    assert (one.base, one.per_doubling, one.slope_assumed, one.held) == (pytest.approx(0.4), 0.0, True, {})
+
+
+@pytest.mark.parametrize("samples, expected, held", [
+    # one k: a pause less its parts that came out at -2.3 ms is 0, and the -2.3 ms is kept
+    ({1: [-0.0010, -0.0036]}, (0.0, 0.0), {"base": -0.0023}),
+    # a cost that falls with k: the slope is held at 0, the level is the mean of all (0.6 ms);
+    # unbounded, y = 1.0 - 0.4 log2 k (least squares through 1.0, 0.6, 0.2 ms)
+    ({1: [0.0010], 2: [0.0006], 4: [0.0002]}, (0.0006, 0.0), {"per_doubling": -0.0004}),
+    # a line through (0, -1 ms), (1, 1 ms), (2, 3 ms): held at 0 for the level, and the slope
+    # bounded least squares gives through the origin: (1 + 2 x 3) / (1 + 4) = 1.4 ms
+    ({1: [-0.001], 2: [0.001], 4: [0.003]}, (0.0, 0.0014), {"base": -0.001}),
+])
+def test_a_fitted_cost_below_zero_is_held_at_zero_and_what_it_was_is_kept(samples, expected, held):
+    line = fit_startup(samples)
+    assert (line.base, line.per_doubling) == pytest.approx(expected, abs=1e-12)
+    assert line.held == pytest.approx(held)
 
 
 def test_start_up_across_nodes_is_a_step_above_the_line_fitted_inside_one_node():
@@ -182,9 +200,16 @@ def test_start_up_across_nodes_is_a_step_above_the_line_fitted_inside_one_node()
     nodes took 83 ms, 83 - (7 + 2 x 2) = 72 ms above that line. With nodes of 4 every k is
     inside one node: one log2 k line over all, no step."""
     samples = {1: [0.006, 0.008], 2: [0.009, 0.009], 4: [0.080, 0.086]}
-    s0, s1, assumed, inter = fit_startup_across_nodes(samples, 2)
-    assert (s0, s1, assumed) == (pytest.approx(0.007), pytest.approx(0.002), False)
-    assert inter == pytest.approx(0.072)
-    assert fit_startup_across_nodes(samples, 4) == (*fit_startup(samples), None)
+    line = fit_startup_across_nodes(samples, 2)
+    assert (line.base, line.per_doubling, line.slope_assumed) == (pytest.approx(0.007), pytest.approx(0.002), False)
+    assert line.across_nodes == pytest.approx(0.072) and line.at(4, 2) == pytest.approx(0.083)
+    assert fit_startup_across_nodes(samples, 4) == fit_startup(samples)
     # only k = 1 inside a node: no slope can be told from the step (assumed 0)
-    assert fit_startup_across_nodes({1: [0.01], 4: [0.05]}, 1) == (pytest.approx(0.01), 0.0, True, pytest.approx(0.04))
+    only = fit_startup_across_nodes({1: [0.01], 4: [0.05]}, 1)
+    assert (only.base, only.per_doubling, only.slope_assumed, only.across_nodes) == (
+        pytest.approx(0.01), 0.0, True, pytest.approx(0.04))
+    # jobs across nodes faster than the line inside one (noise): no step, and it is said
+    faster = fit_startup_across_nodes({1: [0.010], 2: [0.012], 4: [0.011]}, 2)
+    assert faster.across_nodes == 0.0 and faster.held == {"across_nodes": pytest.approx(0.011 - 0.014)}
+
+

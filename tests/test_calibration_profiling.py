@@ -9,9 +9,10 @@ import pytest
 
 from nasalloc.calibration.analysis import analyse
 from nasalloc.calibration.calibrate import TrainConf, builtin_space, search_space
-from nasalloc.calibration.fit import FitSettings, predict_step_time
+from nasalloc.calibration.fit import FitSettings, LineFit, predict_step_time
 from nasalloc.calibration.import_csv import read_timings
 from nasalloc.calibration.measurements import Measurements
+from nasalloc.calibration.report import bounded_sharing
 from nasalloc.calibration.probe import OPTIONS_KEY, _ProbeContext, wrap_config
 from nasalloc.calibration.profiling import (
     Profiler,
@@ -28,7 +29,7 @@ from nasalloc.execute.launch import RanksResult
 from nasalloc.sim.space import SearchSpace
 
 # an Analysis as resume_fit reads it: every k measured inside one node (no start-up step across nodes)
-INSIDE_ONE_NODE = SimpleNamespace(startup_inter_node_s=None, settings=SimpleNamespace(gpus_per_node=8))
+INSIDE_ONE_NODE = SimpleNamespace(startup=LineFit(0.0, 0.0, True), settings=SimpleNamespace(gpus_per_node=8))
 
 
 def result(stamps, reports=()):
@@ -70,9 +71,12 @@ def test_sharing_slowdown_prefers_the_reference_measured_next_to_it():
     m.share_reference = {}
     assert m.sharing_slowdown()[2] == pytest.approx(3.0)
     assert m.to_dict()["sharing_step_time_samples_s"] == {2: [0.03, 0.03]}
-    # 9 ms shared vs 10 ms alone: noise, not a speed-up from sharing; the profile gets 1 (it refuses < 1)
+    # 9 ms shared vs 10 ms alone: noise, not a speed-up from sharing; the profile gets 1 (it
+    # refuses < 1) and says it held the 0.9 at that bound
     m.share_samples, m.share_reference = {2: [0.009]}, {2: [0.010]}
-    assert m.sharing_slowdown()[2] == 1.0
+    assert m.sharing_slowdown()[2] == pytest.approx(0.9)
+    held: dict[str, float] = {}
+    assert bounded_sharing(m.sharing_slowdown(), held) == {1: 1.0, 2: 1.0} and held == {"sharing.2": pytest.approx(0.9)}
 
 
 def test_probe_context_hides_its_options_and_adds_timings_to_reports(tmp_path):
@@ -594,11 +598,13 @@ def test_pause_and_resume_are_measured_as_a_paused_trial_resumed_in_a_fresh_job(
     assert m.pause_s[1] == pytest.approx([0.015] * 2)
     assert m.startup_s[1] == pytest.approx([0.047] * 2)
     assert m.resume_s[1] == pytest.approx([0.077] * 2)
-    assert resume_cost(m, SimpleNamespace(startup_s=0.047, startup_per_doubling_s=0.0, startup_inter_node_s=None,
-                                      settings=SimpleNamespace(gpus_per_node=2))) == pytest.approx(0.03)
+    assert resume_cost(m, SimpleNamespace(startup=LineFit(0.047, 0.0, True),
+                                          settings=SimpleNamespace(gpus_per_node=2))) == pytest.approx(0.03)
     m.decision_latency_s, m.checkpoint_save_s = [0.002], [0.003]
-    assert release_cost(m) == pytest.approx((0.010, 0.0))  # one k: no slope
-    assert resume_fit(m, INSIDE_ONE_NODE) == {"resume_s": pytest.approx(0.077), "resume_per_doubling_s": 0.0}
+    release = release_cost(m)
+    assert (release.base, release.per_doubling) == pytest.approx((0.010, 0.0))  # one k: no slope
+    resume = resume_fit(m, INSIDE_ONE_NODE)
+    assert (resume.base, resume.per_doubling) == (pytest.approx(0.077), 0.0)
 
 
 def test_resume_and_release_are_fitted_per_k():
@@ -611,10 +617,11 @@ def test_resume_and_release_are_fitted_per_k():
     m = Measurements(step_samples={}, resume_s={1: [0.0054, 0.0074], 2: [0.027, 0.029]},
                      pause_s={1: [0.005, 0.007], 2: [0.017, 0.018]},
                      decision_latency_s=[0.002], checkpoint_save_s=[0.0012])
-    assert release_cost(m) == pytest.approx((0.006 - 0.0032, 0.0175 - 0.006))
+    release = release_cost(m)
+    assert (release.base, release.per_doubling) == pytest.approx((0.006 - 0.0032, 0.0175 - 0.006))
     fit = resume_fit(m, INSIDE_ONE_NODE)
-    assert fit["resume_s"] == pytest.approx(0.0064) and fit["resume_per_doubling_s"] == pytest.approx(0.028 - 0.0064)
-    assert resume_fit(Measurements(step_samples={}), INSIDE_ONE_NODE) == {}  # imported timings: start-up + restore stands for it
+    assert fit.base == pytest.approx(0.0064) and fit.per_doubling == pytest.approx(0.028 - 0.0064)
+    assert resume_fit(Measurements(step_samples={}), INSIDE_ONE_NODE) is None  # imported timings: start-up + restore stands for it
 
 
 def test_every_shipped_scheduler_is_timed_through_a_whole_search():

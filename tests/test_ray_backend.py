@@ -1,14 +1,9 @@
 """backend=ray on a Ray cluster this module starts itself: 3 "nodes" of 2 CPU slots, all on
 127.0.0.1, shut down at the end.
 
-Set-up that must hold on a fresh machine and stay on this one:
-- token authentication with a token made here and passed in the environment
-  (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN), so nothing reads or writes ~/.ray/auth_token;
-- every Ray process bound to the loopback (node_ip_address=127.0.0.1); the driver is told
-  to see itself there too (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes Ray's own address
-  lookup answer the loopback), else it would look for the cluster at the machine's
-  network address. Both are set before `ray` is imported (Ray reads them at import);
-- Ray's session files in a temporary folder of this module's own, not /tmp/ray.
+Set-up that must hold on a fresh machine (one where Ray never ran) and write nothing outside
+the cluster's own temporary folder: `execute/local_ray_cluster.py`, whose environment
+tests/conftest.py prepares before anything imports `ray`.
 
 After every run, failed or killed ones included, no rank actor and no placement group may
 be left in the cluster (`leftovers`, read from the cluster's control store).
@@ -19,26 +14,19 @@ from __future__ import annotations
 import copy
 import json
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-os.environ.setdefault("RAY_AUTH_MODE", "token")
-os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ray = pytest.importorskip("ray")
 
-from ray.cluster_utils import Cluster  # noqa: E402
+from nasalloc.execute.local_ray_cluster import local_ray_cluster  # noqa: E402
 
 from nasalloc.execute.ray_backend import leftovers  # noqa: E402
 from nasalloc.execute.run import settings_from  # noqa: E402
@@ -63,18 +51,8 @@ SLOT = "cpu_slot"
 @pytest.fixture(scope="module")
 def cluster() -> Any:
     """The module's Ray cluster; the test process is connected to it by the first run."""
-    tmp = tempfile.mkdtemp(prefix="nr-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    node = {"node_ip_address": "127.0.0.1", "temp_dir": tmp, "num_cpus": SLOTS, "resources": {SLOT: SLOTS}}
-    c = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
-    try:
-        for _ in range(NODES - 1):
-            c.add_node(**node)
-        c.node_args = node  # for adding a node in place of a lost one
+    with local_ray_cluster(NODES, SLOTS, SLOT) as c:
         yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def ray_raw(cluster: Any, scheduler: dict[str, Any], **top: Any) -> dict[str, Any]:

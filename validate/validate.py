@@ -186,8 +186,8 @@ def _per_doubling(per_k: dict[int, list[float]], slope: float) -> tuple[float, f
     from nasalloc.calibration.fit import fit_startup
 
     if len(per_k) >= 2:
-        base, per_doubling, _ = fit_startup(per_k)
-        return base, per_doubling
+        line = fit_startup(per_k)
+        return line.base, line.per_doubling
     return max(0.0, float(np.median([x - slope * math.log2(k) for k, v in per_k.items() for x in v]))), slope
 
 
