@@ -1,6 +1,8 @@
 """The whole loop at tiny size: calibrate -> recommend -> run -> validate, through the CLI."""
 
+import csv
 import json
+import statistics
 
 import pytest
 
@@ -22,6 +24,12 @@ def test_calibrate_recommend_run_validate(tmp_path, capsys):
                      "train=digits", "cluster.gpus=2", "cluster.gpus_per_node=2", "allocations=[1,2]", "seeds=2",
                      "workers=1", f"out_dir={tmp_path / 'recommend'}"]) == 0
     recommended = json.loads((tmp_path / "recommend" / "recommendation.json").read_text())["recommended"]["gpus_per_trial"]
+    # the objective is the makespan: the recommended allocation is the one whose simulated
+    # makespans (sweep.csv, one row per seed) have the lower mean
+    with open(tmp_path / "recommend" / "sweep.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    means = {a: statistics.mean(float(r["makespan_s"]) for r in rows if r["allocation"] == a) for a in ("1", "2")}
+    assert means["1"] != means["2"] and recommended == min(means, key=means.get)
 
     # the recommended allocation runs from the plan, the other with the same search written by hand:
     # validate ranks them only if they are one search (the plan left nothing out)
@@ -41,11 +49,13 @@ def test_calibrate_recommend_run_validate(tmp_path, capsys):
     for run in report["runs"]:
         assert run["makespan_s"]["measured"] > 0 and run["makespan_s"]["predicted"] > 0
         assert run["decisions"]["trials_measured"] == 4
-    # two allocations: tau is +1 when both orders agree, -1 when they are swapped, from the runs' own makespans
-    (p1, m1), (p2, m2) = [(r["makespan_s"]["predicted"], r["makespan_s"]["measured"]) for r in report["runs"]]
+    # the measured makespans are the runs' own (their summary.json, written by `run`); with two
+    # allocations tau is +1 when the predicted order is the measured one, -1 when swapped
+    m1, m2 = (json.loads((folder / "summary.json").read_text())["makespan_s"] for folder in runs)
+    assert [r["makespan_s"]["measured"] for r in report["runs"]] == [pytest.approx(m1), pytest.approx(m2)]
+    p1, p2 = (r["makespan_s"]["predicted"] for r in report["runs"])
     assert report["ranking"]["kendall_tau"] == (1.0 if (p1 - p2) * (m1 - m2) > 0 else -1.0)
     assert report["ranking"]["measured_best"] == ("1" if m1 < m2 else "2")
-    assert recommended in ("1", "2")
     updated = load_profile(out / "profile_updated.yaml")
     assert updated.name.endswith("-validated")
     # the refit took each run's measured epoch time (validation.json) at its own k
