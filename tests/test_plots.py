@@ -220,11 +220,15 @@ def test_speedup_band_is_drawn_visibly(tmp_path):
     plt.close(fig)
 
 
-def test_an_extrapolation_inside_one_node_assumes_no_inter_node_terms(tmp_path):
-    # nodes of 16: measured k = 1, 2, 4, drawn to 64; k = 8 and 16 lie inside the node
+def test_an_extrapolation_names_exactly_the_terms_it_assumes(tmp_path):
+    """Nodes of 16: measured k = 1, 2, 4, drawn to 64. k = 2 and 4 inside the node identify
+    two intra-node terms (bandwidth, then latency), so no intra-node term is assumed on the
+    way to k = 16; the overlap exponent gamma has no point left and the gradient size is never
+    measured; 32 and 64 span nodes, where nothing was measured: both inter-node terms."""
     fig, ax = _speedup_axes(tmp_path, gpus_per_node=16)
     beyond = _line(ax, "extrapolated")
-    assert "intra_latency_s" in beyond.get_label() or "gamma" in beyond.get_label()
+    assumed = {line.strip().split(" = ")[0] for line in beyond.get_label().splitlines()[2:]}
+    assert assumed == {"gamma", "grad_bytes", "inter_bandwidth_Bps", "inter_latency_s"}
     assert set(beyond.get_xdata()) == {4, 8, 16, 32, 64}
     plt.close(fig)
     from nasalloc.calibration.report import speedup_grid
