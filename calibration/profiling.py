@@ -1,92 +1,11 @@
 """Profiling runs: real DDP process groups of the user's training at each k -> `Measurements`.
 
-Protocol (HyperSched's, interleaved): the executor's warm-worker `Launcher` runs the
-training function as k ranks (gloo on CPU slots, nccl on GPUs) through `probe.train`, for every k in
-`rounds` rounds of `time_limit_s / rounds` seconds each, the order of the k reversed every
-round (1, 2, 4, 4, 2, 1, ...). A host's speed drifts: on the 2-core build machine the same
-configuration's step time differed by 25-50% between calibrations 30 s apart, and measuring
-each k in one block put that drift into the speed-up; interleaved rounds put a linear drift
-on every k alike (ABBA), so the ratios between the k, which decide the ranking of the
-allocations, keep the least of it. In every run the first `warmup_steps` step intervals are
-dropped (allocator, caches, DDP bucket rebuild) and so is every interval that spans an
-epoch boundary (evaluation, reporting).
-
-Also measured:
-- start-up, as a search's trace sees it: for each k, fresh jobs (a new trial id, so a new
-  model, and a new configuration sampled from the search space when there is one, as a new
-  trial gets) are dispatched and run for at least one epoch; a job's start-up is the time
-  from dispatching it to its first report, less one epoch of the same job (steps of its
-  first epoch x its own steady step time + its steady evaluation time). That is what
-  `nasalloc validate` reads from a trace (first result - start - one epoch) and what the
-  simulator adds before a trial's first epoch. Workers are warm, as in the executor; a
-  worker's one-off first-job costs are taken by an unmeasured first run on all devices
-  (`first_job_startup_s` records it) and Python start-up is `worker_start_s`.
-- pause and resume, as a search with rungs pays them: for each k, `startup_jobs` fresh jobs
-  of new configurations (sampled as for start-up) are each told PAUSE at their second report
-  and save their checkpoint (the pause: from that report to the launcher hearing the job
-  ended); then each is resumed from its checkpoint in a fresh process group on the same k,
-  after the other pauses, so its workers ran other models since, as in a search (its
-  start-up, measured as a fresh job's: the restart, the restore and the slower first epoch
-  after it).
-  The fresh jobs' start-ups join the start-up samples. `checkpoint_restore_s` becomes what
-  a resume costs beyond a fresh job's start-up, and `release_s` what a pause costs beyond
-  the epoch boundary and the checkpoint write (`calibration/report.py`).
-- the configuration mix: with a search space, `configs` configurations are sampled from it
-  (a seeded Latin hypercube, `sample_configs`) and each is run alone at k = 1 for
-  `config_time_limit_s` and on to its first report if that comes later (at most
-  `UNTIL_REPORT_FACTOR` times as long): its evaluation and start-up need one epoch boundary,
-  and the time box is sized from a rough pilot estimate of the step time, which a busy
-  machine makes 1.4-2.5x too fast (digits has 37 steps per epoch; boxes of 30 steps then
-  ended every job before its first report). These runs are also the k = 1 start-up jobs.
-  The profile describes the search's typical configuration: its step time is the mean over
-  the sampled configurations (every trial takes the same number of steps per epoch, so the
-  mean, not the median, is what sums to a makespan), and its evaluation time likewise. The precise k >= 1 and sharing measurements are made at the
-  sampled configuration whose k = 1 step time is closest to that mean ("the reference
-  configuration"), and its step times at every k are then scaled by one factor: the mean
-  over the configurations' short runs / the reference configuration's precise k = 1 mean.
-  So the profile's k = 1 level is the configurations' mean, averaged over all their runs
-  (8 windows spread over the configuration phase), and each k keeps the ratio to k = 1
-  that the adjacent precise runs measured. (Dividing by the reference configuration's own
-  short run instead put that one ~1 s window's noise, 10-20% on a shared machine, into
-  the whole profile: measured 18% too slow, and in an earlier calibration 22% too fast.)
-  Measuring at the closest configuration keeps the factor near 1; only communication,
-  which does not scale with the model's compute, is scaled along, by (factor - 1) of its
-  share. Running the precise measurements at every configuration instead would multiply
-  calibration time by `configs`.
-- evaluation per epoch and checkpoint save/restore: reported by `probe` from inside rank 0.
-  Evaluation is the sampled configurations' mean; where none of them reported, the k = 1
-  runs' evaluation of the reference configuration is kept.
-- sharing: for each m, one single-rank run alone on device 0 right before and one right
-  after (the reference: their mean brackets slow drift in the machine's speed), and m of
-  them at once on worker slots of device 0 in between; the per-trial slow-down uses only
-  step intervals inside the window where all m were running, over the reference's mean step.
-
-Nothing is claimed measured that was not. Runs that must see an epoch boundary (evaluation,
-checkpoint, the boundary's rest, start-up) run on to their first report, sized in steps, not
-time: the time boxes hold fewer steps on a busy machine, and a box that ended inside the first
-epoch once left `eval_s` and start-up out of a profile. What still was not seen (epochs longer
-than calibration.max_steps, sharing runs that never overlapped) is listed under `assumed:` with
-a one-line reason that calibration prints as a warning (`Profiler.check_complete`); without a
-step time at every k calibration stops with one line.
-
-A busy machine (`fill_devices`, on by default): a search keeps every device busy, and
-devices that share a host (CPU slots share caches, memory bandwidth and, on a hyper-threaded
-VM, cores; GPUs share the host's CPUs and PCIe) run slower beside busy neighbours: on the
-2-core build machine a digits step is 20-25% slower with the other slot training than with
-it idle (bare loop, widths 4-32). So every measurement runs beside load groups: one rank of
-the reference configuration on each device the measured group does not use, told to stop at
-its first epoch boundary after the measurement ends (`concurrent.run_jobs`); for sharing, m
-load trials on each other device, as the search at k = 1/m has.
-
-Timestamps are `time.perf_counter()` (CLOCK_MONOTONIC, shared by all processes of a
-machine), so the launcher's clock and the workers' stamps can be subtracted.
-
-On a Ray cluster (`plan.ray`, `nasalloc calibrate backend=ray`) all of this runs unchanged on
-the `RayBackend`'s warm actors, the devices numbered node by node: a k beyond one node spans
-nodes, and every start-up job pays what a trial job of `nasalloc run backend=ray` pays (the
-job message over TCP, the rendezvous at its rank-0 actor, the process group across nodes).
-Only differences of one rank's own stamps, or of the launcher's clock, are used there, except
-`first_job_startup_s`, which is left out (rank 0 may run on another node's clock).
+What is measured and why (interleaved rounds over the k, runs beside load on the other
+devices, the sampled configurations and the reference configuration, start-up, pause and
+resume, sharing, what is listed as assumed) is described in docs/calibration.md. Timestamps
+are `time.perf_counter()` (CLOCK_MONOTONIC, shared by all processes of a machine), so the
+launcher's clock and the workers' stamps can be subtracted; on a Ray cluster only differences
+of one rank's own stamps, or of the launcher's clock, are used.
 """
 
 from __future__ import annotations
