@@ -14,7 +14,7 @@ HyperBand and BOHB it reports
 - the busy-hours bound: the device-hours of k = 1 (the most efficient static allocation here:
   no scaling loss) spread over all GPUs, which no allocation can beat; elastic's makespan over
   it says how much is left.
-Targets (issue 12): ASHA >= 1.25x over its best fixed allocation, HyperBand and BOHB >= 1.15x.
+Targets: ASHA >= 1.25x over its best fixed allocation, HyperBand and BOHB >= 1.15x.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Simulator speed: simulated events per second and wall time.
 
-(a) one ASHA search of 1,000 trials on 64 GPUs (k = 1), target <= 0.06 s (issue 17);
+(a) one ASHA search of 1,000 trials on 64 GPUs (k = 1), target <= 0.06 s;
 (b) the "paper grid": schedulers {hyperband, asha, bohb} x clusters {4, 8, 16, 32, 64} GPUs
     (4 per node) x every valid k from 1/4 to 16 x 10 seeds, in 2 worker processes, target <= 4 s wall.
 

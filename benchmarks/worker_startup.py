@@ -1,6 +1,6 @@
 """Worker start-up: the fork server (torch imported once) against one Python per worker.
 
-Two figures, each measured for both ways, alternating, in one run (issue 17 targets:
+Two figures, each measured for both ways, alternating, in one run (targets:
 8 slots ready in <= 3 s on 2 cores; a retry starting within 0.5 s):
 
 - cold start: N warm workers on CPU slots, from nothing to every worker connected and ready

@@ -246,7 +246,7 @@ def fit_config_cost(configs: Sequence[Mapping[str, Any]], space: Mapping[str, An
     With `steps_per_epoch` (at k = 1) and every configuration's `eval_s`, what is fitted is
     each configuration's epoch time, steps_per_epoch x mean step + eval_s, since the factor
     multiplies a whole epoch, evaluation included; evaluation can grow with the model much
-    faster than a training step (issue 16: the digits CNN's evaluation takes 3.4 ms at width
+    faster than a training step (the digits CNN's evaluation takes 3.4 ms at width
     4 and 38 ms at width 32, its step 0.81 and 1.48 ms, and a factor fitted to the steps made
     the wide configurations' epochs 14% too short, the narrow ones' 14% too long). Without
     them, the step time alone."""

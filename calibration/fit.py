@@ -114,7 +114,7 @@ PRIORS: dict[str, dict[str, Prior]] = {
         "intra_bandwidth_Bps": Prior(1.0e11, 1e5, 1e13, "NVLink3 ring bus bandwidth, order of 100 GB/s"),
         "intra_latency_s": Prior(5e-6, 1e-9, 1.0, "order of NCCL's per-hop small-message latency over NVLink"),
         "inter_bandwidth_Bps": Prior(2.0e10, 1e5, 1e13, "one HDR200 InfiniBand port per GPU (25 GB/s line rate, "
-                                     "JUWELS Booster, FACTS.md) at ~80%"),
+                                     "JUWELS Booster: apps.fz-juelich.de/jsc/hps/juwels/booster-overview.html) at ~80%"),
         "inter_latency_s": Prior(1e-5, 1e-9, 1.0, "order of one InfiniBand hop through NCCL"),
     },
 }

@@ -107,7 +107,7 @@ class Measurements:
         and t_c is the reference's k = 1 mean step (k = 1 has no communication), so only that
         share moves. Multiplying whole steps instead scaled the communication too: on the
         2-core build machine a k = 2 digits step is four fifths all-reduce, and a scale of 1.18
-        made every k = 2 epoch 14% too slow (issue 16)."""
+        made every k = 2 epoch 14% too slow."""
         if self.config_scale == 1.0 or 1 not in self.step_samples or not len(self.step_samples[1]):
             return dict(self.step_samples)
         shift = (self.config_scale - 1.0) * float(np.mean(self.step_samples[1]))

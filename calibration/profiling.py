@@ -312,8 +312,8 @@ class Profiler:
         quantity (evaluation, checkpoint, the boundary's rest, epoch length) has been seen.
 
         The time-boxed runs size themselves from the measured step time, so on a busy machine
-        the same box holds fewer steps and can end before any epoch does (issue 17: a profile
-        without eval_s). These runs are sized in steps instead: once an epoch's length is known
+        the same box holds fewer steps and can end before any epoch does (a profile without
+        eval_s, seen on a busy 2-core machine). These runs are sized in steps instead: once an epoch's length is known
         one run is certain to reach its report; before that each attempt may take
         `EXTEND_FACTOR` times the steps of the one before, up to calibration.max_steps."""
         p = self.plan
@@ -574,7 +574,7 @@ class Profiler:
         # device, at k = 1/m m of them, and where several share cores their OpenMP threads wait
         # passively (`backend.worker_env`, read once when torch loads): a k = 1 search of the
         # synthetic trainer at 2 threads per worker took 3x as long so. Calibration ran every
-        # measurement on the sharing set-up (issue 16); now one launcher for everything
+        # measurement on the sharing set-up; now one launcher for everything
         # measured at k >= 1 and another for sharing.
         with self._launcher(used, 1, "launcher") as launcher:
             m.hardware["worker_start_s"] = round(time.perf_counter() - t0, 4)
@@ -591,7 +591,7 @@ class Profiler:
                 # The k = 1 jobs (the configurations' time boxes above all) are sized from a k = 1
                 # step: sized from the k = top step, the 1 s boxes of the digits configurations
                 # held 0.3 s on 2 CPU slots (a k = 2 step there is 3.5 x a k = 1 step), too short
-                # for their means (issue 16).
+                # for their means.
                 self._estimate(1, self._run(launcher, 1, p.warmup_steps + p.pilot_steps)[0], skip=p.warmup_steps)
             if p.space and p.configs > 0:
                 self.measure_configs(launcher, m)

@@ -1,7 +1,7 @@
 """A fork server for the warm workers: Python and torch imported once, every worker forked.
 
 Why: a worker that starts as ``python -m nasalloc.execute.worker`` imports torch itself, and
-eight of them doing so at once on 2 cores took 13 s (issue 17; ``import torch`` alone is
+eight of them doing so at once on 2 cores took 13 s (benchmarks/worker_startup.py; ``import torch`` alone is
 1.4 s of CPU here, torch._dynamo, which the first optimizer step imports, another 1 s). The
 backend starts this server once instead; it imports torch, torch._dynamo, torch.distributed
 and the job code, and forks each worker from that state (a fork costs milliseconds). It

@@ -1,6 +1,6 @@
 """A warm worker: one long-lived process per device slot that runs rank after rank.
 
-Starting Python + torch costs ~1.7 s here (DESIGN.md, measured lessons), more than many
+Starting Python + torch costs ~1.7 s on a 2-core machine (benchmarks/worker_startup.py), more than many
 epochs, so the executor starts one worker per slot once and sends it jobs. For each job the
 worker forms a fresh process group (a FileStore unique to the job), runs the user's training
 function as one rank, tears the group down and waits for the next job. Its stdout/stderr go

@@ -1,8 +1,8 @@
 """Where a profile was measured, and whether this machine is that one.
 
 A profile's timings hold for the machine that measured them: the shipped `digits_cpu`,
-measured on another 2-core machine of the same kind, predicted epochs 54% too long there
-(issue 17), and nothing said the profile came from elsewhere. So a profile records its
+measured on another 2-core machine of the same kind, predicted epochs 54% too long there,
+and nothing said the profile came from elsewhere. So a profile records its
 `provenance:` block, and `nasalloc run` / `nasalloc validate` print one line when the machine
 at hand differs from it:
 

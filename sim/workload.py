@@ -24,7 +24,8 @@ Two workloads, both picklable specs whose `run()` gives a fresh per-simulation s
     Progress p is epochs, or with the batch-size effect (`b_noise` set) the sum over trained
     epochs of 1 / g(k_e), g(k) = (1 + B(k)/b_noise) / (1 + B(1)/b_noise), B(k) the global
     batch at that epoch's allocation (from the profile) — epochs-to-accuracy grow by g(k)
-    (McCandlish et al.'s critical batch; FACTS.md fits b_noise ~ 4.6e4 for ResNet-50).
+    (McCandlish et al. 2018, the critical batch size; the MLPerf ResNet-50 reference convergence
+    points, mlcommons/logging training_1.1.0 rcps_resnet.json, fit b_noise ~ 4.6e4).
     Under per-rung schedules each epoch contributes at its own k.
 
 `ReplayWorkload` — recorded curves (a `trace.jsonl` of `nasalloc run`, a CSV with
