@@ -17,7 +17,7 @@ from nasalloc.sim.formatting import duration_unit, format_allocation, format_dur
         (119.94, "119.9 s"),  # just under 2 min: still seconds
         (120, "2.0 min"),
         (150, "2.5 min"),
-        (1506, "25.1 min"),  # 1506 / 60 = 25.1 (the README's ±25.1 min interval)
+        (1506, "25.1 min"),  # 1506 / 60 = 25.1
         (7199, "120.0 min"),  # 119.98 min, rounded; one second under 2 h
         (7200, "2.00 h"),
         (3600 * 2.8, "2.80 h"),  # 10080 s

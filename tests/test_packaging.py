@@ -40,7 +40,7 @@ def test_every_top_level_package_folder_is_mapped():
     assert folders <= mapped, f"not in [tool.setuptools] package-dir: {sorted(folders - mapped)}"
 
 
-# Which sub-packages each one may import: the pipeline's direction (README, "Architecture").
+# Which sub-packages each one may import: the pipeline's direction (docs/architecture.md).
 _ALLOWED = {
     "sim": {"sim"},
     "execute": {"sim", "execute"},
