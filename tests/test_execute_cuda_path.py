@@ -18,8 +18,9 @@ import torch
 
 from nasalloc.calibration.probe import _time_checkpoint, _to_device
 from nasalloc.calibration.profiling import ProfilingPlan, hardware_facts, plan_threads
-from nasalloc.execute.backend import Failed, GroupSpec, LocalBackend, keeps_worker_after_failure, worker_env
+from nasalloc.execute.backend import Failed, GroupSpec, WarmBackend, keeps_worker_after_failure, worker_env
 from nasalloc.execute.devices import Slot, cuda_visible_device, rank_threads
+from nasalloc.execute.local_spawner import ForkServerSpawner
 from nasalloc.execute.trainers._common import shard
 from nasalloc.execute.worker import AUTHKEY_ENV, PRELOAD_ENV
 from nasalloc.sim.errors import UserError
@@ -124,7 +125,7 @@ def test_cuda_errors_reach_the_logs_and_a_failed_gpu_job_gets_a_fresh_worker(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
     workers = tmp_path / "workers"
-    backend = LocalBackend([Slot(1, 0)], "cuda", worker_log_dir=workers)
+    backend = WarmBackend([Slot(1, 0)], "cuda", ForkServerSpawner(log_dir=workers))
     try:
         # the warm-up before "ready" fails: one line naming the worker's log, which holds the traceback
         with pytest.raises(UserError) as err:

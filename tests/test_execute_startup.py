@@ -18,8 +18,9 @@ import pytest
 from test_execute import Budget, check_history, run_search_stopped_when, run_workers, toy_raw, wait_for
 
 from nasalloc.cli import main as cli_main
-from nasalloc.execute.backend import LocalBackend, StartInterrupted, WorkersDidNotStart
+from nasalloc.execute.backend import StartInterrupted, WarmBackend, WorkersDidNotStart
 from nasalloc.execute.devices import MAX_WORKERS_PER_CORE, Slot, check_capacity, usable_cores
+from nasalloc.execute.local_spawner import ForkServerSpawner
 from nasalloc.execute.run import settings_from
 from nasalloc.execute.search import run_search
 from nasalloc.sim.errors import UserError
@@ -80,7 +81,7 @@ def test_an_impossible_slot_count_is_refused_before_any_worker_starts(
     def no_workers(*_: object, **__: object) -> None:
         raise AssertionError("a worker was started")
 
-    monkeypatch.setattr(LocalBackend, "__init__", no_workers)
+    monkeypatch.setattr(WarmBackend, "__init__", no_workers)
     code = cli_main(["run", "devices.count=999", f"out_dir={tmp_path / 'never'}"])
     err = capsys.readouterr().err
     limit = MAX_WORKERS_PER_CORE * usable_cores()
@@ -122,10 +123,10 @@ def test_workers_are_forked_in_their_own_sessions_and_end_with_a_killed_server(
     in the server's own environment: the workers' thread count, and no spinning OpenMP
     threads where two workers share the cores."""
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    backend = LocalBackend([Slot(0, 0), Slot(0, 1)], "cpu", threads_per_rank=1, worker_log_dir=tmp_path / "workers")
+    backend = WarmBackend([Slot(0, 0), Slot(0, 1)], "cpu", ForkServerSpawner(log_dir=tmp_path / "workers"), threads_per_rank=1)
     try:
         backend.wait_ready(timeout=100)
-        server = backend._server.proc.pid  # type: ignore[union-attr]
+        server = backend.spawner.server.proc.pid  # type: ignore[attr-defined]
         raw = Path(f"/proc/{server}/environ").read_bytes().split(b"\0")
         server_env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
         assert server_env["OMP_WAIT_POLICY"] == "PASSIVE" and server_env["OMP_NUM_THREADS"] == "1"
@@ -150,8 +151,8 @@ def test_workers_that_do_not_start_in_time_end_in_one_line_and_leave_no_process(
     go, env = _slowstart(tmp_path)
     for key in ("PYTHONPATH", "SLOWSTART_GO"):
         monkeypatch.setenv(key, env[key])
-    backend = LocalBackend([Slot(0, 0), Slot(1, 0)], "cpu", worker_log_dir=tmp_path / "workers",
-                           preload=["slowstart:train"])
+    backend = WarmBackend([Slot(0, 0), Slot(1, 0)], "cpu", ForkServerSpawner(log_dir=tmp_path / "workers"),
+                          preload=["slowstart:train"])
     try:
         budget = Budget(60)
         wait_for(lambda: len(list(tmp_path.glob("go.waiting.*"))) == 2, budget, "both workers to be starting")
@@ -159,7 +160,7 @@ def test_workers_that_do_not_start_in_time_end_in_one_line_and_leave_no_process(
             backend.wait_ready(timeout=1)
         assert str(err.value) == f"2 of 2 workers did not start within 1 s (is the machine overloaded?); " \
                                  f"their logs: {tmp_path / 'workers'}"
-        pids = backend.worker_pids() + [backend._server.proc.pid]  # type: ignore[union-attr]
+        pids = backend.worker_pids() + [backend.spawner.server.proc.pid]  # type: ignore[attr-defined]
     finally:
         backend.shutdown()
     assert not [p for p in pids if _alive(p)]
@@ -175,7 +176,7 @@ def test_a_run_whose_workers_do_not_start_ends_in_one_line_and_stays_resumable(
     def never_ready(*_: object, **__: object) -> None:
         raise WorkersDidNotStart(message)
 
-    monkeypatch.setattr(LocalBackend, "wait_ready", never_ready)
+    monkeypatch.setattr(WarmBackend, "wait_ready", never_ready)
     out = tmp_path / "run"
     code = cli_main(["run", "train=toy", "progress=none", f"out_dir={out}"])
     assert code == 1
@@ -253,7 +254,7 @@ def test_a_stop_during_start_up_ends_the_start_up(tmp_path: Path, monkeypatch: p
         monkeypatch.setenv(key, env[key])
     stop = threading.Event()
     stop.set()
-    backend = LocalBackend([Slot(0, 0)], "cpu", preload=["slowstart:train"])
+    backend = WarmBackend([Slot(0, 0)], "cpu", ForkServerSpawner(), preload=["slowstart:train"])
     try:
         with pytest.raises(StartInterrupted, match=r"^interrupted while starting the workers \(0 of 1 ready\)$"):
             backend.wait_ready(stop=stop)
