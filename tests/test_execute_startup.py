@@ -12,15 +12,18 @@ import re
 import signal
 import subprocess
 import sys
+from multiprocessing.connection import Listener
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_execute import Budget, check_history, run_search_stopped_when, run_workers, toy_raw, wait_for
 
 from nasalloc.cli import main as cli_main
-from nasalloc.execute.backend import StartInterrupted, WarmBackend, WorkersDidNotStart
+from nasalloc.execute.backend import GroupSpec, StartInterrupted, WarmBackend, WorkerSetup, WorkersDidNotStart
 from nasalloc.execute.devices import MAX_WORKERS_PER_CORE, Slot, check_capacity, usable_cores
 from nasalloc.execute.local_spawner import ForkServerSpawner
+from nasalloc.execute.ray_backend import RaySpawner
 from nasalloc.execute.run import settings_from
 from nasalloc.execute.search import run_search
 from nasalloc.sim.errors import UserError
@@ -165,6 +168,83 @@ def test_workers_that_do_not_start_in_time_end_in_one_line_and_leave_no_process(
         backend.shutdown()
     assert not [p for p in pids if _alive(p)]
     assert not run_workers(tmp_path)  # the spare too: every process whose output goes to these logs
+
+
+class _Silent:
+    """A worker that stays alive and never connects."""
+
+    log = None
+
+    def poll(self) -> int | None:
+        return None
+
+    def wait(self, timeout: float) -> int | None:
+        return None
+
+    def stop(self) -> None:
+        pass
+
+    def wait_pid(self) -> int | None:
+        return None
+
+
+class _NeverStarts:
+    """A spawner whose workers never connect (what a lost node, or a machine too busy to
+    start them, looks like to the backend), with the hint of the spawner it stands in for."""
+
+    logs = None
+
+    def __init__(self, hint: str, folder: Path):
+        self.not_started_hint = hint
+        self.folder = folder
+
+    def rank_threads(self, requested: int | None, slots: list[Slot]) -> int:
+        return 1
+
+    def open(self, slots: list[Slot], setup: WorkerSetup) -> Listener:
+        return Listener(str(self.folder / "s.sock"), family="AF_UNIX", authkey=setup.authkey)
+
+    def spawn(self, slot: Slot, token: str) -> _Silent:
+        return _Silent()
+
+    def node(self, slot: Slot) -> int:
+        return 0
+
+    def rendezvous(self, gid: int, first: Any, timeout: float) -> dict[str, Any]:
+        return {"master_addr": "127.0.0.1", "master_port": 0, "store_path": str(self.folder / "store")}
+
+    def end_rendezvous(self, gid: int) -> None:
+        pass
+
+    def gone(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("spawner, lost_node", [(ForkServerSpawner, False), (RaySpawner, True)])
+def test_a_worker_that_never_starts_is_explained_by_its_spawner(spawner: Any, lost_node: bool, tmp_path: Path) -> None:
+    """On Ray, the likely cause of a worker that never starts is a lost node that none
+    replaced; on this machine, an overloaded machine. Both the start-up wait and a trial
+    waiting for a replacement worker say the cause of their own spawner."""
+    backend = WarmBackend([Slot(0, 0)], "cpu", _NeverStarts(spawner.not_started_hint, tmp_path))
+    try:
+        with pytest.raises(WorkersDidNotStart) as at_start:
+            backend.wait_ready(timeout=0.05)
+        backend.worker_start_timeout_s = 0.0
+        backend.start_group(GroupSpec(trial=0, config={}, entrypoint="m:f", slots=[Slot(0, 0)], start_epoch=0,
+                                      until_epoch=1, checkpoint_dir=tmp_path))
+        with pytest.raises(WorkersDidNotStart) as for_a_trial:
+            backend.poll(0.01)
+    finally:
+        backend.shutdown()
+    for err in (str(at_start.value), str(for_a_trial.value)):
+        assert ("node lost" in err) == lost_node, err
+        assert ("overloaded" in err) != lost_node, err
+    assert str(at_start.value).startswith("1 of 1 workers did not start within 0 s (")
+    assert str(for_a_trial.value).startswith("the worker for device 0 was not ready 0 s after it was started, and a "
+                                             "trial waits for it (")
 
 
 @pytest.mark.slow
