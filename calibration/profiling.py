@@ -82,7 +82,7 @@ Timestamps are `time.perf_counter()` (CLOCK_MONOTONIC, shared by all processes o
 machine), so the launcher's clock and the workers' stamps can be subtracted.
 
 On a Ray cluster (`plan.ray`, `nasalloc calibrate backend=ray`) all of this runs unchanged on
-the `RayBackend`'s warm actors, the devices numbered node by node: a k beyond one node spans
+the `RaySpawner`'s warm actors, the devices numbered node by node: a k beyond one node spans
 nodes, and every start-up job pays what a trial job of `nasalloc run backend=ray` pays (the
 job message over TCP, the rendezvous at its rank-0 actor, the process group across nodes).
 Only differences of one rank's own stamps, or of the launcher's clock, are used there, except
@@ -721,7 +721,7 @@ def plan_threads(plan: ProfilingPlan) -> int:
     """Threads per rank while profiling: the rule `nasalloc run` uses (`rank_threads`) over the
     devices present, whichever of them a measurement uses and however many trials share one,
     so the steps are timed with the threads the search's ranks will have. On Ray, as
-    `RayBackend` counts them: a node's CPUs over its devices."""
+    `RaySpawner` counts them: a node's CPUs over its devices."""
     if plan.ray is not None:
         return rank_threads(plan.threads_per_rank, plan.ray.cluster.spec.gpus_per_node, plan.ray.cluster.cpus_per_node)
     return rank_threads(plan.threads_per_rank, len(plan.device_ids), os.cpu_count() or 1)

@@ -81,9 +81,9 @@ class RayCluster:
 
 @dataclass(frozen=True)
 class RayTarget:
-    """Where a `RayBackend` puts its ranks: the connected cluster as `discover` found it, and
-    the resource that is one CPU slot there (the executor's run and calibration's `Launcher`
-    build their backend from this)."""
+    """Where a `RaySpawner` puts its ranks: the connected cluster as `discover` found it, and
+    the resource that is one CPU slot there (calibration's `Launcher` builds its spawner from
+    this)."""
 
     cluster: RayCluster
     slot_resource: str
