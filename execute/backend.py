@@ -48,8 +48,8 @@ WORKER_START_TIMEOUT_S = 120.0
 
 
 class WorkersDidNotStart(RuntimeError):
-    """Workers died or stayed silent while starting (`LocalBackend.wait_ready`); the message
-    is one line naming how many were up and where their logs are."""
+    """Workers died or stayed silent while starting (`WarmBackend.wait_ready`, `WarmBackend.poll`);
+    the message is one line naming how many were up, the likely cause and where their logs are."""
 
 
 class StartInterrupted(Exception):
