@@ -82,7 +82,7 @@ Timestamps are `time.perf_counter()` (CLOCK_MONOTONIC, shared by all processes o
 machine), so the launcher's clock and the workers' stamps can be subtracted.
 
 On a Ray cluster (`plan.ray`, `nasalloc calibrate backend=ray`) all of this runs unchanged on
-the `RaySpawner`'s warm actors, the devices numbered node by node: a k beyond one node spans
+the `RayBackend`'s warm actors, the devices numbered node by node: a k beyond one node spans
 nodes, and every start-up job pays what a trial job of `nasalloc run backend=ray` pays (the
 job message over TCP, the rendezvous at its rank-0 actor, the process group across nodes).
 Only differences of one rank's own stamps, or of the launcher's clock, are used there, except
