@@ -4,7 +4,8 @@ Two figures, each measured for both ways, alternating, in one run (targets:
 8 slots ready in <= 3 s on 2 cores; a retry starting within 0.5 s):
 
 - cold start: N warm workers on CPU slots, from nothing to every worker connected and ready
-  (`LocalBackend(...).wait_ready()`, what `worker_startup_s` in summary.json measures);
+  (`WarmBackend(..., ForkServerSpawner(...)).wait_ready()`, what `worker_startup_s` in
+  summary.json measures);
 - replacement: one worker killed and a new one ready on its slot (what a retry after a failed
   job waits for before its job starts).
 
@@ -36,8 +37,9 @@ import time
 from multiprocessing.connection import Listener
 from pathlib import Path
 
-from nasalloc.execute.backend import LocalBackend, worker_env
+from nasalloc.execute.backend import WarmBackend, worker_env
 from nasalloc.execute.devices import Slot, rank_threads
+from nasalloc.execute.local_spawner import ForkServerSpawner
 
 PRELOAD = "nasalloc.execute.trainers.digits:train"
 
@@ -51,14 +53,14 @@ def new_way(n: int, log_dir: Path) -> tuple[float, float, float]:
     """-> (seconds until n workers are ready, seconds to replace one, CPU seconds of all)."""
     cpu0 = _children_cpu()
     t0 = time.perf_counter()
-    backend = LocalBackend([Slot(0, i) for i in range(n)], "cpu", worker_log_dir=log_dir, preload=[PRELOAD])
+    backend = WarmBackend([Slot(0, i) for i in range(n)], "cpu", ForkServerSpawner(log_dir=log_dir), preload=[PRELOAD])
     try:
         backend.wait_ready()
         ready = time.perf_counter() - t0
         time.sleep(0.5)  # the spare is forked after the last worker; let it settle as in a run
         w = backend._workers[Slot(0, n - 1)]
         t1 = time.perf_counter()
-        backend._kill(w)
+        backend._stop(w)
         backend._spawn(w.slot)
         backend.wait_ready()
         replace = time.perf_counter() - t1

@@ -9,7 +9,7 @@ as is: `nasalloc simulate profile=<out_dir>/profile.yaml`.
 With `backend=ray` the devices present are a Ray cluster's (`ray.address`, joined as `nasalloc
 run backend=ray` joins it), numbered node by node: the default k list then reaches across
 nodes, so the inter-node terms and the start-up per doubling are fitted from measurements, and
-every job runs on the run's own `RayBackend` (calibration/profiling.py). The profile's
+every job runs on the run's own warm Ray actors (calibration/profiling.py). The profile's
 `hardware.ray` and `provenance.how` say so.
 """
 

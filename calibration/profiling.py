@@ -640,7 +640,7 @@ def plan_threads(plan: ProfilingPlan) -> int:
     """Threads per rank while profiling: the rule `nasalloc run` uses (`rank_threads`) over the
     devices present, whichever of them a measurement uses and however many trials share one,
     so the steps are timed with the threads the search's ranks will have. On Ray, as
-    `RayBackend` counts them: a node's CPUs over its devices."""
+    `RaySpawner` counts them: a node's CPUs over its devices."""
     if plan.ray is not None:
         return rank_threads(plan.threads_per_rank, plan.ray.cluster.spec.gpus_per_node, plan.ray.cluster.cpus_per_node)
     return rank_threads(plan.threads_per_rank, len(plan.device_ids), os.cpu_count() or 1)

@@ -2,12 +2,21 @@
 
 The search loop (and calibration's launcher) only say "run this trial as k ranks on these
 slots", "here is the decision", "kill it", and read back events: `Report`, `Checkpointed`,
-`Ended`, `Failed` (the `Backend` protocol). `LocalBackend` implements that on one machine with
-warm workers (`worker.py`), one per device slot, connected over a Unix socket. The workers are
-forked by a fork server (`forkserver.py`) that imported torch once, so eight of them are up in
-about the time one ``import torch`` takes, and a replaced worker is up in a fraction of a
-second. `ray_backend.RayBackend` implements the protocol on a Ray cluster with the same worker
-code in warm actors, connected over TCP.
+`Ended`, `Failed` (the `Backend` protocol). `WarmBackend` implements that with warm workers
+(`worker.py`), one per device slot, each connected to the executor over one connection it
+opens itself. Where a worker runs and how it is started, watched and stopped is its
+`Spawner`'s part, and nothing else is:
+
+- `local_spawner.ForkServerSpawner`: processes on this machine, forked by a fork server
+  (`forkserver.py`) that imported torch once, so eight of them are up in about the time one
+  ``import torch`` takes and a replaced worker is up in a fraction of a second; they
+  connect over a Unix socket.
+- `ray_backend.RaySpawner`: warm actors on the nodes of a Ray cluster, running the same
+  worker code, connected over TCP.
+
+Jobs, decisions, the failure rule, timeouts and the replacement of workers are this
+module's, written once for both. So is the environment every worker starts with
+(`worker_env`): each spawner applies it where its workers start.
 
 Failure rule: if any rank of a group crashes, raises, dies or stays silent past the job's
 `timeout_s`, the whole group is torn down — every worker of the group is killed with its
@@ -21,23 +30,17 @@ every later trial on that slot would fail too (`keeps_worker_after_failure`).
 
 from __future__ import annotations
 
-import os
 import queue
 import secrets
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
 from typing import Any, Protocol
 
-from nasalloc.execute.devices import Slot, cuda_visible_device, rank_threads
-from nasalloc.execute.forkserver import ForkedProcess, ForkServer, ServerGone
+from nasalloc.execute.devices import Slot, cuda_visible_device
 from nasalloc.execute.worker import AUTHKEY_ENV, PRELOAD_ENV
 from nasalloc.sim.errors import UserError
 
@@ -45,8 +48,8 @@ WORKER_START_TIMEOUT_S = 120.0
 
 
 class WorkersDidNotStart(RuntimeError):
-    """Workers died or stayed silent while starting (`LocalBackend.wait_ready`); the message
-    is one line naming how many were up and where their logs are."""
+    """Workers died or stayed silent while starting (`WarmBackend.wait_ready`, `WarmBackend.poll`);
+    the message is one line naming how many were up, the likely cause and where their logs are."""
 
 
 class StartInterrupted(Exception):
@@ -122,29 +125,6 @@ class Backend(Protocol):
     def shutdown(self) -> None: ...
 
 
-@dataclass
-class _Worker:
-    slot: Slot
-    proc: ForkedProcess
-    token: str  # says which worker a connection's "ready" comes from
-    conn: Connection | None = None
-    pid: int | None = None
-    job: int | None = None  # group id it serves
-    pending: dict[str, Any] | None = None  # job message to send once ready
-    start_error: str | None = None  # what went wrong setting up its device (CUDA warm-up), if anything
-    log: Path | None = None  # where its own output goes (outside jobs)
-    spawned: float = field(default_factory=time.monotonic)  # when it was started (a replacement: when it replaced one)
-
-
-@dataclass
-class _Group:
-    spec: GroupSpec
-    store: Path
-    last_activity: float
-    undelivered: int = 0  # ranks whose worker is still starting; the silence clock waits for them
-    done: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-
 def keeps_worker_after_failure(device_kind: str, ranks: int) -> bool:
     """Whether a warm worker serves the next job after its job failed (see the module doc).
 
@@ -155,20 +135,24 @@ def keeps_worker_after_failure(device_kind: str, ranks: int) -> bool:
 
 
 def worker_env(base: Mapping[str, str], *, device_kind: str, device: int, threads: int, slots_share_cores: bool,
-               authkey_hex: str, preload: str) -> dict[str, str]:
-    """The environment of the warm worker for `device`: `base` (the executor's) plus
+               authkey_hex: str, preload: str, loopback: bool = True) -> dict[str, str]:
+    """The environment of the warm worker for `device`: `base` (the one it starts from: the
+    executor's for a forked worker, its node's for a Ray actor) plus
 
     - thread counts for torch's OpenMP/MKL pools (`rank_threads`);
     - OMP_WAIT_POLICY=PASSIVE where several workers use the same cores (trials sharing a
       device): spin-waiting OpenMP threads would burn the cores the others need;
-    - on a GPU, CUDA_VISIBLE_DEVICES naming only its GPU (an entry of an inherited
-      CUDA_VISIBLE_DEVICES, `cuda_visible_device`), so the worker always uses ``cuda:0``;
-    - the auth key and the entrypoints to preload (read by `worker.main`).
+    - on a GPU, CUDA_VISIBLE_DEVICES naming only its GPU (entry `device` of an inherited
+      CUDA_VISIBLE_DEVICES, `cuda_visible_device`; on Ray, entry 0 of the one Ray gave the
+      actor), so the worker always uses ``cuda:0``;
+    - with `loopback` (every rank on this machine), gloo and nccl on the loopback interface;
+    - the auth key and the entrypoints to preload (read by `worker.main` and the Ray actor).
     """
     env = dict(base)
     env[AUTHKEY_ENV] = authkey_hex
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1",
-               GLOO_SOCKET_IFNAME="lo", NCCL_SOCKET_IFNAME="lo")
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    if loopback:
+        env.update(GLOO_SOCKET_IFNAME="lo", NCCL_SOCKET_IFNAME="lo")
     env[PRELOAD_ENV] = preload
     if slots_share_cores:
         # A 16-trial search at k=1/2 on one 2-core CPU slot (synthetic trainer, 2 threads per
@@ -181,66 +165,148 @@ def worker_env(base: Mapping[str, str], *, device_kind: str, device: int, thread
     return env
 
 
-SOCKET_DIR_PREFIX = "nasalloc-"  # + the executor's pid + "-": the worker sockets of one backend
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What every warm worker of one backend starts with, whichever spawner starts it."""
+
+    device_kind: str
+    threads: int  # torch threads of each rank (the spawner's `rank_threads`)
+    slots_share_cores: bool  # some device has several worker slots (trials share it)
+    authkey: bytes  # authenticates each worker's connection to the executor
+    preload: str  # ";"-separated entrypoints a worker imports before it says it is ready
+
+    def env(self, base: Mapping[str, str], device: int, *, loopback: bool = True) -> dict[str, str]:
+        """The environment of the worker for `device`, started from `base` (`worker_env`)."""
+        return worker_env(base, device_kind=self.device_kind, device=device, threads=self.threads,
+                          slots_share_cores=self.slots_share_cores, authkey_hex=self.authkey.hex(),
+                          preload=self.preload, loopback=loopback)
 
 
-def remove_stale_socket_dirs(tmp: Path | None = None) -> list[Path]:
-    """Remove the socket folders of executors that are gone (a SIGKILLed run cannot clean up
-    after itself); the owner's pid is in the name. -> the folders removed."""
-    removed = []
-    for folder in Path(tmp or tempfile.gettempdir()).glob(f"{SOCKET_DIR_PREFIX}*-*"):
-        pid = folder.name[len(SOCKET_DIR_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or not folder.is_dir():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-        except PermissionError:
-            pass  # alive, someone else's
-    return removed
+class WorkerProcess(Protocol):
+    """A started warm worker as the backend sees it, wherever it runs (a process forked here,
+    a Ray actor on some node)."""
+
+    log: Path | None  # where its own output goes outside jobs (None: not a file on this machine)
+
+    def poll(self) -> int | None:
+        """Its exit status once it has ended; None while it is alive."""
+        ...
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to `timeout` s for it to end -> `poll()`."""
+        ...
+
+    def stop(self) -> None:
+        """End it now, with its children; never raises (it may be gone already)."""
+        ...
+
+    def wait_pid(self) -> int | None:
+        """Its process id on this machine (None: it runs on another, or was never started)."""
+        ...
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Spawner(Protocol):
+    """How `WarmBackend`'s workers are started, watched and stopped, and where their ranks
+    meet: everything that differs between running them here and on a Ray cluster.
+
+    The backend calls `rank_threads`, then `open` once, `spawn` for every slot and again for
+    each replacement, `rendezvous` when a group starts and `end_rendezvous` when it ends,
+    and `close` once at the end (also after a failed `open`).
+    """
+
+    # The likely cause of a worker that was started and never connected, as a question; part
+    # of the one-line `WorkersDidNotStart` the user reads.
+    not_started_hint: str
+    logs: Path | None  # the folder of the workers' own logs, named in start-up errors (None: none here)
+
+    def rank_threads(self, requested: int | None, slots: list[Slot]) -> int:
+        """Torch threads of each rank: `requested`, or by default a node's cores over the
+        devices it holds (`devices.rank_threads`)."""
+        ...
+
+    def open(self, slots: list[Slot], setup: WorkerSetup) -> Listener:
+        """Reserve what the workers of `slots` need and listen where they will connect,
+        authenticated with `setup.authkey`; -> the listener (the backend accepts on it and
+        closes it)."""
+        ...
+
+    def spawn(self, slot: Slot, token: str) -> WorkerProcess:
+        """Start the worker for `slot` with its environment (`WorkerSetup.env`); set up, it
+        connects to the listener and says `token` in its "ready" message."""
+        ...
+
+    def node(self, slot: Slot) -> int:
+        """The node that `slot`'s device is on (ranks on one node count LOCAL_RANK together)."""
+        ...
+
+    def rendezvous(self, gid: int, first: WorkerProcess, timeout: float) -> dict[str, Any]:
+        """Where the ranks of group `gid` meet, led by rank 0's worker `first` (asked for at
+        most `timeout` s): master_addr, master_port and a store_path or an init_method."""
+        ...
+
+    def end_rendezvous(self, gid: int) -> None:
+        """Remove what group `gid`'s rendezvous left behind (the group ended or was torn down)."""
+        ...
+
+    def gone(self) -> str | None:
+        """Why no worker can be started any more (one line), or None while they can."""
+        ...
+
+    def close(self) -> None:
+        """Stop every worker it started that still runs and release what `open` reserved."""
+        ...
 
 
-class LocalBackend:
-    """Warm workers on this machine's device slots; gloo on CPU slots, nccl on GPUs."""
+@dataclass
+class _Worker:
+    slot: Slot
+    proc: WorkerProcess
+    token: str  # says which worker a connection's "ready" comes from
+    conn: Connection | None = None
+    job: int | None = None  # group id it serves
+    pending: dict[str, Any] | None = None  # job message to send once ready
+    start_error: str | None = None  # what went wrong setting up its device (CUDA warm-up), if anything
+    spawned: float = field(default_factory=time.monotonic)  # when it was started (a replacement: when it replaced one)
 
-    def __init__(self, slots: list[Slot], device_kind: str, *, threads_per_rank: int | None = None,
-                 worker_log_dir: Path | None = None, pin_cpus: bool = True, preload: list[str] | None = None):
+    def log_note(self) -> str:
+        """" (log: PATH)" naming its own log, or "" where it has none here."""
+        return f" (log: {self.proc.log})" if self.proc.log else ""
+
+
+@dataclass
+class _Group:
+    spec: GroupSpec
+    last_activity: float
+    undelivered: int = 0  # ranks whose worker is still starting; the silence clock waits for them
+    done: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+class WarmBackend:
+    """Warm workers on device slots, started by `spawner`; gloo on CPU slots, nccl on GPUs."""
+
+    def __init__(self, slots: list[Slot], device_kind: str, spawner: Spawner, *,
+                 threads_per_rank: int | None = None, preload: list[str] | None = None):
         if device_kind not in ("cpu", "cuda"):
             raise ValueError(f"device_kind={device_kind!r}: allowed: cpu, cuda")
         self.device_kind = device_kind
         self.slots = sorted(slots)
-        remove_stale_socket_dirs()
-        self._tmp = Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-"))
-        self._authkey = secrets.token_bytes(16)
-        self._listener = self._listen()
+        self.spawner = spawner
+        self.setup = WorkerSetup(device_kind, spawner.rank_threads(threads_per_rank, self.slots),
+                                 slots_share_cores=len(self.slots) > len({s.device for s in self.slots}),
+                                 authkey=secrets.token_bytes(16), preload=";".join(preload or []))
         self._arrivals: queue.Queue = queue.Queue()
         self._closed = False
-        threading.Thread(target=self._accept_loop, daemon=True).start()
-        ncpu = os.cpu_count() or 1
-        devices = sorted({s.device for s in self.slots})
-        self._threads = rank_threads(threads_per_rank, len(devices), ncpu)
-        self._pin = pin_cpus and device_kind == "cpu" and len(devices) * self._threads <= ncpu
-        self._slots_share_cores = len(self.slots) > len(devices)  # some device has several worker slots
-        self._log_dir = worker_log_dir
-        self._preload = ";".join(preload or [])
+        self._listener: Listener | None = None
         self._workers: dict[Slot, _Worker] = {}
         self._groups: dict[int, _Group] = {}
         self._next_group = 0
         self._spawned = 0
         self._events: list[Event] = []
-        self._server: ForkServer | None = None
         # a worker a job waits for must connect within this after its start (read here, so a test can shorten it)
         self.worker_start_timeout_s = WORKER_START_TIMEOUT_S
         try:
-            self._server = self._start_server()
+            self._listener = spawner.open(self.slots, self.setup)
+            threading.Thread(target=self._accept_loop, args=(self._listener,), daemon=True).start()
             for s in self.slots:
                 self._spawn(s)
         except BaseException:
@@ -248,30 +314,10 @@ class LocalBackend:
             raise
 
     # ----- workers -------------------------------------------------------------------------
-    NOT_BACK = "is the machine overloaded?"  # why a started worker may never connect (`poll`)
-
-    def _start_server(self) -> ForkServer | None:
-        """The fork server the workers are forked from. Its environment is its workers' (what
-        libraries read once, when they load, is the same for all of them); each child sets its
-        own GPU after the fork."""
-        env = worker_env(os.environ, device_kind="cpu", device=0, threads=self._threads,
-                         slots_share_cores=self._slots_share_cores, authkey_hex="", preload=self._preload)
-        env.pop(AUTHKEY_ENV)
-        env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # a stray is_available() there: no CUDA init
-        return ForkServer(env, None if self._log_dir is None else self._log_dir / "forkserver.log")
-
-    def _listen(self) -> Listener:
-        """Where workers connect: a Unix socket in the backend's own folder."""
-        return Listener(str(self._tmp / "w.sock"), family="AF_UNIX", authkey=self._authkey)
-
-    def _rendezvous(self, gid: int, spec: GroupSpec) -> dict[str, Any]:
-        """How the ranks of group `gid` meet: a FileStore in the backend's folder (one machine)."""
-        return {"master_addr": "127.0.0.1", "master_port": _free_port(), "store_path": str(self._groups[gid].store)}
-
-    def _accept_loop(self) -> None:
+    def _accept_loop(self, listener: Listener) -> None:
         while not self._closed:
             try:
-                conn = self._listener.accept()
+                conn = listener.accept()
                 hello = conn.recv()
             except (OSError, EOFError):
                 if self._closed:
@@ -282,22 +328,9 @@ class LocalBackend:
             self._arrivals.put((hello, conn))
 
     def _spawn(self, slot: Slot) -> None:
-        env = worker_env(os.environ, device_kind=self.device_kind, device=slot.device, threads=self._threads,
-                         slots_share_cores=self._slots_share_cores, authkey_hex=self._authkey.hex(), preload=self._preload)
-        cpus = ""
-        if self._pin:
-            first = (slot.device * self._threads) % (os.cpu_count() or 1)
-            cpus = ",".join(str(first + i) for i in range(self._threads))
-        log_path = None
-        if self._log_dir is not None:
-            self._log_dir.mkdir(parents=True, exist_ok=True)
-            log_path = self._log_dir / f"worker_{slot.device}_{slot.share}.log"
         token = f"{slot.device}.{slot.share}.{self._spawned}"
         self._spawned += 1
-        assert self._server is not None
-        proc = self._server.spawn([str(self._tmp / "w.sock"), str(self._threads), cpus, self.device_kind, token],
-                                  env, log_path)
-        self._workers[slot] = _Worker(slot, proc, token, log=log_path)
+        self._workers[slot] = _Worker(slot, self.spawner.spawn(slot, token), token)
 
     def _take_arrivals(self) -> None:
         while True:
@@ -309,7 +342,7 @@ class LocalBackend:
             if w is None:
                 conn.close()
                 continue
-            w.conn, w.pid, w.start_error = conn, hello["pid"], hello.get("error")
+            w.conn, w.start_error = conn, hello.get("error")
             if w.pending is not None:
                 self._send(w, w.pending)
                 g = self._groups.get(w.pending["job"])
@@ -349,28 +382,23 @@ class LocalBackend:
                 raise StartInterrupted(f"interrupted while starting the workers ({ready} of {total} ready)")
             for w in self._workers.values():
                 if w.conn is None and w.proc.poll() is not None:
-                    where = f" (log: {w.log})" if w.log else ""
                     raise WorkersDidNotStart(f"the worker for device {w.slot.device} exited with status "
-                                             f"{w.proc.returncode} while starting{where}")
-            if self._server is not None and not self._server.alive:
-                raise WorkersDidNotStart(self._server.gone_message())
+                                             f"{w.proc.poll()} while starting{w.log_note()}")
+            gone = self.spawner.gone()
+            if gone is not None:
+                raise WorkersDidNotStart(gone)
             if time.monotonic() > deadline:
-                where = f"; their logs: {self._log_dir}" if self._log_dir else ""
+                where = f"; their logs: {self.spawner.logs}" if self.spawner.logs else ""
                 raise WorkersDidNotStart(f"{total - ready} of {total} workers did not start within {timeout:.0f} s "
-                                         f"(is the machine overloaded?){where}")
+                                         f"({self.spawner.not_started_hint}){where}")
             time.sleep(0.02)
         for w in self._workers.values():
             if w.start_error:
-                where = f" (log: {w.log})" if w.log else ""
                 raise UserError(f"devices={self.device_kind}: the worker for device {w.slot.device} could not set it up: "
-                                f"{w.start_error}{where}")
+                                f"{w.start_error}{w.log_note()}")
 
-    def _kill(self, w: _Worker) -> None:
-        try:
-            w.proc.kill()
-            w.proc.wait(timeout=10)
-        except (ServerGone, subprocess.TimeoutExpired):
-            pass  # without its server a worker ends by itself (its parent watchdog)
+    def _stop(self, w: _Worker) -> None:
+        w.proc.stop()
         if w.conn is not None:
             w.conn.close()
 
@@ -385,9 +413,8 @@ class LocalBackend:
         """Start `spec` on its slots (queued until the slots' workers are ready); -> group id."""
         gid = self._next_group
         self._next_group += 1
-        store = self._tmp / f"store_{gid}"
-        self._groups[gid] = _Group(spec, store, time.monotonic())
-        meet = self._rendezvous(gid, spec)
+        self._groups[gid] = _Group(spec, time.monotonic())
+        meet = self.spawner.rendezvous(gid, self._workers[spec.slots[0]].proc, self.worker_start_timeout_s)
         for rank, slot in enumerate(spec.slots):
             w = self._workers[slot]
             if w.job is not None:
@@ -412,8 +439,12 @@ class LocalBackend:
         return gid
 
     def _local_rank(self, slots: list[Slot], rank: int) -> int:
-        """LOCAL_RANK as torchrun sets it: 0 on a GPU (each worker sees only its own GPU)."""
-        return 0 if self.device_kind == "cuda" else rank
+        """LOCAL_RANK as torchrun sets it: 0 on a GPU (each worker sees only its own GPU); on
+        CPU slots, the rank's place among the group's ranks on the same node."""
+        if self.device_kind == "cuda":
+            return 0
+        node = self.spawner.node(slots[rank])
+        return sum(1 for s in slots[:rank] if self.spawner.node(s) == node)
 
     def decide(self, gid: int, decision: str, save: bool) -> None:
         """Send the scheduler's answer to every rank of the group (ranks wait in `report`)."""
@@ -432,10 +463,9 @@ class LocalBackend:
         if g is None:
             return
         for slot in g.spec.slots:
-            w = self._workers[slot]
-            self._kill(w)
+            self._stop(self._workers[slot])
             self._spawn(slot)
-        self._remove_store(g)
+        self.spawner.end_rendezvous(gid)
         self._events.append(Failed(gid, info))
 
     def running(self) -> list[int]:
@@ -444,7 +474,8 @@ class LocalBackend:
     def poll(self, timeout: float) -> list[Event]:
         """Wait up to `timeout` s for something to happen; -> events in arrival order.
         `WorkersDidNotStart` when a worker a job waits for has not connected within
-        `worker_start_timeout_s` of its start (on Ray: a lost node that none replaced)."""
+        `worker_start_timeout_s` of its start, with the spawner's likely cause (here: an
+        overloaded machine; on Ray: a lost node that none replaced)."""
         self._take_arrivals()
         conns = {w.conn: w for w in self._workers.values() if w.conn is not None}
         starting = any(w.conn is None for w in self._workers.values())
@@ -454,13 +485,13 @@ class LocalBackend:
         self._take_arrivals()
         for w in list(self._workers.values()):  # a worker dead before connecting
             if w.conn is None and w.proc.poll() is not None:
-                self._worker_died(w, f"worker exited with status {w.proc.returncode} while starting")
+                self._worker_died(w, f"worker exited with status {w.proc.poll()} while starting")
         now = time.monotonic()
         for w in self._workers.values():
             if w.conn is None and w.pending is not None and now - w.spawned > self.worker_start_timeout_s:
                 raise WorkersDidNotStart(f"the worker for device {w.slot.device} was not ready "
                                          f"{self.worker_start_timeout_s:.0f} s after it was started, and a trial waits "
-                                         f"for it ({self.NOT_BACK})")
+                                         f"for it ({self.spawner.not_started_hint})")
         for gid, g in list(self._groups.items()):
             if g.undelivered == 0 and now - g.last_activity > g.spec.timeout_s:
                 self.kill_group(gid, f"no report for {g.spec.timeout_s:g} s (trial_timeout_s): rank hung")
@@ -474,8 +505,7 @@ class LocalBackend:
                     return
                 msg = w.conn.recv()
             except (EOFError, OSError):
-                code = w.proc.wait(timeout=10) if w.proc.poll() is None else w.proc.returncode
-                self._worker_died(w, f"rank on device {w.slot.device} died (exit status {code})")
+                self._worker_died(w, f"rank on device {w.slot.device} died (exit status {w.proc.wait(10.0)})")
                 return
             self._handle(w, msg)
 
@@ -483,7 +513,7 @@ class LocalBackend:
         if w.job is not None and w.job in self._groups:
             self.kill_group(w.job, info)  # replaces this worker too
         else:
-            self._kill(w)
+            self._stop(w)
             self._spawn(w.slot)
 
     def _handle(self, w: _Worker, msg: dict[str, Any]) -> None:
@@ -503,7 +533,7 @@ class LocalBackend:
             if not msg["ok"]:
                 if keeps_worker_after_failure(self.device_kind, len(g.spec.slots)):
                     del self._groups[gid]
-                    self._remove_store(g)
+                    self.spawner.end_rendezvous(gid)
                     self._events.append(Failed(gid, f"rank {msg['rank']}: {msg['info']}"))
                     return
                 w.job = gid  # so kill_group replaces it as well
@@ -512,41 +542,35 @@ class LocalBackend:
             g.done[int(msg["rank"])] = msg
             if len(g.done) == len(g.spec.slots):
                 del self._groups[gid]
-                self._remove_store(g)
+                self.spawner.end_rendezvous(gid)
                 self._events.append(Ended(gid, [g.done[r] for r in sorted(g.done)]))
 
-    def _remove_store(self, g: _Group) -> None:
-        try:
-            g.store.unlink()
-        except OSError:
-            pass
-
     def shutdown(self) -> None:
-        """Stop every worker (asking first, then SIGKILL) and remove the socket folder."""
-        if self._server is not None and not self._server.ready:
-            self._server.close()  # still importing (a Ctrl-C right at the start): nothing forked yet
-        for w in self._workers.values():
-            if w.conn is not None and w.job is None:
-                self._send(w, {"op": "exit"})
+        """Stop every worker (asking the idle ones to exit first, for up to 2 s), release what
+        the spawner reserved and stop listening."""
+        idle = [w for w in self._workers.values() if w.conn is not None and w.job is None]
+        for w in idle:
+            self._send(w, {"op": "exit"})
         deadline = time.monotonic() + 2.0
-        for w in self._workers.values():
-            try:
-                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()) if w.job is None and w.conn is not None else 0)
-            except subprocess.TimeoutExpired:
-                pass
-            self._kill(w)
-        if self._server is not None:
-            self._server.close()  # kills what is left (the spare too) and exits
+        for w in idle:
+            w.proc.wait(max(0.0, deadline - time.monotonic()))
         self._closed = True
-        self._listener.close()
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._listener is not None:
+            self._listener.close()  # before the spawner removes where it listens (a Unix socket's folder)
+        try:
+            self.spawner.close()  # stops the workers still running
+        finally:
+            for w in self._workers.values():
+                if w.conn is not None:
+                    w.conn.close()
 
     def worker_pids(self) -> list[int]:
-        """The workers' pids (a worker just forked is waited for: milliseconds)."""
+        """The pids of the workers running on this machine (a worker just forked is waited
+        for: milliseconds)."""
         pids = [w.proc.wait_pid() for w in self._workers.values()]
         return [p for p in pids if p is not None]
 
-    def __enter__(self) -> LocalBackend:
+    def __enter__(self) -> WarmBackend:
         return self
 
     def __exit__(self, *exc: object) -> None:

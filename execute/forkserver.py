@@ -55,11 +55,13 @@ class ServerGone(RuntimeError):
 
 # ----- the executor's end ---------------------------------------------------------------------
 class ForkedProcess:
-    """A worker started by the fork server: the part of `subprocess.Popen` the backend uses."""
+    """A worker started by the fork server, as the warm-worker backend sees any worker
+    (`backend.WorkerProcess`): its exit status, a wait, a stop, its pid and its log."""
 
-    def __init__(self, server: ForkServer, ident: int):
+    def __init__(self, server: ForkServer, ident: int, log: Path | None):
         self._server = server
         self.ident = ident
+        self.log = log  # where its own output goes (outside jobs)
         self.pid: int | None = None  # known once the server answered (`wait_pid`)
         self.returncode: int | None = None
         self._ended = threading.Event()
@@ -73,16 +75,24 @@ class ForkedProcess:
     def poll(self) -> int | None:
         return self.returncode
 
-    def wait(self, timeout: float | None = None) -> int:
-        if not self._ended.wait(timeout):
-            raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0.0)
-        assert self.returncode is not None
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to `timeout` s for it to end -> its exit status (None: still running)."""
+        self._ended.wait(timeout)
         return self.returncode
 
     def kill(self) -> None:
         """SIGKILL its process group (DataLoader children included), through the server."""
         if self.returncode is None:
             self._server.send(("kill", self.ident))
+
+    def stop(self) -> None:
+        """Kill it and wait (up to 10 s) until the server saw it end. Without its server a
+        worker ends by itself (its parent watchdog), so a gone server is no error here."""
+        try:
+            self.kill()
+        except ServerGone:
+            return
+        self.wait(10.0)
 
     def _exited(self, code: int) -> None:
         self.returncode = code
@@ -134,7 +144,7 @@ class ForkServer:
         with self._lock:
             ident = self._next
             self._next += 1
-            proc = ForkedProcess(self, ident)
+            proc = ForkedProcess(self, ident, log)
             self._procs[ident] = proc
         self.send(("spawn", ident, list(argv), dict(env), None if log is None else str(log)))
         return proc

@@ -1,9 +1,9 @@
 """Run k ranks of a training function outside a search: the launcher calibration reuses.
 
 `Launcher` keeps warm workers on a set of devices (so repeated measurements do not pay the
-~1.7 s Python + torch start-up each time): the executor's `LocalBackend` on this machine, or
-with `ray=` its `RayBackend` on the devices of a Ray cluster, numbered node by node (warm
-actors; a job's rendezvous at its rank-0 actor), so calibration measures what a search on
+~1.7 s Python + torch start-up each time): the executor's `WarmBackend`, with workers forked
+on this machine, or with `ray=` as warm actors on the devices of a Ray cluster, numbered node
+by node (a job's rendezvous at its rank-0 actor), so calibration measures what a search on
 that backend pays; `Launcher.run` runs one training function as a DDP group
 on some of those devices for a number of epochs (or steps) and returns what happened,
 including each rank's per-step timestamps. `run_ranks` is the one-shot form.
@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nasalloc.execute.backend import Checkpointed, Ended, Failed, GroupSpec, LocalBackend, Report
+from nasalloc.execute.backend import Checkpointed, Ended, Failed, GroupSpec, Report, Spawner, WarmBackend
 from nasalloc.execute.devices import Slot
+from nasalloc.execute.local_spawner import ForkServerSpawner
 
 if TYPE_CHECKING:
     from nasalloc.execute.ray_backend import RayTarget
@@ -60,15 +61,14 @@ class Launcher:
         self._own_workdir = workdir is None  # a temporary one is removed on close unless a run failed
         self._workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="nasalloc-launch-"))
         self._failed = False
-        self.backend: LocalBackend
+        spawner: Spawner
         if ray is not None:
-            from nasalloc.execute.ray_backend import RayBackend
+            from nasalloc.execute.ray_backend import RaySpawner
 
-            self.backend = RayBackend(self._slots, device_kind, ray.cluster, ray.slot_resource,
-                                      threads_per_rank=threads_per_rank, preload=preload)
+            spawner = RaySpawner(ray.cluster, ray.slot_resource)
         else:
-            self.backend = LocalBackend(self._slots, device_kind, threads_per_rank=threads_per_rank,
-                                        worker_log_dir=self._workdir / "logs", preload=preload)
+            spawner = ForkServerSpawner(log_dir=self._workdir / "logs")
+        self.backend = WarmBackend(self._slots, device_kind, spawner, threads_per_rank=threads_per_rank, preload=preload)
         try:
             self.backend.wait_ready()
         except BaseException:  # no `with` block will close it: stop the workers that did start

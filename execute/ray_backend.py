@@ -15,11 +15,13 @@ simulator places by. This module only gives those device numbers a home in the c
 - **Ranks.** One warm actor per worker slot, created in its node's bundle, reused by trial
   after trial like the local backend's warm workers. Each runs the local worker's own code
   (`worker.prepare`, `worker.serve`, `worker.run_job`) and talks to the executor over a
-  `multiprocessing.connection` on TCP with an auth key, so everything the local backend does
-  with its workers (job messages, decisions, failure rule, timeouts, replacement of a
-  failed group's workers) is `backend.LocalBackend`'s code, not a copy. On a GPU, Ray sets
-  CUDA_VISIBLE_DEVICES of each actor to its GPU, so the worker uses ``cuda:0`` and nccl
-  exactly as locally (the local GPU check covers this path).
+  `multiprocessing.connection` on TCP with an auth key. The backend is `backend.WarmBackend`
+  with this module's `RaySpawner`: everything done with the workers (job messages,
+  decisions, failure rule, timeouts, replacement of a failed group's workers) is the same
+  code as for the local workers, and so is their environment (`backend.worker_env`, applied
+  by each actor to its node's environment). On a GPU, Ray sets CUDA_VISIBLE_DEVICES of each
+  actor to its GPU, so the worker uses ``cuda:0`` and nccl exactly as locally (the local GPU
+  check covers this path).
 - **Rendezvous.** A TCP store at the rank-0 actor's node address on a port that actor finds
   free (nccl on GPUs, gloo on CPU slots); RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
   MASTER_PORT are set as torchrun sets them.
@@ -33,13 +35,13 @@ A lost node takes its actors with it: their trial fails and is retried by the di
 node with the room joins, and its actors start there. If none joins, a trial sent to those
 devices waits for actors that never start: once they have not started within
 `worker_start_timeout_s` (`backend.WORKER_START_TIMEOUT_S`), the run ends with one line
-(`WorkersDidNotStart`), the folder resumable on a cluster of the same shape. (Going on with
+(`WorkersDidNotStart`) naming a lost node as the likely cause (`RaySpawner.not_started_hint`),
+the folder resumable on a cluster of the same shape. (Going on with
 the remaining devices would need the dispatch core to drop devices from its pool mid-search.)
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import socket
@@ -49,7 +51,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
-from nasalloc.execute.backend import GroupSpec, LocalBackend, _Worker
+from nasalloc.execute.backend import WorkerProcess, WorkerSetup
 from nasalloc.execute.devices import Slot, rank_threads
 from nasalloc.sim.cluster import ClusterSpec
 from nasalloc.sim.errors import UserError
@@ -79,9 +81,9 @@ class RayCluster:
 
 @dataclass(frozen=True)
 class RayTarget:
-    """Where a `RayBackend` puts its ranks: the connected cluster as `discover` found it, and
-    the resource that is one CPU slot there (the executor's run and calibration's `Launcher`
-    build their backend from this)."""
+    """Where a `RaySpawner` puts its ranks: the connected cluster as `discover` found it, and
+    the resource that is one CPU slot there (calibration's `Launcher` builds its spawner from
+    this)."""
 
     cluster: RayCluster
     slot_resource: str
@@ -171,21 +173,23 @@ class _NoDelayListener(Listener):
 
 class RankActor:
     """One warm worker slot on a node: set up once (`worker.prepare`), then serves the
-    executor's jobs over TCP (`worker.serve`) until told to exit. Created by `RayBackend`
+    executor's jobs over TCP (`worker.serve`) until told to exit. Created by `RaySpawner`
     with `max_concurrency=2`, so `rendezvous_address` answers while `serve` runs."""
 
-    def __init__(self, env: dict[str, str], threads: int, device_kind: str, preload: str):
-        os.environ.update(env)  # before torch is imported: thread pools read these at start
+    def __init__(self, setup: WorkerSetup):
         import ray
 
-        ip = ray.util.get_node_ip_address()
-        if ip.startswith("127."):  # every node on this machine: gloo/nccl must use the loopback too
-            os.environ.update(GLOO_SOCKET_IFNAME="lo", NCCL_SOCKET_IFNAME="lo")
-        from nasalloc.execute.worker import prepare
+        from nasalloc.execute.worker import PRELOAD_ENV, prepare, take_authkey
 
-        self.device_kind = device_kind
+        ip = ray.util.get_node_ip_address()
+        # Before torch is imported: thread pools read these at start. Its GPU is entry 0 of
+        # the CUDA_VISIBLE_DEVICES Ray set; on a loopback address every node is on this
+        # machine, and gloo/nccl must use the loopback too.
+        os.environ.update(setup.env(os.environ, 0, loopback=ip.startswith("127.")))
+        self._authkey = take_authkey()
+        self.device_kind = setup.device_kind
         self.ip = ip
-        self.hello = prepare(threads, "", device_kind, preload)
+        self.hello = prepare(setup.threads, "", setup.device_kind, os.environ.get(PRELOAD_ENV, ""))
 
     def rendezvous_address(self) -> tuple[str, int]:
         """This actor's node address and a TCP port free there now (for a rendezvous led by
@@ -194,22 +198,24 @@ class RankActor:
             s.bind(("", 0))
             return self.ip, s.getsockname()[1]
 
-    def serve(self, address: tuple[str, int], authkey: bytes, token: int) -> None:
+    def serve(self, address: tuple[str, int], token: str) -> None:
         from nasalloc.execute.worker import serve
 
-        conn = no_delay(Client(address, family="AF_INET", authkey=authkey))
-        conn.send({**self.hello, "pid": token, "token": str(token)})  # the token: which worker this is
+        conn = no_delay(Client(address, family="AF_INET", authkey=self._authkey))
+        conn.send({**self.hello, "token": token})  # the token: which worker this is
         serve(conn, self.device_kind)
 
 
-class _ActorProc:
-    """A rank actor seen as the process `LocalBackend` manages: `pid` is a token the actor
-    sends back in its "ready" message; it has exited once its `serve` call has returned or
-    failed (the actor died)."""
+class ActorWorker:
+    """A rank actor as the backend sees a worker (`backend.WorkerProcess`): it has ended
+    once its `serve` call has returned or failed (the actor died: crash, node lost, killed)."""
 
-    def __init__(self, actor: Any, serving: Any, token: int):
-        self.actor, self.serving, self.pid = actor, serving, token
+    log: Path | None = None  # its output is in Ray's logs, on its node
+
+    def __init__(self, actor: Any, serving: Any):
+        self.actor, self.serving = actor, serving
         self.returncode: int | None = None
+        self.stopped = False
 
     def poll(self) -> int | None:
         import ray
@@ -218,106 +224,111 @@ class _ActorProc:
             try:
                 ray.get(self.serving)
                 self.returncode = 0
-            except Exception:  # noqa: BLE001 - the actor died (crash, node lost, killed)
+            except Exception:  # noqa: BLE001 - the actor died
                 self.returncode = 1
         return self.returncode
 
-    def wait(self, timeout: float | None = None) -> int | None:
+    def wait(self, timeout: float) -> int | None:
         """Wait a little (never more than 2 s: a lost node's actors take Ray a while to
         declare dead, and the connection's end already said so) -> the exit status, if known."""
         import ray
 
-        ray.wait([self.serving], timeout=min(2.0, timeout if timeout is not None else 2.0))
+        ray.wait([self.serving], timeout=min(2.0, timeout))
         return self.poll()
 
+    def stop(self) -> None:
+        import ray
 
-class RayBackend(LocalBackend):
-    """`LocalBackend`'s group handling with its workers as warm actors on a Ray cluster."""
+        self.stopped = True
+        try:
+            ray.kill(self.actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
 
-    NOT_BACK = "was its node lost, and no node with the room joined in its place?"
+    def wait_pid(self) -> int | None:
+        return None  # a process of some node's raylet, maybe not this machine's
 
-    def __init__(self, slots: list[Slot], device_kind: str, cluster: RayCluster, slot_resource: str, *,
-                 threads_per_rank: int | None = None, preload: list[str] | None = None):
-        ray = import_ray()
+
+class RaySpawner:
+    """Warm workers as actors in the cluster `discover` found: one placement group per node
+    (STRICT_PACK, a bundle per worker slot) held for the whole run, one actor per slot in
+    its node's bundle, connected to a TCP listener at this node's address."""
+
+    not_started_hint = "was a node lost, and none with the room joined in its place?"
+    logs: Path | None = None  # each actor's output is in Ray's logs, on its node
+
+    def __init__(self, cluster: RayCluster, slot_resource: str):
+        self._ray = import_ray()
+        self._actor_class = self._ray.remote(RankActor)
+        self._cluster = cluster
+        self._slot_resource = slot_resource
+        self._gpn = cluster.spec.gpus_per_node
+        self._m = 1  # worker slots per device
+        self._actor_resources: dict[str, Any] = {}
+        self._groups_pg: list[Any] = []
+        self._actors: list[ActorWorker] = []  # every actor not stopped (pruned at each spawn)
+        self._setup: WorkerSetup | None = None
+        self._address: tuple[str, int] | None = None
+
+    def rank_threads(self, requested: int | None, slots: list[Slot]) -> int:
+        return rank_threads(requested, self._gpn, self._cluster.cpus_per_node)
+
+    def open(self, slots: list[Slot], setup: WorkerSetup) -> Listener:
+        """Reserve the devices (up to `PLACEMENT_TIMEOUT_S`: a one-line UserError if the
+        cluster cannot), then listen at this node's address in the cluster."""
         from ray.util.placement_group import placement_group
 
-        self._ray = ray
-        self._actor_class = ray.remote(RankActor)
-        self._gpn = cluster.spec.gpus_per_node
+        self._setup = setup
         self._m = 1 + max(s.share for s in slots)
-        self._rank_threads = rank_threads(threads_per_rank, self._gpn, cluster.cpus_per_node)
-        self._tokens = itertools.count(1)
-        res = device_resource(device_kind, slot_resource)
-        self._actor_resources: dict[str, Any] = (
-            {"num_gpus": 1 / self._m} if res == "GPU" else {"resources": {res: 1 / self._m}})
-        self._groups_pg: list[Any] = []
-        try:
-            for _ in range(cluster.spec.nodes):
-                pg = placement_group([{res: 1 / self._m}] * (self._gpn * self._m), strategy="STRICT_PACK")
-                self._groups_pg.append(pg)
-            ready = [pg.ready() for pg in self._groups_pg]
-            if len(ray.wait(ready, num_returns=len(ready), timeout=PLACEMENT_TIMEOUT_S)[0]) < len(ready):
-                raise UserError(f"backend=ray: the cluster could not reserve {cluster.spec.nodes} nodes of "
-                                f"{self._gpn} {res} within {PLACEMENT_TIMEOUT_S:g} s (is another run holding them?)")
-            super().__init__(slots, device_kind, threads_per_rank=threads_per_rank, pin_cpus=False, preload=preload)
-        except BaseException:
-            self._remove_placement_groups()
-            raise
+        res = device_resource(setup.device_kind, self._slot_resource)
+        self._actor_resources = {"num_gpus": 1 / self._m} if res == "GPU" else {"resources": {res: 1 / self._m}}
+        nodes = self._cluster.spec.nodes
+        for _ in range(nodes):
+            self._groups_pg.append(placement_group([{res: 1 / self._m}] * (self._gpn * self._m), strategy="STRICT_PACK"))
+        ready = [pg.ready() for pg in self._groups_pg]
+        if len(self._ray.wait(ready, num_returns=len(ready), timeout=PLACEMENT_TIMEOUT_S)[0]) < len(ready):
+            raise UserError(f"backend=ray: the cluster could not reserve {nodes} nodes of {self._gpn} {res} within "
+                            f"{PLACEMENT_TIMEOUT_S:g} s (is another run holding them?)")
+        listener = _NoDelayListener((self._ray.util.get_node_ip_address(), 0), family="AF_INET", authkey=setup.authkey)
+        self._address = listener.address
+        return listener
 
-    # ----- where actors are and how they are reached -----------------------------------------
-    def _start_server(self) -> None:
-        """No fork server: the actors are Ray's worker processes."""
-        return None
-
-    def _listen(self) -> Listener:
-        """A TCP listener at this node's address in the cluster (the actors connect to it)."""
-        return _NoDelayListener((self._ray.util.get_node_ip_address(), 0), family="AF_INET", authkey=self._authkey)
-
-    def _spawn(self, slot: Slot) -> None:
+    def spawn(self, slot: Slot, token: str) -> ActorWorker:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         node, on_node = divmod(slot.device, self._gpn)
-        env = {"OMP_NUM_THREADS": str(self._rank_threads), "MKL_NUM_THREADS": str(self._rank_threads),
-               "PYTHONUNBUFFERED": "1"}
-        if self._m > 1:  # trials share the device's cores: see backend.worker_env
-            env["OMP_WAIT_POLICY"] = "PASSIVE"
         actor = self._actor_class.options(
             num_cpus=0, max_concurrency=2, max_restarts=0, **self._actor_resources,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self._groups_pg[node], on_node * self._m + slot.share),
-        ).remote(env, self._rank_threads, self.device_kind, self._preload)
-        token = next(self._tokens)
-        serving = actor.serve.remote(self._listener.address, self._authkey, token)
-        self._workers[slot] = _Worker(slot, _ActorProc(actor, serving, token), str(token))  # type: ignore[arg-type]
+        ).remote(self._setup)
+        worker = ActorWorker(actor, actor.serve.remote(self._address, token))
+        self._actors = [a for a in self._actors if not a.stopped] + [worker]
+        return worker
 
-    def _kill(self, w: _Worker) -> None:
-        try:
-            self._ray.kill(w.proc.actor, no_restart=True)  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001 - already gone
-            pass
-        if w.conn is not None:
-            w.conn.close()
+    def node(self, slot: Slot) -> int:
+        return slot.device // self._gpn
 
-    def _rendezvous(self, gid: int, spec: GroupSpec) -> dict[str, Any]:
+    def rendezvous(self, gid: int, first: WorkerProcess, timeout: float) -> dict[str, Any]:
         """TCP at the rank-0 actor's node, on a port that actor found free there."""
+        assert isinstance(first, ActorWorker)
         try:
-            ip, port = self._ray.get(self._workers[spec.slots[0]].proc.actor.rendezvous_address.remote(),  # type: ignore[attr-defined]
-                                     timeout=self.worker_start_timeout_s)
+            ip, port = self._ray.get(first.actor.rendezvous_address.remote(), timeout=timeout)
         except Exception:  # noqa: BLE001 - the actor is gone; its death fails the group
             ip, port = "127.0.0.1", 0
         return {"master_addr": ip, "master_port": port, "init_method": f"tcp://{ip}:{port}"}
 
-    def _local_rank(self, slots: list[Slot], rank: int) -> int:
-        """LOCAL_RANK: 0 on a GPU (each actor sees only its GPU); on CPU slots, the rank's
-        place among the group's ranks on the same node."""
-        if self.device_kind == "cuda":
-            return 0
-        node = slots[rank].device // self._gpn
-        return sum(1 for s in slots[:rank] if s.device // self._gpn == node)
+    def end_rendezvous(self, gid: int) -> None:
+        pass  # nothing is left of a TCP rendezvous
 
-    def shutdown(self) -> None:
-        """Stop the actors (asking first), then remove the placement groups."""
+    def gone(self) -> str | None:
+        return None  # a lost node's actors come back when a node with the room joins
+
+    def close(self) -> None:
+        """Kill the actors, then remove the placement groups."""
         try:
-            super().shutdown()
+            for a in self._actors:
+                if not a.stopped:
+                    a.stop()
         finally:
             self._remove_placement_groups()
 
@@ -352,4 +363,5 @@ def leftovers() -> tuple[list[str], list[str]]:
     return [a["ActorID"] for a in actors], [p["placement_group_id"] for p in pgs]
 
 
-__all__ = ["INSTALL_HINT", "RankActor", "RayBackend", "RayCluster", "RayTarget", "connect", "discover", "import_ray", "leftovers"]
+__all__ = ["INSTALL_HINT", "ActorWorker", "RankActor", "RayCluster", "RaySpawner", "RayTarget", "connect", "discover",
+           "import_ray", "leftovers"]

@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from nasalloc.execute.api import latest_checkpoint
-from nasalloc.execute.backend import Backend, LocalBackend
+from nasalloc.execute.backend import Backend, Spawner, WarmBackend
 from nasalloc.execute.devices import SlotMap
 from nasalloc.execute.journal import Journal, replay
+from nasalloc.execute.local_spawner import ForkServerSpawner
 from nasalloc.execute.loop import LoopOptions, SearchLoop
 from nasalloc.execute.progress import Progress
 from nasalloc.sim.elastic import ElasticPolicy
@@ -118,14 +119,15 @@ def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
 
 def make_backend(settings: Any, slots: list, run_dir: Path) -> Backend:
     """The run's backend: warm workers here (local) or warm actors on a Ray cluster (ray)."""
-    threads = settings.devices.threads_per_rank or None
+    spawner: Spawner
     if settings.backend == "ray":
-        from nasalloc.execute.ray_backend import RayBackend, RayCluster
+        from nasalloc.execute.ray_backend import RayCluster, RaySpawner
 
-        return RayBackend(slots, settings.devices.kind, RayCluster(settings.cluster, settings.cpus_per_node),
-                          settings.ray.slot_resource, threads_per_rank=threads, preload=[settings.train.entrypoint])
-    return LocalBackend(slots, settings.devices.kind, threads_per_rank=threads,
-                        worker_log_dir=run_dir / "logs" / "workers", preload=[settings.train.entrypoint])
+        spawner = RaySpawner(RayCluster(settings.cluster, settings.cpus_per_node), settings.ray.slot_resource)
+    else:
+        spawner = ForkServerSpawner(log_dir=run_dir / "logs" / "workers")
+    return WarmBackend(slots, settings.devices.kind, spawner, threads_per_rank=settings.devices.threads_per_rank or None,
+                       preload=[settings.train.entrypoint])
 
 
 def _plots(events: list, n_devices: int, mode: str, run_dir: Path, settings: Any) -> None:

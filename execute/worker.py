@@ -16,12 +16,12 @@ worker, while calibration leaves them out, skewing k = 1/4 (four workers) agains
 After each job it frees what the job left (`release_memory`), so trials taking turns on a
 GPU do not keep each other's cached blocks.
 
-Forked by the fork server of `backend.LocalBackend` (`forkserver.py`: torch is imported
-there once, and this `main` runs in the child), or run as ``python -m
+Forked by the fork server of `local_spawner.ForkServerSpawner` (`forkserver.py`: torch is
+imported there once, and this `main` runs in the child), or run as ``python -m
 nasalloc.execute.worker``; the connection address, thread count, pinned cores, device kind
-and the worker's token come in argv, the auth key in the environment. `prepare` and `serve`
-are also what each warm Ray actor of `ray_backend.RayBackend` runs, so both backends run
-ranks with this one piece of code.
+and the worker's token come in argv, the auth key in the environment (`take_authkey`).
+`prepare`, `serve` and `take_authkey` are also what each warm Ray actor of
+`ray_backend.RaySpawner` runs, so ranks run with this one piece of code wherever they are.
 """
 
 from __future__ import annotations
@@ -47,6 +47,12 @@ def resolve_entrypoint(entrypoint: str) -> Any:
     if not module or not name:
         raise ValueError(f"entrypoint {entrypoint!r}: expected 'module:function'")
     return getattr(importlib.import_module(module), name)
+
+
+def take_authkey() -> bytes:
+    """The auth key of the connection to the executor, taken out of the environment
+    (`backend.worker_env` put it there), so the training code never sees it."""
+    return bytes.fromhex(os.environ.pop(AUTHKEY_ENV))
 
 
 def _watch_parent(parent: int) -> None:
@@ -265,7 +271,7 @@ def main(argv: list[str]) -> None:
     token = argv[4] if len(argv) > 4 else None
     parent = os.getppid()
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    authkey = bytes.fromhex(os.environ.pop(AUTHKEY_ENV))
+    authkey = take_authkey()
     hello = {**prepare(threads, cpus, device_kind, os.environ.get(PRELOAD_ENV, "")), "token": token}
     # Connect only now, set up: the executor accepts one worker at a time and waits for its
     # "ready", so workers that connected first and then imported started one after another

@@ -18,8 +18,9 @@ import torch
 
 from nasalloc.calibration.probe import _time_checkpoint, _to_device
 from nasalloc.calibration.profiling import ProfilingPlan, hardware_facts, plan_threads
-from nasalloc.execute.backend import Failed, GroupSpec, LocalBackend, keeps_worker_after_failure, worker_env
+from nasalloc.execute.backend import Failed, GroupSpec, WarmBackend, keeps_worker_after_failure, worker_env
 from nasalloc.execute.devices import Slot, cuda_visible_device, rank_threads
+from nasalloc.execute.local_spawner import ForkServerSpawner
 from nasalloc.execute.trainers._common import shard
 from nasalloc.execute.worker import AUTHKEY_ENV, PRELOAD_ENV
 from nasalloc.sim.errors import UserError
@@ -51,6 +52,18 @@ def test_a_gpu_worker_sees_only_its_own_gpu_inside_an_inherited_list() -> None:
                      authkey_hex="ab", preload="")
     assert env["CUDA_VISIBLE_DEVICES"] == "2"
     assert env["OMP_WAIT_POLICY"] == "PASSIVE"  # several workers on the same cores: no spin-waiting
+    assert env["GLOO_SOCKET_IFNAME"] == env["NCCL_SOCKET_IFNAME"] == "lo"  # every rank on this machine
+
+
+def test_a_ray_actor_keeps_the_gpu_ray_gave_it_and_the_nodes_network() -> None:
+    """A Ray actor applies the worker environment to its node's: Ray set CUDA_VISIBLE_DEVICES
+    to the actor's one GPU (entry 0), and ranks on several machines must not be held to the
+    loopback interface."""
+    node = {"CUDA_VISIBLE_DEVICES": "3", "GLOO_SOCKET_IFNAME": "eth1"}
+    env = worker_env(node, device_kind="cuda", device=0, threads=4, slots_share_cores=False, authkey_hex="ab",
+                     preload="", loopback=False)
+    assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["GLOO_SOCKET_IFNAME"] == "eth1"
+    assert "NCCL_SOCKET_IFNAME" not in env and env["OMP_NUM_THREADS"] == "4"
 
 
 def test_a_cpu_worker_keeps_the_inherited_cuda_settings_and_the_users_wait_policy() -> None:
@@ -124,7 +137,7 @@ def test_cuda_errors_reach_the_logs_and_a_failed_gpu_job_gets_a_fresh_worker(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
     workers = tmp_path / "workers"
-    backend = LocalBackend([Slot(1, 0)], "cuda", worker_log_dir=workers)
+    backend = WarmBackend([Slot(1, 0)], "cuda", ForkServerSpawner(log_dir=workers))
     try:
         # the warm-up before "ready" fails: one line naming the worker's log, which holds the traceback
         with pytest.raises(UserError) as err:

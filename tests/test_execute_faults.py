@@ -300,7 +300,7 @@ def test_hyperband_per_rung_with_failures_lost_checkpoints_and_an_interruption_t
 def test_socket_folders_of_dead_executors_are_removed_at_the_next_start(tmp_path: Path) -> None:
     """A SIGKILLed executor leaves its worker-socket folder behind; the next one removes the
     folders whose owner is gone and keeps those of live executors."""
-    from nasalloc.execute.backend import remove_stale_socket_dirs
+    from nasalloc.execute.local_spawner import remove_stale_socket_dirs
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -12,14 +12,18 @@ import re
 import signal
 import subprocess
 import sys
+from multiprocessing.connection import Listener
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_execute import Budget, check_history, run_search_stopped_when, run_workers, toy_raw, wait_for
 
 from nasalloc.cli import main as cli_main
-from nasalloc.execute.backend import LocalBackend, StartInterrupted, WorkersDidNotStart
+from nasalloc.execute.backend import GroupSpec, StartInterrupted, WarmBackend, WorkerSetup, WorkersDidNotStart
 from nasalloc.execute.devices import MAX_WORKERS_PER_CORE, Slot, check_capacity, usable_cores
+from nasalloc.execute.local_spawner import ForkServerSpawner
+from nasalloc.execute.ray_backend import RaySpawner
 from nasalloc.execute.run import settings_from
 from nasalloc.execute.search import run_search
 from nasalloc.sim.errors import UserError
@@ -80,7 +84,7 @@ def test_an_impossible_slot_count_is_refused_before_any_worker_starts(
     def no_workers(*_: object, **__: object) -> None:
         raise AssertionError("a worker was started")
 
-    monkeypatch.setattr(LocalBackend, "__init__", no_workers)
+    monkeypatch.setattr(WarmBackend, "__init__", no_workers)
     code = cli_main(["run", "devices.count=999", f"out_dir={tmp_path / 'never'}"])
     err = capsys.readouterr().err
     limit = MAX_WORKERS_PER_CORE * usable_cores()
@@ -122,10 +126,10 @@ def test_workers_are_forked_in_their_own_sessions_and_end_with_a_killed_server(
     in the server's own environment: the workers' thread count, and no spinning OpenMP
     threads where two workers share the cores."""
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    backend = LocalBackend([Slot(0, 0), Slot(0, 1)], "cpu", threads_per_rank=1, worker_log_dir=tmp_path / "workers")
+    backend = WarmBackend([Slot(0, 0), Slot(0, 1)], "cpu", ForkServerSpawner(log_dir=tmp_path / "workers"), threads_per_rank=1)
     try:
         backend.wait_ready(timeout=100)
-        server = backend._server.proc.pid  # type: ignore[union-attr]
+        server = backend.spawner.server.proc.pid  # type: ignore[attr-defined]
         raw = Path(f"/proc/{server}/environ").read_bytes().split(b"\0")
         server_env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
         assert server_env["OMP_WAIT_POLICY"] == "PASSIVE" and server_env["OMP_NUM_THREADS"] == "1"
@@ -150,8 +154,8 @@ def test_workers_that_do_not_start_in_time_end_in_one_line_and_leave_no_process(
     go, env = _slowstart(tmp_path)
     for key in ("PYTHONPATH", "SLOWSTART_GO"):
         monkeypatch.setenv(key, env[key])
-    backend = LocalBackend([Slot(0, 0), Slot(1, 0)], "cpu", worker_log_dir=tmp_path / "workers",
-                           preload=["slowstart:train"])
+    backend = WarmBackend([Slot(0, 0), Slot(1, 0)], "cpu", ForkServerSpawner(log_dir=tmp_path / "workers"),
+                          preload=["slowstart:train"])
     try:
         budget = Budget(60)
         wait_for(lambda: len(list(tmp_path.glob("go.waiting.*"))) == 2, budget, "both workers to be starting")
@@ -159,11 +163,88 @@ def test_workers_that_do_not_start_in_time_end_in_one_line_and_leave_no_process(
             backend.wait_ready(timeout=1)
         assert str(err.value) == f"2 of 2 workers did not start within 1 s (is the machine overloaded?); " \
                                  f"their logs: {tmp_path / 'workers'}"
-        pids = backend.worker_pids() + [backend._server.proc.pid]  # type: ignore[union-attr]
+        pids = backend.worker_pids() + [backend.spawner.server.proc.pid]  # type: ignore[attr-defined]
     finally:
         backend.shutdown()
     assert not [p for p in pids if _alive(p)]
     assert not run_workers(tmp_path)  # the spare too: every process whose output goes to these logs
+
+
+class _Silent:
+    """A worker that stays alive and never connects."""
+
+    log = None
+
+    def poll(self) -> int | None:
+        return None
+
+    def wait(self, timeout: float) -> int | None:
+        return None
+
+    def stop(self) -> None:
+        pass
+
+    def wait_pid(self) -> int | None:
+        return None
+
+
+class _NeverStarts:
+    """A spawner whose workers never connect (what a lost node, or a machine too busy to
+    start them, looks like to the backend), with the hint of the spawner it stands in for."""
+
+    logs = None
+
+    def __init__(self, hint: str, folder: Path):
+        self.not_started_hint = hint
+        self.folder = folder
+
+    def rank_threads(self, requested: int | None, slots: list[Slot]) -> int:
+        return 1
+
+    def open(self, slots: list[Slot], setup: WorkerSetup) -> Listener:
+        return Listener(str(self.folder / "s.sock"), family="AF_UNIX", authkey=setup.authkey)
+
+    def spawn(self, slot: Slot, token: str) -> _Silent:
+        return _Silent()
+
+    def node(self, slot: Slot) -> int:
+        return 0
+
+    def rendezvous(self, gid: int, first: Any, timeout: float) -> dict[str, Any]:
+        return {"master_addr": "127.0.0.1", "master_port": 0, "store_path": str(self.folder / "store")}
+
+    def end_rendezvous(self, gid: int) -> None:
+        pass
+
+    def gone(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("spawner, lost_node", [(ForkServerSpawner, False), (RaySpawner, True)])
+def test_a_worker_that_never_starts_is_explained_by_its_spawner(spawner: Any, lost_node: bool, tmp_path: Path) -> None:
+    """On Ray, the likely cause of a worker that never starts is a lost node that none
+    replaced; on this machine, an overloaded machine. Both the start-up wait and a trial
+    waiting for a replacement worker say the cause of their own spawner."""
+    backend = WarmBackend([Slot(0, 0)], "cpu", _NeverStarts(spawner.not_started_hint, tmp_path))
+    try:
+        with pytest.raises(WorkersDidNotStart) as at_start:
+            backend.wait_ready(timeout=0.05)
+        backend.worker_start_timeout_s = 0.0
+        backend.start_group(GroupSpec(trial=0, config={}, entrypoint="m:f", slots=[Slot(0, 0)], start_epoch=0,
+                                      until_epoch=1, checkpoint_dir=tmp_path))
+        with pytest.raises(WorkersDidNotStart) as for_a_trial:
+            backend.poll(0.01)
+    finally:
+        backend.shutdown()
+    for err in (str(at_start.value), str(for_a_trial.value)):
+        assert ("node lost" in err) == lost_node, err
+        assert ("overloaded" in err) != lost_node, err
+    assert str(at_start.value).startswith("1 of 1 workers did not start within 0 s (")
+    assert str(for_a_trial.value).startswith("the worker for device 0 was not ready 0 s after it was started, and a "
+                                             "trial waits for it (")
 
 
 @pytest.mark.slow
@@ -175,7 +256,7 @@ def test_a_run_whose_workers_do_not_start_ends_in_one_line_and_stays_resumable(
     def never_ready(*_: object, **__: object) -> None:
         raise WorkersDidNotStart(message)
 
-    monkeypatch.setattr(LocalBackend, "wait_ready", never_ready)
+    monkeypatch.setattr(WarmBackend, "wait_ready", never_ready)
     out = tmp_path / "run"
     code = cli_main(["run", "train=toy", "progress=none", f"out_dir={out}"])
     assert code == 1
@@ -253,7 +334,7 @@ def test_a_stop_during_start_up_ends_the_start_up(tmp_path: Path, monkeypatch: p
         monkeypatch.setenv(key, env[key])
     stop = threading.Event()
     stop.set()
-    backend = LocalBackend([Slot(0, 0)], "cpu", preload=["slowstart:train"])
+    backend = WarmBackend([Slot(0, 0)], "cpu", ForkServerSpawner(), preload=["slowstart:train"])
     try:
         with pytest.raises(StartInterrupted, match=r"^interrupted while starting the workers \(0 of 1 ready\)$"):
             backend.wait_ready(stop=stop)

@@ -207,7 +207,7 @@ def test_a_node_lost_for_good_ends_the_run_in_bounded_time_with_one_line(cluster
         error = outcome.get("error")
         assert isinstance(error, WorkersDidNotStart), outcome
         assert "was not ready 8 s after it was started, and a trial waits for it" in str(error)
-        assert "was its node lost" in str(error) and "\n" not in str(error)
+        assert "was a node lost" in str(error) and "\n" not in str(error)
         assert_nothing_left(budget)
         assert any(ev.event == "fail" and "died" in ev.info for ev in read_trace(trace, tolerate_torn_tail=True))
     finally:
