@@ -21,7 +21,7 @@ from nasalloc.execute.run import settings_from, shipped_backend
 from nasalloc.execute.search import run_search
 from nasalloc.execute.trainers.toy import curve
 from nasalloc.sim.cluster import DevicePool, machine, parse_allocation
-from nasalloc.sim.dispatch import asked_after
+from nasalloc.sim.dispatch import WAITED
 from nasalloc.sim.config import shipped
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.schedulers import Decision, Job, make_scheduler, scheduler_config
@@ -347,7 +347,7 @@ def test_paused_trials_resume_from_checkpoints_on_more_devices(tmp_path: Path, n
     check_history(events)
     resumes = [ev for ev in events if ev.event == "resume"]
     # a promotion that had to wait for 2 free devices records when it was asked (for replay)
-    assert resumes and all(ev.epoch > 0 and (ev.info == info or (info is None and asked_after(ev.info) is not None))
+    assert resumes and all(ev.epoch > 0 and (ev.info == info or (info is None and ev.info == WAITED and ev.asked_after is not None))
                            for ev in resumes)
     assert any(len(ev.devices) == 2 for ev in resumes)
     configs = {ev.trial: ev.config for ev in events if ev.event == "start"}

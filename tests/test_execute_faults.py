@@ -21,7 +21,6 @@ from nasalloc.cli import main as cli_main
 from nasalloc.execute.run import settings_from
 from nasalloc.execute.search import run_search
 from nasalloc.execute.trainers.toy import curve
-from nasalloc.sim.dispatch import resume_epoch_of
 from nasalloc.sim.trace import TraceEvent, read_trace
 
 
@@ -289,7 +288,7 @@ def test_hyperband_per_rung_with_failures_lost_checkpoints_and_an_interruption_t
     assert promoted and all(p == (0, 2) for p in promoted), promoted
     # the second bracket's trials (9-11) failed saving epoch 1 and were retried from scratch
     fails = [ev for ev in events if ev.event == "fail"]
-    died = {ev.trial for ev in fails if resume_epoch_of(ev.info) == 0 and "died (exit status 17)" in ev.info}
+    died = {ev.trial for ev in fails if ev.resume_epoch == 0 and "died (exit status 17)" in ev.info}
     assert died == {9, 10, 11}
     assert all(any(e.event == "resume" and e.trial == t and e.epoch == 0 for e in events) for t in died)
     assert [ev.epoch for ev in fails if ev.trial == 2 and "RuntimeError: injected" in ev.info] == [0]
