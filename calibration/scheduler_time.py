@@ -24,7 +24,7 @@ from nasalloc.sim.cluster import ClusterSpec, DevicePool, parse_allocation
 from nasalloc.sim.config import shipped
 from nasalloc.sim.dispatch import Dispatcher, Segment
 from nasalloc.sim.profile import Profile
-from nasalloc.sim.schedulers import Decision, make_scheduler, scheduler_config, scheduler_names
+from nasalloc.sim.schedulers import Ask, Decision, Step, make_scheduler, scheduler_config, scheduler_names
 from nasalloc.sim.workload import workload_from_config
 
 
@@ -39,18 +39,18 @@ class _Stopwatch:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sched, name)
 
-    def _timed(self, name: str, *args: Any) -> Any:
+    def _timed(self, name: str, call: Any, *args: Any) -> Any:
         t0 = time.perf_counter()
-        out = getattr(self._sched, name)(*args)
+        out = call(*args)
         self.seconds[name] += time.perf_counter() - t0
         self.calls[name] += 1
         return out
 
-    def ask(self) -> Any:
-        return self._timed("ask")
+    def step_ask(self) -> Step[Ask]:  # the calls the dispatch core makes
+        return self._timed("ask", self._sched.step_ask)
 
-    def on_result(self, trial_id: int, epoch: int, metric: float) -> Decision:
-        return self._timed("on_result", trial_id, epoch, metric)
+    def step_result(self, trial_id: int, epoch: int, metric: float) -> Step[Decision]:
+        return self._timed("on_result", self._sched.step_result, trial_id, epoch, metric)
 
 
 def time_scheduler(name: str, space: dict[str, Any] | None, profile: Profile, seed: int = 0) -> dict[str, float]:

@@ -10,10 +10,10 @@ Resuming (`replay`): the scheduler is deterministic, so a scheduler built from t
 config and seed reaches the old run's state when the journaled calls are fed to it in the
 same order — each start/resume the dispatch core did not make on its own is one `ask`
 (which must hand out the same trial), each result one `on_result`, each fail one
-`on_failure` (its resume epoch is kept in the event's info as ``resume_epoch=N``). A job
-that waited for devices was asked before the events journaled while it waited; its
-start/resume carries ``asked_after=N`` (scheduler calls before its ask), and the replay asks
-at that point. Resumes with ``info="reallocate"`` (a trial checkpointed and moved to
+`on_failure` (from the event's ``resume_epoch``). A job that waited for devices was asked
+before the events journaled while it waited; its start/resume carries ``asked_after``
+(`Scheduler.calls` before its ask: the rule of what counts is written there), and the
+replay asks when the scheduler's count reaches it. Resumes with ``info="reallocate"`` (a trial checkpointed and moved to
 another allocation at a rung) and ``info="interrupted"`` (the run was stopped under it) are
 the core's own and no scheduler calls (`sim/dispatch.py`).
 
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nasalloc.sim.dispatch import INTERNAL, INTERRUPTED, asked_after, resume_epoch_of
+from nasalloc.sim.dispatch import INTERNAL, INTERRUPTED
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.schedulers.base import Decision, Job, Scheduler, TrialStatus
 from nasalloc.sim.trace import TraceEvent, TraceWriter
@@ -84,7 +84,7 @@ class Replayed:
     makespan: float
     restart: list[Job] = field(default_factory=list)  # cut-off trials, from their checkpoint
     fixups: list[tuple[str, int, int, tuple[int, ...], str | None]] = field(default_factory=list)  # event, trial, epoch, devices, info
-    calls: int = 0  # scheduler calls replayed (the dispatch core continues the count)
+    calls: int = 0  # `Scheduler.calls` after the replay (the dispatch core continues the count)
     best: tuple[float, int] | None = None  # best metric so far and its trial
 
 
@@ -122,7 +122,6 @@ def replay(events: list[TraceEvent], scheduler: Scheduler, checkpoint_epoch: Any
     """
     holding: dict[int, TraceEvent] = {}
     drained: set[int] = set()
-    calls = 0
     following: dict[int, TraceEvent | None] = {}  # event index -> the same trial's next event
     last_of: dict[int, int] = {}
     for i, ev in enumerate(events, start=1):
@@ -130,13 +129,13 @@ def replay(events: list[TraceEvent], scheduler: Scheduler, checkpoint_epoch: Any
             following[last_of[ev.trial]] = ev
         last_of[ev.trial] = i
     # asks of jobs that waited for devices, in the order they were asked: (calls before, event, index)
-    late = sorted((asked_after(ev.info), i, ev) for i, ev in enumerate(events, start=1)
-                  if ev.event in ("start", "resume") and ev.info not in INTERNAL and asked_after(ev.info) is not None)
+    late = sorted((ev.asked_after, i, ev) for i, ev in enumerate(events, start=1)
+                  if ev.event in ("start", "resume") and ev.asked_after is not None)
     asked_late = set()
 
     def ask(ev: TraceEvent, i: int) -> None:
-        job = scheduler.ask()
-        drained.update(scheduler.drain_stopped())
+        job, stopped = scheduler.step_ask()
+        drained.update(stopped)
         where = f"trace.jsonl event {i} ({ev.event} of trial {ev.trial})"
         if not isinstance(job, Job) or job.trial != ev.trial or job.resume != (ev.event == "resume"):
             raise UserError(f"resume: {where} does not match the scheduler's decision ({job!r}); {_MISMATCH}")
@@ -148,12 +147,10 @@ def replay(events: list[TraceEvent], scheduler: Scheduler, checkpoint_epoch: Any
                             f"{job.start_epoch}; {_MISMATCH}")
 
     def ask_late_ones() -> None:
-        nonlocal calls
-        while late and late[0][0] <= calls:
+        while late and late[0][0] <= scheduler.calls:
             _, i, ev = late.pop(0)
             ask(ev, i)
             asked_late.add(i)
-            calls += 1
 
     best: tuple[float, int] | None = None
     for i, ev in enumerate(events, start=1):
@@ -164,32 +161,29 @@ def replay(events: list[TraceEvent], scheduler: Scheduler, checkpoint_epoch: Any
                     ask_late_ones()
                     if i not in asked_late:
                         ask(ev, i)
-                        calls += 1
                 holding[ev.trial] = ev
             elif ev.event == "result":
                 ask_late_ones()
                 metric = float(ev.metric if ev.metric is not None else float("nan"))
-                decision = scheduler.on_result(ev.trial, int(ev.epoch or 0), metric)
-                calls += 1
+                decision, stopped = scheduler.step_result(ev.trial, int(ev.epoch or 0), metric)
                 nxt = following.get(i)
                 if nxt is not None and not _follows(decision, int(ev.epoch or 0), nxt):
                     raise UserError(f"resume: {where} was answered {decision.value} by the scheduler, but the journal "
                                     f"goes on with {nxt.event} at epoch {nxt.epoch}; {_MISMATCH}")
-                drained.update(scheduler.drain_stopped())
+                drained.update(stopped)
                 if best is None or scheduler.score(metric) > scheduler.score(best[0]):
                     best = (metric, ev.trial)
             elif ev.event == "fail":
                 ask_late_ones()
                 holding.pop(ev.trial, None)
-                scheduler.on_failure(ev.trial, resume_epoch_of(ev.info))
-                calls += 1
-                drained.update(scheduler.drain_stopped())
+                _, stopped = scheduler.step_failure(ev.trial, ev.resume_epoch or 0)
+                drained.update(stopped)
             elif ev.event in ("pause", "stop", "complete"):
                 holding.pop(ev.trial, None)
         except (ValueError, KeyError, AssertionError) as exc:
             raise UserError(f"resume: {where} cannot be replayed: {exc}") from None
     makespan = max((ev.time for ev in events), default=0.0)
-    out = Replayed(events=events, makespan=makespan, calls=calls, best=best)
+    out = Replayed(events=events, makespan=makespan, calls=scheduler.calls, best=best)
     stops = {ev.trial for ev in events if ev.event == "stop"}
     for tid in sorted(drained - stops):
         out.fixups.append(("stop", tid, scheduler.trials[tid].last_epoch, (), None))

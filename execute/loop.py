@@ -55,7 +55,7 @@ class LoopStats:
 
 class SearchLoop:
     def __init__(self, scheduler: Scheduler, backend: Backend, device_ids: list[int], allocation: Allocation,
-                 journal: Journal, options: LoopOptions, *, restart: list[Job] | None = None, calls: int = 0,
+                 journal: Journal, options: LoopOptions, *, restart: list[Job] | None = None,
                  best: tuple[float, int] | None = None, elastic: ElasticPolicy | None = None,
                  unshare: UnsharePolicy | None = None,
                  on_change: Callable[[SearchLoop], None] | None = None, cluster: ClusterSpec | None = None,
@@ -72,7 +72,7 @@ class SearchLoop:
             self.stats.best, self.stats.best_trial = best
         self.core = Dispatcher(scheduler, allocation, self.pool, launch=self._launch, emit=self._record,
                                device_ids=device_ids, checkpoint_every=options.checkpoint_every,
-                               checkpoint_epoch=self._checkpoint_epoch, calls=calls, elastic=elastic,
+                               checkpoint_epoch=self._checkpoint_epoch, elastic=elastic,
                                unshare=unshare)
         for job in restart or []:
             self.core.requeue(job, INTERRUPTED)

@@ -62,13 +62,13 @@ def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
     options = LoopOptions(entrypoint=settings.train.entrypoint, params=dict(settings.train.params), run_dir=run_dir,
                           storage=storage, checkpoint_every=settings.checkpoint_every,
                           trial_timeout_s=settings.trial_timeout_s)
-    restart, offset, fixups, calls, best = [], 0.0, [], 0, None
+    restart, offset, fixups, best = [], 0.0, [], None
     if settings.resume is not None:
         old = read_trace(trace_path, tolerate_torn_tail=True)
         write_trace(trace_path, old)  # drop a torn last line before appending
         ckpt = storage / "checkpoints"
         rep = replay(old, scheduler, lambda tid, at_most: latest_checkpoint(ckpt / f"trial_{tid:04d}", at_most))
-        restart, offset, fixups, calls, best = rep.restart, rep.makespan, rep.fixups, rep.calls, rep.best
+        restart, offset, fixups, best = rep.restart, rep.makespan, rep.fixups, rep.best  # `scheduler` holds the replayed state
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         trace_path.touch()  # resumable from here on (an empty journal replays to a fresh start)
@@ -95,7 +95,7 @@ def run_search(settings: Any, run_dir: Path) -> dict[str, Any]:
                 # applies: trials sharing a spread device); without a profile nothing moves, as `validate` re-simulates it
                 unshare = UnsharePolicy(profile, scheduler.milestones)
             loop = SearchLoop(scheduler, backend, settings.device_ids, settings.allocation, journal, options, restart=restart,
-                              calls=calls, best=best, elastic=elastic, unshare=unshare, on_change=progress.update,
+                              best=best, elastic=elastic, unshare=unshare, on_change=progress.update,
                               cluster=settings.cluster, stop=stop)
             loop.run()
             progress.update(loop)

@@ -30,10 +30,9 @@ The rules (each in one place below):
   the order it was asked. A job for a trial that is still saving the checkpoint of its last
   PAUSE waits for that save (it must resume from it), and nothing new is asked meanwhile
   either (a decision + save time, seconds in a search of hours), so that placement order is
-  ask order here too. A job that waited carries
-  ``asked_after=N`` in its start/resume event's ``info``: the number of scheduler calls
-  (asks that gave a job, results, failures) before it was asked, so a journal replay
-  can ask at the same point (`execute/journal.py`).
+  ask order here too. A job that waited carries ``asked_after`` in its start/resume event:
+  the scheduler calls before it was asked (`Scheduler.calls` says which calls count), so a
+  journal replay can ask at the same point (`execute/journal.py`).
 - **Placement.** `cluster.DevicePool`: one rule for sharing 1/m, per-rung schedules and whole
   nodes. The executor's devices are a one-node cluster to it.
 - **Moving a trial at a rung** (per-rung schedules, RASDA). When a trial the scheduler told
@@ -53,18 +52,18 @@ The rules (each in one place below):
   devices and placement would now put the trial on a device with fewer trials (an idle one,
   at 1/2), it moves there the same way (a "reallocate" pause and resume) if the policy says
   the move pays; its share of the new device is promised until it resumes.
-- **Stops of paused trials** (`Scheduler.drain_stopped`) get a "stop" event at once, or, for
-  a trial still saving its PAUSE checkpoint, as its release event instead of "pause".
+- **Stops of paused trials** (``stopped`` of every `Scheduler.step_ask` / ``step_result`` /
+  ``step_failure``) get a "stop" event at once, or, for a trial still saving its PAUSE
+  checkpoint, as its release event instead of "pause".
 - **Failures.** A crash after the trial's final decision (PAUSE or STOP) changes nothing: it
-  is ended as decided. Otherwise a "fail" event (its ``info`` ends with
-  ``resume_epoch=N``, the newest checkpoint) and the scheduler decides retry or drop.
+  is ended as decided. Otherwise a "fail" event (its ``resume_epoch``: the newest
+  checkpoint) and the scheduler decides retry or drop.
 - **Checkpoints.** Ranks save on PAUSE, on a trial's completion, and every
   ``checkpoint_every`` epochs while they continue (`Segment.save`).
 """
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,27 +80,9 @@ if TYPE_CHECKING:
 REALLOCATE = "reallocate"  # info of the pause/resume pair that moves a trial to another allocation
 INTERRUPTED = "interrupted"  # info of the pause (and later resume) of a trial cut off by Ctrl-C or a kill
 INTERNAL = (REALLOCATE, INTERRUPTED)  # resumes that are the driver's own, not the scheduler's jobs
-_ASKED_AFTER = re.compile(r"asked_after=(\d+)")
-_RESUME_EPOCH = re.compile(r"resume_epoch=(\d+)")
+WAITED = "waited for devices"  # info of a start/resume whose job was asked earlier (it carries asked_after)
 
 _CONTINUE, _PAUSE, _STOP = Decision.CONTINUE, Decision.PAUSE, Decision.STOP
-
-
-def fail_info(reason: str, resume_epoch: int) -> str:
-    """The ``info`` of a "fail" event: why, and the checkpoint a retry starts from."""
-    return f"{reason}; resume_epoch={resume_epoch}"
-
-
-def resume_epoch_of(info: str | None) -> int:
-    """The checkpoint epoch recorded in a "fail" event's info (0 when none)."""
-    m = _RESUME_EPOCH.search(info or "")
-    return int(m.group(1)) if m else 0
-
-
-def asked_after(info: str | None) -> int | None:
-    """For a start/resume of a job that waited for devices: scheduler calls before its ask."""
-    m = _ASKED_AFTER.search(info or "")
-    return int(m.group(1)) if m else None
 
 
 class Segment:
@@ -165,7 +146,7 @@ class Dispatcher:
     def __init__(self, scheduler: Scheduler, allocation: Allocation, pool: DevicePool, *,
                  launch: Callable[[Segment], None], emit: Callable[[TraceEvent], None],
                  device_ids: list[int] | tuple[int, ...] | None = None, checkpoint_every: int = 1,
-                 checkpoint_epoch: Callable[[int, int], int] | None = None, calls: int = 0,
+                 checkpoint_epoch: Callable[[int, int], int] | None = None,
                  elastic: ElasticPolicy | None = None, unshare: UnsharePolicy | None = None):
         self.sched = scheduler
         self.allocation = allocation
@@ -192,9 +173,7 @@ class Dispatcher:
         self.after_save: dict[int, _Request] = {}  # promoted while still saving its PAUSE checkpoint
         self.finished = False  # the scheduler answered FINISHED
         self.closed = False  # interrupted: nothing more is placed or asked
-        self.calls = int(calls)  # journaled scheduler calls so far (asks with a job, results, failures)
-        self._changes = 0  # scheduler calls that may change what `ask` answers
-        self._waited_at = -1  # value of `_changes` when the scheduler last answered WAIT
+        self._waited_at = -1  # `Scheduler.calls` when the scheduler last answered WAIT
         self.busy_device_seconds = 0.0  # sum over segments of k x held time
         self.elastic = elastic  # the growth decision under gpus_per_trial=elastic (sim/elastic.py)
         # moves off shared devices (sim/unshare.py): only where placement spreads shares over the
@@ -232,12 +211,10 @@ class Dispatcher:
         Raises ValueError when the scheduler refuses the result (the driver fails the job).
         """
         seg = self.running[trial]
-        decision = self.sched.on_result(trial, epoch, metric)
-        self._changes += 1
-        self.calls += 1
+        decision, stopped = self.sched.step_result(trial, epoch, metric)
         seg.last_epoch = epoch
-        self._emit(TraceEvent(now, "result", trial, epoch, metric, seg.labels, None, test_metric))
-        stopped = self.sched.drain_stopped()
+        self._emit(TraceEvent(time=now, event="result", trial=trial, epoch=epoch, metric=metric, devices=seg.labels,
+                              test_metric=test_metric))
         if stopped:
             self._stopped(now, stopped)
         told = decision
@@ -264,7 +241,7 @@ class Dispatcher:
         devices = seg.labels
         tid, epoch = seg.trial, seg.last_epoch
         if seg.decision is _CONTINUE and seg.told is _PAUSE:
-            self._emit(TraceEvent(now, "pause", tid, epoch, None, devices, info=REALLOCATE))
+            self._emit(TraceEvent(time=now, event="pause", trial=tid, epoch=epoch, devices=devices, info=REALLOCATE))
             until = self.sched.trials[tid].until_epoch
             job = Job(tid, seg.config, epoch, until, resume=True, attempt=seg.attempt)
             grows = self.elastic is not None  # its allocation has no rungs: every move is a growth
@@ -277,9 +254,10 @@ class Dispatcher:
             else:
                 self.waiting.append(request)
         elif seg.decision is _PAUSE and not seg.stopped_while_saving:
-            self._emit(TraceEvent(now, "pause", tid, epoch, None, devices))
+            self._emit(TraceEvent(time=now, event="pause", trial=tid, epoch=epoch, devices=devices))
         else:  # a STOP at max_epochs is a completed trial (`Scheduler.on_result`)
-            self._emit(TraceEvent(now, "complete" if epoch >= self.max_epochs else "stop", tid, epoch, None, devices))
+            ended = "complete" if epoch >= self.max_epochs else "stop"
+            self._emit(TraceEvent(time=now, event=ended, trial=tid, epoch=epoch, devices=devices))
         self.pool.release(seg.devices, seg.k)
         self.busy_device_seconds += seg.k * (now - seg.since)
         if self.after_save:
@@ -300,12 +278,12 @@ class Dispatcher:
             return False
         del self.running[trial]
         self._unreserve(seg)
-        self._emit(TraceEvent(now, "fail", trial, seg.last_epoch, None, seg.labels, info=fail_info(info, resume_epoch)))
+        self._emit(TraceEvent(time=now, event="fail", trial=trial, epoch=seg.last_epoch, devices=seg.labels,
+                              resume_epoch=resume_epoch, info=info))
         self._free(now, seg)
-        retried = self.sched.on_failure(trial, resume_epoch)
-        self.calls += 1
-        self._changes += 1
-        self._drain(now)
+        retried, stopped = self.sched.step_failure(trial, resume_epoch)
+        if stopped:
+            self._stopped(now, stopped)
         self._dispatch(now)
         return retried
 
@@ -324,7 +302,8 @@ class Dispatcher:
                 continue
             del self.running[tid]
             self._unreserve(seg)
-            self._emit(TraceEvent(now, "pause", tid, seg.last_epoch, None, seg.labels, info=INTERRUPTED))
+            self._emit(TraceEvent(time=now, event="pause", trial=tid, epoch=seg.last_epoch, devices=seg.labels,
+                                  info=INTERRUPTED))
             self._free(now, seg)
 
     # ----- the rules ----------------------------------------------------------------------
@@ -338,7 +317,7 @@ class Dispatcher:
         pool = self.pool
         if self.waiting or self.after_save or pool.free_units <= 0:
             return None
-        if not self.finished and self._waited_at != self._changes:
+        if not self.finished and self._waited_at != self.sched.calls:
             return None  # not asked since the last change (no capacity for the smallest job): no idle devices
         k = self.elastic.grow_to(self, seg, epoch)  # type: ignore[union-attr]
         if k is None:
@@ -362,7 +341,7 @@ class Dispatcher:
         self._dispatch(now)  # the result may have made work: it goes first
         if self.waiting or self.after_save:
             return False
-        if not self.finished and self._waited_at != self._changes:
+        if not self.finished and self._waited_at != self.sched.calls:
             return False  # not asked since the last change (no room for the smallest job): no idle capacity
         target = pool.move_target(seg.devices, seg.k, seg.k)
         if target is None or target == seg.devices:
@@ -378,12 +357,7 @@ class Dispatcher:
             self.pool.release((d,), seg.reserved_k)
         seg.reserved = ()
 
-    def _drain(self, now: float) -> None:
-        stopped = self.sched.drain_stopped()
-        if stopped:
-            self._stopped(now, stopped)
-
-    def _stopped(self, now: float, stopped: list[int]) -> None:
+    def _stopped(self, now: float, stopped: tuple[int, ...]) -> None:
         """"stop" for PAUSED trials the scheduler stopped; a trial still saving its PAUSE
         checkpoint ends with "stop" instead of "pause" when the save is done."""
         trials = self.sched.trials
@@ -392,7 +366,7 @@ class Dispatcher:
             if seg is not None and seg.ending:
                 seg.stopped_while_saving = True
             else:
-                self._emit(TraceEvent(now, "stop", tid, trials[tid].last_epoch))
+                self._emit(TraceEvent(time=now, event="stop", trial=tid, epoch=trials[tid].last_epoch))
 
     def _dispatch(self, now: float) -> None:
         """Place waiting requests first in first out, then ask the scheduler for new work."""
@@ -414,26 +388,23 @@ class Dispatcher:
             return
         sched, k_of_epoch, top = self.sched, self.k_of_epoch, self.max_epochs + 1
         while pool.free_units >= self.min_units:
-            if self._waited_at == self._changes:
+            if self._waited_at == sched.calls:
                 return  # WAIT, and nothing told since: a pure state machine answers the same
-            job = sched.ask()
-            stopped = sched.drain_stopped()
+            job, stopped = sched.step_ask()
             if stopped:
                 self._stopped(now, stopped)
             if not isinstance(job, Job):
                 self.finished = job is FINISHED
-                self._waited_at = self._changes
+                self._waited_at = sched.calls
                 return
-            self._changes += 1
-            self.calls += 1
             first_new = sched.trials[job.trial].last_epoch + 1
             k = k_of_epoch[min(max(job.start_epoch + 1, first_new), top)]  # its first epoch new to the scheduler
             if job.trial in self.running:  # promoted while still saving its checkpoint: resume after
-                self.after_save[job.trial] = _Request(job, k, first_new, asked_after=self.calls - 1)
+                self.after_save[job.trial] = _Request(job, k, first_new, asked_after=sched.calls - 1)
                 return
             devices = pool.place(k)
             if devices is None:
-                waiting.append(_Request(job, k, first_new, asked_after=self.calls - 1))
+                waiting.append(_Request(job, k, first_new, asked_after=sched.calls - 1))
                 return
             self._place(now, job, k, first_new, devices, None, None)
 
@@ -447,9 +418,11 @@ class Dispatcher:
         move_at = self.change_after[min(max(start + 1, first_new), self.max_epochs + 1)]
         seg = Segment(job, k, devices, labels, start, now, first_new, move_at)
         self.running[job.trial] = seg
-        note = info if asked_after is None else f"waited for devices; asked_after={asked_after}"
+        note = info if asked_after is None else WAITED
         if job.resume or info is not None:
-            self._emit(TraceEvent(now, "resume", job.trial, start, None, labels, None, None, note))
+            self._emit(TraceEvent(time=now, event="resume", trial=job.trial, epoch=start, devices=labels,
+                                  asked_after=asked_after, info=note))
         else:
-            self._emit(TraceEvent(now, "start", job.trial, 0, None, labels, job.config, None, note))
+            self._emit(TraceEvent(time=now, event="start", trial=job.trial, epoch=0, devices=labels, config=job.config,
+                                  asked_after=asked_after, info=note))
         self._launch(seg)

@@ -58,7 +58,7 @@ from nasalloc.sim.cluster import Allocation, ClusterSpec, DevicePool
 from nasalloc.sim.dispatch import Dispatcher, Segment
 from nasalloc.sim.elastic import ElasticPolicy
 from nasalloc.sim.profile import Profile
-from nasalloc.sim.schedulers import Decision, make_scheduler
+from nasalloc.sim.schedulers import Ask, Decision, Step, make_scheduler
 from nasalloc.sim.trace import Summary, TraceEvent, summarize
 from nasalloc.sim.unshare import UnsharePolicy
 from nasalloc.sim.workload import Workload
@@ -120,7 +120,7 @@ def effective_profile(spec: SimulationSpec) -> Profile:
 
 class _LoopClock:
     """The scheduler as the executor's one-threaded search loop runs it: each `ask` and
-    `on_result` keeps the loop busy for `ask_s` / `result_s` of simulated time after the
+    `on_result` (the dispatch core's `step_ask` and `step_result`) keeps the loop busy for `ask_s` / `result_s` of simulated time after the
     later of now and the end of the loop's previous call (`busy_until`). Everything else is
     the scheduler's own (attribute access is passed through)."""
 
@@ -135,13 +135,13 @@ class _LoopClock:
     def _occupy(self, seconds: float) -> None:
         self.busy_until = max(self.busy_until, self._env.now) + seconds
 
-    def ask(self) -> Any:
+    def step_ask(self) -> Step[Ask]:
         self._occupy(self._ask_s)
-        return self._sched.ask()
+        return self._sched.step_ask()
 
-    def on_result(self, trial_id: int, epoch: int, metric: float) -> Decision:
+    def step_result(self, trial_id: int, epoch: int, metric: float) -> Step[Decision]:
         self._occupy(self._result_s)
-        return self._sched.on_result(trial_id, epoch, metric)
+        return self._sched.step_result(trial_id, epoch, metric)
 
     def wait(self) -> float:
         """Seconds from now until the loop is free (0 when it is)."""

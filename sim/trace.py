@@ -12,9 +12,17 @@ One JSON object per line, the same schema from both clocks (DESIGN.md):
 - ``devices``: device ids the trial holds (GPU index or CPU slot); on k < 1 several trials
   list the same id.
 - ``config``: only on start.
-- optional ``test_metric`` on result events (held-out metric reported beside ``metric``), and
-  optional ``info`` (a string): why a trial failed, or why the executor paused/resumed it
-  ("reallocate" for a per-rung move to more devices, "interrupted" on Ctrl-C).
+- optional ``test_metric`` on result events (held-out metric reported beside ``metric``).
+- ``asked_after``: only on a start/resume of a job that waited for devices: the scheduler
+  calls made before it was asked (`Scheduler.calls`), so a journal replay asks at that point.
+- ``resume_epoch``: only on fail events: the checkpoint a retry starts from (0: none).
+- optional ``info`` (a string, for people; no program reads values out of it): why a trial
+  failed or waited, or why the executor paused/resumed it ("reallocate" for a per-rung move
+  to more devices, "interrupted" on Ctrl-C).
+
+Traces written before ``asked_after`` and ``resume_epoch`` were fields held them at the end
+of ``info`` ("waited for devices; asked_after=3", "rank 0 died; resume_epoch=2");
+`TraceEvent.from_dict` reads that form into the fields, so such a run still resumes.
 
 The executor appends and flushes one line per event (`TraceWriter`), so a killed run leaves a
 valid prefix; `read_trace` tolerates a torn last line for that reason.
@@ -25,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +44,17 @@ from nasalloc.sim.errors import UserError
 EVENTS = ("start", "resume", "result", "pause", "stop", "complete", "fail")
 HOLDS = ("start", "resume")  # events after which the trial holds its devices
 RELEASES = ("pause", "stop", "complete", "fail")  # events after which it holds none
+# the old form of the typed fields: "<why>; asked_after=N" on start/resume, "<why>; resume_epoch=N" on fail
+_OLD_FIELD = {"start": "asked_after", "resume": "asked_after", "fail": "resume_epoch"}
+_OLD_FORM = re.compile(r"^(.*?)(?:; )?(asked_after|resume_epoch)=(\d+)$")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class TraceEvent:
     """One line of trace.jsonl. Treat it as immutable: it is not frozen only because a frozen
     dataclass's ``__init__`` (one ``object.__setattr__`` per field) took 4x as long, and the
-    simulator builds one per result, start, pause and stop (600k in the paper grid)."""
+    simulator builds one per result, start, pause and stop (600k in the paper grid). Keyword
+    arguments only: with eleven fields, most of them optional, a positional call is misread."""
 
     time: float
     event: str
@@ -51,6 +64,8 @@ class TraceEvent:
     devices: tuple[int, ...] = ()
     config: dict[str, Any] | None = None
     test_metric: float | None = None
+    asked_after: int | None = None
+    resume_epoch: int | None = None
     info: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,6 +81,10 @@ class TraceEvent:
             d["config"] = self.config
         if self.test_metric is not None:
             d["test_metric"] = self.test_metric
+        if self.asked_after is not None:
+            d["asked_after"] = self.asked_after
+        if self.resume_epoch is not None:
+            d["resume_epoch"] = self.resume_epoch
         if self.info is not None:
             d["info"] = self.info
         return d
@@ -85,6 +104,13 @@ class TraceEvent:
             epoch = d.get("epoch")
             metric = d.get("metric")
             test_metric = d.get("test_metric")
+            fields = {"asked_after": d.get("asked_after"), "resume_epoch": d.get("resume_epoch")}
+            info = d.get("info")
+            old = _OLD_FIELD.get(event)
+            if old is not None and fields[old] is None and isinstance(info, str):
+                m = _OLD_FORM.match(info)
+                if m is not None and m.group(2) == old:  # a trace written before the fields existed
+                    info, fields[old] = m.group(1) or None, m.group(3)
             return cls(
                 time=time,
                 event=event,
@@ -94,7 +120,8 @@ class TraceEvent:
                 devices=tuple(int(x) for x in d.get("devices") or ()),
                 config=d.get("config"),
                 test_metric=None if test_metric is None else float(test_metric),
-                info=d.get("info"),
+                info=info,
+                **{k: None if v is None else int(v) for k, v in fields.items()},
             )
         except KeyError as exc:
             raise UserError(f"{where}: missing key {exc.args[0]!r}; every event needs time, event, trial") from None

@@ -29,7 +29,6 @@ from nasalloc.execute.search import run_search
 from nasalloc.execute.trainers.toy import curve, profile_data
 from nasalloc.sim.cluster import machine, parse_allocation
 from nasalloc.sim.config import shipped
-from nasalloc.sim.dispatch import resume_epoch_of
 from nasalloc.sim.elastic import elastic_allocation
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.profile import parse_profile
@@ -147,13 +146,12 @@ def closest_epoch_ends(events: list[TraceEvent]) -> float:
 
 
 def decisions(events: list[TraceEvent]) -> dict[int, list[tuple]]:
-    """Per trial, what happened to it in order: event, epoch, devices, and why (times left out)."""
+    """Per trial, what happened to it in order: event, epoch, devices, the typed fields a
+    resume reads, and why (times left out)."""
     out: dict[int, list[tuple]] = {}
     for ev in events:
-        info = ev.info
-        if ev.event == "fail":
-            info = f"resume_epoch={resume_epoch_of(info)}"  # the crash message differs
-        out.setdefault(ev.trial, []).append((ev.event, ev.epoch, ev.devices, info))
+        info = None if ev.event == "fail" else ev.info  # the crash message differs
+        out.setdefault(ev.trial, []).append((ev.event, ev.epoch, ev.devices, ev.asked_after, ev.resume_epoch, info))
     return out
 
 

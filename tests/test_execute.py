@@ -21,12 +21,12 @@ from nasalloc.execute.run import settings_from, shipped_backend
 from nasalloc.execute.search import run_search
 from nasalloc.execute.trainers.toy import curve
 from nasalloc.sim.cluster import DevicePool, machine, parse_allocation
-from nasalloc.sim.dispatch import asked_after
 from nasalloc.sim.config import shipped
+from nasalloc.sim.dispatch import WAITED
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.schedulers import Decision, Job, make_scheduler, scheduler_config
 from nasalloc.sim.space import SearchSpace
-from nasalloc.sim.trace import read_trace
+from nasalloc.sim.trace import read_trace, write_trace
 from test_sim_support import scheduler_node
 
 TOY = "nasalloc.execute.trainers.toy:train"
@@ -347,7 +347,7 @@ def test_paused_trials_resume_from_checkpoints_on_more_devices(tmp_path: Path, n
     check_history(events)
     resumes = [ev for ev in events if ev.event == "resume"]
     # a promotion that had to wait for 2 free devices records when it was asked (for replay)
-    assert resumes and all(ev.epoch > 0 and (ev.info == info or (info is None and asked_after(ev.info) is not None))
+    assert resumes and all(ev.epoch > 0 and (ev.info == info or (info is None and ev.info == WAITED and ev.asked_after is not None))
                            for ev in resumes)
     assert any(len(ev.devices) == 2 for ev in resumes)
     configs = {ev.trial: ev.config for ev in events if ev.event == "start"}
@@ -384,6 +384,53 @@ def test_replay_closes_trials_whose_release_event_was_lost(tmp_path: Path) -> No
     assert ("complete", 0, 2, (), None) in rep.fixups
     assert ("pause", 1, 1, (1,), "interrupted") in rep.fixups
     assert [(job.trial, job.start_epoch, job.until_epoch) for job in rep.restart] == [(1, 1, 2)]
+
+
+# A journal as runs wrote it before `asked_after` and `resume_epoch` were fields (they were at
+# the end of `info`). ASHA (promotion) on 2 devices with per-rung [1, 2]: trials 0-3 pause at
+# rung 1 (metrics 0.5, 0.9, 0.7, 0.95); after trial 2's result (7 calls: 4 asks, 3 results)
+# trial 1, the best of three, is promoted and waits for 2 devices; then trial 1 crashes in
+# epoch 3 with its epoch-2 checkpoint, and the run is killed.
+OLD_JOURNAL = """\
+{"time": 0.0, "event": "start", "trial": 0, "epoch": 0, "metric": null, "devices": [0], "config": {"x": "a"}}
+{"time": 0.0, "event": "start", "trial": 1, "epoch": 0, "metric": null, "devices": [1], "config": {"x": "a"}}
+{"time": 1.0, "event": "result", "trial": 0, "epoch": 1, "metric": 0.5, "devices": [0]}
+{"time": 1.0, "event": "pause", "trial": 0, "epoch": 1, "metric": null, "devices": [0]}
+{"time": 1.0, "event": "start", "trial": 2, "epoch": 0, "metric": null, "devices": [0], "config": {"x": "a"}}
+{"time": 1.0, "event": "result", "trial": 1, "epoch": 1, "metric": 0.9, "devices": [1]}
+{"time": 1.0, "event": "pause", "trial": 1, "epoch": 1, "metric": null, "devices": [1]}
+{"time": 1.0, "event": "start", "trial": 3, "epoch": 0, "metric": null, "devices": [1], "config": {"x": "a"}}
+{"time": 2.0, "event": "result", "trial": 2, "epoch": 1, "metric": 0.7, "devices": [0]}
+{"time": 2.0, "event": "pause", "trial": 2, "epoch": 1, "metric": null, "devices": [0]}
+{"time": 2.0, "event": "result", "trial": 3, "epoch": 1, "metric": 0.95, "devices": [1]}
+{"time": 2.0, "event": "pause", "trial": 3, "epoch": 1, "metric": null, "devices": [1]}
+{"time": 2.0, "event": "resume", "trial": 1, "epoch": 1, "metric": null, "devices": [0, 1], "info": "waited for devices; asked_after=7"}
+{"time": 3.0, "event": "result", "trial": 1, "epoch": 2, "metric": 0.9, "devices": [0, 1]}
+{"time": 3.5, "event": "fail", "trial": 1, "epoch": 2, "metric": null, "devices": [0, 1], "info": "rank 0 died (exit status 17); resume_epoch=2"}
+"""
+
+
+def test_a_journal_written_before_the_typed_fields_still_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl"
+    path.write_text(OLD_JOURNAL, encoding="utf-8")
+    events = read_trace(path)
+    assert (events[12].asked_after, events[12].info) == (7, WAITED)
+    assert (events[14].resume_epoch, events[14].info) == (2, "rank 0 died (exit status 17)")
+    cfg = scheduler_config(scheduler_node({"name": "asha", "n_trials": 4, "max_epochs": 3, "min_epochs": 1, "eta": 3,
+                                           "variant": "promotion", "max_retries": 1}))
+    sched = make_scheduler(cfg, SearchSpace.from_config({"x": {"type": "categorical", "choices": ["a"]}}),
+                           np.random.default_rng(0))
+    # asked after 7 calls the promotion is trial 1's; asked at its resume event (after trial 3's
+    # 0.95) it would be trial 3's, and the replay would refuse the journal
+    rep = replay(events, sched, lambda tid, at_most: at_most)
+    assert rep.calls == 5 + 5 + 1  # asks that gave a job, results, the failure
+    assert (rep.restart, rep.fixups) == ([], [])
+    assert sched.ask() == Job(1, {"x": "a"}, 2, 3, resume=True, attempt=1)  # the retry, from its epoch-2 checkpoint
+    write_trace(path, events)  # what a resumed run does first: the old lines are rewritten in the new form
+    rewritten = path.read_text(encoding="utf-8").splitlines()
+    assert rewritten[12].endswith('"asked_after": 7, "info": "waited for devices"}')
+    assert rewritten[14].endswith('"resume_epoch": 2, "info": "rank 0 died (exit status 17)"}')
+    assert read_trace(path) == events
 
 
 def test_replay_of_fail_events_retries_and_drops_as_the_run_did(tmp_path: Path) -> None:

@@ -21,7 +21,6 @@ from nasalloc.cli import main as cli_main
 from nasalloc.execute.run import settings_from
 from nasalloc.execute.search import run_search
 from nasalloc.execute.trainers.toy import curve
-from nasalloc.sim.dispatch import resume_epoch_of
 from nasalloc.sim.trace import TraceEvent, read_trace
 
 
@@ -37,7 +36,7 @@ def test_crashed_and_raising_ranks_fail_their_trial_and_retry(tmp_path: Path) ->
     fails = {ev.trial: ev for ev in events if ev.event == "fail"}
     assert set(fails) == {0, 1}
     assert "died (exit status 17)" in fails[0].info and "RuntimeError: injected" in fails[1].info
-    assert all("resume_epoch=1" in ev.info for ev in fails.values())
+    assert all(ev.resume_epoch == 1 for ev in fails.values())
     retry = {ev.trial: ev for ev in events if ev.event == "resume"}
     assert retry[0].epoch == 1 and retry[1].epoch == 1  # from the last checkpoint
     assert summary["completed"] == 3 and summary["failed"] == 0  # retried to the end
@@ -84,7 +83,7 @@ def test_hung_rank_and_silent_training_fail_by_timeout_not_hang(tmp_path: Path) 
     fails = [ev for ev in events if ev.event == "fail"]
     assert [ev.trial for ev in fails] == [0, 1, 1]  # trial 1: first try and its one retry, then dropped
     assert all(f"no report for {timeout:g} s" in ev.info for ev in fails)
-    assert "resume_epoch=1" in fails[0].info
+    assert fails[0].resume_epoch == 1
     assert summary["completed"] == 1 and summary["failed"] == 1
     assert not child_pids()
 
@@ -289,7 +288,7 @@ def test_hyperband_per_rung_with_failures_lost_checkpoints_and_an_interruption_t
     assert promoted and all(p == (0, 2) for p in promoted), promoted
     # the second bracket's trials (9-11) failed saving epoch 1 and were retried from scratch
     fails = [ev for ev in events if ev.event == "fail"]
-    died = {ev.trial for ev in fails if resume_epoch_of(ev.info) == 0 and "died (exit status 17)" in ev.info}
+    died = {ev.trial for ev in fails if ev.resume_epoch == 0 and "died (exit status 17)" in ev.info}
     assert died == {9, 10, 11}
     assert all(any(e.event == "resume" and e.trial == t and e.epoch == 0 for e in events) for t in died)
     assert [ev.epoch for ev in fails if ev.trial == 2 and "RuntimeError: injected" in ev.info] == [0]

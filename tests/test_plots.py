@@ -38,11 +38,16 @@ def _legend_outside_the_data_area(ax) -> None:
 #             trial 2 resumes at 9 s and is still running at 20 s (the last event)
 OKABE_ITO = {"complete": "#009e73", "stop": "#d55e00", "pause": "#56b4e9", "fail": "#cc79a7", "running": "#999999"}
 GANTT = [
-    TraceEvent(0, "start", 0, devices=(0,)), TraceEvent(0, "start", 2, devices=(1,)),
-    TraceEvent(6, "pause", 2, devices=(1,)), TraceEvent(6, "start", 3, devices=(1,)),
-    TraceEvent(9, "fail", 3, devices=(1,)), TraceEvent(9, "resume", 2, devices=(1,)),
-    TraceEvent(10, "complete", 0, devices=(0,)), TraceEvent(10, "start", 1, devices=(0,)),
-    TraceEvent(15, "stop", 1, devices=(0,)), TraceEvent(20, "result", 2, epoch=3, metric=0.5, devices=(1,)),
+    TraceEvent(time=0, event="start", trial=0, devices=(0,)),
+    TraceEvent(time=0, event="start", trial=2, devices=(1,)),
+    TraceEvent(time=6, event="pause", trial=2, devices=(1,)),
+    TraceEvent(time=6, event="start", trial=3, devices=(1,)),
+    TraceEvent(time=9, event="fail", trial=3, devices=(1,)),
+    TraceEvent(time=9, event="resume", trial=2, devices=(1,)),
+    TraceEvent(time=10, event="complete", trial=0, devices=(0,)),
+    TraceEvent(time=10, event="start", trial=1, devices=(0,)),
+    TraceEvent(time=15, event="stop", trial=1, devices=(0,)),
+    TraceEvent(time=20, event="result", trial=2, epoch=3, metric=0.5, devices=(1,)),
 ]
 
 
@@ -85,8 +90,8 @@ def test_hundreds_of_trials_share_the_few_outcome_colours():
     events = []
     for t in range(300):
         d, t0 = t % 4, 10.0 * (t // 4)
-        events += [TraceEvent(t0, "start", t, devices=(d,)),
-                   TraceEvent(t0 + 9, "complete" if t % 4 == 0 else "stop", t, devices=(d,))]
+        events += [TraceEvent(time=t0, event="start", trial=t, devices=(d,)),
+                   TraceEvent(time=t0 + 9, event="complete" if t % 4 == 0 else "stop", trial=t, devices=(d,))]
     fig, ax = _gantt_axes(events, 4)
     colours = {c for *_, c in _bars(ax)}
     assert colours == {OKABE_ITO["complete"], OKABE_ITO["stop"]}

@@ -164,6 +164,29 @@ def test_asha_promotion_hand_made() -> None:
     assert all(t.status is TrialStatus.STOPPED for t in sched.trials.values())
 
 
+def test_driver_calls_return_the_trials_they_stopped_and_count_what_may_change_the_state() -> None:
+    """`step_*`: an ask counts only when it hands out a job; every result and failure counts."""
+    sched = build({"name": "asha", "variant": "promotion", "n_trials": 3, "max_epochs": 3, "eta": 3, "min_epochs": 1})
+    steps = [sched.step_ask()]  # trial 0: 1 call
+    steps.append(sched.step_result(0, 1, 0.5))  # 2
+    steps.append(sched.step_ask())  # trial 1: 3
+    steps.append(sched.step_result(1, 1, 0.9))  # 4
+    steps.append(sched.step_ask())  # trial 2: 5
+    steps.append(sched.step_ask())  # WAIT: budget spent, trial 2 runs; still 5
+    assert sched.calls == 5 and steps[-1] == (WAIT, ())
+    steps.append(sched.step_failure(2, 0))  # retried: 6
+    steps.append(sched.step_ask())  # the retry: 7
+    steps.append(sched.step_result(2, 1, 0.7))  # 8; rung 1 holds 3 results: trial 1 is promotable
+    steps.append(sched.step_ask())  # trial 1 to epoch 3: 9
+    steps.append(sched.step_result(1, 3, 0.95))  # 10; STOP at max_epochs
+    assert [step.answer for step in steps[6:]] == [True, Job(2, sched.trials[2].config, 0, 1, resume=True, attempt=1),
+                                                   Decision.PAUSE, Job(1, sched.trials[1].config, 1, 3, resume=True),
+                                                   Decision.STOP]
+    assert all(step.stopped == () for step in steps) and sched.calls == 10
+    assert sched.step_ask() == (FINISHED, (0, 2))  # nothing left to promote: the paused trials stop
+    assert sched.calls == 10 and sched.drain_stopped() == []
+
+
 def test_asha_promotion_rerun_restarts_from_scratch() -> None:
     sched = build({"name": "asha", "variant": "promotion", "promotion": "rerun", "n_trials": 3, "max_epochs": 3, "eta": 3})
     for v in (0.1, 0.7, 0.2):

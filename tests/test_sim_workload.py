@@ -74,10 +74,12 @@ def _metric():
 
 
 def test_replay_from_a_trace_counts_epochs_beyond_the_recording(tmp_path):
-    events = [TraceEvent(0.0, "start", 0, 0, devices=(0,), config={"lr": 0.1})]
-    events += [TraceEvent(float(e), "result", 0, e, 0.1 * e, (0,), test_metric=0.1 * e - 0.01) for e in (1, 2, 3)]
-    events += [TraceEvent(3.0, "stop", 0, 3, devices=(0,)), TraceEvent(3.0, "start", 1, 0, devices=(0,), config={"lr": 0.2})]
-    events += [TraceEvent(4.0, "result", 1, 1, 0.05, (0,))]
+    events = [TraceEvent(time=0.0, event="start", trial=0, epoch=0, devices=(0,), config={"lr": 0.1})]
+    events += [TraceEvent(time=float(e), event="result", trial=0, epoch=e, metric=0.1 * e, devices=(0,),
+                          test_metric=0.1 * e - 0.01) for e in (1, 2, 3)]
+    events += [TraceEvent(time=3.0, event="stop", trial=0, epoch=3, devices=(0,)),
+               TraceEvent(time=3.0, event="start", trial=1, epoch=0, devices=(0,), config={"lr": 0.2})]
+    events += [TraceEvent(time=4.0, event="result", trial=1, epoch=1, metric=0.05, devices=(0,))]
     path = tmp_path / "trace.jsonl"
     write_trace(path, events)
     node = {**shipped("workload", "replay"), "path": str(path), "metric": {"name": "acc", "mode": "max", "low": 0, "high": 1},

@@ -60,6 +60,41 @@ def test_write_read_round_trip_and_byte_stability(tmp_path):
     assert list(line) == ["time", "event", "trial", "epoch", "metric", "devices", "config"]
 
 
+def test_asked_after_and_resume_epoch_are_written_only_on_the_events_that_carry_them(tmp_path):
+    events = [
+        ev(1.0, "resume", 1, 1, devices=[0, 1], asked_after=7, info="waited for devices"),
+        ev(2.0, "fail", 1, 2, devices=[0, 1], resume_epoch=0, info="rank 0 died"),
+        ev(2.0, "pause", 2, 1, devices=[1], info="reallocate"),
+    ]
+    path = tmp_path / "trace.jsonl"
+    write_trace(path, events)
+    lines = path.read_text().splitlines()
+    assert lines[0].endswith('"devices": [0, 1], "asked_after": 7, "info": "waited for devices"}')
+    assert lines[1].endswith('"devices": [0, 1], "resume_epoch": 0, "info": "rank 0 died"}')
+    assert "asked_after" not in lines[2] and "resume_epoch" not in lines[2]
+    assert read_trace(path) == events
+
+
+@pytest.mark.parametrize(("line", "asked_after", "resume_epoch", "info"), [
+    # written before the fields existed: the values were at the end of info
+    ('{"time": 1, "event": "start", "trial": 4, "epoch": 0, "devices": [1], "config": {}, '
+     '"info": "waited for devices; asked_after=12"}', 12, None, "waited for devices"),
+    ('{"time": 1, "event": "fail", "trial": 4, "epoch": 3, "devices": [1], '
+     '"info": "RuntimeError: boom; resume_epoch=2"}', None, 2, "RuntimeError: boom"),
+    # only where the event carried it: a pause's info is left as it is
+    ('{"time": 1, "event": "pause", "trial": 4, "epoch": 3, "devices": [1], "info": "x; resume_epoch=2"}',
+     None, None, "x; resume_epoch=2"),
+    # the typed field wins over text in info
+    ('{"time": 1, "event": "fail", "trial": 4, "epoch": 3, "devices": [1], "resume_epoch": 1, '
+     '"info": "said resume_epoch=2"}', None, 1, "said resume_epoch=2"),
+])
+def test_old_traces_read_into_the_typed_fields(tmp_path, line, asked_after, resume_epoch, info):
+    path = tmp_path / "trace.jsonl"
+    path.write_text(line + "\n")
+    (event,) = read_trace(path)
+    assert (event.asked_after, event.resume_epoch, event.info) == (asked_after, resume_epoch, info)
+
+
 def test_journal_appends_and_a_torn_tail_is_tolerated(tmp_path):
     path = tmp_path / "trace.jsonl"
     with TraceWriter(path) as journal:

@@ -17,7 +17,7 @@ from test_sim_support import check_invariants, make_profile, make_spec
 
 
 def _ev(t: float, event: str, trial: int, device: int) -> TraceEvent:
-    return TraceEvent(t, event, trial, 0, None, (device,))
+    return TraceEvent(time=t, event=event, trial=trial, epoch=0, devices=(device,))
 
 
 def test_shared_while_idle_counts_time_and_the_idle_devices_the_extra_trials_could_use():

@@ -20,6 +20,7 @@ from nasalloc.sim.schedulers.base import (
     RandomSearcher,
     Scheduler,
     Searcher,
+    Step,
     Trial,
     TrialStatus,
     rung_index,
@@ -58,6 +59,6 @@ def make_scheduler(cfg: Any, space: SearchSpace, rng: np.random.Generator) -> Sc
 
 __all__ = [
     "FINISHED", "WAIT", "Ask", "Decision", "Job", "RandomSearcher", "Scheduler", "Searcher",
-    "Trial", "TrialStatus", "rung_index", "make_scheduler", "scheduler_config", "scheduler_names",
+    "Step", "Trial", "TrialStatus", "rung_index", "make_scheduler", "scheduler_config", "scheduler_names",
     "Asha", "AshaConfig", "HyperBand", "HyperBandConfig", "BohbConfig", "KDESearcher",
 ]

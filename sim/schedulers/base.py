@@ -3,11 +3,16 @@
 A scheduler is a pure, deterministic state machine: no simpy, no torch, no clock. Whoever
 drives it (the simpy engine with simulated time, the executor with real processes) does:
 
-    job = scheduler.ask()            # Job | WAIT | FINISHED
+    job, stopped = scheduler.step_ask()            # Job | WAIT | FINISHED
     ...train job.trial from job.start_epoch, reporting every epoch...
-    decision = scheduler.on_result(trial, epoch, metric)   # CONTINUE | PAUSE | STOP
+    decision, stopped = scheduler.step_result(trial, epoch, metric)   # CONTINUE | PAUSE | STOP
     ...or, if the training crashed:
-    retried = scheduler.on_failure(trial, resume_epoch)
+    retried, stopped = scheduler.step_failure(trial, resume_epoch)
+
+Each ``step_*`` call is the state machine's ``ask`` / ``on_result`` / ``on_failure`` plus
+what drivers must learn after every one of them: the paused trials it stopped (``stopped``,
+see below; a driver cannot forget to ask for them) and the count of calls that may have
+changed the scheduler's state (`Scheduler.calls`, the rule is written there).
 
 Semantics every implementation keeps:
 - Epochs are counted from 1; ``epoch`` in a result is the number of epochs trained so far.
@@ -24,13 +29,12 @@ Semantics every implementation keeps:
   may skip it and asking again before anything changed answers WAIT again.
 - A trial that is PAUSED can later be stopped without reporting anything (a synchronous
   HyperBand rung completes and it is not among the top 1/eta; the search ends while it
-  waits for a promotion that will never come). Such trials are collected, and drivers
-  learn them from ``scheduler.drain_stopped()``: after EVERY call to ``ask``,
-  ``on_result`` and ``on_failure``, call it and record a "stop" event (epoch =
-  ``trials[id].last_epoch``) for each id it returns. Each id is returned exactly once;
-  the trial never gets a job again, so its checkpoint may be deleted. A trial that
-  is running gets its STOP as the answer to ``on_result`` instead, never through here.
-  When ``ask`` returns FINISHED every trial is STOPPED, COMPLETED or DROPPED.
+  waits for a promotion that will never come). Such trials are collected and handed out
+  once by ``drain_stopped()``; drivers record a "stop" event (epoch =
+  ``trials[id].last_epoch``) for each. Each id is returned exactly once; the trial never
+  gets a job again, so its checkpoint may be deleted. A trial that is running gets its
+  STOP as the answer to ``on_result`` instead, never through here. When ``ask`` returns
+  FINISHED every trial is STOPPED, COMPLETED or DROPPED.
 - ``on_failure`` for a trial whose job already got PAUSE or STOP (it crashed while saving)
   does not undo that answer: a paused trial stays paused (or is dropped when out of
   retries) and resumes from the checkpoint given; a finished trial is left alone.
@@ -43,7 +47,7 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -135,6 +139,16 @@ WAIT = _Wait()
 FINISHED = _Finished()
 Ask = Job | _Wait | _Finished
 
+_A = TypeVar("_A")
+_NONE_STOPPED: tuple[int, ...] = ()
+
+
+class Step(NamedTuple, Generic[_A]):
+    """A driver's scheduler call: its answer, and the PAUSED trials it stopped (in order)."""
+
+    answer: _A
+    stopped: tuple[int, ...]
+
 
 @dataclass
 class Trial:
@@ -196,6 +210,15 @@ class Scheduler(abc.ABC):
         self.trials: dict[int, Trial] = {}
         self._retry_queue: list[Job] = []
         self._stopped_while_paused: list[int] = []
+        # Scheduler calls that may have changed the state, counted by the `step_*` calls. The
+        # rule, the one both the dispatch core (`sim/dispatch.py`) and the journal replay
+        # (`execute/journal.py`) follow: every `on_result` and every `on_failure` counts, and
+        # an `ask` counts when it hands out a job; an ask answering WAIT changes nothing (it
+        # draws no randomness, so a replay may skip it) and one answering FINISHED ends the
+        # search, so neither counts. A job that waited for devices records the count before
+        # its ask (trace ``asked_after``), and the replay asks when it has replayed as many;
+        # a count unchanged since a WAIT means the scheduler would answer WAIT again.
+        self.calls = 0
 
     # ----- what subclasses provide -------------------------------------------------------
     @property
@@ -244,11 +267,34 @@ class Scheduler(abc.ABC):
     def drain_stopped(self) -> list[int]:
         """Ids of PAUSED trials that were stopped since the last call (each id once, in order).
 
-        Drivers call this after every `ask`, `on_result` and `on_failure` and record a
-        "stop" event for each id (see the module docstring).
+        Drivers get them from the `step_*` calls; this is the state machine's half.
         """
         stopped, self._stopped_while_paused = self._stopped_while_paused, []
         return stopped
+
+    def _stopped(self) -> tuple[int, ...]:
+        if not self._stopped_while_paused:
+            return _NONE_STOPPED
+        return tuple(self.drain_stopped())
+
+    def step_ask(self) -> Step[Ask]:
+        """`ask`, as a driver calls it (module docstring)."""
+        job = self.ask()
+        if isinstance(job, Job):
+            self.calls += 1
+        return Step(job, self._stopped())
+
+    def step_result(self, trial_id: int, epoch: int, metric: float) -> Step[Decision]:
+        """`on_result`, as a driver calls it (module docstring); raises as `on_result` does."""
+        decision = self.on_result(trial_id, epoch, metric)
+        self.calls += 1
+        return Step(decision, self._stopped())
+
+    def step_failure(self, trial_id: int, resume_epoch: int = 0) -> Step[bool]:
+        """`on_failure`, as a driver calls it (module docstring)."""
+        retried = self.on_failure(trial_id, resume_epoch)
+        self.calls += 1
+        return Step(retried, self._stopped())
 
     def on_result(self, trial_id: int, epoch: int, metric: float) -> Decision:
         trial = self.trials[trial_id]
