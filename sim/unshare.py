@@ -54,10 +54,20 @@ class UnsharePolicy:
         self.survive = survival(self.milestones)
         self.factors = factors or TrialFactors(profile)  # the engine's, so both use one factor per trial
 
+    def epoch_time(self, seg: Segment, sharers: int) -> float:
+        """Seconds per epoch of `seg`'s trial with `sharers` trials on its device, as the engine
+        charges it (`Profile.trial_epoch_time`)."""
+        return self.profile.trial_epoch_time(float(seg.k), self.factors(seg.trial, seg.config), sharers)
+
+    def move_cost(self, seg: Segment) -> float:
+        """What the move adds to `seg`'s time: its job at k ends and resumes at k elsewhere
+        (`Profile.move_cost`)."""
+        return self.profile.move_cost(float(seg.k), float(seg.k))
+
     def _left_s(self, seg: Segment, boundary: int) -> float:
         """Expected training still to do in this job from `boundary` on, in seconds alone."""
         left = epochs_left(self.milestones, self.survive, seg.until_epoch, boundary)
-        return left * self.profile.trial_epoch_time(1.0, self.factors(seg.trial, seg.config))
+        return left * self.epoch_time(seg, 1)
 
     def gain_and_cost(self, core: Dispatcher, seg: Segment, epoch: int, target: int) -> tuple[float, float]:
         """Seconds the move of `seg` (after `epoch`) to device `target` is expected to save the
@@ -73,7 +83,7 @@ class UnsharePolicy:
                        default=0.0)
         window = min(self._left_s(seg, epoch), partners)
         gain = window * (self.slowdown(j) - self.slowdown(j_new))
-        return gain, self.profile.move_cost(float(seg.k), float(seg.k))
+        return gain, self.move_cost(seg)
 
     def pays(self, core: Dispatcher, seg: Segment, epoch: int, target: int) -> bool:
         gain, cost = self.gain_and_cost(core, seg, epoch, target)
