@@ -7,7 +7,10 @@ thousands of times in worker processes. The same spec gives the same trace, byte
 
 What is asked when, where a job goes, what waits, when a trial moves to another allocation
 and which trace events are written is `sim/dispatch.py`, the code the executor runs too.
-This module only says how long things take, in simulated time, from the profile:
+This module only says how long things take, in simulated time, from the profile, by the
+functions the elastic and unshare policies price their moves with (`Profile.trial_epoch_time`,
+`start_cost`, `end_cost`; the per-trial configuration factor from one `TrialFactors` that the
+policies share):
 - A job on k devices: start-up cost(k) (+ checkpoint restore when it starts from a
   checkpoint), then one epoch after another of epoch_time(k) x config_factor(config)
   (evaluation included; the factor is the profile's `config_cost`, 1 without it, computed
