@@ -15,10 +15,11 @@ keeps the cluster busy but pays scaling losses on every epoch. The elastic polic
   the end of the job and the start-up at the new k and the restore (`Profile.move_cost`).
   Who grows and by how much is chosen by expected gain: for every running trial, the epochs
   left until its next scheduler decision (its next rung, or its job's end) times the time
-  saved per epoch at the larger k, less the cost of the move. The free devices are shared out greedily by gain per extra device among all running
-  trials (those between boundaries included, so one trial does not take devices another would
-  use better); the trial at its boundary takes its share now, the others at theirs. Nothing
-  moves when the model predicts no gain.
+  saved per epoch at the larger k, less the cost of the move. The free devices are shared
+  out greedily by gain per extra device among all running trials (those between boundaries
+  included, so one trial does not take devices another would use better); the trial at its
+  boundary takes its share now, the others at theirs. Nothing moves when the model predicts
+  no gain.
 - **No shrinking.** A grown trial keeps its devices until its job ends (its next PAUSE or STOP)
   and its next job starts at the efficient k again. Shrinking a trial when new work arrives
   would pay a second move (save, start-up, restore) to start work the scheduler only hands out
