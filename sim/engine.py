@@ -52,6 +52,7 @@ policies share):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -160,12 +161,16 @@ class _Engine:
         self.sched = sched
         alloc = spec.allocation
         ks = alloc.ks
-        self.profile = profile
+        # the profile's answers (sim/profile.py), memoised per simulation: the same few k recur
+        self.epoch_time = lru_cache(maxsize=None)(profile.trial_epoch_time)
+        self.start_cost = lru_cache(maxsize=None)(profile.start_cost)
+        self.end_cost = lru_cache(maxsize=None)(profile.end_cost)
         most = max((k.denominator for k in ks if k < 1), default=1)  # trials one device can hold
         self.slowdown = [profile.epoch.sharing_slowdown(j) for j in range(most + 1)]  # j trainers -> factor
         self.training: dict[int, list[Any]] = {}  # device -> processes in a shared epoch on it
         self.factors = TrialFactors(profile)  # trial -> its epoch-time factor (config_cost), shared with the policies
         self.decision_s = ov.decision_latency_s
+        self.save_s = ov.checkpoint_save_s  # the checkpoint every saving epoch writes
         self.failures = {trial: epoch for trial, epoch in spec.failures}
         self.env = simpy.Environment(initial_time=0.0)
         ask_s, result_s = profile.scheduler_time(sched.name)
@@ -217,14 +222,13 @@ class _Engine:
         env, core, wl = self.env, self.core, self.workload
         tid, config, k = seg.trial, seg.config, seg.k
         epoch = checkpoint = seg.start_epoch
-        profile, decision_s = self.profile, self.decision_s
-        save_s = profile.overheads.checkpoint_save_s  # the checkpoint every saving epoch writes
+        decision_s, save_s = self.decision_s, self.save_s
         factor = self.factors(tid, config)
-        epoch_s = profile.trial_epoch_time(float(k), factor)
+        epoch_s = self.epoch_time(float(k), factor)
         loop = self.loop
-        fixed = profile.start_cost(float(k), epoch > 0, after=placed_after)
+        fixed = self.start_cost(float(k), epoch > 0, placed_after)
         shared = k < 1
-        work = profile.trial_epoch_time(1.0, factor)  # k < 1: the epoch's work alone on the device
+        work = self.epoch_time(1.0, factor)  # k < 1: the epoch's work alone on the device
         crash_at = self.failures.get(tid) if seg.attempt == 0 else None
         result = core.result
         times = self.times
@@ -252,7 +256,7 @@ class _Engine:
             if seg.save:
                 checkpoint = epoch
                 fixed += save_s
-        pause = profile.end_cost(float(k), seg.save, after=decision_s + answered)
+        pause = self.end_cost(float(k), seg.save, decision_s + answered)
         if pause > 0:
             self.timeouts += 1
             yield env.timeout(pause)
