@@ -43,6 +43,13 @@ fresh jobs cost 15-17 ms at both (their first-seen configurations pay more; a re
 seen before): start-up + one restore was 17 ms at either k (issue 16). Without `resume_s`,
 start-up(k) + checkpoint_restore_s.
 
+Everything that prices an epoch or a job's start, end or move asks the Profile, and nothing
+else computes these: `trial_epoch_time` (a trial's epoch at k with its configuration factor,
+shared by m trials per device or not), `start_parts`/`start_cost` (start-up, or resume, or
+start-up + restore, with the inter-node step), `end_cost` (save, release(k)) and `move_cost`
+(the two together). The engine charges them and the elastic and unshare policies decide with
+them, so a policy never expects a move to cost what the simulation does not charge.
+
 `scheduler_time` (optional): seconds of the scheduler's own computation per call, per
 scheduler name, as calibration timed it on this machine: `ask_s` per new job asked for
 (BOHB fits and samples its density model there), `result_s` per result told. The executor
