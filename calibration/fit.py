@@ -531,18 +531,19 @@ class LineFit:
         return self.base + self.per_doubling * math.log2(max(1.0, k)) + across
 
 
-def fit_startup(startup_s: Mapping[int, Sequence[float]]) -> LineFit:
+def fit_startup(startup_s: Mapping[int, Sequence[float]], slope: float | None = None) -> LineFit:
     """startup(k) = startup_s + startup_per_doubling_s * log2(k), least squares with both
-    terms >= 0 (`LineFit`). From one k the slope is assumed 0 and the level is the mean, at
-    least 0; no samples at all give (0, 0), assumed."""
+    terms >= 0 (`LineFit`). From one k the slope cannot be told: it is `slope` where an
+    earlier fit gave one (validate keeps the profile's), else 0 by assumption, and the level
+    is the mean less slope * log2(k), at least 0; no samples at all give (0, slope or 0)."""
     ks = [k for k, v in startup_s.items() if len(v)]
     if not ks:
-        return LineFit(0.0, 0.0, True)
+        return LineFit(0.0, slope or 0.0, slope is None)
     x = np.concatenate([np.full(len(startup_s[k]), math.log2(k)) for k in ks])
     y = np.concatenate([np.asarray(startup_s[k], dtype=float) for k in ks])
     if len(set(ks)) < 2:
-        level = float(np.mean(y))
-        return LineFit(max(0.0, level), 0.0, True, held={"base": level} if level < 0 else {})
+        level = float(np.mean(y if slope is None else y - slope * x))
+        return LineFit(max(0.0, level), slope or 0.0, slope is None, held={"base": level} if level < 0 else {})
     design = np.column_stack([np.ones_like(x), x])
     res = optimize.lsq_linear(design, y, bounds=([0.0, 0.0], [np.inf, np.inf]), method="bvls")  # exact active set
     free = np.linalg.lstsq(design, y, rcond=None)[0]
@@ -551,20 +552,37 @@ def fit_startup(startup_s: Mapping[int, Sequence[float]]) -> LineFit:
     return LineFit(float(res.x[0]), float(res.x[1]), False, held=held)
 
 
-def fit_startup_across_nodes(startup_s: Mapping[int, Sequence[float]], gpus_per_node: int) -> LineFit:
+def fit_startup_across_nodes(startup_s: Mapping[int, Sequence[float]], gpus_per_node: int,
+                             slope: float | None = None, across: float | None = None) -> LineFit:
     """startup(k) = startup_s + startup_per_doubling_s * log2(k), plus startup_inter_node_s
     for k > gpus_per_node: the line is fitted to the jobs inside one node (`fit_startup`), the
     jobs across nodes give the step above it (their mean excess over the line, at least 0).
     A job across nodes pays a rendezvous and process group over the network, a step at the
     node boundary; fitted as one log2 k line, it pulled the line to 0 s at k = 1 on the Ray
     test cluster (7, 9 and 83 ms at k = 1, 2, 4 on nodes of 2).
-    `across_nodes` is None when no k on one side of the node boundary was measured (then
-    `fit_startup` over all)."""
+    `slope`: the slope kept from an earlier fit where one k inside a node cannot tell it
+    (`fit_startup`). `across`: the step kept from an earlier fit where the jobs measured lie
+    on one side of the node boundary only; it is taken out of the jobs across nodes before
+    the line is fitted to them, and is the fit's `across_nodes`. Without it (calibration)
+    `across_nodes` is None there and the line is fitted over all (`fit_startup`)."""
     inside = {k: v for k, v in startup_s.items() if k <= gpus_per_node and len(v)}
-    across = {k: v for k, v in startup_s.items() if k > gpus_per_node and len(v)}
-    if not inside or not across:
-        return fit_startup(startup_s)
-    line = fit_startup(inside)
-    excess = float(np.mean([x - line.at(k, gpus_per_node) for k, v in across.items() for x in v]))
+    spanning = {k: v for k, v in startup_s.items() if k > gpus_per_node and len(v)}
+    if not inside or not spanning:
+        if across is None:
+            return fit_startup(startup_s, slope)
+        line = fit_startup({**inside, **{k: [x - across for x in v] for k, v in spanning.items()}}, slope)
+        return dataclasses.replace(line, across_nodes=across)
+    line = fit_startup(inside, slope)
+    excess = float(np.mean([x - line.at(k, gpus_per_node) for k, v in spanning.items() for x in v]))
     held = {**line.held, **({"across_nodes": excess} if excess < 0 else {})}
     return dataclasses.replace(line, across_nodes=max(0.0, excess), held=held)
+
+
+def fit_resume(resume_s: Mapping[int, Sequence[float]], gpus_per_node: int, across: float | None,
+               slope: float | None = None) -> LineFit:
+    """resume(k) = resume_s + resume_per_doubling_s * log2(k), fitted to resumed jobs' costs as
+    start-up is (`fit_startup`; `slope` as there), less the start-up's step `across` for jobs
+    across nodes: the simulator adds that step to resume(k) itself (`Profile.resume_time`),
+    so left in, a job across nodes would pay it twice."""
+    step = across or 0.0
+    return fit_startup({k: [x - (step if k > gpus_per_node else 0.0) for x in v] for k, v in resume_s.items()}, slope)

@@ -18,7 +18,7 @@ import numpy as np
 from nasalloc.calibration.analysis import Analysis
 from nasalloc.calibration.config_cost import describe as describe_config_cost
 from nasalloc.calibration.config_cost import fit_config_cost
-from nasalloc.calibration.fit import FITTABLE, LineFit, fit_startup
+from nasalloc.calibration.fit import FITTABLE, LineFit, fit_resume, fit_startup
 from nasalloc.calibration.measurements import Measurements
 from nasalloc.sim.speedup import StepTimeModel
 
@@ -118,9 +118,7 @@ def resume_fit(m: Measurements, a: Analysis) -> LineFit | None:
     measurements (timings imported: start-up + checkpoint_restore_s stands for it)."""
     if not any(len(v) for v in m.resume_s.values()):
         return None
-    across = a.startup.across_nodes or 0.0
-    gpn = a.settings.gpus_per_node
-    return fit_startup({k: [x - (across if k > gpn else 0.0) for x in v] for k, v in m.resume_s.items()})
+    return fit_resume(m.resume_s, a.settings.gpus_per_node, a.startup.across_nodes)
 
 
 def bounded_overheads(values: Mapping[str, float], held: dict[str, float]) -> dict[str, float]:

@@ -366,9 +366,11 @@ class DevicePool:
         self.occupy(devices, k_old)
         return placed
 
-    def sharers(self, device: int, k: float) -> int:
-        """Trials of share k that fit in what is held on `device` (its trials, when all hold k)."""
-        return max(1, round((self.L - self.dev_free[device]) / (k * self.L)))
+    def sharers(self, device: int, k: float, joining: bool = False) -> int:
+        """Trials of share k that fit in what is held on `device` (its trials, when all hold k),
+        at least 1; with `joining`, one more: those there once a trial of share k moves in."""
+        held = round((self.L - self.dev_free[device]) / self.units(k))
+        return held + 1 if joining else max(1, held)
 
     @property
     def busy_devices(self) -> int:

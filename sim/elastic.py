@@ -12,33 +12,36 @@ keeps the cluster busy but pays scaling losses on every epoch. The elastic polic
 - **Grow.** At a running trial's epoch boundary (the scheduler said CONTINUE), when the
   scheduler has no work for the free devices (it answers WAIT or FINISHED and nothing waits),
   the trial may move to a larger k: checkpoint, then resume on more devices, paying the save,
-  the start-up at the new k and the restore. Who grows and by how much is chosen by expected
-  gain: for every running trial, the epochs left until its next scheduler decision (its next
-  rung, or its job's end) times the time saved per epoch at the larger k, less the cost of the
-  move. The free devices are shared out greedily by gain per extra device among all running
-  trials (those between boundaries included, so one trial does not take devices another would
-  use better); the trial at its boundary takes its share now, the others at theirs. Nothing
-  moves when the model predicts no gain.
+  the end of the job and the start-up at the new k and the restore (`Profile.move_cost`).
+  Who grows and by how much is chosen by expected gain: for every running trial, the epochs
+  left until its next scheduler decision (its next rung, or its job's end) times the time
+  saved per epoch at the larger k, less the cost of the move. The free devices are shared
+  out greedily by gain per extra device among all running trials (those between boundaries
+  included, so one trial does not take devices another would use better); the trial at its
+  boundary takes its share now, the others at theirs. Nothing moves when the model predicts
+  no gain.
 - **No shrinking.** A grown trial keeps its devices until its job ends (its next PAUSE or STOP)
   and its next job starts at the efficient k again. Shrinking a trial when new work arrives
   would pay a second move (save, start-up, restore) to start work the scheduler only hands out
   at rung decisions — and the grown trial reaches its own decision sooner for having grown.
   New work that arrives meanwhile waits first in first out, as every job does.
 
-The policy reads the profile only: epoch times per k (with the trial's configuration factor),
-the sharing curve for trials at 1/m of a device, start-up, save and restore. It never looks at
-a clock, so it decides the same in both drivers.
+The policy reads the profile only, and prices epochs and moves as the engine charges them, by
+the same functions: a trial's epoch at k with its configuration factor
+(`Profile.trial_epoch_time`, the sharing curve for trials at 1/m of a device) and the move
+(`Profile.move_cost`: save, release(k), then resume(k') or start-up(k') and restore, with
+the inter-node step where k' spans nodes). It never looks at a clock, so it decides the same
+in both drivers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nasalloc.sim.cluster import ELASTIC, Allocation, ClusterSpec, allowed_allocations, exact_k, parse_allocation
 from nasalloc.sim.config import required
 from nasalloc.sim.errors import UserError
-from nasalloc.sim.profile import Profile
+from nasalloc.sim.profile import Profile, TrialFactors
 
 if TYPE_CHECKING:
     from nasalloc.sim.dispatch import Dispatcher, Segment
@@ -107,41 +110,35 @@ class ElasticPolicy:
     docstring). `grow_to` is asked at a running trial's epoch boundary."""
 
     def __init__(self, allocation: Allocation, profile: Profile, milestones: list[int],
-                 config_factor: Callable[[dict[str, Any]], float] | None = None):
+                 factors: TrialFactors | None = None):
         self.targets = [float(k) for k in allocation.grow if k > allocation.schedule[0]]
         self.profile = profile
         self.milestones = sorted(milestones)
         self.survive = survival(self.milestones)
-        self.factor = config_factor or profile.config_factor
-        self._factors: dict[int, float] = {}
-        ov = profile.overheads
-        self._epoch = {k: profile.epoch_time(k) for k in [float(allocation.schedule[0]), *self.targets] if k >= 1}
-        if ov.resume_s is None:  # a resume costs start-up + restore
-            self._move = {k: ov.checkpoint_save_s + ov.release_s + profile.startup_time(k) + ov.checkpoint_restore_s
-                          for k in self.targets}
-        else:  # measured as such: resume(k) (sim/profile.py)
-            self._move = {k: ov.checkpoint_save_s + ov.release_s + profile.resume_time(k) for k in self.targets}  # type: ignore[operator]
+        self.factors = factors or TrialFactors(profile)  # the engine's, so both use one factor per trial
+        self._epochs: dict[tuple[int, float, int], float] = {}  # (trial, k, sharers) -> seconds per epoch
+        self._moves: dict[tuple[float, float], float] = {}  # (k_from, k_to) -> seconds
 
-    # ----- the model ------------------------------------------------------------------------
-    def _epoch_time(self, k: float, sharers: int = 0) -> float:
-        """Seconds per epoch (configuration factor 1) at k; a share trains at the speed the
-        sharing curve gives for `sharers` trials on its device (0: the device full)."""
-        if k >= 1:
-            t = self._epoch.get(k)
-            if t is None:
-                t = self._epoch[k] = self.profile.epoch_time(k)
-            return t
-        m = sharers or round(1 / k)
-        return self.profile.epoch_time(1) * self.profile.epoch.sharing_slowdown(m)
+    # ----- the model: the profile's (`Profile.trial_epoch_time`, `Profile.move_cost`) -------
+    def epoch_time(self, seg: Segment, k: float, sharers: int = 0) -> float:
+        """Seconds per epoch of `seg`'s trial at k, as the engine charges it; a share trains at
+        the speed the sharing curve gives for `sharers` trials on its device (0: the device full)."""
+        key = (seg.trial, float(k), sharers)
+        t = self._epochs.get(key)
+        if t is None:
+            t = self._epochs[key] = self.profile.trial_epoch_time(float(k), self.factors(seg.trial, seg.config), sharers)
+        return t
+
+    def move_cost(self, k_from: float, k_to: float) -> float:
+        """What a move from k_from to k_to adds to the trial's time (`Profile.move_cost`)."""
+        key = (float(k_from), float(k_to))
+        cost = self._moves.get(key)
+        if cost is None:
+            cost = self._moves[key] = self.profile.move_cost(*key)
+        return cost
 
     def _epochs_left(self, seg: Segment, boundary: int) -> float:
         return epochs_left(self.milestones, self.survive, seg.until_epoch, boundary)
-
-    def _config_factor(self, seg: Segment) -> float:
-        f = self._factors.get(seg.trial)
-        if f is None:
-            f = self._factors[seg.trial] = self.factor(seg.config)
-        return f
 
     # ----- the decision ---------------------------------------------------------------------
     def grow_to(self, core: Dispatcher, seg: Segment, epoch: int) -> float | None:
@@ -161,20 +158,20 @@ class ElasticPolicy:
             if left <= 0:
                 continue
             sharers = pool.sharers(r.devices[0], r.k) if r.k < 1 else 0
-            cands.append((r, left * self._config_factor(r), self._epoch_time(r.k, sharers)))
+            cands.append((r, left, self.epoch_time(r, r.k, sharers)))
             planned[r.trial] = r.k
         while True:
             best = None  # (gain per extra unit, gain, trial, k)
-            for r, weight, t_now in cands:
+            for r, left, t_now in cands:
                 k_from = planned[r.trial]
-                t_from = t_now if k_from == r.k else self._epoch_time(k_from)
+                t_from = t_now if k_from == r.k else self.epoch_time(r, k_from)
                 for k in self.targets:
                     if k <= k_from:
                         continue
                     extra = pool.units(k) - pool.units(k_from)
                     if extra > idle:
                         break
-                    gain = weight * (t_from - self._epoch_time(k)) - (self._move[k] if k_from == r.k else 0.0)
+                    gain = left * (t_from - self.epoch_time(r, k)) - (self.move_cost(r.k, k) if k_from == r.k else 0.0)
                     if gain > 0 and (best is None or gain / extra > best[0]):
                         best = (gain / extra, gain, r.trial, k, extra)
             if best is None:
@@ -184,11 +181,11 @@ class ElasticPolicy:
             idle -= extra
         k = planned.get(seg.trial, seg.k)
         t_now = next((t for r, _, t in cands if r is seg), 0.0)
-        weight = next((w for r, w, _ in cands if r is seg), 0.0)
+        left = next((n for r, n, _ in cands if r is seg), 0.0)
         while k > seg.k and pool.move_target(seg.devices, seg.k, k) is None:  # placement may be fragmented
             smaller = [x for x in self.targets if seg.k < x < k]
             k = smaller[-1] if smaller else seg.k
-            if k > seg.k and weight * (t_now - self._epoch_time(k)) <= self._move[k]:
+            if k > seg.k and left * (t_now - self.epoch_time(seg, k)) <= self.move_cost(seg.k, k):
                 k = seg.k  # the smaller move that fits does not pay
         return k if k > seg.k else None
 

@@ -7,7 +7,10 @@ thousands of times in worker processes. The same spec gives the same trace, byte
 
 What is asked when, where a job goes, what waits, when a trial moves to another allocation
 and which trace events are written is `sim/dispatch.py`, the code the executor runs too.
-This module only says how long things take, in simulated time, from the profile:
+This module only says how long things take, in simulated time, from the profile, by the
+functions the elastic and unshare policies price their moves with (`Profile.trial_epoch_time`,
+`start_cost`, `end_cost`; the per-trial configuration factor from one `TrialFactors` that the
+policies share):
 - A job on k devices: start-up cost(k) (+ checkpoint restore when it starts from a
   checkpoint), then one epoch after another of epoch_time(k) x config_factor(config)
   (evaluation included; the factor is the profile's `config_cost`, 1 without it, computed
@@ -49,6 +52,7 @@ This module only says how long things take, in simulated time, from the profile:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -57,7 +61,7 @@ import simpy
 from nasalloc.sim.cluster import Allocation, ClusterSpec, DevicePool
 from nasalloc.sim.dispatch import Dispatcher, Segment
 from nasalloc.sim.elastic import ElasticPolicy
-from nasalloc.sim.profile import Profile
+from nasalloc.sim.profile import Profile, TrialFactors
 from nasalloc.sim.schedulers import Ask, Decision, Step, make_scheduler
 from nasalloc.sim.trace import Summary, TraceEvent, summarize
 from nasalloc.sim.unshare import UnsharePolicy
@@ -157,22 +161,16 @@ class _Engine:
         self.sched = sched
         alloc = spec.allocation
         ks = alloc.ks
-        self.epoch_s = {float(k): profile.epoch_time(float(k)) for k in ks}
-        self.alone_s = profile.epoch_time(1)  # k < 1: the epoch's work, in seconds alone on a device
+        # the profile's answers (sim/profile.py), memoised per simulation: the same few k recur
+        self.epoch_time = lru_cache(maxsize=None)(profile.trial_epoch_time)
+        self.start_cost = lru_cache(maxsize=None)(profile.start_cost)
+        self.end_cost = lru_cache(maxsize=None)(profile.end_cost)
         most = max((k.denominator for k in ks if k < 1), default=1)  # trials one device can hold
         self.slowdown = [profile.epoch.sharing_slowdown(j) for j in range(most + 1)]  # j trainers -> factor
         self.training: dict[int, list[Any]] = {}  # device -> processes in a shared epoch on it
-        self.config_factor = profile.config_factor if profile.config_cost is not None else None
-        # k > 1 epochs whose factor scales the compute only (config_cost.applies_to: compute)
-        self.trial_epoch = profile.trial_epoch_time if profile.config_cost is not None and profile.config_cost.compute_only else None
-        self.factors: dict[int, float] = {}  # trial -> its epoch-time factor (config_cost)
-        self.startup_s = {float(k): profile.startup_time(float(k)) for k in ks}
-        self.restore_s = ov.checkpoint_restore_s
-        # k -> a resumed job's cost, where the profile measured it as such (else start-up + restore)
-        self.resume_s = {float(k): profile.resume_time(float(k)) for k in ks} if ov.resume_s is not None else None
-        self.save_s = ov.checkpoint_save_s
+        self.factors = TrialFactors(profile)  # trial -> its epoch-time factor (config_cost), shared with the policies
         self.decision_s = ov.decision_latency_s
-        self.release_s = {float(k): ov.release(float(k)) for k in ks}
+        self.save_s = ov.checkpoint_save_s  # the checkpoint every saving epoch writes
         self.failures = {trial: epoch for trial, epoch in spec.failures}
         self.env = simpy.Environment(initial_time=0.0)
         ask_s, result_s = profile.scheduler_time(sched.name)
@@ -180,8 +178,8 @@ class _Engine:
         self.workload = spec.workload.run(sched.max_epochs, profile.epoch.global_batch_at)
         self.times = self.workload.epoch_times(profile)  # recorded epoch times; None: the profile's
         self.events: list[TraceEvent] = []
-        elastic = ElasticPolicy(alloc, profile, sched.milestones) if alloc.is_elastic else None
-        unshare = UnsharePolicy(profile, sched.milestones) if spec.unshare else None  # the core decides where it applies
+        elastic = ElasticPolicy(alloc, profile, sched.milestones, self.factors) if alloc.is_elastic else None
+        unshare = UnsharePolicy(profile, sched.milestones, self.factors) if spec.unshare else None  # the core decides where it applies
         self.core = Dispatcher(sched if self.loop is None else self.loop,  # type: ignore[arg-type]
                                alloc, DevicePool(spec.cluster, ks), launch=self._launch, emit=self.events.append,
                                elastic=elastic, unshare=unshare)
@@ -224,20 +222,13 @@ class _Engine:
         env, core, wl = self.env, self.core, self.workload
         tid, config, k = seg.trial, seg.config, seg.k
         epoch = checkpoint = seg.start_epoch
-        decision_s, save_s, release_s = self.decision_s, self.save_s, self.release_s[k]
-        factor = 1.0
-        if self.config_factor is not None:
-            factor = self.factors.get(tid)
-            if factor is None:
-                factor = self.factors[tid] = self.config_factor(config)
-        epoch_s = self.epoch_s[k] * factor if self.trial_epoch is None or k <= 1 else self.trial_epoch(k, factor)
+        decision_s, save_s = self.decision_s, self.save_s
+        factor = self.factors(tid, config)
+        epoch_s = self.epoch_time(float(k), factor)
         loop = self.loop
-        if epoch > 0 and self.resume_s is not None:
-            fixed = placed_after + self.resume_s[k]
-        else:
-            fixed = placed_after + self.startup_s[k] + (self.restore_s if epoch > 0 else 0.0)
+        fixed = self.start_cost(float(k), epoch > 0, placed_after)
         shared = k < 1
-        work = self.alone_s * factor
+        work = self.epoch_time(1.0, factor)  # k < 1: the epoch's work alone on the device
         crash_at = self.failures.get(tid) if seg.attempt == 0 else None
         result = core.result
         times = self.times
@@ -265,7 +256,7 @@ class _Engine:
             if seg.save:
                 checkpoint = epoch
                 fixed += save_s
-        pause = decision_s + answered + (save_s if seg.save else 0.0) + release_s
+        pause = self.end_cost(float(k), seg.save, decision_s + answered)
         if pause > 0:
             self.timeouts += 1
             yield env.timeout(pause)

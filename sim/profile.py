@@ -43,6 +43,13 @@ fresh jobs cost 15-17 ms at both (their first-seen configurations pay more; a re
 seen before): start-up + one restore was 17 ms at either k (issue 16). Without `resume_s`,
 start-up(k) + checkpoint_restore_s.
 
+Everything that prices an epoch or a job's start, end or move asks the Profile, and nothing
+else computes these: `trial_epoch_time` (a trial's epoch at k with its configuration factor,
+shared by m trials per device or not), `start_parts`/`start_cost` (start-up, or resume, or
+start-up + restore, with the inter-node step), `end_cost` (save, release(k)) and `move_cost`
+(the two together). The engine charges them and the elastic and unshare policies decide with
+them, so a policy never expects a move to cost what the simulation does not charge.
+
 `scheduler_time` (optional): seconds of the scheduler's own computation per call, per
 scheduler name, as calibration timed it on this machine: `ask_s` per new job asked for
 (BOHB fits and samples its density model there), `result_s` per result told. The executor
@@ -170,11 +177,16 @@ class Profile:
         """Epoch-time multiplier of a trial with `config` (1.0 without a `config_cost` block)."""
         return 1.0 if self.config_cost is None else self.config_cost.factor(config)
 
-    def trial_epoch_time(self, k: float, factor: float) -> float:
+    def trial_epoch_time(self, k: float, factor: float, sharers: int = 0) -> float:
         """Seconds per epoch at k of a trial whose `config_factor` is `factor`: epoch_time(k) x
         factor, or with `config_cost.applies_to: compute` at k > 1, epoch_time(k) with
-        t_compute_s and eval_s x factor (the all-reduce unscaled)."""
-        if k <= 1 or self.config_cost is None or not self.config_cost.compute_only:
+        t_compute_s and eval_s x factor (the all-reduce unscaled). At k = 1/m the epoch alone
+        on a device slowed by the sharing curve for `sharers` trials on the device (0: the
+        device full, m of them), as the engine trains it. What the engine charges and what the
+        policies weigh (`sim/elastic.py`, `sim/unshare.py`) are this one function."""
+        if k < 1:
+            return self.epoch_time(1) * self.epoch.sharing_slowdown(sharers or round(1 / k)) * factor
+        if k == 1 or self.config_cost is None or not self.config_cost.compute_only:
             return self.epoch_time(k) * factor
         epoch, step = self.epoch, self.epoch.step
         scaled = dataclasses.replace(epoch, step=dataclasses.replace(step, t_compute_s=step.t_compute_s * factor),
@@ -195,6 +207,40 @@ class Profile:
         if resume is None or k <= self.epoch.gpus_per_node:
             return resume
         return resume + self.overheads.startup_inter_node_s
+
+    def start_parts(self, k: float, resumed: bool) -> tuple[float, ...]:
+        """The seconds a job on k devices pays before its first epoch, in the order they are
+        added: a fresh job its start-up(k); a resumed one resume(k) where the profile measured
+        it as such, else start-up(k) and then `checkpoint_restore_s`. Parts, not a sum, so that
+        whoever adds or subtracts them does so in one order (a float sum depends on it)."""
+        if not resumed:
+            return (self.startup_time(k),)
+        resume = self.resume_time(k)
+        if resume is not None:
+            return (resume,)
+        return (self.startup_time(k), self.overheads.checkpoint_restore_s)
+
+    def start_cost(self, k: float, resumed: bool, after: float = 0.0) -> float:
+        """`after` (seconds already spent, added first) plus what a job on k devices pays before
+        its first epoch (`start_parts`)."""
+        cost = after
+        for part in self.start_parts(k, resumed):
+            cost += part
+        return cost
+
+    def end_cost(self, k: float, saved: bool = True, after: float = 0.0) -> float:
+        """`after` (seconds already spent, added first) plus the end of a job on k devices after
+        its last decision: the checkpoint write where it saves one (`checkpoint_save_s`), then
+        release(k) (the ranks return, the group is torn down, the devices are free)."""
+        cost = after + self.overheads.checkpoint_save_s if saved else after
+        return cost + self.overheads.release(k)
+
+    def move_cost(self, k_from: float, k_to: float) -> float:
+        """What moving a running trial from k_from to k_to devices adds to its time: the job at
+        k_from saves and ends (`end_cost`), the one at k_to resumes from that checkpoint
+        (`start_cost`), the inter-node step included where it spans nodes. The decision
+        after the epoch is paid either way, so it is not part of the move."""
+        return self.start_cost(k_to, True, after=self.end_cost(k_from))
 
     def with_node_size(self, gpus_per_node: int) -> Profile:
         """The same profile on nodes of `gpus_per_node` (where inter-node terms start)."""
@@ -219,6 +265,24 @@ class Profile:
             return self
         sample = self.step_time_samples[index % len(self.step_time_samples)]
         return dataclasses.replace(self, epoch=self.epoch.with_step(sample))
+
+
+class TrialFactors:
+    """Each trial's `config_factor`, computed once per trial (its configuration never changes)
+    and shared by everyone who prices its epochs in one search: the engine and the policies
+    ask the same instance, so they use the same factor."""
+
+    def __init__(self, profile: Profile):
+        self._factor = None if profile.config_cost is None else profile.config_factor
+        self._of: dict[int, float] = {}
+
+    def __call__(self, trial: int, config: Mapping[str, Any]) -> float:
+        if self._factor is None:
+            return 1.0
+        factor = self._of.get(trial)
+        if factor is None:
+            factor = self._of[trial] = self._factor(config)
+        return factor
 
 
 _STEP_KEYS = {f.name for f in dataclasses.fields(StepTimeModel)}

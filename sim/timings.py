@@ -86,13 +86,9 @@ class EpochTimes:
             for epoch, rec in trial.items():
                 k = float(rec.k)
                 seconds = rec.seconds
-                if rec.restore and ov.resume_s is not None:  # a resume measured as such (sim/profile.py)
-                    seconds -= profile.resume_time(k)  # type: ignore[operator]
-                else:
-                    if rec.startup:
-                        seconds -= profile.startup_time(k)
-                    if rec.restore:
-                        seconds -= ov.checkpoint_restore_s
+                if rec.startup:  # the job's start, as the engine charges it: start-up or resume at k
+                    for part in profile.start_parts(k, rec.restore):
+                        seconds -= part
                 if rec.decision:
                     seconds -= ov.decision_latency_s + ov.checkpoint_save_s
                 if seconds < 0:

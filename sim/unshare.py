@@ -9,8 +9,9 @@ for the free devices, the dispatch core (`sim/dispatch.py`) may move it: checkpo
 resume on the device placement would give it now (the "reallocate" pause and resume of
 per-rung moves). It moves when
 
-    gain = window x (sharing(j) - sharing(j'))  >  cost = save + start-up(k) + restore
-                                                    (save + resume(k) where the profile measured it)
+    gain = window x (sharing(j) - sharing(j'))  >  cost = save + release(k) + start-up(k) + restore
+                                                    (resume(k) in place of the last two where the
+                                                    profile measured it: `Profile.move_cost`)
 
 - j: the trials holding its device now, itself included; j': those on the device it would
   move to, plus itself (1 on an idle device). The engine trains a trial at 1 / sharing(j) of
@@ -19,9 +20,10 @@ per-rung moves). It moves when
 - window: the training (in seconds alone) it would still do beside a partner: its own
   expected remaining epochs, capped by the longest expected remaining epochs among the
   partners on its device (once they are gone it trains alone anyway); epochs times the
-  profile's epoch time alone and each trial's configuration factor. Remaining epochs as the
-  elastic policy estimates them (`elastic.epochs_left`: every epoch up to the next rung, then
-  1/eta of those past each further rung), counted from the boundary each trial reaches next.
+  trial's epoch alone on a device (`Profile.trial_epoch_time`, with the engine's factor).
+  Remaining epochs as the elastic policy estimates them (`elastic.epochs_left`: every epoch
+  up to the next rung, then 1/eta of those past each further rung), counted from the
+  boundary each trial reaches next.
 - cost: what the move adds to the moving trial's own time (decision time is paid either way).
   Its partners gain as well (one trial fewer beside them); the rule leaves that out, so a
   move always pays for the trial that makes it.
@@ -35,7 +37,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nasalloc.sim.elastic import epochs_left, survival
-from nasalloc.sim.profile import Profile
+from nasalloc.sim.profile import Profile, TrialFactors
 
 if TYPE_CHECKING:
     from nasalloc.sim.dispatch import Dispatcher, Segment
@@ -45,40 +47,35 @@ class UnsharePolicy:
     """The move decision for trials sharing a device (module docstring); asked by the dispatch
     core at a sharing trial's epoch boundary, with the device placement would move it to."""
 
-    def __init__(self, profile: Profile, milestones: list[int]):
-        self.alone_s = profile.epoch_time(1)  # one epoch's training, in seconds alone on a device
+    def __init__(self, profile: Profile, milestones: list[int], factors: TrialFactors | None = None):
+        self.profile = profile
         self.slowdown = profile.epoch.sharing_slowdown
-        self.factor = profile.config_factor
         self.milestones = sorted(milestones)
         self.survive = survival(self.milestones)
-        ov = profile.overheads
-        if ov.resume_s is None:  # a resume costs start-up + restore
-            self._restart = ov.checkpoint_save_s + ov.checkpoint_restore_s
-            self._startup = profile.startup_time
-        else:  # measured as such: resume(k) (sim/profile.py)
-            self._restart = ov.checkpoint_save_s
-            self._startup = profile.resume_time  # type: ignore[assignment]
-        self._factors: dict[int, float] = {}
+        self.factors = factors or TrialFactors(profile)  # the engine's, so both use one factor per trial
 
-    def _config_factor(self, seg: Segment) -> float:
-        f = self._factors.get(seg.trial)
-        if f is None:
-            f = self._factors[seg.trial] = self.factor(seg.config)
-        return f
+    def epoch_time(self, seg: Segment, sharers: int) -> float:
+        """Seconds per epoch of `seg`'s trial with `sharers` trials on its device, as the engine
+        charges it (`Profile.trial_epoch_time`)."""
+        return self.profile.trial_epoch_time(float(seg.k), self.factors(seg.trial, seg.config), sharers)
+
+    def move_cost(self, seg: Segment) -> float:
+        """What the move adds to `seg`'s time: its job at k ends and resumes at k elsewhere
+        (`Profile.move_cost`)."""
+        return self.profile.move_cost(float(seg.k), float(seg.k))
 
     def _left_s(self, seg: Segment, boundary: int) -> float:
         """Expected training still to do in this job from `boundary` on, in seconds alone."""
         left = epochs_left(self.milestones, self.survive, seg.until_epoch, boundary)
-        return left * self.alone_s * self._config_factor(seg)
+        return left * self.epoch_time(seg, 1)
 
     def gain_and_cost(self, core: Dispatcher, seg: Segment, epoch: int, target: int) -> tuple[float, float]:
         """Seconds the move of `seg` (after `epoch`) to device `target` is expected to save the
         trial, and the seconds it costs it (module docstring)."""
         pool = core.pool
         device = seg.devices[0]
-        u = pool.units(seg.k)
-        j = round((pool.L - pool.dev_free[device]) / u)
-        j_new = round((pool.L - pool.dev_free[target]) / u) + 1
+        j = pool.sharers(device, seg.k)
+        j_new = pool.sharers(target, seg.k, joining=True)
         if j_new >= j:
             return 0.0, 0.0
         partners = max((0.0 if r.ending else self._left_s(r, r.last_epoch + 1)
@@ -86,7 +83,7 @@ class UnsharePolicy:
                        default=0.0)
         window = min(self._left_s(seg, epoch), partners)
         gain = window * (self.slowdown(j) - self.slowdown(j_new))
-        return gain, self._restart + self._startup(seg.k)
+        return gain, self.move_cost(seg)
 
     def pays(self, core: Dispatcher, seg: Segment, epoch: int, target: int) -> bool:
         gain, cost = self.gain_and_cost(core, seg, epoch, target)

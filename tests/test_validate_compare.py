@@ -317,7 +317,7 @@ def test_update_profile_refits_a_measured_resume_per_k_and_keeps_what_one_k_cann
     """A profile whose resume(k) was measured as such (`resume_s`, issue 16): the runs' resume
     at k = 2 (trace: 20 ms after the epoch gap, which holds the decision and the write a
     first epoch does not pay) refits its level with the profile's slope kept (one k cannot
-    tell a slope); the pause refits release_s and keeps release_per_doubling_s."""
+    tell a slope); a pause at k = 2 alone refits release_s with release_per_doubling_s kept."""
     import yaml
 
     from nasalloc.sim.profile import load_profile, parse_profile
@@ -330,15 +330,84 @@ def test_update_profile_refits_a_measured_resume_per_k_and_keeps_what_one_k_cann
     profile = parse_profile(raw, "test")
     ov = profile.overheads
     boundary = ov.decision_latency_s + ov.checkpoint_save_s
-    measured = {1.0: {"epoch_s": None, "startup_s": 0.004, "resume_s": None, "pause_s": 0.012},
-                2.0: {"epoch_s": None, "startup_s": None, "resume_s": 0.020, "pause_s": 0.012}}
+    measured = {1.0: {"epoch_s": None, "startup_s": 0.004, "resume_s": None, "pause_s": None},
+                2.0: {"epoch_s": None, "startup_s": None, "resume_s": 0.020, "pause_s": 0.025}}
     data, _ = refit_profile(profile, measured, "cpu")
     refit = data["overheads"]
     assert refit["resume_s"] == pytest.approx(0.020 + boundary - 0.02 * 1)  # log2(2) = 1, the slope kept
     assert refit["resume_per_doubling_s"] == 0.02
-    assert refit["release_s"] == pytest.approx(0.012 - boundary) and refit["release_per_doubling_s"] == 0.011
+    # release(2) = the pause less the boundary: release_s is that less the kept slope at k = 2
+    assert refit["release_s"] == pytest.approx(0.025 - boundary - 0.011) and refit["release_per_doubling_s"] == 0.011
     assert refit["startup_s"] == pytest.approx(0.004 + boundary)
     assert yaml.safe_dump(data) and parse_profile(data, "refit").overheads.resume(2) == pytest.approx(0.020 + boundary)
+
+
+def _node_profile(**overheads):
+    """digits_cpu on nodes of 2 with the given overheads (k = 4 spans two nodes)."""
+    from nasalloc.sim.profile import load_profile, parse_profile
+
+    raw = dict(load_profile("digits_cpu").raw)
+    raw["hardware"] = {**(raw.get("hardware") or {}), "gpus_per_node": 2}
+    raw["overheads"] = {**raw["overheads"], **overheads}
+    return parse_profile(raw, "test")
+
+
+def test_update_profile_of_a_run_across_nodes_counts_the_inter_node_step_once():
+    """A per-rung run at k = 1, 2, 4 on nodes of 2 measures start-up at k = 1 and 2 (inside a
+    node) and resumes at k = 4 (across nodes: the line plus the 80 ms step). The refit keeps
+    the step out of resume(k) (the simulator adds it) and refits it where both sides were
+    measured: resume(4) + step comes back as measured, not with the step twice."""
+    from nasalloc.sim.profile import parse_profile
+    from nasalloc.validate.validate import refit_profile
+
+    profile = _node_profile(startup_s=0.01, startup_per_doubling_s=0.0, startup_inter_node_s=0.05,
+                            resume_s=0.01, resume_per_doubling_s=0.0)
+    boundary = profile.overheads.decision_latency_s + profile.overheads.checkpoint_save_s
+    # the trace's start-ups (less the boundary): 10 ms at k = 1, 12 ms at k = 2 -> a line of
+    # 10 ms + 2 ms per doubling; the start-up at k = 4 is that line (14 ms) + a step of 80 ms
+    measured = {1.0: {"epoch_s": None, "startup_s": 0.010 - boundary, "resume_s": None, "pause_s": None},
+                2.0: {"epoch_s": None, "startup_s": 0.012 - boundary, "resume_s": None, "pause_s": None},
+                4.0: {"epoch_s": None, "startup_s": 0.094 - boundary, "resume_s": 0.100 - boundary, "pause_s": None}}
+    data, _ = refit_profile(profile, measured, "cpu")
+    ov = data["overheads"]
+    assert ov["startup_s"] == pytest.approx(0.010) and ov["startup_per_doubling_s"] == pytest.approx(0.002)
+    assert ov["startup_inter_node_s"] == pytest.approx(0.080)
+    assert ov["resume_s"] == pytest.approx(0.100 - 0.080)  # one k: the level, less the step; slope 0 kept
+    refit = parse_profile(data, "refit")
+    assert refit.resume_time(4) == pytest.approx(0.100)  # the step counted once
+    assert refit.startup_time(4) == pytest.approx(0.094)
+
+
+def test_update_profile_with_jobs_on_one_side_of_the_node_boundary_keeps_the_step_out():
+    """Only jobs across nodes measured (k = 4 on nodes of 2): the step cannot be refitted, so
+    the profile's (50 ms) is kept and taken out of the measured start-up and resume before
+    their levels are refitted; without a resume_s the restore is the resume less start-up(4)
+    with the step."""
+    from nasalloc.sim.profile import parse_profile
+    from nasalloc.validate.validate import refit_profile
+
+    profile = _node_profile(startup_s=0.01, startup_per_doubling_s=0.001, startup_inter_node_s=0.05)
+    boundary = profile.overheads.decision_latency_s + profile.overheads.checkpoint_save_s
+    measured = {4.0: {"epoch_s": None, "startup_s": 0.072 - boundary, "resume_s": 0.080 - boundary, "pause_s": None}}
+    data, _ = refit_profile(profile, measured, "cpu")
+    ov = data["overheads"]
+    assert ov["startup_s"] == pytest.approx(0.072 - 0.05 - 0.001 * 2)  # less the step and the kept slope at k = 4
+    assert ov["startup_per_doubling_s"] == 0.001 and ov["startup_inter_node_s"] == 0.05
+    assert ov["checkpoint_restore_s"] == pytest.approx(0.080 - 0.072)
+    assert parse_profile(data, "refit").startup_time(4) == pytest.approx(0.072)
+
+
+def test_update_profile_fits_release_per_k_where_pauses_at_two_k_were_measured():
+    """Pauses at k = 1 and 2 (less the boundary: 5 and 16 ms) give release(k) as calibration
+    fits it: 5 ms + 11 ms per doubling."""
+    from nasalloc.validate.validate import refit_profile
+
+    profile = _node_profile(release_s=0.003, release_per_doubling_s=0.0)
+    boundary = profile.overheads.decision_latency_s + profile.overheads.checkpoint_save_s
+    measured = {1.0: {"epoch_s": None, "startup_s": None, "resume_s": None, "pause_s": 0.005 + boundary},
+                2.0: {"epoch_s": None, "startup_s": None, "resume_s": None, "pause_s": 0.016 + boundary}}
+    ov = refit_profile(profile, measured, "cpu")[0]["overheads"]
+    assert ov["release_s"] == pytest.approx(0.005) and ov["release_per_doubling_s"] == pytest.approx(0.011)
 
 
 def test_a_schedule_holding_one_device_at_two_allocations_leaves_both_out(tmp_path):

@@ -67,6 +67,7 @@ class Timings:
     resume_s: dict[int, float]
     pause_s: float | None
     samples: dict[str, int]
+    pause_by_devices: dict[int, float] = field(default_factory=dict)  # the pause per devices held (a refit's release(k))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +87,7 @@ def timings(events: Sequence[TraceEvent]) -> Timings:
     trial_gaps: dict[tuple[int, int], list[float]] = {}
     per_hold: list[tuple[Hold, list[float]]] = []
     pause: list[float] = []
+    pause_at: dict[int, list[float]] = {}
     for h in holds(events):
         gaps = [b - a for a, b in zip(h.results, h.results[1:])]
         epoch.setdefault(h.devices, []).extend(gaps)
@@ -93,6 +95,7 @@ def timings(events: Sequence[TraceEvent]) -> Timings:
         per_hold.append((h, gaps))
         if h.results and h.end == "pause" and h.end_time is not None:
             pause.append(h.end_time - h.results[-1])
+            pause_at.setdefault(h.devices, []).append(h.end_time - h.results[-1])
     epoch_med = {k: m for k, v in epoch.items() if (m := _median(v)) is not None}
     first: dict[tuple[str, int], list[float]] = {}
     for h, gaps in per_hold:
@@ -111,6 +114,7 @@ def timings(events: Sequence[TraceEvent]) -> Timings:
         samples={"epochs": sum(len(v) for v in epoch.values()),
                  "starts": sum(len(v) for (b, _), v in first.items() if b == "start"),
                  "resumes": sum(len(v) for (b, _), v in first.items() if b == "resume"), "pauses": len(pause)},
+        pause_by_devices={k: statistics.median(v) for k, v in pause_at.items()},
     )
 
 

@@ -35,7 +35,7 @@ from nasalloc.sim.elastic import resolve_allocation
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_allocation, format_duration
-from nasalloc.sim.profile import Overheads, Profile, dump_profile, load_profile
+from nasalloc.sim.profile import Profile, dump_profile, load_profile
 from nasalloc.sim.provenance import COMPARED, foreign_line
 from nasalloc.sim.trace import TraceEvent, read_trace, write_json, write_trace
 from nasalloc.sim.workload import MetricSpec, ReplayWorkload
@@ -166,7 +166,7 @@ def _by_allocation(run: RealRun, t: Timings) -> dict[float, dict[str, float | No
     A trace shows devices held, not k: k = 1/m holds one device, as k = 1 does. A schedule
     holding one device at two of its k (1/2 and 1, or 1/4 and 1/2) cannot tell their epochs
     apart, so those k are left out rather than mixed. Start-up is measured where trials
-    start (the schedule's first k), resume where they resume; the pause cost is the run's.
+    start (the schedule's first k), resume and pause where they resume and pause.
     """
     by_devices: dict[int, list[Fraction]] = {}
     for k in run.spec.allocation.ks:
@@ -175,20 +175,8 @@ def _by_allocation(run: RealRun, t: Timings) -> dict[float, dict[str, float | No
     for devices, ks in by_devices.items():
         if len(ks) == 1:
             out[ks[0]] = {"epoch_s": t.epoch_s.get(devices), "startup_s": t.startup_s.get(devices),
-                          "resume_s": t.resume_s.get(devices), "pause_s": t.pause_s}
+                          "resume_s": t.resume_s.get(devices), "pause_s": t.pause_by_devices.get(devices)}
     return out
-
-
-def _per_doubling(per_k: dict[int, list[float]], slope: float) -> tuple[float, float]:
-    """(level, slope) of cost(k) = level + slope log2 k from measurements per k: fitted as
-    calibration fits start-up when they cover two k or more; from one k the slope cannot be
-    told, so the profile's is kept and only the level is refitted."""
-    from nasalloc.calibration.fit import fit_startup
-
-    if len(per_k) >= 2:
-        line = fit_startup(per_k)
-        return line.base, line.per_doubling
-    return max(0.0, float(np.median([x - slope * math.log2(k) for k, v in per_k.items() for x in v]))), slope
 
 
 def refit_profile(profile: Profile, measured: dict[float, dict[str, float | None]], backend: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -198,7 +186,11 @@ def refit_profile(profile: Profile, measured: dict[float, dict[str, float | None
     from nasalloc.calibration.fit import (
         FITTABLE,
         FitSettings,
+        LineFit,
         StepData,
+        fit_resume,
+        fit_startup,
+        fit_startup_across_nodes,
         fit_step_time,
         plan_parameters,
     )
@@ -245,25 +237,36 @@ def refit_profile(profile: Profile, measured: dict[float, dict[str, float | None
     # The trace's start-up and resume are the first result less the trial's epoch gap, and
     # that gap holds the decision and the checkpoint write after each epoch, which the first
     # epoch of a job does not pay: the profile's start-up is the trace's plus those two.
+    # Fitted as calibration fits them (`calibration/fit.py`): inside a node a log2 k line, from
+    # one k the profile's slope kept and the level refitted; across nodes the step above the
+    # line, refitted where jobs on both sides of the node boundary were measured, else the
+    # profile's, taken out of the jobs across nodes (left in, the simulator would add it twice).
     boundary = decision + ov.checkpoint_save_s
+    gpn = epoch.gpus_per_node
     startups = {max(1, int(k)): [v["startup_s"] + boundary] for k, v in measured.items() if v["startup_s"] is not None}
     data = dict(profile.raw)
     overheads = dict(data.get("overheads") or {})
+    start = fit_startup_across_nodes(startups, gpn, slope=ov.startup_per_doubling_s, across=ov.startup_inter_node_s)
     if startups:
-        overheads["startup_s"], overheads["startup_per_doubling_s"] = _per_doubling(startups, ov.startup_per_doubling_s)
+        overheads["startup_s"], overheads["startup_per_doubling_s"] = start.base, start.per_doubling
+        if start.across_nodes != ov.startup_inter_node_s:
+            overheads["startup_inter_node_s"] = start.across_nodes
+    else:  # no start-up measured: the profile's
+        start = LineFit(ov.startup_s, ov.startup_per_doubling_s, False, across_nodes=ov.startup_inter_node_s)
     resumed = {max(1, int(k)): [v["resume_s"] + boundary] for k, v in measured.items() if v["resume_s"] is not None}
     if resumed and ov.resume_s is not None:  # the profile's resume(k) is measured as such: refit it per k
-        overheads["resume_s"], overheads["resume_per_doubling_s"] = _per_doubling(resumed, ov.resume_per_doubling_s)
-    elif resumed:
-        start = Overheads(**{f.name: overheads.get(f.name, getattr(ov, f.name)) for f in dataclasses.fields(Overheads)})
-        restores = [x - start.startup(k) for k, v in resumed.items() for x in v]
+        resume = fit_resume(resumed, gpn, start.across_nodes, slope=ov.resume_per_doubling_s)
+        overheads["resume_s"], overheads["resume_per_doubling_s"] = resume.base, resume.per_doubling
+    elif resumed:  # a resume is start-up(k) + restore: the restore is what is left of it
+        restores = [x - start.at(k, gpn) for k, v in resumed.items() for x in v]
         overheads["checkpoint_restore_s"] = max(0.0, float(np.median(restores)))
     # a pause is decision + checkpoint write + the end of the job: the write is the one every
-    # checkpointed epoch pays, so the rest goes to the end of the job, release(k); the trace
-    # gives one pause per run (k is not told apart): its level is refitted, its slope kept
-    pauses = [v["pause_s"] - boundary for v in measured.values() if v["pause_s"] is not None]
+    # checkpointed epoch pays, so the rest goes to the end of the job, release(k), fitted per k
+    # as calibration fits it (`calibration/report.py` release_cost); from one k the slope kept
+    pauses = {max(1, int(k)): [v["pause_s"] - boundary] for k, v in measured.items() if v["pause_s"] is not None}
     if pauses:
-        overheads["release_s"] = max(0.0, float(np.median(pauses)))
+        release = fit_startup(pauses, slope=ov.release_per_doubling_s)
+        overheads["release_s"], overheads["release_per_doubling_s"] = release.base, release.per_doubling
     data["step_time"] = {**(data.get("step_time") or {}), **{f.name: getattr(step, f.name) for f in dataclasses.fields(step)}}
     data["sharing"] = {int(m): float(f) for m, f in sorted(sharing.items())}
     data["overheads"] = overheads
