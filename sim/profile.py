@@ -23,7 +23,8 @@ Layout (every block but `name` and `workload`/`step_time` is optional; units in 
     fit: {...}                            # fit report, kept verbatim
 
 Start-up cost of a job on k ranks: startup_s + startup_per_doubling_s * log2(k) (process
-group creation grows with the group; FACTS.md). `decision_latency_s` is the time between an
+group creation grows with the group: github.com/NVIDIA/nccl/issues/534, /587 and /1156
+report communicator set-up from seconds to minutes). `decision_latency_s` is the time between an
 epoch's end and the next epoch's start spent on reporting and the scheduler's decision.
 `checkpoint_save_s` is one checkpoint write (paid at every epoch the ranks checkpoint).
 `checkpoint_restore_s` is what a job resumed from a checkpoint pays on top of a fresh job's
@@ -40,7 +41,7 @@ across nodes, a step at the node boundary that no log2 k line follows (on the Ra
 cluster, nodes of 2 CPU slots: 7 ms at k = 1, 9 ms at k = 2, 83 ms at k = 4 over two nodes).
 On 2 CPU slots a resume costs 6 ms at k = 1 and 28 ms at k = 2, while
 fresh jobs cost 15-17 ms at both (their first-seen configurations pay more; a resumed one was
-seen before): start-up + one restore was 17 ms at either k (issue 16). Without `resume_s`,
+seen before): start-up + one restore was 17 ms at either k. Without `resume_s`,
 start-up(k) + checkpoint_restore_s.
 
 Everything that prices an epoch or a job's start, end or move asks the Profile, and nothing
@@ -76,7 +77,7 @@ the whole epoch_time(k); `compute`, only the configuration's own work, t_compute
 eval_s, inside the step-time model, so the all-reduce at k > 1 stays the measured one (the
 factor is measured at k = 1, where a step is all compute). A k = 2 digits step on 2 CPU
 slots is four fifths all-reduce: `epoch` made the widest configurations' k = 2 epochs
-12-17% too slow, the narrowest 5-8% too fast (issue 16). At k <= 1 both are the same.
+12-17% too slow, the narrowest 5-8% too fast. At k <= 1 both are the same.
 Calibration writes `compute`.
 """
 

@@ -1,6 +1,6 @@
 """`trace.jsonl`: the one event log that the simulator writes and the executor journals.
 
-One JSON object per line, the same schema from both clocks (DESIGN.md):
+One JSON object per line, the same schema from both clocks (docs/file-formats.md):
 
     {"time": 12.5, "event": "result", "trial": 3, "epoch": 2, "metric": 0.71, "devices": [0, 1]}
 
@@ -190,7 +190,7 @@ def read_trace(path: Path, tolerate_torn_tail: bool = False) -> list[TraceEvent]
 
 @dataclass
 class Summary:
-    """What `summary.json` holds (DESIGN.md contract plus a few counts)."""
+    """What `summary.json` holds (docs/file-formats.md, plus a few counts)."""
 
     makespan_s: float
     best_metric: float | None
@@ -269,8 +269,8 @@ def shared_while_idle(held: list[tuple[int, float, float, tuple[int, ...], str]]
     -> (wall seconds, device-seconds).
 
     A trial sharing a device trains at the sharing curve's fraction of its speed; while a
-    device sits idle beside it, the allocation (not the search) costs time (issue 18: two
-    full-budget trials on one GPU for 8.5 h). Wall seconds: time during which at least one
+    device sits idle beside it, the allocation (not the search) costs time (seen in a HyperBand search
+    on 64 GPUs: two full-budget trials on one GPU for 8.5 h). Wall seconds: time during which at least one
     device held two or more trials and at least one held none. Device-seconds: the integral
     over that time of the idle devices those extra trials could have used, min(trials beyond
     the first on each shared device, idle devices); two trials on one GPU beside idle ones
