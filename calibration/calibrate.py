@@ -33,6 +33,7 @@ from nasalloc.calibration.profiling import ProfilingPlan, profile_training
 from nasalloc.calibration.report import WorkloadFacts, build_profile, plot_speedup, summary_lines, summary_table
 from nasalloc.execute.backend import WorkersDidNotStart
 from nasalloc.execute.run import BACKENDS, RayConfig
+from nasalloc.execute.worker import check_entrypoint
 from nasalloc.sim.config import require, required, to_typed
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_duration
@@ -161,18 +162,6 @@ def _device_kind(c: CalibrationConf) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _check_entrypoint(entrypoint: str) -> None:
-    from nasalloc.execute.worker import resolve_entrypoint
-
-    try:
-        fn = resolve_entrypoint(entrypoint)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise UserError(f"train.entrypoint={entrypoint!r}: cannot load it ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}); expected 'module:function' importable here") from None
-    if not callable(fn):
-        raise UserError(f"train.entrypoint={entrypoint!r}: not a function")
-
-
 def _ks(c: CalibrationConf, n: int, kind: str, where: str = "present") -> list[int]:
     if c.gpus_per_trial is None:
         ks, k = [], 1
@@ -292,7 +281,7 @@ def load(cfg: DictConfig) -> CalibrateSettings:
             ids = devices_present(kind, calib.cpu_slots)
         if not ids:
             raise UserError(f"calibration.device={calib.device}: no devices found")
-        _check_entrypoint(train.entrypoint)
+        check_entrypoint(train.entrypoint)
         ks = _ks(calib, len(ids), kind, "present" if target is None else "of the Ray cluster")
         backend = kind if calib.backend == "auto" else calib.backend
         gpn = target.cluster.spec.gpus_per_node if target is not None else calib.gpus_per_node or len(ids)

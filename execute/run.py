@@ -36,6 +36,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from nasalloc.execute.devices import device_name
+from nasalloc.execute.worker import check_entrypoint
 from nasalloc.sim.cluster import ELASTIC, Allocation, ClusterSpec, machine
 from nasalloc.sim.profile import Profile
 from nasalloc.sim.config import require, required, to_typed, upgrade_saved
@@ -179,18 +180,6 @@ def _device_ids(dev: DevicesConfig) -> list[int]:
     return ids
 
 
-def _check_entrypoint(entrypoint: str) -> None:
-    from nasalloc.execute.worker import resolve_entrypoint
-
-    try:
-        fn = resolve_entrypoint(entrypoint)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise UserError(f"train.entrypoint={entrypoint!r}: cannot load it ({type(exc).__name__}: {exc}); "
-                        "expected 'module:function' importable here") from None
-    if not callable(fn):
-        raise UserError(f"train.entrypoint={entrypoint!r}: not a function")
-
-
 def _check_capacity(config: RunConfig, ids: list[int], allocation: Allocation) -> None:
     """Refuse, before anything starts, more warm workers than this machine can hold (a few per
     core on CPU slots; memory at a worker's size, measured as this process now that it has
@@ -324,7 +313,7 @@ def settings_here(config: RunConfig, resume: Path | None = None, allocation_key:
     profile = None if config.profile is None else load_profile(config.profile)
     elastic = required(config.raw, "elastic") if config.gpus_per_trial == ELASTIC else None
     allocation = resolve_allocation(config.gpus_per_trial, cluster, profile, elastic, key=allocation_key)
-    _check_entrypoint(config.train.entrypoint)
+    check_entrypoint(config.train.entrypoint)
     if config.backend == "local":  # a Ray cluster's nodes hold their own workers
         _check_capacity(config, ids, allocation)
     return RunSettings(
