@@ -42,7 +42,7 @@ from nasalloc.sim.profile import Profile
 from nasalloc.sim.config import require, require_choice, required, to_typed, upgrade_saved
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_allocation, format_duration
-from nasalloc.sim.plan import mapping_line, read_plan
+from nasalloc.sim.plan import TrainConfig, mapping_line, read_plan
 from nasalloc.sim.provenance import foreign_line, this_machine
 from nasalloc.sim.schedulers import scheduler_config
 from nasalloc.sim.space import SearchSpace
@@ -67,16 +67,6 @@ class DevicesConfig:
         require(self.kind != "cpu" or bool(self.ids) or self.count > 0, "count=0: need at least one CPU slot")
         require(not self.ids or len(set(self.ids)) == len(self.ids), f"ids={self.ids}: an id appears twice")
         require(self.threads_per_rank >= 0, f"threads_per_rank={self.threads_per_rank}: must be >= 0")
-
-
-@dataclass
-class TrainConfig:
-    """One of conf/train/*.yaml (or the user's own), the one place the defaults are written."""
-
-    name: str
-    entrypoint: str  # "module:function" (nasalloc.execute.api)
-    space: dict[str, Any]  # searched (SearchSpace syntax)
-    params: dict[str, Any]  # fixed, passed to every trial
 
 
 BACKENDS = ("local", "ray")

@@ -98,6 +98,22 @@ def check_scalar(name: str, value: Any, hint: Any) -> None:
         raise UserError(f"{name}={value!r}: must be {_SCALARS[kind]}" + (" or null" if optional else ""))
 
 
+def number(name: str, value: Any, *, minimum: float | None = None, above: float | None = None) -> float:
+    """`value` (a number, or a number's text as in a CSV cell) as a finite float, at least
+    `minimum` / more than `above`; otherwise the UserError ``name=value: must be a number >= 0``.
+    The one reader of numbers in recorded files (a setting's number comes typed, `check_scalar`)."""
+    bound = f" >= {minimum:g}" if minimum is not None else f" > {above:g}" if above is not None else ""
+    if value is None or value == "":
+        raise UserError(f"{name}: missing; must be a number{bound}")
+    try:
+        x = math.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        x = math.nan
+    if not math.isfinite(x) or (minimum is not None and x < minimum) or (above is not None and x <= above):
+        raise UserError(f"{name}={value!r}: must be a {'finite ' if bound else ''}number{bound}")
+    return x
+
+
 MISSING_MESSAGE = "missing; every setting is required (the shipped YAML holds the defaults; see --cfg job)"
 
 

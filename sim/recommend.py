@@ -30,7 +30,7 @@ from nasalloc.sim.elastic import resolve_allocation
 from nasalloc.sim.config import require, require_choice, required, shipped, to_typed
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
-from nasalloc.sim.plan import PLAN_FILE, Plan, allocation_value, profile_reference, write_plan
+from nasalloc.sim.plan import PLAN_FILE, Plan, TrainConfig, allocation_value, profile_reference, write_plan
 from nasalloc.sim.formatting import (
     duration_unit,
     format_allocation,
@@ -168,24 +168,16 @@ def _schedulers(conf: RecommendConf, mode: str) -> list[Any]:
     return [scheduler_config({**shipped("scheduler", name), **sized}, key=f"scheduler {name}") for name in conf.schedulers]
 
 
-TRAIN_KEYS = ("name", "entrypoint", "space", "params")
-
-
-def _train(node: dict[str, Any] | None) -> dict[str, Any] | None:
+def _train(node: dict[str, Any] | None) -> TrainConfig | None:
     """`train=NAME`'s settings (conf/train/NAME.yaml, as `nasalloc run` reads them), or None.
 
     The training function itself is not imported here: recommend may run where it cannot
     be (no GPU, no data); `nasalloc run` checks it."""
     if node is None:
         return None
-    unknown = sorted(set(node) - set(TRAIN_KEYS))
-    if unknown:
-        raise UserError(f"train.{unknown[0]}: unknown setting; allowed: {', '.join(TRAIN_KEYS)}")
-    out = {key: required(node, key, "train.") for key in TRAIN_KEYS}
-    SearchSpace.from_config(out["space"], "train.space")
-    if not isinstance(out["entrypoint"], str) or ":" not in out["entrypoint"]:
-        raise UserError(f"train.entrypoint={out['entrypoint']!r}: expected 'module:function'")
-    return out
+    train = to_typed(TrainConfig, node, "train")
+    SearchSpace.from_config(train.space, "train.space")
+    return train
 
 
 def _clusters(node: dict[str, Any]) -> list[ClusterSpec]:
@@ -233,7 +225,7 @@ def load(cfg: DictConfig) -> RecommendSettings:
     train = _train(conf.train)
     workload_node = conf.workload
     if train is not None:  # the space the run will search is the one simulated
-        workload_node = {**workload_node, "space": train["space"]}
+        workload_node = {**workload_node, "space": train.space}
     workload = workload_from_config(workload_node)
     profile = load_profile(conf.profile)
     target = checked_target(conf.target, workload.metric)
@@ -252,7 +244,8 @@ def load(cfg: DictConfig) -> RecommendSettings:
                     points.append(GridPoint(sched.name, alloc, with_seed(base, seed, conf.propagate_uncertainty),
                                             conf.deadline_s, pricing))
     return RecommendSettings(points, conf.seeds, conf.objective, target, conf.deadline_s, pricing, conf.workers,
-                             conf.plots, profile, workload, clusters, profile_reference(conf.profile), train,
+                             conf.plots, profile, workload, clusters, profile_reference(conf.profile),
+                             None if train is None else dataclasses.asdict(train),
                              {"min": elastic.min, "max": elastic.max})
 
 
