@@ -104,13 +104,14 @@ def number(name: str, value: Any, *, minimum: float | None = None, above: float 
     The one reader of numbers in recorded files (a setting's number comes typed, `check_scalar`)."""
     bound = f" >= {minimum:g}" if minimum is not None else f" > {above:g}" if above is not None else ""
     if value is None or value == "":
-        raise UserError(f"{name}: missing; must be a number{bound}")
+        raise UserError(f"{name}={value!r}: missing; must be a number{bound}")
     try:
         x = math.nan if isinstance(value, bool) else float(value)
     except (TypeError, ValueError):
         x = math.nan
     if not math.isfinite(x) or (minimum is not None and x < minimum) or (above is not None and x <= above):
-        raise UserError(f"{name}={value!r}: must be a {'finite ' if bound else ''}number{bound}")
+        why = "negative; " if x < 0 else ""
+        raise UserError(f"{name}={value!r}: {why}must be a {'finite ' if bound else ''}number{bound}")
     return x
 
 

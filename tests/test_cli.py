@@ -162,3 +162,23 @@ def test_run_loads_each_job_once_and_hands_that_settings_to_the_job(tmp_path, mo
     assert main(["run", "-m", f"out_dir={tmp_path / 'sweep'}", "devices.count=1", "seed=1,2"]) == 0
     assert len(loads) == 2 and len(imports) == 2
     assert [s.seed for s in ran] == [1, 2] and all(any(s is l for l in loads) for s in ran)
+
+
+@pytest.mark.parametrize("command, override, message", [
+    # OmegaConf alone would take 1 for true, true for 1 and the text "5" for 5
+    ("simulate", "plots=1", "plots=1: must be true or false"),
+    ("simulate", "seed=true", "seed=True: must be an integer"),
+    ("simulate", "target=nan", "target=nan: must be a number or null"),
+    ("recommend", "workers=true", "workers=True: must be an integer"),
+    ("recommend", "n_trials='5'", "n_trials='5': must be an integer or null"),
+    ("run", "checkpoint_every=1.5", "checkpoint_every=1.5: must be an integer"),
+    ("run", "unshare=0", "unshare=0: must be true or false"),
+    ("calibrate", "calibration.rounds=true", "calibration.rounds=True: must be an integer"),
+    ("validate", "force=1", "force=1: must be true or false"),
+])
+def test_a_setting_of_another_type_is_refused_not_converted(command, override, message, tmp_path, capsys):
+    extra = ["run=/no/such/run"] if command == "validate" else []
+    assert main([command, override, *extra, f"out_dir={tmp_path / 'never'}"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"nasalloc {command}: {message}\n"
+    assert not (tmp_path / "never").exists()
