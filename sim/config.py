@@ -1,11 +1,22 @@
 """Turn a composed Hydra/OmegaConf node into a typed, validated dataclass, once, at the entry.
 
-OmegaConf does the structural work (unknown keys, type conversion); each dataclass checks its
-own ranges in `__post_init__` by raising `ValueError`. Both kinds of failure come out as one
-`UserError` line that names the full key, e.g. ``scheduler.eta=1: must be an integer >= 2``.
+`to_typed` refuses unknown and missing keys and a bool, int or float setting of another type
+(`check_scalar`); OmegaConf does the rest of the structural work (lists, mappings); each
+dataclass checks its own ranges in `__post_init__` by raising `ValueError` (`require`,
+`require_choice`). Every failure comes out as one `UserError` line that names the full key,
+e.g. ``scheduler.eta=1: must be an integer >= 2``. `number` is the one reader of numbers in
+recorded files (CSV cells, Ray Tune results), with messages of the same shape.
+
+Each command reads its whole composed config through one schema (`SimulateConf`,
+`RecommendConf`, `RunConf`, `CalibrateConf`, `ValidateConf`, beside each command's `load`):
+top-level values are checked there; each group (scheduler, cluster, train, ...) stays a
+mapping that its own schema reads, so its messages name the group's key. The CLI loads every
+job once and hands the settings to the job (`nasalloc/cli.py`).
 
 One source for every default: the shipped YAML in conf/. The dataclasses that settings fill
-declare types and checks but no defaults, and code reads settings with `required`, never
+declare types and checks but no defaults (a field defaulting to None is one a config may
+lack: Hydra's `out_dir`, a group not chosen, a key a saved run predates; None means "not
+given", and code that needs the value refuses it), and code reads settings with `required`, never
 `cfg.get(key, default)`; a value written in two places drifts apart (a calibration time
 limit of 12 s in the YAML and 15 s in code once). Code that builds a config without Hydra
 (recommend's list of schedulers, tests, benchmarks) starts from `shipped(group, name)`.
