@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nasalloc.calibration.analysis import Analysis, analyse
 from nasalloc.calibration.fit import FITTABLE, FitSettings
@@ -33,7 +33,8 @@ from nasalloc.calibration.profiling import ProfilingPlan, profile_training
 from nasalloc.calibration.report import WorkloadFacts, build_profile, plot_speedup, summary_lines, summary_table
 from nasalloc.execute.backend import WorkersDidNotStart
 from nasalloc.execute.run import BACKENDS, RayConfig
-from nasalloc.sim.config import require, required, to_typed
+from nasalloc.execute.worker import check_entrypoint
+from nasalloc.sim.config import require, require_choice, to_typed
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_duration
 from nasalloc.sim.profile import dump_profile
@@ -59,7 +60,7 @@ class TrainConf:
 
     def __post_init__(self) -> None:
         require(self.batch_per_device >= 1, f"batch_per_device={self.batch_per_device}: must be an integer >= 1")
-        require(self.scaling in ("weak", "strong"), f"scaling={self.scaling!r}: allowed: weak, strong")
+        require_choice("scaling", self.scaling, ("weak", "strong"))
         require(self.samples_per_epoch is None or self.samples_per_epoch >= 1,
                 f"samples_per_epoch={self.samples_per_epoch}: must be an integer >= 1 or null")
         require(self.grad_bytes is None or self.grad_bytes > 0, f"grad_bytes={self.grad_bytes}: must be > 0 or null")
@@ -94,9 +95,9 @@ class CalibrationConf:
     assume: dict[str, Optional[float]]
 
     def __post_init__(self) -> None:
-        require(self.device in ("auto", "cpu", "cuda"), f"device={self.device!r}: allowed: auto, cpu, cuda")
-        require(self.backend in ("auto", "cpu", "cuda"), f"backend={self.backend!r}: allowed: auto, cpu, cuda (the "
-                "communication priors; where the ranks run is the top-level backend=local|ray)")
+        require_choice("device", self.device, ("auto", "cpu", "cuda"))
+        require_choice("backend", self.backend, ("auto", "cpu", "cuda"),
+                       "the communication priors; where the ranks run is the top-level backend=local|ray")
         require(all(m >= 2 for m in self.share), f"share={self.share}: each m (trials per device) must be >= 2")
         require(self.cpu_slots is None or self.cpu_slots >= 1, f"cpu_slots={self.cpu_slots}: must be >= 1 or null")
         require(self.threads_per_rank is None or self.threads_per_rank >= 1,
@@ -117,6 +118,28 @@ class CalibrationConf:
             require(key in _ASSUMABLE, f"assume.{key}: cannot be pinned; allowed: {', '.join(_ASSUMABLE)}")
             require(value >= 0 and (key != "gamma" or 1 <= value <= 10) and (not key.endswith("_Bps") or value > 0),
                     f"assume.{key}={value}: out of range (gamma in [1, 10], bandwidths > 0, others >= 0)")
+
+
+@dataclass
+class CalibrateConf:
+    """conf/calibrate.yaml as composed, the one place the defaults are written (none here).
+    The groups stay mappings, each read by its own schema in `load` (`TrainConf`,
+    `CalibrationConf`, `RayConfig`), so a message names the group's key."""
+
+    name: Optional[str]
+    description: Optional[str]
+    timings: Optional[str]  # a CSV of timings to import (runs nothing)
+    backend: str  # where the ranks run: local | ray
+    ray: dict[str, Any]
+    train: dict[str, Any]
+    calibration: dict[str, Any]
+    seed: int
+    out_dir: Optional[str] = None  # Hydra's output folder: Hydra reads it, no command does
+
+    def __post_init__(self) -> None:
+        require(self.seed >= 0, f"seed={self.seed}: must be an integer >= 0")
+        require_choice("backend", self.backend, BACKENDS,
+                       "where the ranks run; the communication priors are calibration.backend=auto|cpu|cuda")
 
 
 @dataclass(frozen=True)
@@ -159,18 +182,6 @@ def _device_kind(c: CalibrationConf) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _check_entrypoint(entrypoint: str) -> None:
-    from nasalloc.execute.worker import resolve_entrypoint
-
-    try:
-        fn = resolve_entrypoint(entrypoint)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise UserError(f"train.entrypoint={entrypoint!r}: cannot load it ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}); expected 'module:function' importable here") from None
-    if not callable(fn):
-        raise UserError(f"train.entrypoint={entrypoint!r}: not a function")
 
 
 def _ks(c: CalibrationConf, n: int, kind: str, where: str = "present") -> list[int]:
@@ -248,25 +259,15 @@ def batch_fraction_at(k: int, w: TrainConf) -> float:
 
 
 def load(cfg: DictConfig) -> CalibrateSettings:
-    raw = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(raw, dict)
-    train = to_typed(TrainConf, required(raw, "train"), "train")
-    calib = to_typed(CalibrationConf, required(raw, "calibration"), "calibration")
-    seed = required(raw, "seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UserError(f"seed={seed!r}: must be an integer >= 0")
-    for key in ("name", "description", "timings"):
-        if required(raw, key) is not None and not isinstance(raw[key], str):
-            raise UserError(f"{key}={raw[key]!r}: must be a string or null")
-    where = required(raw, "backend")
-    if where not in BACKENDS:
-        raise UserError(f"backend={where!r}: allowed: {', '.join(BACKENDS)} (where the ranks run; the communication "
-                        "priors are calibration.backend=auto|cpu|cuda)")
-    ray_conf = to_typed(RayConfig, required(raw, "ray"), "ray")
-    timings = Path(raw["timings"]).expanduser() if raw["timings"] else None
+    conf = to_typed(CalibrateConf, cfg)
+    train = to_typed(TrainConf, conf.train, "train")
+    calib = to_typed(CalibrationConf, conf.calibration, "calibration")
+    ray_conf = to_typed(RayConfig, conf.ray, "ray")
+    seed, where = conf.seed, conf.backend
+    timings = Path(conf.timings).expanduser() if conf.timings else None
     imported = plan = None
     if timings is not None and where == "ray":
-        raise UserError(f"backend=ray: timings={raw['timings']} runs nothing (it imports timings); leave one of them out")
+        raise UserError(f"backend=ray: timings={conf.timings} runs nothing (it imports timings); leave one of them out")
     if timings is not None:
         imported = read_timings(timings, lambda k: batch_fraction_at(k, train))
         if train.samples_per_epoch is None:
@@ -281,7 +282,7 @@ def load(cfg: DictConfig) -> CalibrateSettings:
             imported.assumed["device_kind"] = ("device_kind: not in the timings; assumed cuda (nccl priors for the "
                                                "parameters the timings cannot fit); give calibration.backend=cpu|cuda")
         imported.hardware.update({"device_kind": backend, "gpus_per_node": gpn, "source": f"timings CSV {timings}"})
-        name = raw["name"] or timings.stem
+        name = conf.name or timings.stem
     else:
         target = None
         if where == "ray":
@@ -292,7 +293,7 @@ def load(cfg: DictConfig) -> CalibrateSettings:
             ids = devices_present(kind, calib.cpu_slots)
         if not ids:
             raise UserError(f"calibration.device={calib.device}: no devices found")
-        _check_entrypoint(train.entrypoint)
+        check_entrypoint(train.entrypoint)
         ks = _ks(calib, len(ids), kind, "present" if target is None else "of the Ray cluster")
         backend = kind if calib.backend == "auto" else calib.backend
         gpn = target.cluster.spec.gpus_per_node if target is not None else calib.gpus_per_node or len(ids)
@@ -306,9 +307,9 @@ def load(cfg: DictConfig) -> CalibrateSettings:
             seed=int(seed), fill_devices=bool(calib.fill_devices), ray=target,
         )
         short = train.entrypoint.split(":")[0].rsplit(".", 1)[-1]
-        name = raw["name"] or f"{short}-{kind}" + ("-ray" if target is not None else "")
+        name = conf.name or f"{short}-{kind}" + ("-ray" if target is not None else "")
     fit = FitSettings(gpus_per_node=gpn, grad_bytes=train.grad_bytes, backend=backend, given=dict(calib.assume))
-    return CalibrateSettings(name=str(name), description=raw["description"], train=train, calibration=calib,
+    return CalibrateSettings(name=str(name), description=conf.description, train=train, calibration=calib,
                              seed=int(seed), timings=timings, imported=imported, plan=plan, fit=fit)
 
 

@@ -31,13 +31,13 @@ cannot be faster than one trial alone.
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from nasalloc.calibration.measurements import Measurements
+from nasalloc.sim.config import number
 from nasalloc.sim.errors import UserError
 
 REQUIRED = ("k", "step_time_s")
@@ -45,15 +45,13 @@ OPTIONAL = ("startup_s", "eval_s", "checkpoint_save_s", "checkpoint_restore_s", 
 KEY = "timings"
 
 
-def _number(path: Path, line: int, column: str, text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise UserError(f"{KEY}={path}: line {line}: {column}={text!r} is not a number") from None
-    if not math.isfinite(x) or x < 0 or (column in ("k", "step_time_s", "batch_fraction") and x == 0):
-        raise UserError(f"{KEY}={path}: line {line}: {column}={text!r} must be a finite number "
-                        f"{'> 0' if column in ('k', 'step_time_s', 'batch_fraction') else '>= 0'}")
-    return x
+POSITIVE = ("k", "step_time_s", "batch_fraction")  # > 0; every other column >= 0
+
+
+def _cell(path: Path, line: int, column: str, text: str) -> float:
+    """A cell's number; the message names the file, line and column."""
+    bound = {"above": 0.0} if column in POSITIVE else {"minimum": 0.0}
+    return number(f"{KEY}={path}: line {line}: {column}", text, **bound)
 
 
 def _allocation(path: Path, line: int, x: float) -> tuple[str, int]:
@@ -111,10 +109,10 @@ def read_timings(path: str | Path, default_batch_fraction: Callable[[int], float
         for col in REQUIRED:
             if not values.get(col):
                 raise UserError(f"{KEY}={path}: line {line}: {col} is empty")
-        kind, n = _allocation(path, line, _number(path, line, "k", values["k"]))
-        step = _number(path, line, "step_time_s", values["step_time_s"])
+        kind, n = _allocation(path, line, _cell(path, line, "k", values["k"]))
+        step = _cell(path, line, "step_time_s", values["step_time_s"])
         (steps if kind == "ranks" else shares).setdefault(n, []).append(step)
-        extra = {c: _number(path, line, c, v) for c, v in values.items() if c in OPTIONAL and v}
+        extra = {c: _cell(path, line, c, v) for c, v in values.items() if c in OPTIONAL and v}
         if kind == "share" and extra:
             raise UserError(f"{KEY}={path}: line {line}: {sorted(extra)[0]} on a k={values['k']} row; a row of m "
                             "trials sharing one device holds only their step time (k, step_time_s)")

@@ -30,18 +30,19 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from nasalloc.execute.devices import device_name
+from nasalloc.execute.worker import check_entrypoint
 from nasalloc.sim.cluster import ELASTIC, Allocation, ClusterSpec, machine
 from nasalloc.sim.profile import Profile
-from nasalloc.sim.config import require, required, to_typed, upgrade_saved
+from nasalloc.sim.config import require, require_choice, required, to_typed, upgrade_saved
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_allocation, format_duration
-from nasalloc.sim.plan import mapping_line, read_plan
+from nasalloc.sim.plan import TrainConfig, mapping_line, read_plan
 from nasalloc.sim.provenance import foreign_line, this_machine
 from nasalloc.sim.schedulers import scheduler_config
 from nasalloc.sim.space import SearchSpace
@@ -61,19 +62,11 @@ class DevicesConfig:
     threads_per_rank: int  # torch threads per rank; 0 = cores / slots (at least 1)
 
     def __post_init__(self) -> None:
-        require(self.kind in ("cpu", "cuda"), f"kind={self.kind}: allowed: cpu, cuda")
+        require_choice("kind", self.kind, ("cpu", "cuda"))
         require(self.count >= 0, f"count={self.count}: must be >= 0")
+        require(self.kind != "cpu" or bool(self.ids) or self.count > 0, "count=0: need at least one CPU slot")
+        require(not self.ids or len(set(self.ids)) == len(self.ids), f"ids={self.ids}: an id appears twice")
         require(self.threads_per_rank >= 0, f"threads_per_rank={self.threads_per_rank}: must be >= 0")
-
-
-@dataclass
-class TrainConfig:
-    """One of conf/train/*.yaml (or the user's own), the one place the defaults are written."""
-
-    name: str
-    entrypoint: str  # "module:function" (nasalloc.execute.api)
-    space: dict[str, Any]  # searched (SearchSpace syntax)
-    params: dict[str, Any]  # fixed, passed to every trial
 
 
 BACKENDS = ("local", "ray")
@@ -91,6 +84,46 @@ class RayConfig:
                 f"address={self.address!r}: auto, HOST:PORT or null")
         require(isinstance(self.slot_resource, str) and self.slot_resource != "",
                 f"slot_resource={self.slot_resource!r}: the name of a custom Ray resource")
+
+
+PROGRESS = ("auto", "rich", "plain", "none")
+
+
+@dataclass
+class RunConf:
+    """conf/run.yaml as composed, or a run folder's run_config.yaml (`upgrade_saved`): the
+    one schema of a run's settings; the defaults are written in the YAML only. The groups
+    stay mappings, each read by its own schema in `parse_run_config`, so a message names the
+    group's key (``devices.count=0: ...``)."""
+
+    scheduler: dict[str, Any]  # `scheduler_config`
+    train: dict[str, Any]  # `TrainConfig`
+    devices: dict[str, Any]  # `DevicesConfig`
+    gpus_per_trial: Any  # a number, "1/4", a per-rung list or elastic (`resolve_allocation`)
+    unshare: bool
+    trial_timeout_s: float
+    checkpoint_every: int
+    target: Optional[float]
+    profile: Optional[str]
+    progress: str
+    backend: str
+    ray: dict[str, Any]  # `RayConfig`
+    storage: Optional[str]
+    seed: int
+    # Absent where a run config was built without composing one (tests, benchmarks), or
+    # saved (resume= is not; out_dir and plan are), or saved by a local run (ran_on):
+    elastic: Optional[dict[str, Any]] = None  # read for gpus_per_trial=elastic only, and required then
+    resume: Optional[str] = None  # `load` requires it in a composed config
+    plan: Optional[str] = None  # `load` requires it in a composed config
+    out_dir: Optional[str] = None  # Hydra's output folder: Hydra reads it
+    ran_on: Optional[dict[str, Any]] = None  # RAN_ON: the Ray cluster a backend=ray run ran on
+
+    def __post_init__(self) -> None:
+        require(self.trial_timeout_s > 0, f"trial_timeout_s={self.trial_timeout_s:g}: must be a number of seconds > 0")
+        require(self.checkpoint_every >= 1, f"checkpoint_every={self.checkpoint_every}: must be an integer >= 1")
+        require_choice("progress", self.progress, PROGRESS)
+        require_choice("backend", self.backend, BACKENDS)
+        require(self.storage != "", "storage='': a folder every node sees, or null for the run folder")
 
 
 @dataclass
@@ -179,18 +212,6 @@ def _device_ids(dev: DevicesConfig) -> list[int]:
     return ids
 
 
-def _check_entrypoint(entrypoint: str) -> None:
-    from nasalloc.execute.worker import resolve_entrypoint
-
-    try:
-        fn = resolve_entrypoint(entrypoint)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise UserError(f"train.entrypoint={entrypoint!r}: cannot load it ({type(exc).__name__}: {exc}); "
-                        "expected 'module:function' importable here") from None
-    if not callable(fn):
-        raise UserError(f"train.entrypoint={entrypoint!r}: not a function")
-
-
 def _check_capacity(config: RunConfig, ids: list[int], allocation: Allocation) -> None:
     """Refuse, before anything starts, more warm workers than this machine can hold (a few per
     core on CPU slots; memory at a worker's size, measured as this process now that it has
@@ -210,49 +231,18 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
     for key in ("scheduler", "train", "devices"):
         if not isinstance(raw.get(key), dict):  # a group left out (`~train`) or set to null
             raise UserError(f"{key}: missing; pick one, e.g. {key}=" + {"scheduler": "asha", "train": "digits", "devices": "cpu"}[key])
-    sched = scheduler_config(raw["scheduler"])
-    train = to_typed(TrainConfig, raw["train"], "train")
-    space = SearchSpace.from_config(train.space, "train.space")
-    devices = to_typed(DevicesConfig, raw["devices"], "devices")
-    if devices.kind == "cpu" and not devices.ids and devices.count == 0:
-        raise UserError("devices.count=0: need at least one CPU slot")
-    if devices.ids and len(set(devices.ids)) != len(devices.ids):
-        raise UserError(f"devices.ids={list(devices.ids)}: an id appears twice")
-    timeout = required(raw, "trial_timeout_s")
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise UserError(f"trial_timeout_s={timeout!r}: must be a number of seconds > 0")
-    every = required(raw, "checkpoint_every")
-    if not isinstance(every, int) or every < 1:
-        raise UserError(f"checkpoint_every={every!r}: must be an integer >= 1")
-    target = required(raw, "target")
-    if target is not None and not isinstance(target, (int, float)):
-        raise UserError(f"target={target!r}: must be a number or null")
-    progress = required(raw, "progress")
-    if progress not in ("auto", "rich", "plain", "none"):
-        raise UserError(f"progress={progress!r}: allowed: auto, rich, plain, none")
-    seed = required(raw, "seed")
-    if not isinstance(seed, int):
-        raise UserError(f"seed={seed!r}: must be an integer")
-    profile = required(raw, "profile")
-    unshare = required(raw, "unshare")
-    if not isinstance(unshare, bool):
-        raise UserError(f"unshare={unshare!r}: must be true or false")
-    backend = required(raw, "backend")
-    if backend not in BACKENDS:
-        raise UserError(f"backend={backend!r}: allowed: {', '.join(BACKENDS)}")
-    ray = to_typed(RayConfig, required(raw, "ray"), "ray")
-    storage = required(raw, "storage")
-    if storage is not None and (not isinstance(storage, str) or not storage):
-        raise UserError(f"storage={storage!r}: a folder every node sees, or null for the run folder")
-    ran_on = raw.get(RAN_ON)  # a record of what a Ray run ran on, written by `main`
+    conf = to_typed(RunConf, raw)
+    train = to_typed(TrainConfig, conf.train, "train")
     cluster = None
-    if ran_on is not None:
-        cluster = to_typed(ClusterSpec, {"name": "the run's Ray cluster", **ran_on}, RAN_ON)
+    if conf.ran_on is not None:  # a record of what a Ray run ran on, written by `main`
+        cluster = to_typed(ClusterSpec, {"name": "the run's Ray cluster", **conf.ran_on}, RAN_ON)
     return RunConfig(
-        scheduler=sched, space=space, train=train, devices=devices, gpus_per_trial=required(raw, "gpus_per_trial"),
-        trial_timeout_s=float(timeout), checkpoint_every=every, target=None if target is None else float(target),
-        seed=seed, progress=progress, profile=None if profile is None else str(profile), unshare=unshare, raw=raw, backend=backend,
-        ray=ray, storage=None if storage is None else Path(storage).expanduser().resolve(), cluster=cluster,
+        scheduler=scheduler_config(conf.scheduler), space=SearchSpace.from_config(train.space, "train.space"),
+        train=train, devices=to_typed(DevicesConfig, conf.devices, "devices"), gpus_per_trial=conf.gpus_per_trial,
+        trial_timeout_s=conf.trial_timeout_s, checkpoint_every=conf.checkpoint_every, target=conf.target,
+        seed=conf.seed, progress=conf.progress, profile=conf.profile, unshare=conf.unshare, raw=raw,
+        backend=conf.backend, ray=to_typed(RayConfig, conf.ray, "ray"),
+        storage=None if conf.storage is None else Path(conf.storage).expanduser().resolve(), cluster=cluster,
     )
 
 
@@ -324,7 +314,7 @@ def settings_here(config: RunConfig, resume: Path | None = None, allocation_key:
     profile = None if config.profile is None else load_profile(config.profile)
     elastic = required(config.raw, "elastic") if config.gpus_per_trial == ELASTIC else None
     allocation = resolve_allocation(config.gpus_per_trial, cluster, profile, elastic, key=allocation_key)
-    _check_entrypoint(config.train.entrypoint)
+    check_entrypoint(config.train.entrypoint)
     if config.backend == "local":  # a Ray cluster's nodes hold their own workers
         _check_capacity(config, ids, allocation)
     return RunSettings(
@@ -431,5 +421,5 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
 
 
 
-__all__ = ["BACKENDS", "RayConfig", "RunConfig", "RunSettings", "DevicesConfig", "TrainConfig", "load", "main", "parse_run_config",
+__all__ = ["BACKENDS", "RayConfig", "RunConf", "RunConfig", "RunSettings", "DevicesConfig", "TrainConfig", "load", "main", "parse_run_config",
            "read_run_config", "require_run_folder", "shipped_backend", "settings_from", "settings_here"]

@@ -49,6 +49,21 @@ def resolve_entrypoint(entrypoint: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def check_entrypoint(entrypoint: str, key: str = "train.entrypoint") -> None:
+    """Import the training function here, before anything starts, so a typo is one line
+    (`key` names the setting) instead of every worker failing; what `run` and `calibrate` check."""
+    from nasalloc.sim.errors import UserError
+
+    try:
+        fn = resolve_entrypoint(entrypoint)
+    except (ImportError, AttributeError, ValueError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else ""
+        raise UserError(f"{key}={entrypoint!r}: cannot load it ({type(exc).__name__}: {why}); "
+                        "expected 'module:function' importable here") from None
+    if not callable(fn):
+        raise UserError(f"{key}={entrypoint!r}: not a function")
+
+
 def take_authkey() -> bytes:
     """The auth key of the connection to the executor, taken out of the environment
     (`backend.worker_env` put it there), so the training code never sees it."""

@@ -1,9 +1,11 @@
 """`nasalloc <command> [hydra overrides]`: dispatch to one Hydra app per command.
 
 Before Hydra creates an output folder, every job the command line describes (each point of a
-`-m` sweep) is composed and validated here. Bad input therefore ends as one line on stderr
+`-m` sweep) is composed and loaded here. Bad input therefore ends as one line on stderr
 and exit status 2, with nothing written. Then the command runs as an ordinary `@hydra.main`
-app, so overrides, `-m` sweeps, `--cfg job`, `--help` and the `.hydra/` record all work.
+app, so overrides, `-m` sweeps, `--cfg job`, `--help` and the `.hydra/` record all work; each
+job is handed the settings loaded for it here, so a job is loaded once (for `run`: one Ray
+connection, one import of the training function, one memory probe).
 
 A command module provides two functions:
     load(cfg: DictConfig) -> typed settings   (raises UserError on bad values)
@@ -15,6 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import itertools
+import json
 import os
 import shutil
 import sys
@@ -196,16 +199,31 @@ def _implied_groups(args: list[str]) -> list[str]:
     return args
 
 
-def validate(command: Command, module: Any, args: list[str]) -> None:
-    """Compose and load every job of the command line; raise UserError/UsageError if bad."""
+def _job_key(cfg: Any) -> str:
+    """A composed job config as text, unresolved (`${now:...}` stays as written) and without
+    Hydra's own node: the same for this module's compose and for the one Hydra makes for the
+    job, so the job finds the settings `validate` loaded for it."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(node, dict)
+    node.pop("hydra", None)
+    return json.dumps(node, sort_keys=True, default=str)
+
+
+def validate(command: Command, module: Any, args: list[str]) -> dict[str, Any]:
+    """Compose and load every job of the command line; raise UserError/UsageError if bad.
+
+    -> the loaded settings of each job, by `_job_key` (empty for flags that run no job)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     overrides, multirun, info = _split_args(args)
     _refuse_renamed(command, overrides)
     _refuse_plan_overrides(command, overrides)
+    loaded: dict[str, Any] = {}
     if info:
-        return
+        return loaded
     try:
         jobs = _expand_sweeps(overrides, multirun)
     except HydraException as exc:
@@ -215,10 +233,13 @@ def validate(command: Command, module: Any, args: list[str]) -> None:
             cfg = _compose(command, job)
         except (HydraException, OmegaConfBaseException) as exc:
             raise UsageError(_explain_hydra_error(exc, job)) from None
-        module.load(cfg)
+        loaded[_job_key(cfg)] = module.load(cfg)
+    return loaded
 
 
-def _hydra_app(command: Command, module: Any) -> Any:
+def _hydra_app(command: Command, module: Any, loaded: dict[str, Any]) -> Any:
+    """The command as a Hydra app; a job whose settings `validate` loaded runs with those,
+    any other (flags that skip validation, such as --config-dir) is loaded here."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig
@@ -229,7 +250,8 @@ def _hydra_app(command: Command, module: Any) -> Any:
     def task(cfg: DictConfig) -> None:
         out_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
-            module.main(module.load(cfg), out_dir)
+            settings = loaded.get(_job_key(cfg))
+            module.main(module.load(cfg) if settings is None else settings, out_dir)
         except UserError as exc:
             sys.stderr.write(f"nasalloc {command.name}: {exc}\n")
             sys.exit(EXIT_USAGE)
@@ -286,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         module = _load_module(command)
-        validate(command, module, rest)
+        loaded = validate(command, module, rest)
     except (UserError, UsageError) as exc:
         return _error(name, str(exc))
     except KeyboardInterrupt:
@@ -295,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     saved = sys.argv
     sys.argv = [f"nasalloc {name}", *rest]
     try:
-        _hydra_app(command, module)()
+        _hydra_app(command, module, loaded)()
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except KeyboardInterrupt:  # a command that handles Ctrl-C itself (run) says more, and exits 130 itself

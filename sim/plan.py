@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from nasalloc.sim.cluster import Allocation, ClusterSpec, parse_allocation
-from nasalloc.sim.config import required, to_typed
+from nasalloc.sim.config import require, required, to_typed
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_allocation
 from nasalloc.sim.schedulers import scheduler_config
@@ -46,13 +46,27 @@ PLAN_FILE = "plan.yaml"
 # refuses them on the command line (they would make it another search than the plan's).
 # With a training function in the plan, `train` too (`Plan.fixed_keys`).
 PLAN_KEYS = ("scheduler", "gpus_per_trial", "elastic", "seed", "profile")
-TRAIN_KEYS = ("name", "entrypoint", "space", "params")
 _FIELDS = (*PLAN_KEYS, "train", "cluster", "predicted")
 
 _HEADER = ("# The search `nasalloc recommend` recommends; run exactly this search with\n"
            "#   nasalloc run plan={path}\n"
            "# (scheduler, gpus_per_trial, elastic, seed, profile and, unless null, train come from here;\n"
            "# cluster and predicted say what it was planned for; sim/plan.py)\n")
+
+
+@dataclass
+class TrainConfig:
+    """One of conf/train/*.yaml (or the user's own): the training function `nasalloc run`
+    trains, and `recommend train=NAME` names in a plan. The YAML is the one place the
+    defaults are written."""
+
+    name: str
+    entrypoint: str  # "module:function" (nasalloc.execute.api)
+    space: dict[str, Any]  # searched (SearchSpace syntax)
+    params: dict[str, Any]  # fixed, passed to every trial
+
+    def __post_init__(self) -> None:
+        require(":" in self.entrypoint, f"entrypoint={self.entrypoint!r}: expected 'module:function'")
 
 
 @dataclass(frozen=True)
@@ -156,9 +170,7 @@ def read_plan(given: str | Path) -> Plan:
             raise UserError(f"profile={values['profile']!r}: must be a shipped profile's name or a path")
         train = values["train"]
         if train is not None:
-            if not isinstance(train, dict):
-                raise UserError(f"train={train!r}: expected {{{', '.join(TRAIN_KEYS)}}} or null")
-            train = {name: required(train, name, "train.") for name in TRAIN_KEYS}
+            train = dataclasses.asdict(to_typed(TrainConfig, train, "train"))
     except UserError as exc:
         raise UserError(f"{key}: {exc}") from None
     return Plan(scheduler=dict(scheduler), gpus_per_trial=values["gpus_per_trial"], elastic=elastic, seed=seed,

@@ -22,15 +22,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from nasalloc.sim.cluster import ELASTIC, Allocation, ClusterSpec
 from nasalloc.sim.elastic import resolve_allocation
-from nasalloc.sim.config import required, shipped, to_typed
+from nasalloc.sim.config import require, require_choice, required, shipped, to_typed
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
-from nasalloc.sim.plan import PLAN_FILE, Plan, allocation_value, profile_reference, write_plan
+from nasalloc.sim.plan import PLAN_FILE, Plan, TrainConfig, allocation_value, profile_reference, write_plan
 from nasalloc.sim.formatting import (
     duration_unit,
     format_allocation,
@@ -42,7 +42,7 @@ from nasalloc.sim.formatting import (
 from nasalloc.sim.profile import Profile, load_profile
 from nasalloc.sim.ranking import OBJECTIVE_FIELD, GroupStats, Recommendation, choose, recommend
 from nasalloc.sim.schedulers import make_scheduler, scheduler_config, scheduler_names
-from nasalloc.sim.simulate import checked_target, flag
+from nasalloc.sim.simulate import checked_target
 from nasalloc.sim.space import SearchSpace
 from nasalloc.sim.sweep import (
     OBJECTIVES,
@@ -57,7 +57,72 @@ from nasalloc.sim.sweep import (
 from nasalloc.sim.trace import write_json
 from nasalloc.sim.tune_export import ray_tune_snippet, syne_tune_settings
 from nasalloc.sim.workload import ReplayWorkload, Workload, workload_from_config
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
+
+
+@dataclass
+class RecommendConf:
+    """conf/recommend.yaml as composed, the one place the defaults are written (none here).
+
+    The groups stay mappings, each read by its own schema in `load` (`scheduler_config`,
+    `workload_from_config`, `ClusterSpec`, `Pricing`, `ElasticChoice`), so a message names
+    the group's key (``cost.billing='x': ...``)."""
+
+    schedulers: Any  # shipped scheduler configs compared (a name or a list); unread with scheduler=NAME
+    n_trials: Optional[int]
+    profile: str  # a shipped name or a path (`load_profile`)
+    cluster: dict[str, Any]  # a ClusterSpec whose gpus may be a list of sizes
+    workload: dict[str, Any]
+    allocations: Any  # auto, or a list of allocations (`resolve_allocation`)
+    min_k: float
+    max_k: Optional[float]
+    adaptive: bool
+    elastic: dict[str, Any]  # `ElasticChoice`
+    unshare: bool
+    seeds: Any  # a count, or a list of seeds; a list after `__post_init__`
+    objective: str
+    target: Optional[float]  # within the workload metric's range (`checked_target`)
+    deadline_s: Optional[float]
+    cost: dict[str, Any]  # `Pricing`
+    propagate_uncertainty: bool
+    workers: int
+    plots: bool
+    seed: int  # conf/common.yaml's; unread here (the seeds simulated are `seeds`)
+    scheduler: Optional[dict[str, Any]] = None  # present with scheduler=NAME only (the group is empty otherwise)
+    train: Optional[dict[str, Any]] = None  # present with train=NAME only
+    out_dir: Optional[str] = None  # Hydra's output folder: Hydra reads it, no command does
+
+    def __post_init__(self) -> None:
+        require_choice("objective", self.objective, OBJECTIVES)
+        require(self.objective != "time_to_target" or self.target is not None,
+                "objective=time_to_target: needs target=VALUE (a metric value to reach)")
+        require(self.n_trials is None or self.n_trials >= 1,
+                f"n_trials={self.n_trials}: must be an integer >= 1 or null (each scheduler's own default)")
+        require(0 < self.min_k < math.inf, f"min_k={self.min_k:g}: must be > 0 (e.g. 0.25: four trials share one GPU)")
+        require(self.max_k is None or self.min_k <= self.max_k < math.inf,
+                f"max_k={self.max_k}: must be >= min_k={self.min_k:g}, or null (the whole cluster)")
+        require(self.deadline_s is None or 0 <= self.deadline_s < math.inf,
+                f"deadline_s={self.deadline_s}: must be a number >= 0 or null (at the end)")
+        require(self.workers >= 0, f"workers={self.workers}: must be an integer >= 0 (0: one per core)")
+        self.seeds = _seed_list(self.seeds)
+        if self.scheduler is None:
+            names = [self.schedulers] if isinstance(self.schedulers, str) else self.schedulers
+            require(isinstance(names, list) and bool(names),
+                    f"schedulers={names!r}: give a non-empty list; allowed: {', '.join(scheduler_names())}")
+            for name in names:
+                require(name in scheduler_names(),
+                        f"schedulers: {name!r} is not a scheduler; allowed: {', '.join(scheduler_names())}")
+            self.schedulers = names
+
+
+@dataclass
+class ElasticChoice:
+    """`elastic` of conf/recommend.yaml: include the elastic policy in allocations=auto, and
+    its bounds (checked by `resolve_allocation`, as simulate and run check them)."""
+
+    compare: bool
+    min: Any
+    max: Any
 
 
 @dataclass(frozen=True)
@@ -78,67 +143,44 @@ class RecommendSettings:
     elastic: dict[str, Any]  # elastic.min / elastic.max, for plan.yaml
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+def _seed_list(value: Any) -> list[int]:
+    """`seeds`: a count n (the seeds 0..n-1) or a list of distinct seeds."""
+    require(not isinstance(value, bool), f"seeds={value!r}: give a count >= 1 or a list of seeds")
+    if isinstance(value, int):
+        require(value >= 1, f"seeds={value}: must be >= 1 (the number of seeds) or a list of seeds")
+        return list(range(value))
+    require(isinstance(value, list) and bool(value)
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value),
+            f"seeds={value!r}: give a count >= 1 or a non-empty list of integers >= 0")
+    require(len(set(value)) == len(value), f"seeds={value}: seeds must be distinct")
+    return list(value)
 
 
-def _schedulers(cfg: DictConfig, mode: str) -> list[Any]:
+def _schedulers(conf: RecommendConf, mode: str) -> list[Any]:
     """Typed scheduler configs: the one named by `scheduler=NAME`, else those in `schedulers`.
 
     `n_trials` (when set) sizes every compared search alike, so schedulers are compared on
     the same number of configurations (null: each scheduler config's own n_trials).
     """
-    n_trials = required(cfg, "n_trials")
-    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
-        raise UserError(f"n_trials={n_trials!r}: must be an integer >= 1 or null (each scheduler's own default)")
-    if cfg.get("scheduler") is not None:  # the group is empty (no key) unless scheduler=NAME is given
-        node = _plain(cfg.scheduler)
-        node["mode"] = mode
-        if n_trials is not None:
-            node["n_trials"] = n_trials
-        return [scheduler_config(node)]
-    names = _plain(required(cfg, "schedulers"))
-    if isinstance(names, str):
-        names = [names]
-    if not isinstance(names, list) or not names:
-        raise UserError(f"schedulers={names!r}: give a non-empty list; allowed: {', '.join(scheduler_names())}")
-    out = []
-    for name in names:
-        if name not in scheduler_names():
-            raise UserError(f"schedulers: {name!r} is not a scheduler; allowed: {', '.join(scheduler_names())}")
-        node = shipped("scheduler", name)
-        node["mode"] = mode
-        if n_trials is not None:
-            node["n_trials"] = n_trials
-        out.append(scheduler_config(node, key=f"scheduler {name}"))
-    return out
+    sized = {"mode": mode} if conf.n_trials is None else {"mode": mode, "n_trials": conf.n_trials}
+    if conf.scheduler is not None:
+        return [scheduler_config({**conf.scheduler, **sized})]
+    return [scheduler_config({**shipped("scheduler", name), **sized}, key=f"scheduler {name}") for name in conf.schedulers]
 
 
-TRAIN_KEYS = ("name", "entrypoint", "space", "params")
-
-
-def _train(cfg: DictConfig) -> dict[str, Any] | None:
+def _train(node: dict[str, Any] | None) -> TrainConfig | None:
     """`train=NAME`'s settings (conf/train/NAME.yaml, as `nasalloc run` reads them), or None.
 
     The training function itself is not imported here: recommend may run where it cannot
     be (no GPU, no data); `nasalloc run` checks it."""
-    if cfg.get("train") is None:  # the group is empty (no key) unless train=NAME is given
+    if node is None:
         return None
-    node = _plain(cfg.train)
-    if not isinstance(node, dict):
-        raise UserError(f"train={node!r}: expected the settings of a training function (train=NAME, conf/train)")
-    unknown = sorted(set(node) - set(TRAIN_KEYS))
-    if unknown:
-        raise UserError(f"train.{unknown[0]}: unknown setting; allowed: {', '.join(TRAIN_KEYS)}")
-    out = {key: required(node, key, "train.") for key in TRAIN_KEYS}
-    SearchSpace.from_config(out["space"], "train.space")
-    if not isinstance(out["entrypoint"], str) or ":" not in out["entrypoint"]:
-        raise UserError(f"train.entrypoint={out['entrypoint']!r}: expected 'module:function'")
-    return out
+    train = to_typed(TrainConfig, node, "train")
+    SearchSpace.from_config(train.space, "train.space")
+    return train
 
 
-def _clusters(cfg: DictConfig) -> list[ClusterSpec]:
-    node = _plain(required(cfg, "cluster"))
+def _clusters(node: dict[str, Any]) -> list[ClusterSpec]:
     sizes = required(node, "gpus", "cluster.")
     if isinstance(sizes, list):
         if not sizes:
@@ -150,56 +192,20 @@ def _clusters(cfg: DictConfig) -> list[ClusterSpec]:
     return [to_typed(ClusterSpec, {**node, "gpus": size}, "cluster") for size in sizes]
 
 
-def _seeds(value: Any) -> list[int]:
-    value = _plain(value)
-    if isinstance(value, bool):
-        raise UserError(f"seeds={value!r}: give a count >= 1 or a list of seeds")
-    if isinstance(value, int):
-        if value < 1:
-            raise UserError(f"seeds={value}: must be >= 1 (the number of seeds) or a list of seeds")
-        return list(range(value))
-    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
-        if len(set(value)) != len(value):
-            raise UserError(f"seeds={value}: seeds must be distinct")
-        return list(value)
-    raise UserError(f"seeds={value!r}: give a count >= 1 or a non-empty list of integers >= 0")
-
-
-def _number(cfg: DictConfig, key: str, *, minimum: float | None = None, allow_none: bool = True) -> float | None:
-    value = required(cfg, key)
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError(f"{key}={value!r}: must be a number" + (" or null" if allow_none else ""))
-    if minimum is not None and value < minimum:
-        raise UserError(f"{key}={value}: must be >= {minimum:g}")
-    return float(value)
-
-
-def _allocations(cfg: DictConfig, cluster: ClusterSpec, n_segments: int, profile: Profile) -> list[Allocation]:
-    raw = _plain(required(cfg, "allocations"))
-    elastic = _plain(required(cfg, "elastic"))
-    compare_elastic = required(elastic, "compare", "elastic.")
-    if not isinstance(compare_elastic, bool):
-        raise UserError(f"elastic.compare={compare_elastic!r}: must be true or false")
-    min_k = _number(cfg, "min_k", minimum=0.0, allow_none=False)
-    assert min_k is not None
-    if min_k <= 0:
-        raise UserError(f"min_k={min_k}: must be > 0 (e.g. 0.25: four trials share one GPU)")
-    max_k = _number(cfg, "max_k", minimum=min_k)
-    max_k = float(cluster.gpus) if max_k is None else max_k
-    adaptive = required(cfg, "adaptive")
-    if not isinstance(adaptive, bool):
-        raise UserError(f"adaptive={adaptive!r}: must be true or false")
+def _allocations(conf: RecommendConf, elastic: ElasticChoice, cluster: ClusterSpec, n_segments: int,
+                 profile: Profile) -> list[Allocation]:
+    raw, min_k = conf.allocations, conf.min_k
+    max_k = float(cluster.gpus) if conf.max_k is None else conf.max_k
+    bounds = {"min": elastic.min, "max": elastic.max}
     if raw == "auto":
         out = static_allocations(cluster, min_k, max_k)
         if not out:
             raise UserError(f"min_k={min_k:g}, max_k={max_k:g}: no allowed allocation on {cluster.gpus} GPUs in between")
-        if adaptive:
+        if conf.adaptive:
             starts = [k for k in (0.25, 1.0) if k >= min_k]
             out += [a for a in adaptive_schedules(cluster, n_segments, starts, max_k) if a not in out]
-        if compare_elastic:
-            out.append(resolve_allocation(ELASTIC, cluster, profile, elastic))
+        if elastic.compare:
+            out.append(resolve_allocation(ELASTIC, cluster, profile, bounds))
         return out
     if not isinstance(raw, list) or not raw:
         raise UserError(f"allocations={raw!r}: give auto or a non-empty list of allocations, e.g. [1, 2, 4, \"1/2\", [1,2,4]]")
@@ -208,67 +214,39 @@ def _allocations(cfg: DictConfig, cluster: ClusterSpec, n_segments: int, profile
         for k in item if isinstance(item, list) else [item]:
             if isinstance(k, (int, float)) and not isinstance(k, bool) and k > cluster.gpus:
                 raise UserError(f"allocations: {k} GPUs per trial does not fit the cluster of {cluster.gpus} GPUs")
-        alloc = resolve_allocation(item, cluster, profile, elastic, key="allocations")
+        alloc = resolve_allocation(item, cluster, profile, bounds, key="allocations")
         if alloc not in out:
             out.append(alloc)
     return out
 
 
 def load(cfg: DictConfig) -> RecommendSettings:
-    objective = required(cfg, "objective")
-    if objective not in OBJECTIVES:
-        raise UserError(f"objective={objective!r}: allowed: {', '.join(OBJECTIVES)}")
-    train = _train(cfg)
-    workload_node = _plain(required(cfg, "workload"))
-    if train is not None and isinstance(workload_node, dict):  # the space the run will search is the one simulated
-        workload_node = {**workload_node, "space": train["space"]}
+    conf = to_typed(RecommendConf, cfg)
+    train = _train(conf.train)
+    workload_node = conf.workload
+    if train is not None:  # the space the run will search is the one simulated
+        workload_node = {**workload_node, "space": train.space}
     workload = workload_from_config(workload_node)
-    metric = workload.metric
-    profile_given = str(required(cfg, "profile"))
-    profile = load_profile(profile_given)
-    target = checked_target(required(cfg, "target"), metric)
-    if objective == "time_to_target" and target is None:
-        raise UserError("objective=time_to_target: needs target=VALUE (a metric value to reach)")
-    deadline = _number(cfg, "deadline_s", minimum=0.0)
-    cost_node = _plain(required(cfg, "cost"))
-    if not isinstance(cost_node, dict):
-        raise UserError(f"cost={cost_node!r}: expected a mapping of settings (per_gpu_hour, billing)")
-    unknown = sorted(set(cost_node) - {"per_gpu_hour", "billing"})
-    if unknown:
-        raise UserError(f"cost.{unknown[0]}: unknown setting; allowed: per_gpu_hour, billing")
-    price = required(cost_node, "per_gpu_hour", "cost.")
-    if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price) or price < 0:
-        raise UserError(f"cost.per_gpu_hour={price!r}: must be a number >= 0")
-    billing = required(cost_node, "billing", "cost.")
-    if billing not in ("cluster", "busy"):
-        raise UserError(f"cost.billing={billing!r}: allowed: cluster, busy")
-    pricing = Pricing(float(price), billing)
-    workers = required(cfg, "workers")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise UserError(f"workers={workers!r}: must be an integer >= 0 (0: one per core)")
-    plots = required(cfg, "plots")
-    if not isinstance(plots, bool):
-        raise UserError(f"plots={plots!r}: must be true or false")
-    propagate = required(cfg, "propagate_uncertainty")
-    if not isinstance(propagate, bool):
-        raise UserError(f"propagate_uncertainty={propagate!r}: must be true or false")
-    seeds = _seeds(required(cfg, "seeds"))
-    unshare = flag(cfg, "unshare")
-    schedulers = _schedulers(cfg, metric.mode)
-    clusters = _clusters(cfg)
+    profile = load_profile(conf.profile)
+    target = checked_target(conf.target, workload.metric)
+    pricing = to_typed(Pricing, conf.cost, "cost")
+    elastic = to_typed(ElasticChoice, conf.elastic, "elastic")
+    schedulers = _schedulers(conf, workload.metric.mode)
+    clusters = _clusters(conf.cluster)
     points: list[GridPoint] = []
     for sched in schedulers:
         n_segments = len(make_scheduler(sched, workload.space, np.random.default_rng(0)).milestones) + 1
         for cluster in clusters:
-            for alloc in _allocations(cfg, cluster, n_segments, profile):
+            for alloc in _allocations(conf, elastic, cluster, n_segments, profile):
                 base = SimulationSpec(scheduler=sched, workload=workload, profile=profile, cluster=cluster,
-                                      allocation=alloc, target=target, unshare=unshare)
-                for seed in seeds:
-                    points.append(GridPoint(sched.name, alloc, with_seed(base, seed, propagate), deadline, pricing))
-    elastic = _plain(required(cfg, "elastic"))
-    bounds = {name: required(elastic, name, "elastic.") for name in ("min", "max")}  # for plan.yaml
-    return RecommendSettings(points, seeds, objective, target, deadline, pricing, workers, plots, profile, workload, clusters,
-                             profile_reference(profile_given), train, bounds)
+                                      allocation=alloc, target=target, unshare=conf.unshare)
+                for seed in conf.seeds:
+                    points.append(GridPoint(sched.name, alloc, with_seed(base, seed, conf.propagate_uncertainty),
+                                            conf.deadline_s, pricing))
+    return RecommendSettings(points, conf.seeds, conf.objective, target, conf.deadline_s, pricing, conf.workers,
+                             conf.plots, profile, workload, clusters, profile_reference(conf.profile),
+                             None if train is None else dataclasses.asdict(train),
+                             {"min": elastic.min, "max": elastic.max})
 
 
 # ----- output ----------------------------------------------------------------------------

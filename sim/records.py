@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from nasalloc.sim.cluster import exact_k
+from nasalloc.sim.config import number
 from nasalloc.sim.errors import UserError
 from nasalloc.sim.formatting import format_allocation
 from nasalloc.sim.timings import RecordedEpoch, RecordedTimes
@@ -129,21 +130,8 @@ def _assumed(recorded_k: Fraction) -> str:
     return f"k not recorded: workload.recorded_k={format_allocation(recorded_k)} assumed"
 
 
-def _number(value: Any, where: str, what: str, *, minimum: float | None = None) -> float:
-    """`value` as a finite float (>= minimum); UserError naming `where` and `what` otherwise."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        x = math.nan
-    if value is None or value == "" or not math.isfinite(x):
-        raise UserError(f"{where}: {what}={value!r}: missing or not a number")
-    if minimum is not None and x < minimum:
-        raise UserError(f"{where}: {what}={value!r}: negative; must be >= {minimum:g}")
-    return x
-
-
 def _epoch(value: Any, where: str, what: str) -> int:
-    x = _number(value, where, what, minimum=1)
+    x = number(f"{where}: {what}", value, minimum=1)
     if x != int(x):
         raise UserError(f"{where}: {what}={value!r}: must be a whole number >= 1")
     return int(x)
@@ -231,7 +219,7 @@ def _csv(p: Path, recorded_k: Fraction) -> Recording:
                 continue
             curves[trial][epoch] = (metric, test)
             if time_col is not None:
-                seconds = _number(row[time_col], f"{p}:{line}", time_col, minimum=0)
+                seconds = number(f"{p}:{line}: {time_col}", row[time_col], minimum=0)
                 k = recorded_k if k_col is None else _csv_k(row[k_col], f"{p}:{line}")
                 times.setdefault(trial, {})[epoch] = RecordedEpoch(seconds, k)
     order = list(curves)
@@ -286,8 +274,8 @@ def _ray_experiment(folder: Path, trial_dirs: list[Path], metric_name: str, reco
                 raise UserError(f"{results}: no {metric_name!r} in its results (workload.metric.name); "
                                 f"it reports: {', '.join(sorted(str(c) for c in row)) or 'nothing'}")
             epoch = _epoch(row.get("training_iteration"), where, "training_iteration")
-            metric = _number(row[metric_name], where, metric_name)
-            seconds = _number(row.get("time_this_iter_s"), where, "time_this_iter_s", minimum=0)
+            metric = number(f"{where}: {metric_name}", row[metric_name])
+            seconds = number(f"{where}: time_this_iter_s", row.get("time_this_iter_s"), minimum=0)
             if epoch not in curve:
                 curve[epoch] = (metric, None)
                 epochs[epoch] = RecordedEpoch(seconds, k)
@@ -418,17 +406,17 @@ def _syne_tune(p: Path, metric_name: str, recorded_k: Fraction) -> Recording:
     last: dict[int, float] = {}  # trial -> st_worker_time of its previous result in the same process
     for line, row in enumerate(reader, start=2):
         where = f"{p}:{line}"
-        trial = int(_number(row["trial_id"], where, "trial_id", minimum=0))
+        trial = int(number(f"{where}: trial_id", row["trial_id"], minimum=0))
         epoch = _epoch(row[epoch_col], where, epoch_col)
-        metric = _number(row[metric_name], where, metric_name)
+        metric = number(f"{where}: {metric_name}", row[metric_name])
         configs.setdefault(trial, {k[len("config_"):]: _scalar(v) for k, v in row.items() if k and k.startswith("config_")})
         curve = curves.setdefault(trial, {})
         if not timed:
             curve.setdefault(epoch, (metric, None))
             continue
-        clock = _number(row["st_worker_time"], where, "st_worker_time", minimum=0)
+        clock = number(f"{where}: st_worker_time", row["st_worker_time"], minimum=0)
         if "st_worker_iter" in fields:  # the Reporter's count of results, 0 in a new process
-            new_process = _number(row["st_worker_iter"], where, "st_worker_iter", minimum=0) == 0
+            new_process = number(f"{where}: st_worker_iter", row["st_worker_iter"], minimum=0) == 0
         else:
             new_process = clock < last.get(trial, math.inf)
         since = 0.0 if new_process or trial not in last else last[trial]

@@ -12,11 +12,12 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nasalloc.sim.cluster import ClusterSpec
-from nasalloc.sim.config import required, to_typed
+from nasalloc.sim.config import require, to_typed
 from nasalloc.sim.elastic import resolve_allocation
 from nasalloc.sim.engine import SimulationResult, SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
@@ -27,69 +28,74 @@ from nasalloc.sim.trace import write_json, write_trace
 from nasalloc.sim.workload import MetricSpec, workload_from_config
 
 
+@dataclass
+class SimulateConf:
+    """conf/simulate.yaml as composed, the one place the defaults are written (none here).
+
+    The groups stay mappings: each is read by its own schema in `build_spec` (the scheduler
+    and workload by name, `scheduler_config` and `workload_from_config`; the cluster as
+    `ClusterSpec`), so a message names the group's key (``cluster.gpus=6: ...``)."""
+
+    scheduler: dict[str, Any]
+    cluster: dict[str, Any]
+    workload: dict[str, Any]
+    profile: str  # a shipped name or a path (`load_profile`)
+    profile_sample: Optional[int]
+    gpus_per_trial: Any  # k, "1/m", a per-rung list or elastic (`resolve_allocation`)
+    elastic: Any  # read for gpus_per_trial=elastic only (`resolve_allocation`)
+    unshare: bool
+    target: Optional[float]  # within the workload metric's range (`checked_target`)
+    plots: bool
+    seed: int
+    out_dir: Optional[str] = None  # Hydra's output folder: Hydra reads it, no command does
+
+    def __post_init__(self) -> None:
+        require(self.seed >= 0, f"seed={self.seed}: must be an integer >= 0")
+        require(self.profile_sample is None or self.profile_sample >= 0,
+                f"profile_sample={self.profile_sample}: must be an integer >= 0 or null")
+
+
 @dataclass(frozen=True)
 class SimulateSettings:
     spec: SimulationSpec
     plots: bool = True
 
 
-def _int(cfg: DictConfig, key: str, *, allow_none: bool = False) -> int | None:
-    value = required(cfg, key)
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UserError(f"{key}={value!r}: must be an integer >= 0" + (" or null" if allow_none else ""))
-    return value
-
-
-def checked_target(target: object, metric: MetricSpec) -> float | None:
-    """`target=` as a float inside the metric's range, or None; UserError otherwise."""
+def checked_target(target: float | None, metric: MetricSpec) -> float | None:
+    """`target=` (already a number or None, `check_scalar`) inside the metric's range; UserError otherwise."""
     if target is None:
         return None
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
+    if not math.isfinite(target):
         raise UserError(f"target={target!r}: must be a number within the metric's range or null")
     if not metric.contains(float(target)):
         raise UserError(f"target={target}: outside {metric.name}'s range [{metric.low}, {metric.high}]")
     return float(target)
 
 
-def build_spec(cfg: DictConfig) -> SimulationSpec:
+def build_spec(cfg: DictConfig | SimulateConf) -> SimulationSpec:
     """A validated spec from a composed simulate-style config (UserError on bad input)."""
-    sched = scheduler_config(required(cfg, "scheduler"))
-    cluster = to_typed(ClusterSpec, required(cfg, "cluster"), "cluster")
-    raw_k = required(cfg, "gpus_per_trial")
-    if isinstance(raw_k, ListConfig):
-        raw_k = OmegaConf.to_container(raw_k, resolve=True)
-    profile = load_profile(str(required(cfg, "profile")))
-    allocation = resolve_allocation(raw_k, cluster, profile, required(cfg, "elastic"))
-    workload = workload_from_config(required(cfg, "workload"))
+    conf = cfg if isinstance(cfg, SimulateConf) else to_typed(SimulateConf, cfg)
+    sched = scheduler_config(conf.scheduler)
+    cluster = to_typed(ClusterSpec, conf.cluster, "cluster")
+    profile = load_profile(conf.profile)
+    allocation = resolve_allocation(conf.gpus_per_trial, cluster, profile, conf.elastic)
+    workload = workload_from_config(conf.workload)
     metric = workload.metric
     if sched.mode != metric.mode:
         raise UserError(f"scheduler.mode={sched.mode}: the workload's metric {metric.name} is mode={metric.mode}; "
                         f"set both (workload.metric.mode=...) or leave scheduler.mode to follow the workload")
-    sample = _int(cfg, "profile_sample", allow_none=True)
+    sample = conf.profile_sample
     if sample is not None and not profile.step_time_samples:
         raise UserError(f"profile_sample={sample}: profile {profile.name} has no uncertainty.step_time_samples; use null")
-    target = checked_target(required(cfg, "target"), metric)
-    seed = _int(cfg, "seed")
+    target = checked_target(conf.target, metric)
     return SimulationSpec(scheduler=sched, workload=workload, profile=profile, cluster=cluster,
-                          allocation=allocation, seed=int(seed), target=target, profile_sample=sample,
-                          unshare=flag(cfg, "unshare"))
-
-
-def flag(cfg: DictConfig | dict, key: str) -> bool:
-    """A true/false setting (UserError naming it otherwise)."""
-    value = required(cfg, key)
-    if not isinstance(value, bool):
-        raise UserError(f"{key}={value!r}: must be true or false")
-    return value
+                          allocation=allocation, seed=conf.seed, target=target, profile_sample=sample,
+                          unshare=conf.unshare)
 
 
 def load(cfg: DictConfig) -> SimulateSettings:
-    plots = required(cfg, "plots")
-    if not isinstance(plots, bool):
-        raise UserError(f"plots={plots!r}: must be true or false")
-    return SimulateSettings(spec=build_spec(cfg), plots=plots)
+    conf = to_typed(SimulateConf, cfg)
+    return SimulateSettings(spec=build_spec(conf), plots=conf.plots)
 
 
 def report(result: SimulationResult, out_dir: Path | None, wall_s: float) -> str:
@@ -164,4 +170,4 @@ def main(settings: SimulateSettings, out_dir: Path) -> None:
     print(report(result, out_dir.resolve(), wall) + (f"\n{warning}" if warning else ""))
 
 
-__all__ = ["SimulateSettings", "build_spec", "checked_target", "epoch_times_source", "flag", "load", "main", "report"]
+__all__ = ["SimulateConf", "SimulateSettings", "build_spec", "checked_target", "epoch_times_source", "load", "main", "report"]

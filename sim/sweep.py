@@ -25,6 +25,7 @@ from nasalloc.sim.cluster import (
     allowed_allocations,
     is_allowed,
 )
+from nasalloc.sim.config import require, require_choice
 from nasalloc.sim.engine import SimulationSpec, simulate
 
 OBJECTIVES = ("makespan", "time_to_target", "best_metric", "cost")
@@ -40,6 +41,10 @@ class Pricing:
 
     per_gpu_hour: float  # `cost.per_gpu_hour` of conf/recommend.yaml, the one place its default is written
     billing: str  # cluster | busy
+
+    def __post_init__(self) -> None:
+        require(0 <= self.per_gpu_hour < math.inf, f"per_gpu_hour={self.per_gpu_hour:g}: must be a number >= 0")
+        require_choice("billing", self.billing, ("cluster", "busy"))
 
     def cost(self, gpus: int, makespan_s: float, device_hours: float) -> float:
         hours = gpus * makespan_s / 3600.0 if self.billing == "cluster" else device_hours

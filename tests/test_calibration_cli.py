@@ -77,8 +77,8 @@ def test_bad_settings_give_one_line_and_exit_2(tmp_path, capsys, args, needle):
 
 
 @pytest.mark.parametrize("text, needle", [
-    ("k,step_time_s\n1,0.1\n2,abc\n", "line 3: step_time_s='abc' is not a number"),
-    ("k,step_time_s\n1,0.1\nx,0.2\n", "line 3: k='x' is not a number"),
+    ("k,step_time_s\n1,0.1\n2,abc\n", "line 3: step_time_s='abc': must be a finite number > 0"),
+    ("k,step_time_s\n1,0.1\nx,0.2\n", "line 3: k='x': must be a finite number > 0"),
     ("k,step_s\n1,0.1\n", "unknown column 'step_s'"),
     ("k,step_time_s\n2,0.1\n", "no row with k=1"),
     ("k,step_time_s\n1.5,0.1\n", "whole number of devices"),
@@ -92,12 +92,12 @@ def test_bad_settings_give_one_line_and_exit_2(tmp_path, capsys, args, needle):
     ("k,step_time_s\n1,0.1\n2,\n", "line 3: step_time_s is empty"),
     ("k,step_time_s\n,0.1\n", "line 2: k is empty"),
     # values no measurement gives
-    ("k,step_time_s\n1,0\n", "line 2: step_time_s='0' must be a finite number > 0"),
-    ("k,step_time_s\n1,-0.1\n", "line 2: step_time_s='-0.1' must be a finite number > 0"),
-    ("k,step_time_s\n1,inf\n", "line 2: step_time_s='inf' must be a finite number > 0"),
-    ("k,step_time_s\n1,nan\n", "line 2: step_time_s='nan' must be a finite number > 0"),
-    ("k,step_time_s,eval_s\n1,0.1,-1\n", "line 2: eval_s='-1' must be a finite number >= 0"),
-    ("k,step_time_s\n0,0.1\n", "line 2: k='0' must be a finite number > 0"),
+    ("k,step_time_s\n1,0\n", "line 2: step_time_s='0': must be a finite number > 0"),
+    ("k,step_time_s\n1,-0.1\n", "line 2: step_time_s='-0.1': negative; must be a finite number > 0"),
+    ("k,step_time_s\n1,inf\n", "line 2: step_time_s='inf': must be a finite number > 0"),
+    ("k,step_time_s\n1,nan\n", "line 2: step_time_s='nan': must be a finite number > 0"),
+    ("k,step_time_s,eval_s\n1,0.1,-1\n", "line 2: eval_s='-1': negative; must be a finite number >= 0"),
+    ("k,step_time_s\n0,0.1\n", "line 2: k='0': must be a finite number > 0"),
     ("k,step_time_s\n1,0.1\n0.3,0.2\n", "line 3: k=0.3: below 1 it must be 1/m"),
     # values that belong to another row than they are on (they were pooled into k = 1's)
     ("k,step_time_s,eval_s\n1,0.1,3\n2,0.06,5\n", "line 3: eval_s on a k=2 row; it is measured at k=1"),

@@ -133,3 +133,52 @@ def test_ctrl_c_after_a_command_wrote_something_keeps_what_it_wrote(tmp_path, ca
     assert main(["simulate", f"out_dir={tmp_path / 'o'}"]) == 130
     assert capsys.readouterr().err == "nasalloc simulate: interrupted\n"
     assert (tmp_path / "o" / "trace.jsonl").exists() and (tmp_path / "o" / ".hydra").is_dir()
+
+
+def test_run_loads_each_job_once_and_hands_that_settings_to_the_job(tmp_path, monkeypatch):
+    """Validation before Hydra's folder exists loads the job; the job then runs with those very
+    settings. Loading again would import the training function, connect to Ray and probe
+    memory a second time."""
+    import nasalloc.execute.run as run
+
+    loads, imports, ran = [], [], []
+    real_load, real_check = run.load, run.check_entrypoint
+
+    def counting_load(cfg):
+        loads.append(real_load(cfg))
+        return loads[-1]
+
+    def counting_check(entrypoint, *args):
+        imports.append(entrypoint)
+        real_check(entrypoint, *args)
+
+    monkeypatch.setattr(run, "load", counting_load)
+    monkeypatch.setattr(run, "check_entrypoint", counting_check)
+    monkeypatch.setattr(run, "main", lambda settings, out_dir: ran.append(settings))
+    assert main(["run", f"out_dir={tmp_path / 'one'}", "devices.count=1"]) == 0
+    assert len(loads) == 1 and len(imports) == 1 and ran[0] is loads[0]
+    # a -m sweep: one load per job, each job runs with its own
+    loads.clear(), imports.clear(), ran.clear()
+    assert main(["run", "-m", f"out_dir={tmp_path / 'sweep'}", "devices.count=1", "seed=1,2"]) == 0
+    assert len(loads) == 2 and len(imports) == 2
+    assert [s.seed for s in ran] == [1, 2] and all(any(s is l for l in loads) for s in ran)
+
+
+@pytest.mark.parametrize("command, override, message", [
+    # OmegaConf alone would take 1 for true, true for 1 and the text "5" for 5
+    ("simulate", "plots=1", "plots=1: must be true or false"),
+    ("simulate", "seed=true", "seed=True: must be an integer"),
+    ("simulate", "target=nan", "target=nan: must be a number or null"),
+    ("recommend", "workers=true", "workers=True: must be an integer"),
+    ("recommend", "n_trials='5'", "n_trials='5': must be an integer or null"),
+    ("run", "checkpoint_every=1.5", "checkpoint_every=1.5: must be an integer"),
+    ("run", "unshare=0", "unshare=0: must be true or false"),
+    ("calibrate", "calibration.rounds=true", "calibration.rounds=True: must be an integer"),
+    ("validate", "force=1", "force=1: must be true or false"),
+])
+def test_a_setting_of_another_type_is_refused_not_converted(command, override, message, tmp_path, capsys):
+    extra = ["run=/no/such/run"] if command == "validate" else []
+    assert main([command, override, *extra, f"out_dir={tmp_path / 'never'}"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"nasalloc {command}: {message}\n"
+    assert not (tmp_path / "never").exists()

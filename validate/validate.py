@@ -24,13 +24,13 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from nasalloc.execute.run import (RUN_CONFIG, RunConfig, machine_here, read_machine, read_run_config,
                                   require_run_folder)
 from nasalloc.sim.cluster import ELASTIC, Allocation, ClusterSpec
-from nasalloc.sim.config import required
+from nasalloc.sim.config import required, to_typed
 from nasalloc.sim.elastic import resolve_allocation
 from nasalloc.sim.engine import SimulationSpec, simulate
 from nasalloc.sim.errors import UserError
@@ -40,7 +40,7 @@ from nasalloc.sim.provenance import COMPARED, foreign_line
 from nasalloc.sim.trace import TraceEvent, read_trace, write_json, write_trace
 from nasalloc.sim.workload import MetricSpec, ReplayWorkload
 from nasalloc.validate.compare import Comparison, Timings, compare, kendall_tau
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 
 @dataclass(frozen=True)
@@ -108,28 +108,41 @@ def read_run(folder: Path, config: RunConfig, profile: Profile) -> RealRun:
     return RealRun(folder, events, spec, kind, read_machine(folder) or machine_here(kind, [0]))
 
 
+@dataclass
+class ValidateConf:
+    """conf/validate.yaml as composed, the one place the defaults are written (none here)."""
+
+    run: Any  # a run folder of `nasalloc run`, or a list of them
+    profile: Optional[str]  # null: the one the (first) run names
+    force: bool
+    update_profile: bool
+    plots: bool
+    seed: int  # conf/common.yaml's; unread here (each run is re-simulated with its own seed)
+    out_dir: Optional[str] = None  # Hydra's output folder: Hydra reads it, no command does
+
+    def __post_init__(self) -> None:
+        self.run = [str(r) for r in (self.run if isinstance(self.run, list) else [self.run])]
+
+
 def load(cfg: DictConfig) -> ValidateSettings:
-    runs = cfg.get("run")  # `???` in the YAML (no default): None here until given
-    runs = OmegaConf.to_container(runs) if isinstance(runs, ListConfig) else runs
-    given = [str(r) for r in (runs if isinstance(runs, list) else [runs])] if runs else []
-    if not given:
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(raw, dict)
+    if raw.get("run") in (None, "???", "", []):  # `???` in the YAML: no default, given or not at all
         raise UserError("run: required; give a run folder of `nasalloc run` (run=PATH) or a list of them (run=[A,B])")
-    folders = [require_run_folder(f, "run") for f in given]  # every folder first, so a typo in run= is named first
+    conf = to_typed(ValidateConf, raw)
+    folders = [require_run_folder(f, "run") for f in conf.run]  # every folder first, so a typo in run= is named first
     configs = [read_run_config(f) for f in folders]
-    name = required(cfg, "profile") or configs[0].profile
+    name = conf.profile or configs[0].profile
     if not name:
         raise UserError("profile: give the profile the run was planned with (profile=NAME or profile=PATH); "
                         "the run's config does not name one")
     profile = load_profile(str(name))
-    for flag in ("update_profile", "plots", "force"):
-        if not isinstance(required(cfg, flag), bool):
-            raise UserError(f"{flag}={cfg[flag]!r}: must be true or false")
     differ = next((d for f, c in zip(folders[1:], configs[1:]) if (d := search_difference(folders[0], configs[0], f, c))),
                   None)
-    if differ is not None and not cfg.force:
+    if differ is not None and not conf.force:
         raise UserError(f"run: {differ}; a ranking compares allocations of one search (force=true ranks them anyway)")
     return ValidateSettings(tuple(read_run(f, c, profile) for f, c in zip(folders, configs)), profile,
-                            bool(cfg.update_profile), bool(cfg.plots), forced=differ)
+                            conf.update_profile, conf.plots, forced=differ)
 
 
 def search_difference(folder_a: Path, a: RunConfig, folder_b: Path, b: RunConfig) -> str | None:
