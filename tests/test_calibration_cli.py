@@ -82,7 +82,7 @@ def test_bad_settings_give_one_line_and_exit_2(tmp_path, capsys, args, needle):
     ("k,step_s\n1,0.1\n", "unknown column 'step_s'"),
     ("k,step_time_s\n2,0.1\n", "no row with k=1"),
     ("k,step_time_s\n1.5,0.1\n", "whole number of devices"),
-    # edge cases of the file's shape (issue 19)
+    # edge cases of the file's shape
     ("", "empty; expected a header k,step_time_s"),
     ("# only a comment\n\n", "empty; expected a header k,step_time_s"),
     ("k,step_time_s\n", "only a header; expected one row per sample after it"),
@@ -180,7 +180,7 @@ def test_real_two_rank_gloo_calibration_of_digits_feeds_the_simulator(tmp_path, 
 
 
 def test_what_a_timings_csv_does_not_say_is_assumed_and_a_later_mismatch_is_named(tmp_path, capsys):
-    """Issue 18: the CSV says nothing of the node size or the device kind. The profile lists
+    """The CSV says nothing of the node size or the device kind. The profile lists
     both under `assumed:` (node size: the largest k, 4 here; device: cuda), calibrate warns,
     and simulate says so on a cluster whose nodes differ from the assumed 4 (and not on one
     whose nodes match)."""

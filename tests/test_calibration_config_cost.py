@@ -48,7 +48,7 @@ def test_fit_recovers_known_slopes_from_noisy_step_times():
     factors = [profile.config_factor(c["config"]) for c in timed]
     assert np.mean(factors) == pytest.approx(1.0, abs=1e-5)
     assert factors == pytest.approx(fit.factors, rel=1e-9)
-    # measured at k = 1 (all compute): at k > 1 it scales the compute, not the all-reduce (issue 16)
+    # measured at k = 1 (all compute): at k > 1 it scales the compute, not the all-reduce
     assert fit.block["applies_to"] == "compute" and profile.config_cost.compute_only
     # the factors follow the step times
     steps = np.array([c["mean_step_s"] for c in timed])

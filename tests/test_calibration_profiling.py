@@ -224,7 +224,7 @@ def test_the_fit_describes_the_mean_configuration_and_keeps_the_raw_samples():
 
 
 def test_the_configuration_scale_moves_compute_and_keeps_the_measured_communication():
-    """Issue 16: scaling whole k = 2 steps by the configurations' level made every k = 2 epoch of
+    """Scaling whole k = 2 steps by the configurations' level made every k = 2 epoch of
     a communication-bound workload too slow by the scale. The fit at scale s must give s x the
     compute and the same network parameters as the fit of the raw samples."""
     # an exact model: k = 1 step 2 ms; k = 2: 1 ms compute + 3 ms all-reduce (no noise)
@@ -287,7 +287,7 @@ def test_sampled_configurations_set_the_reference_startup_and_evaluation(tmp_pat
     assert [c["width"] for c in fake.configs] != [ref] * 3
 
 
-# ----------------------------------------------------------------------------- a busy machine (issue 19, bug 3)
+# ----------------------------------------------------------------------------- a busy machine
 
 class LoopLauncher:
     """Answers `Launcher.run` as a training loop run through the probe would: a step every
@@ -385,7 +385,7 @@ class KLauncher(LoopLauncher):
 
 
 def test_the_configurations_time_boxes_are_sized_from_a_k1_step(tmp_path, monkeypatch):
-    """Issue 16: the first, unmeasured run is at the largest k (it warms every worker); its
+    """The first, unmeasured run is at the largest k (it warms every worker); its
     step (3.5 ms at k = 2 on 2 CPU slots against 1 ms at k = 1) sized the configurations' k = 1
     boxes, so the 0.3 s boxes held a third of their steps and their means were noisy. A short
     k = 1 run after it sizes them."""
@@ -402,7 +402,7 @@ def test_the_configurations_time_boxes_are_sized_from_a_k1_step(tmp_path, monkey
 
 
 def test_k_runs_use_one_worker_per_device_and_sharing_its_own_launcher(tmp_path, monkeypatch):
-    """Issue 16: the executor starts one worker per device at k >= 1 and m per device at
+    """The executor starts one worker per device at k >= 1 and m per device at
     k = 1/m (then their OpenMP threads wait passively, `backend.worker_env`); calibration ran
     everything on m per device. Now every k >= 1 measurement runs on a launcher with one
     worker per device and sharing on one with m."""
@@ -465,7 +465,7 @@ def test_without_configuration_evaluations_the_k1_runs_evaluation_is_kept(tmp_pa
 
 
 def test_runs_under_load_are_extended_until_they_see_an_epoch_boundary(tmp_path):
-    """Issue 17: epochs of 1000 steps of 1/256 s while every time box is sized for less. The
+    """Epochs of 1000 steps of 1/256 s while every time box is sized for less. The
     configuration jobs (10 boxes of 0.3 s = 768 steps), the k rounds (0.25 s = 64 steps) and
     the first run to a boundary (3 x time_limit_s = 768 steps) all end inside the first epoch;
     the next run may take 4x the steps (capped at max_steps, 3000) and reaches step 1000. Then
@@ -538,7 +538,7 @@ def test_without_a_step_time_at_every_k_calibration_stops_with_one_line(tmp_path
 
 @pytest.mark.parametrize("k2_ms, note", [(4.0, "k=2 (0.73)"), (1.8, None)])
 def test_baselines_that_cannot_fit_a_speed_up_below_1_say_so_instead_of_a_flat_line(k2_ms, note, tmp_path):
-    """Issue 18: strong scaling, k = 1 at 2.904 ms per step, k = 2 at half the batch per rank.
+    """Strong scaling, k = 1 at 2.904 ms per step, k = 2 at half the batch per rank.
     At 4.0 ms the speed-up is 2 x 0.5 x 2.904 / 4.0 = 0.726: Amdahl and linear (both >= 1)
     cannot fit it, and the report says so instead of a flat line through neither point. At
     1.8 ms (speed-up 1.61) they fit and are shown."""
@@ -608,7 +608,7 @@ def test_pause_and_resume_are_measured_as_a_paused_trial_resumed_in_a_fresh_job(
 
 
 def test_resume_and_release_are_fitted_per_k():
-    """Issue 16, the quiet machine's calibration: resumed jobs cost 6.4 ms at k = 1 and 28 ms
+    """The quiet machine's calibration: resumed jobs cost 6.4 ms at k = 1 and 28 ms
     at k = 2, pauses 6 ms and 17.5 ms, with 3.2 ms of them the epoch boundary and the save.
     One pooled restore and release put about the same on both k; per k (log2 k = 0, 1):
     resume(k) = 6.4 ms + 21.6 ms x log2 k, release(k) = 2.8 ms + 11.5 ms x log2 k."""

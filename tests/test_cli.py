@@ -92,7 +92,7 @@ def test_the_old_names_still_mean_something_where_they_were_not_renamed(tmp_path
 
 
 def test_a_recorded_search_path_chooses_the_replay_workload(tmp_path, capsys):
-    """`workload.path=` alone means the replay workload (issue 13's command reads as it is
+    """`workload.path=` alone means the replay workload (the command reads as it is
     written); an explicit other workload keeps its own settings and refuses the key."""
     from pathlib import Path
 

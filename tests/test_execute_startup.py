@@ -62,7 +62,7 @@ def _slowstart(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return go, env
 
 
-# ----- slot counts the machine cannot hold (issue 17.2) -------------------------------------
+# ----- slot counts the machine cannot hold -------------------------------------
 def test_capacity_limits_by_hand() -> None:
     # CPU: 4 workers per core, so 2 cores hold 8 (2 slots at k=1/4), not 9
     check_capacity("devices.count=2", "cpu", 2, 4, cores=2, worker_bytes=GIB // 4, available_bytes=20 * GIB)
@@ -265,7 +265,7 @@ def test_a_run_whose_workers_do_not_start_ends_in_one_line_and_stays_resumable(
     assert not run_workers(out)  # the workers that did start were stopped
 
 
-# ----- Ctrl-C while the workers start (issue 18.1) --------------------------------------------
+# ----- Ctrl-C while the workers start --------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(270)
 def test_sigint_during_startup_is_one_line_exit_130_and_the_folder_resumes(tmp_path: Path) -> None:

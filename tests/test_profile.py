@@ -56,7 +56,7 @@ def test_dump_and_load_round_trip(tmp_path):
         ({"overheads": {"startup": 1}}, r"overheads.startup: unknown"),
         ({"hardware": {"gpus_per_node": 0}}, r"gpus_per_node=0: must be an integer >= 1"),
         ({"colour": "red"}, r"unknown key 'colour'"),
-        # every block's shape and every key is checked (issue 19: these crashed or were read as defaults)
+        # every block's shape and every key is checked (these crashed or were read as defaults)
         ({"hardware": "abc"}, r"^profile: hardware='abc': expected a mapping$"),
         ({"uncertainty": [1]}, r"^profile: uncertainty=\[1\]: expected a mapping with step_time_samples$"),
         ({"uncertainty": {"step_time_samples": [1]}}, r"uncertainty.step_time_samples\[0\]=1: expected a mapping"),

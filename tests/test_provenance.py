@@ -1,4 +1,4 @@
-"""Where a profile was measured (issue 17, item 5): the `provenance:` block, and the one line
+"""Where a profile was measured: the `provenance:` block, and the one line
 `nasalloc run` and `nasalloc validate` print when the machine at hand is not that one."""
 
 import socket

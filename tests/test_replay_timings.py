@@ -147,7 +147,7 @@ def test_a_replayed_nasalloc_trace_reproduces_its_run(tmp_path, resume):
     # Replaying its trace with the same profile and scheduler seed gives the same search: the
     # trace's first epoch of each job less start-up (and restore), later ones less the
     # decision, plus what the engine adds back, are the recorded result times. With a resume
-    # measured as such (resume_s 3 s + 2.5 s per doubling, issue 16) a resumed job's first
+    # measured as such (resume_s 3 s + 2.5 s per doubling) a resumed job's first
     # epoch is less resume(k) instead.
     import dataclasses
 

@@ -199,7 +199,7 @@ def test_config_cost_scales_each_trials_epoch_time():
 
 
 def test_config_cost_applied_to_compute_leaves_the_all_reduce_of_a_k2_epoch_unscaled():
-    """Issue 16: the factor is measured at k = 1, where a step is all compute. At k = 2 (weak
+    """The factor is measured at k = 1, where a step is all compute. At k = 2 (weak
     scaling: 400 samples / 20 = 20 steps) a step is 1 s of compute + 1 s of all-reduce (1e8
     bytes at 1e8 B/s, 2 (k-1)/k = 1); evaluation 4 s split over the 2 ranks. With
     `applies_to: compute` a trial of factor f trains an epoch in 20 (f + 1) + 2 f seconds;
@@ -224,7 +224,7 @@ def test_config_cost_applied_to_compute_leaves_the_all_reduce_of_a_k2_epoch_unsc
 
 
 def test_a_resumed_job_and_the_end_of_a_job_cost_what_the_profile_measured_at_their_k():
-    """Issue 16: with `resume_s` (+ per doubling) a job that starts from a checkpoint pays
+    """With `resume_s` (+ per doubling) a job that starts from a checkpoint pays
     resume(k) before its first epoch instead of start-up(k) + checkpoint_restore_s, and every
     job's end pays release(k). ASHA on the per-rung schedule [1, 2]: rung 0 at k = 1, every
     promotion resumes at k = 2. Start-up 5 s + 1 s per doubling, restore 7 s (not paid),

@@ -314,7 +314,7 @@ def test_update_profile_of_a_per_rung_run_refits_every_allocation(tmp_path, caps
 
 
 def test_update_profile_refits_a_measured_resume_per_k_and_keeps_what_one_k_cannot_tell():
-    """A profile whose resume(k) was measured as such (`resume_s`, issue 16): the runs' resume
+    """A profile whose resume(k) was measured as such (`resume_s`): the runs' resume
     at k = 2 (trace: 20 ms after the epoch gap, which holds the decision and the write a
     first epoch does not pay) refits its level with the profile's slope kept (one k cannot
     tell a slope); a pause at k = 2 alone refits release_s with release_per_doubling_s kept."""
