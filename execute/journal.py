@@ -13,9 +13,9 @@ same order — each start/resume the dispatch core did not make on its own is on
 `on_failure` (from the event's ``resume_epoch``). A job that waited for devices was asked
 before the events journaled while it waited; its start/resume carries ``asked_after``
 (`Scheduler.calls` before its ask: the rule of what counts is written there), and the
-replay asks when the scheduler's count reaches it. Resumes with ``info="reallocate"`` (a trial checkpointed and moved to
-another allocation at a rung) and ``info="interrupted"`` (the run was stopped under it) are
-the core's own and no scheduler calls (`sim/dispatch.py`).
+replay asks when the scheduler's count reaches it. Resumes with ``info="reallocate"`` (a
+trial checkpointed and moved to another allocation at a rung) and ``info="interrupted"``
+(the run was stopped under it) are the core's own and no scheduler calls (`sim/dispatch.py`).
 
 After the replay, trials the scheduler still sees RUNNING were cut off by the kill: they get
 a "pause" (interrupted) event and restart from their last checkpoint.

@@ -124,8 +124,9 @@ def effective_profile(spec: SimulationSpec) -> Profile:
 
 class _LoopClock:
     """The scheduler as the executor's one-threaded search loop runs it: each `ask` and
-    `on_result` (the dispatch core's `step_ask` and `step_result`) keeps the loop busy for `ask_s` / `result_s` of simulated time after the
-    later of now and the end of the loop's previous call (`busy_until`). Everything else is
+    `on_result` (the dispatch core's `step_ask` and `step_result`) keeps the loop busy for
+    `ask_s` / `result_s` of simulated time after the later of now and the end of the loop's
+    previous call (`busy_until`). Everything else is
     the scheduler's own (attribute access is passed through)."""
 
     def __init__(self, sched: Any, env: simpy.Environment, ask_s: float, result_s: float):

@@ -2,8 +2,8 @@
 
 With k = 1/m, placement spreads trials over the devices (`cluster.DevicePool`), so a trial
 starts alone whenever a device is free. But trials leave at different times: late in a search
-two trials can share one device for hours while other devices idle (seen in a
-search: two full-budget HyperBand trials on one GPU for 8.5 h of an 8.9 h search on 64 GPUs). So at a
+two trials can share one device for hours while other devices idle (seen in a search: two
+full-budget HyperBand trials on one GPU for 8.5 h of an 8.9 h search on 64 GPUs). So at a
 sharing trial's epoch boundary (the scheduler said CONTINUE), when the scheduler has no work
 for the free devices, the dispatch core (`sim/dispatch.py`) may move it: checkpoint, then
 resume on the device placement would give it now (the "reallocate" pause and resume of
